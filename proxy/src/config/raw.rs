@@ -1,0 +1,103 @@
+//! The configuration file exactly as written: serde structs with positions on the values that
+//! validation checks. Nothing outside `config` sees these; `validate` turns them into the model.
+//! Leaf values stay strings here so that a bad value becomes a validation error with a
+//! position, rather than stopping the parse.
+
+use serde::Deserialize;
+
+use super::yaml::Located;
+
+/// A YAML mapping whose keys are user-chosen names, in file order.
+#[derive(Debug)]
+pub struct Named<T>(pub Vec<(Located<String>, T)>);
+
+impl<T> Default for Named<T> {
+    fn default() -> Self {
+        Named(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NamedVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for NamedVisitor<T> {
+            type Value = Named<T>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping of names to definitions")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(Named(entries))
+            }
+        }
+        deserializer.deserialize_map(NamedVisitor(std::marker::PhantomData))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub listeners: Located<Vec<RawListener>>,
+    pub workers: Option<Located<String>>,
+    pub access_log: Option<Located<String>>,
+    pub shutdown_timeout: Option<Located<String>>,
+    #[serde(default)]
+    pub upstreams: Located<Named<RawUpstream>>,
+    #[serde(default)]
+    pub routes: Located<Vec<Located<RawRoute>>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawListener {
+    pub address: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawUpstream {
+    pub endpoints: Option<Located<Vec<Located<String>>>>,
+    pub builtin: Option<Located<String>>,
+    pub load_balancing: Option<Located<String>>,
+    pub connect_timeout: Option<Located<String>>,
+    pub read_timeout: Option<Located<String>>,
+    pub write_timeout: Option<Located<String>>,
+    pub idle_timeout: Option<Located<String>>,
+    pub retries: Option<Located<String>>,
+    pub health_check: Option<Located<RawHealthCheck>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawHealthCheck {
+    pub path: Option<Located<String>>,
+    pub interval: Option<Located<String>>,
+    pub timeout: Option<Located<String>>,
+    pub host: Option<Located<String>>,
+    pub healthy_threshold: Option<Located<String>>,
+    pub unhealthy_threshold: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRoute {
+    pub name: Option<Located<String>>,
+    #[serde(rename = "match")]
+    pub matcher: Option<Located<RawMatch>>,
+    pub upstream: Option<Located<String>>,
+    pub strip_prefix: Option<Located<bool>>,
+    pub host_rewrite: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawMatch {
+    pub host: Option<Located<String>>,
+    pub path: Option<Located<String>>,
+    pub path_prefix: Option<Located<String>>,
+    pub path_regex: Option<Located<String>>,
+    pub methods: Option<Vec<Located<String>>>,
+    #[serde(default)]
+    pub headers: Named<Located<String>>,
+}

@@ -1,0 +1,560 @@
+//! Raw structs → model. Every problem is collected with its position; the model is returned
+//! only when there are none.
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Method};
+
+use super::model::*;
+use super::raw::*;
+use super::units::parse_duration;
+use super::yaml::{Located, Mark};
+use super::Diagnostic;
+
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+const DEFAULT_RETRIES: u32 = 1;
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
+const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+
+pub(super) struct Validator<'a> {
+    base_dir: &'a Path,
+    pub(super) problems: Vec<Diagnostic>,
+}
+
+impl<'a> Validator<'a> {
+    pub(super) fn new(base_dir: &'a Path) -> Self {
+        Validator {
+            base_dir,
+            problems: Vec::new(),
+        }
+    }
+
+    fn error(&mut self, mark: Mark, message: impl Into<String>) {
+        self.problems.push(Diagnostic {
+            mark: (mark.line > 0).then_some(mark),
+            message: message.into(),
+        });
+    }
+
+    /// `None` when the value is bad (the problem is recorded); the default when absent.
+    fn duration(
+        &mut self,
+        value: &Option<Located<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Duration {
+        let Some(value) = value else { return default };
+        match parse_duration(value) {
+            Ok(d) if d.is_zero() => {
+                self.error(value.mark, format!("`{key}` must be longer than zero"));
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.error(value.mark, format!("`{key}`: {e}"));
+                default
+            }
+        }
+    }
+
+    fn number<T: std::str::FromStr>(
+        &mut self,
+        value: &Located<String>,
+        key: &str,
+        what: &str,
+    ) -> Option<T> {
+        match value.trim().parse() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                self.error(
+                    value.mark,
+                    format!("`{key}` must be {what}, found `{}`", value.value),
+                );
+                None
+            }
+        }
+    }
+
+    pub(super) fn config(&mut self, raw: RawConfig, source: &Path) -> Config {
+        let listeners = self.listeners(&raw.listeners);
+        let workers = match &raw.workers {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(w) => match self.number::<usize>(w, "workers", "a whole number from 1 to 1024") {
+                Some(n @ 1..=1024) => n,
+                Some(_) => {
+                    self.error(w.mark, "`workers` must be from 1 to 1024");
+                    1
+                }
+                None => 1,
+            },
+        };
+        let access_log = match raw.access_log.as_ref().map(|v| (v.mark, v.value.trim())) {
+            None | Some((_, "stdout")) => AccessLog::Stdout,
+            Some((_, "stderr")) => AccessLog::Stderr,
+            Some((_, "off")) => AccessLog::Off,
+            Some((mark, "")) => {
+                self.error(
+                    mark,
+                    "`access_log` must be stdout, stderr, off or a file path",
+                );
+                AccessLog::Off
+            }
+            Some((mark, path)) => {
+                let path = self.base_dir.join(path);
+                if !path.parent().is_some_and(Path::is_dir) {
+                    self.error(
+                        mark,
+                        format!(
+                            "`access_log`: the folder of `{}` does not exist",
+                            path.display()
+                        ),
+                    );
+                }
+                AccessLog::File(path)
+            }
+        };
+        let shutdown_timeout = self.duration(
+            &raw.shutdown_timeout,
+            "shutdown_timeout",
+            DEFAULT_SHUTDOWN_TIMEOUT,
+        );
+        let upstreams = self.upstreams(&raw.upstreams);
+        let routes = self.routes(&raw.routes, &upstreams);
+        Config {
+            source: source.to_path_buf(),
+            listeners,
+            workers,
+            access_log,
+            shutdown_timeout,
+            upstreams,
+            routes,
+        }
+    }
+
+    fn listeners(&mut self, raw: &Located<Vec<RawListener>>) -> Vec<Listener> {
+        if raw.is_empty() {
+            self.error(
+                raw.mark,
+                "at least one listener is required, e.g. `listeners: [{address: 127.0.0.1:8080}]`",
+            );
+        }
+        let mut seen = HashSet::new();
+        let mut listeners = Vec::new();
+        for listener in raw.iter() {
+            let Some(address) = &listener.address else {
+                self.error(
+                    raw.mark,
+                    "every listener needs an `address`, e.g. `127.0.0.1:8080`",
+                );
+                continue;
+            };
+            match address.parse::<SocketAddr>() {
+                Ok(addr) if !seen.insert(addr) => {
+                    self.error(address.mark, format!("listener address {addr} is used twice"))
+                }
+                Ok(addr) => listeners.push(Listener { address: addr }),
+                Err(_) => self.error(
+                    address.mark,
+                    format!(
+                        "listener address must be IP:port (IPv6 in brackets, e.g. [::1]:8080), found `{}`",
+                        address.value
+                    ),
+                ),
+            }
+        }
+        listeners
+    }
+
+    fn upstreams(&mut self, raw: &Located<Named<RawUpstream>>) -> Vec<Upstream> {
+        if raw.0.is_empty() {
+            self.error(
+                raw.mark,
+                "at least one upstream is required under `upstreams`",
+            );
+        }
+        raw.0
+            .iter()
+            .map(|(name, upstream)| self.upstream(name, upstream))
+            .collect()
+    }
+
+    fn upstream(&mut self, name: &Located<String>, raw: &RawUpstream) -> Upstream {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            self.error(
+                name.mark,
+                format!(
+                    "upstream name `{}` may only use letters, digits, `-`, `_` and `.`",
+                    name.value
+                ),
+            );
+        }
+        let origin = match (&raw.endpoints, &raw.builtin) {
+            (Some(_), Some(builtin)) => {
+                self.error(
+                    builtin.mark,
+                    format!(
+                        "upstream `{}` has both `endpoints` and `builtin`; choose one",
+                        name.value
+                    ),
+                );
+                Origin::Endpoints(Vec::new())
+            }
+            (None, None) => {
+                self.error(
+                    name.mark,
+                    format!("upstream `{}` needs `endpoints` or `builtin`", name.value),
+                );
+                Origin::Endpoints(Vec::new())
+            }
+            (Some(endpoints), None) => Origin::Endpoints(self.endpoints(name, endpoints)),
+            (None, Some(builtin)) => match builtin.trim() {
+                "echo" => Origin::Builtin(Builtin::Echo),
+                other => {
+                    self.error(
+                        builtin.mark,
+                        format!("unknown builtin origin `{other}`; available: echo"),
+                    );
+                    Origin::Builtin(Builtin::Echo)
+                }
+            },
+        };
+        let balancing = match raw
+            .load_balancing
+            .as_ref()
+            .map(|v| (v.mark, v.value.trim()))
+        {
+            None | Some((_, "round_robin")) => Balancing::RoundRobin,
+            Some((_, "random")) => Balancing::Random,
+            Some((_, "consistent_hash")) => Balancing::ConsistentHash,
+            Some((mark, other)) => {
+                self.error(
+                    mark,
+                    format!("unknown load_balancing `{other}`; expected round_robin, random or consistent_hash"),
+                );
+                Balancing::RoundRobin
+            }
+        };
+        let retries = match &raw.retries {
+            None => DEFAULT_RETRIES,
+            Some(r) => self
+                .number(r, "retries", "a whole number")
+                .unwrap_or(DEFAULT_RETRIES),
+        };
+        let health_check = raw.health_check.as_ref().map(|hc| {
+            if matches!(origin, Origin::Builtin(_)) {
+                self.error(hc.mark, "builtin origins have no health check");
+            }
+            self.health_check(hc)
+        });
+        Upstream {
+            name: name.value.clone(),
+            origin,
+            balancing,
+            connect_timeout: self.duration(
+                &raw.connect_timeout,
+                "connect_timeout",
+                DEFAULT_CONNECT_TIMEOUT,
+            ),
+            read_timeout: self.duration(&raw.read_timeout, "read_timeout", DEFAULT_READ_TIMEOUT),
+            write_timeout: self.duration(
+                &raw.write_timeout,
+                "write_timeout",
+                DEFAULT_WRITE_TIMEOUT,
+            ),
+            idle_timeout: self.duration(&raw.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT),
+            retries,
+            health_check,
+        }
+    }
+
+    /// Resolves `host:port` entries now, so that a bad name fails the load, not a request.
+    fn endpoints(
+        &mut self,
+        name: &Located<String>,
+        raw: &Located<Vec<Located<String>>>,
+    ) -> Vec<SocketAddr> {
+        if raw.is_empty() {
+            self.error(
+                raw.mark,
+                format!("upstream `{}` has an empty `endpoints` list", name.value),
+            );
+        }
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for endpoint in raw.iter() {
+            let text = endpoint.trim();
+            if text.contains("://") || text.contains('/') {
+                self.error(
+                    endpoint.mark,
+                    format!("endpoint must be host:port without scheme or path, found `{text}`"),
+                );
+                continue;
+            }
+            if let Ok(addr) = text.parse::<SocketAddr>() {
+                addrs.push(addr);
+                continue;
+            }
+            let has_port = text.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok()
+            });
+            if !has_port {
+                self.error(
+                    endpoint.mark,
+                    format!("endpoint must be host:port (IPv6 in brackets), found `{text}`"),
+                );
+                continue;
+            }
+            match text.to_socket_addrs() {
+                Ok(resolved) => {
+                    addrs.extend(resolved.filter(|a| !addrs.contains(a)).collect::<Vec<_>>())
+                }
+                Err(e) => self.error(
+                    endpoint.mark,
+                    format!("cannot resolve endpoint `{text}`: {e}"),
+                ),
+            }
+        }
+        addrs
+    }
+
+    fn health_check(&mut self, raw: &Located<RawHealthCheck>) -> HealthCheck {
+        let path = match &raw.path {
+            Some(p) if p.starts_with('/') => p.value.clone(),
+            Some(p) => {
+                self.error(
+                    p.mark,
+                    format!("health check path must start with `/`, found `{}`", p.value),
+                );
+                "/".to_string()
+            }
+            None => "/".to_string(),
+        };
+        let mut threshold = |value: &Option<Located<String>>, key: &str| match value {
+            None => 1,
+            Some(v) => match self.number::<usize>(v, key, "a whole number of at least 1") {
+                Some(n) if n >= 1 => n,
+                Some(_) => {
+                    self.error(v.mark, format!("`{key}` must be at least 1"));
+                    1
+                }
+                None => 1,
+            },
+        };
+        let healthy_threshold = threshold(&raw.healthy_threshold, "healthy_threshold");
+        let unhealthy_threshold = threshold(&raw.unhealthy_threshold, "unhealthy_threshold");
+        HealthCheck {
+            path,
+            interval: self.duration(&raw.interval, "interval", DEFAULT_HEALTH_INTERVAL),
+            timeout: self.duration(&raw.timeout, "timeout", DEFAULT_HEALTH_TIMEOUT),
+            host: raw.host.as_ref().and_then(|h| {
+                let valid = !h.trim().is_empty() && HeaderValue::from_str(h.trim()).is_ok();
+                if !valid {
+                    self.error(
+                        h.mark,
+                        format!("health check `host` is not a valid host: `{}`", h.value),
+                    );
+                }
+                valid.then(|| h.trim().to_string())
+            }),
+            healthy_threshold,
+            unhealthy_threshold,
+        }
+    }
+
+    fn routes(
+        &mut self,
+        raw: &Located<Vec<Located<RawRoute>>>,
+        upstreams: &[Upstream],
+    ) -> Vec<Route> {
+        if raw.is_empty() {
+            self.error(raw.mark, "at least one route is required under `routes`");
+        }
+        let mut names = HashSet::new();
+        let mut routes = Vec::new();
+        for (index, route) in raw.iter().enumerate() {
+            let name = match &route.name {
+                Some(name) => {
+                    if !names.insert(name.value.clone()) {
+                        self.error(
+                            name.mark,
+                            format!("route name `{}` is used twice", name.value),
+                        );
+                    }
+                    name.value.clone()
+                }
+                None => format!("route-{}", index + 1),
+            };
+            if let Some(route) = self.route(route, name, upstreams) {
+                routes.push(route);
+            }
+        }
+        routes
+    }
+
+    fn route(
+        &mut self,
+        raw: &Located<RawRoute>,
+        name: String,
+        upstreams: &[Upstream],
+    ) -> Option<Route> {
+        let matcher = match &raw.matcher {
+            Some(m) => self.route_match(m),
+            None => RouteMatch::default(),
+        };
+        let upstream = match &raw.upstream {
+            None => {
+                self.error(raw.mark, format!("route `{name}` needs an `upstream`"));
+                None
+            }
+            Some(wanted) => {
+                let found = upstreams.iter().position(|u| u.name == wanted.value);
+                if found.is_none() {
+                    let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                    self.error(
+                        wanted.mark,
+                        format!(
+                            "route `{name}` names upstream `{}`, which is not defined (defined: {})",
+                            wanted.value,
+                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                        ),
+                    );
+                }
+                found.map(UpstreamId)
+            }
+        };
+        let strip_prefix = match (&raw.strip_prefix, &matcher.path) {
+            (Some(strip), Some(PathPattern::Prefix(prefix))) if strip.value => Some(prefix.clone()),
+            (Some(strip), _) if strip.value => {
+                self.error(strip.mark, "`strip_prefix` needs a `path_prefix` match");
+                None
+            }
+            _ => None,
+        };
+        let host_rewrite =
+            raw.host_rewrite
+                .as_ref()
+                .and_then(|h| match HeaderValue::from_str(h.trim()) {
+                    Ok(v) if !h.trim().is_empty() => Some(v),
+                    _ => {
+                        self.error(
+                            h.mark,
+                            format!("`host_rewrite` is not a valid host: `{}`", h.value),
+                        );
+                        None
+                    }
+                });
+        Some(Route {
+            name,
+            matcher,
+            upstream: upstream?,
+            strip_prefix,
+            host_rewrite,
+        })
+    }
+
+    fn route_match(&mut self, raw: &Located<RawMatch>) -> RouteMatch {
+        let host = raw.host.as_ref().and_then(|h| self.host_pattern(h));
+        let paths: Vec<&Located<String>> = [&raw.path, &raw.path_prefix, &raw.path_regex]
+            .into_iter()
+            .flatten()
+            .collect();
+        if paths.len() > 1 {
+            self.error(
+                paths[1].mark,
+                "use only one of `path`, `path_prefix` and `path_regex`",
+            );
+        }
+        let path = if let Some(p) = &raw.path_prefix {
+            self.path_literal(p, "path_prefix").map(PathPattern::Prefix)
+        } else if let Some(p) = &raw.path {
+            self.path_literal(p, "path").map(PathPattern::Exact)
+        } else if let Some(p) = &raw.path_regex {
+            // Anchored so that the whole path must match, as in Envoy.
+            match regex::Regex::new(&format!("^(?:{})$", p.value)) {
+                Ok(re) => Some(PathPattern::Regex(re)),
+                Err(e) => {
+                    let reason = e.to_string();
+                    let reason = reason.lines().last().unwrap_or("invalid").trim();
+                    let reason = reason.strip_prefix("error: ").unwrap_or(reason);
+                    self.error(p.mark, format!("`path_regex` does not compile: {reason}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut methods = Vec::new();
+        for m in raw.methods.iter().flatten() {
+            let upper = m.trim().to_ascii_uppercase();
+            match Method::from_bytes(upper.as_bytes()) {
+                Ok(method) if !upper.is_empty() => methods.push(method),
+                _ => self.error(m.mark, format!("`{}` is not an HTTP method", m.value)),
+            }
+        }
+        let mut headers = Vec::new();
+        for (name, value) in &raw.headers.0 {
+            let header_name = HeaderName::from_bytes(name.trim().to_ascii_lowercase().as_bytes());
+            let header_value = HeaderValue::from_str(&value.value);
+            match (header_name, header_value) {
+                (Ok(n), Ok(v)) => headers.push((n, v)),
+                (Err(_), _) => self.error(
+                    name.mark,
+                    format!("`{}` is not a valid header name", name.value),
+                ),
+                (_, Err(_)) => self.error(
+                    value.mark,
+                    format!("header value `{}` is not valid", value.value),
+                ),
+            }
+        }
+        RouteMatch {
+            host,
+            path,
+            methods,
+            headers,
+        }
+    }
+
+    fn host_pattern(&mut self, raw: &Located<String>) -> Option<HostPattern> {
+        let host = raw.trim().to_ascii_lowercase();
+        let (pattern, name) = match host.strip_prefix("*.") {
+            Some(rest) => (HostPattern::Suffix(format!(".{rest}")), rest),
+            None => (HostPattern::Exact(host.clone()), host.as_str()),
+        };
+        let valid = !name.is_empty()
+            && name.split('.').all(|label| {
+                !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            });
+        if valid {
+            Some(pattern)
+        } else {
+            self.error(
+                raw.mark,
+                format!("`host` must be a host name like `api.example.com` or `*.example.com` (no port), found `{}`", raw.value),
+            );
+            None
+        }
+    }
+
+    fn path_literal(&mut self, raw: &Located<String>, key: &str) -> Option<String> {
+        if raw.starts_with('/') {
+            Some(raw.value.clone())
+        } else {
+            self.error(
+                raw.mark,
+                format!("`{key}` must start with `/`, found `{}`", raw.value),
+            );
+            None
+        }
+    }
+}

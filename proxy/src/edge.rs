@@ -1,0 +1,516 @@
+//! The Pingora `ProxyHttp` implementation: a thin conductor. Each hook asks a room (routing,
+//! upstream, access log) what to do and applies the answer; nothing clever happens here.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{header, HeaderValue, Version};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
+use pingora::upstreams::peer::Peer;
+use pingora::{ErrorSource, ErrorType};
+
+use crate::access_log::{self, AccessLogger};
+use crate::config::Route;
+use crate::routing::{request_host, RouteTable};
+use crate::upstream::Upstreams;
+
+const VIA_NAME: &str = "edgeward";
+const REQUEST_ID: &str = "x-request-id";
+
+pub struct Edge {
+    routes: RouteTable,
+    upstreams: Upstreams,
+    access_log: AccessLogger,
+    inflight: Arc<AtomicUsize>,
+}
+
+/// Per-request state carried between the hooks.
+pub struct RequestCtx {
+    started: Instant,
+    request_id: HeaderValue,
+    route: Option<Arc<Route>>,
+    /// Endpoints that refused a connection for this request; retries go elsewhere.
+    failed_endpoints: Vec<SocketAddr>,
+    endpoint: Option<SocketAddr>,
+    /// Set when edgeward answered on its own (no route, no endpoint, upstream failure).
+    refusal: Option<Refusal>,
+    _inflight: InflightGuard,
+}
+
+/// Counts a request as in flight for as long as its context lives (shutdown waits on it).
+struct InflightGuard(Arc<AtomicUsize>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why edgeward answered a request itself. Each maps to one status and one JSON error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    NoRoute,
+    NoHealthyEndpoint,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    BadRequest,
+    Internal,
+}
+
+impl Refusal {
+    fn status(self) -> u16 {
+        match self {
+            Refusal::NoRoute => 404,
+            Refusal::NoHealthyEndpoint | Refusal::UpstreamUnavailable => 502,
+            Refusal::UpstreamTimeout => 504,
+            Refusal::BadRequest => 400,
+            Refusal::Internal => 500,
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            Refusal::NoRoute => "no_route",
+            Refusal::NoHealthyEndpoint => "no_healthy_endpoint",
+            Refusal::UpstreamTimeout => "upstream_timeout",
+            Refusal::UpstreamUnavailable => "upstream_unavailable",
+            Refusal::BadRequest => "bad_request",
+            Refusal::Internal => "internal_error",
+        }
+    }
+
+    /// What a proxying error means for the client.
+    fn from_error(e: &Error) -> Option<Refusal> {
+        use ErrorType::*;
+        Some(match (e.esource(), e.etype()) {
+            (
+                ErrorSource::Upstream | ErrorSource::Unset,
+                ConnectTimedout | ReadTimedout | WriteTimedout,
+            ) => Refusal::UpstreamTimeout,
+            (ErrorSource::Upstream, _) => Refusal::UpstreamUnavailable,
+            (_, ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure) => {
+                Refusal::UpstreamUnavailable
+            }
+            // The client went away: there is nobody to answer.
+            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => return None,
+            (ErrorSource::Downstream, _) => Refusal::BadRequest,
+            _ => Refusal::Internal,
+        })
+    }
+}
+
+impl Edge {
+    pub fn new(routes: RouteTable, upstreams: Upstreams, access_log: AccessLogger) -> Self {
+        Edge {
+            routes,
+            upstreams,
+            access_log,
+            inflight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Requests currently being served; graceful shutdown waits for this to reach zero.
+    pub fn inflight(&self) -> Arc<AtomicUsize> {
+        self.inflight.clone()
+    }
+
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        refusal: Refusal,
+        message: &str,
+    ) -> Result<()> {
+        ctx.refusal = Some(refusal);
+        let body = serde_json::json!({
+            "error": refusal.code(),
+            "status": refusal.status(),
+            "message": message,
+            "request_id": ctx.request_id.to_str().unwrap_or_default(),
+        })
+        .to_string();
+        let mut resp = ResponseHeader::build(refusal.status(), Some(5))?;
+        resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+        resp.insert_header(REQUEST_ID, ctx.request_id.clone())?;
+        resp.set_content_length(body.len())?;
+        session.write_response_header(Box::new(resp), false).await?;
+        session
+            .write_response_body(Some(Bytes::from(body)), true)
+            .await
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        self.inflight.fetch_add(1, Ordering::AcqRel);
+        RequestCtx {
+            started: Instant::now(),
+            request_id: HeaderValue::from_static(""),
+            route: None,
+            failed_endpoints: Vec::new(),
+            endpoint: None,
+            refusal: None,
+            _inflight: InflightGuard(self.inflight.clone()),
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = request_id(session.req_header());
+        session
+            .req_header_mut()
+            .insert_header(REQUEST_ID, ctx.request_id.clone())?;
+        match self.routes.find(session.req_header()) {
+            Some(route) => {
+                ctx.route = Some(route.clone());
+                Ok(false)
+            }
+            None => {
+                let req = session.req_header();
+                let message = format!(
+                    "no route matches {} {}{}",
+                    req.method,
+                    request_host(req).unwrap_or(""),
+                    req.uri.path()
+                );
+                self.refuse(session, ctx, Refusal::NoRoute, &message)
+                    .await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(route) = &ctx.route else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "no route chosen before upstream selection",
+            );
+        };
+        let upstream = self.upstreams.get(route.upstream);
+        let key = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or(b"/".as_slice(), |pq| pq.as_str().as_bytes());
+        match upstream.select(key, &ctx.failed_endpoints) {
+            Some(addr) => {
+                ctx.endpoint = Some(addr);
+                Ok(Box::new(upstream.peer(addr)))
+            }
+            None => {
+                ctx.refusal = Some(Refusal::NoHealthyEndpoint);
+                Error::e_explain(
+                    ErrorType::ConnectNoRoute,
+                    format!("upstream `{}` has no healthy endpoint", upstream.name()),
+                )
+            }
+        }
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(addr) = peer.address().as_inet() {
+            ctx.failed_endpoints.push(*addr);
+        }
+        let retries = ctx
+            .route
+            .as_ref()
+            .map_or(0, |r| self.upstreams.get(r.upstream).retries());
+        e.set_retry(ctx.failed_endpoints.len() <= retries as usize);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = &ctx.route else {
+            return Ok(());
+        };
+        if let Some(prefix) = &route.strip_prefix {
+            let stripped = strip_path_prefix(&upstream_request.uri, prefix);
+            upstream_request.set_uri(stripped);
+        }
+        if let Some(host) = &route.host_rewrite {
+            // Origin-form URI, so that an HTTP/2 `:authority` cannot override the new Host.
+            let origin_form = upstream_request
+                .uri
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str())
+                .parse::<http::Uri>()
+                .map_err(|e| Error::because(ErrorType::InternalError, "origin-form URI", e))?;
+            upstream_request.set_uri(origin_form);
+            upstream_request.insert_header(header::HOST, host.clone())?;
+        }
+        add_forwarding_headers(session, upstream_request)
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        strip_hop_by_hop(upstream_response);
+        let via = via(
+            upstream_response.headers.get(header::VIA),
+            session.req_header().version,
+        );
+        upstream_response.insert_header(header::VIA, via)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let refusal = ctx.refusal.or_else(|| Refusal::from_error(e));
+        let Some(refusal) = refusal else {
+            return FailToProxy {
+                error_code: 0,
+                can_reuse_downstream: false,
+            };
+        };
+        if session.response_written().is_none() {
+            let upstream = ctx
+                .route
+                .as_ref()
+                .map(|r| self.upstreams.get(r.upstream).name().to_string())
+                .unwrap_or_default();
+            let message = match refusal {
+                Refusal::NoHealthyEndpoint => {
+                    format!("upstream `{upstream}` has no healthy endpoint")
+                }
+                Refusal::UpstreamTimeout => format!("upstream `{upstream}` did not answer in time"),
+                Refusal::UpstreamUnavailable => {
+                    format!("upstream `{upstream}` failed: {}", e.etype().as_str())
+                }
+                Refusal::BadRequest => format!("bad request: {}", e.etype().as_str()),
+                Refusal::NoRoute | Refusal::Internal => "internal error".to_string(),
+            };
+            if let Err(write_error) = self.refuse(session, ctx, refusal, &message).await {
+                log::debug!("cannot send the error response: {write_error}");
+            }
+        }
+        ctx.refusal = Some(refusal);
+        FailToProxy {
+            error_code: refusal.status(),
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if !self.access_log.is_on() {
+            return;
+        }
+        let req = session.req_header();
+        let route = ctx.route.as_deref();
+        self.access_log.write(&access_log::Entry {
+            time: access_log::rfc3339(SystemTime::now()),
+            request_id: ctx.request_id.to_str().unwrap_or_default(),
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            protocol: protocol_name(req.version),
+            method: req.method.as_str(),
+            host: request_host(req).unwrap_or(""),
+            path: req.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+            status: session.response_written().map_or(0, |r| r.status.as_u16()),
+            bytes_sent: session.body_bytes_sent(),
+            bytes_received: session.body_bytes_read(),
+            route: route.map(|r| r.name.as_str()),
+            upstream: route.map(|r| self.upstreams.get(r.upstream).name()),
+            endpoint: ctx.endpoint,
+            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            error: ctx.refusal.map(Refusal::code),
+        });
+    }
+}
+
+/// Keeps a sane client-supplied request id (so traces join up), otherwise makes a new one.
+fn request_id(req: &RequestHeader) -> HeaderValue {
+    let supplied = req.headers.get(REQUEST_ID).filter(|v| {
+        let b = v.as_bytes();
+        !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+    });
+    match supplied {
+        Some(v) => v.clone(),
+        None => new_request_id(),
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    use std::cell::Cell;
+    use std::hash::BuildHasher;
+    thread_local! {
+        // A randomly keyed hasher over a counter: unique, unpredictable, no syscall per id.
+        static SOURCE: (std::collections::hash_map::RandomState, Cell<u64>) = Default::default();
+    }
+    let (a, b) = SOURCE.with(|(keys, counter)| {
+        let n = counter.get();
+        counter.set(n.wrapping_add(2));
+        (keys.hash_one(n), keys.hash_one(n + 1))
+    });
+    // 32 hex digits are always a valid header value.
+    HeaderValue::from_str(&format!("{a:016x}{b:016x}")).unwrap_or(HeaderValue::from_static("0"))
+}
+
+fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}
+
+/// `/api/users?x=1` with prefix `/api/` → `/users?x=1`; the result always starts with `/`.
+fn strip_path_prefix(uri: &http::Uri, prefix: &str) -> http::Uri {
+    let path = uri.path();
+    let rest = path.strip_prefix(prefix).unwrap_or(path);
+    let mut new = String::with_capacity(path.len() + 1);
+    if !rest.starts_with('/') {
+        new.push('/');
+    }
+    new.push_str(rest);
+    if let Some(query) = uri.query() {
+        new.push('?');
+        new.push_str(query);
+    }
+    new.parse().unwrap_or_else(|_| uri.clone())
+}
+
+/// X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and Via, as a proxy should.
+fn add_forwarding_headers(session: &Session, upstream_request: &mut RequestHeader) -> Result<()> {
+    let downstream = session.req_header();
+    if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
+        let mut chain: Vec<&str> = downstream
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let ip = client.ip().to_string();
+        chain.push(&ip);
+        upstream_request.insert_header("x-forwarded-for", chain.join(", "))?;
+    }
+    upstream_request.insert_header("x-forwarded-proto", "http")?;
+    let original_host = match downstream.uri.authority() {
+        Some(authority) => Some(HeaderValue::from_str(authority.as_str()).ok()),
+        None => Some(downstream.headers.get(header::HOST).cloned()),
+    }
+    .flatten();
+    if let Some(host) = original_host {
+        upstream_request.insert_header("x-forwarded-host", host)?;
+    }
+    let via = via(downstream.headers.get(header::VIA), downstream.version);
+    upstream_request.insert_header(header::VIA, via)
+}
+
+/// `existing` Via with this hop appended, e.g. `1.1 cdn, 1.1 edgeward`.
+fn via(existing: Option<&HeaderValue>, version: Version) -> HeaderValue {
+    let hop = match version {
+        Version::HTTP_10 => "1.0",
+        Version::HTTP_2 => "2",
+        Version::HTTP_3 => "3",
+        _ => "1.1",
+    };
+    let ours = format!("{hop} {VIA_NAME}");
+    existing
+        .and_then(|v| v.to_str().ok())
+        .and_then(|existing| HeaderValue::from_str(&format!("{existing}, {ours}")).ok())
+        .or_else(|| HeaderValue::from_str(&ours).ok())
+        .unwrap_or(HeaderValue::from_static(VIA_NAME))
+}
+
+/// Hop-by-hop response fields belong to the upstream connection, not the client's
+/// (RFC 9110 §7.6.1). Pingora frames the downstream response itself.
+fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    let nominated: Vec<String> = resp
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| {
+            !t.is_empty()
+                && t != "close"
+                && t != "keep-alive"
+                && t != "transfer-encoding"
+                && t != "content-length"
+        })
+        .collect();
+    for name in nominated {
+        resp.remove_header(&name);
+    }
+    for name in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "proxy-authenticate",
+    ] {
+        resp.remove_header(name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_stripping_keeps_a_leading_slash_and_the_query() {
+        let uri: http::Uri = "/api/users?x=1".parse().unwrap();
+        assert_eq!(strip_path_prefix(&uri, "/api/").to_string(), "/users?x=1");
+        let uri: http::Uri = "/api".parse().unwrap();
+        assert_eq!(strip_path_prefix(&uri, "/api").to_string(), "/");
+    }
+
+    #[test]
+    fn request_ids_are_unique_hex() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+    }
+
+    #[test]
+    fn hop_by_hop_response_fields_are_removed() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("connection", "close, x-secret").unwrap();
+        resp.insert_header("x-secret", "1").unwrap();
+        resp.insert_header("keep-alive", "timeout=5").unwrap();
+        resp.insert_header("x-kept", "1").unwrap();
+        strip_hop_by_hop(&mut resp);
+        assert!(resp.headers.get("x-secret").is_none());
+        assert!(resp.headers.get("keep-alive").is_none());
+        assert!(resp.headers.get("connection").is_none());
+        assert_eq!(resp.headers.get("x-kept").unwrap(), "1");
+    }
+}

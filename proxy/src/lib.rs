@@ -1,0 +1,11 @@
+//! edgeward: an edge reverse proxy built on Pingora that runs proxy-wasm filters.
+//!
+//! The rooms, in dependency order (see docs/architecture.md): `config` (YAML → model),
+//! `routing`, `upstream`, `access_log`, then `edge` (the Pingora conductor) and `server`.
+
+pub mod access_log;
+pub mod config;
+pub mod edge;
+pub mod routing;
+pub mod server;
+pub mod upstream;

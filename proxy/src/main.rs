@@ -1,0 +1,75 @@
+//! The `edgeward` command: `run` serves a configuration, `validate` checks one.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "edgeward",
+    version,
+    about = "An edge reverse proxy that runs proxy-wasm filters"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start serving the configuration (after checking it like `validate`).
+    Run {
+        #[arg(long, short, default_value = "config/edgeward.yaml")]
+        config: PathBuf,
+    },
+    /// Check a configuration and report every problem found, with file:line:column.
+    Validate {
+        #[arg(long, short, default_value = "config/edgeward.yaml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::new()
+        .parse_filters("info,pingora_core=warn,pingora_proxy=warn")
+        .parse_env("EDGEWARD_LOG")
+        .init();
+    match Cli::parse().command {
+        Command::Validate { config } => match edgeward::config::load(&config) {
+            Ok(_) => {
+                println!("ok");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                report(&e);
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config } => {
+            let config = match edgeward::config::load(&config) {
+                Ok(config) => config,
+                Err(e) => {
+                    report(&e);
+                    eprintln!("edgeward: not starting");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match edgeward::server::run(config) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("edgeward: {:#}", anyhow::Error::from(e));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn report(error: &edgeward::config::ConfigError) {
+    eprintln!("{error}");
+    if let edgeward::config::ConfigError::Invalid { problems, .. } = error {
+        let n = problems.len();
+        eprintln!("{n} problem{} found", if n == 1 { "" } else { "s" });
+    }
+}

@@ -1,0 +1,154 @@
+//! Builds the Pingora server from a validated configuration and runs it until shutdown.
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
+use pingora::proxy::ProxyServiceBuilder;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::access_log::AccessLogger;
+use crate::config::Config;
+use crate::edge::Edge;
+use crate::routing::RouteTable;
+use crate::upstream::{UpstreamError, Upstreams};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("cannot open the access log: {0}")]
+    AccessLog(std::io::Error),
+}
+
+/// Serves `config` until SIGTERM/SIGINT and the drain that follows.
+pub fn run(config: Config) -> Result<(), ServerError> {
+    // Pingora binds later and would only log a failure; check now for a clear error.
+    for listener in &config.listeners {
+        TcpListener::bind(listener.address).map_err(|source| ServerError::Listen {
+            address: listener.address,
+            source,
+        })?;
+    }
+    let (upstreams, upstream_services) = Upstreams::build(&config.upstreams)?;
+    let access_log = AccessLogger::open(&config.access_log).map_err(ServerError::AccessLog)?;
+    let conf = server_conf(&config);
+    let addresses: Vec<String> = config
+        .listeners
+        .iter()
+        .map(|l| format!("http://{}", l.address))
+        .collect();
+    let edge = Edge::new(RouteTable::new(config.routes), upstreams, access_log);
+    let drain = GracefulSignals {
+        inflight: edge.inflight(),
+        timeout: config.shutdown_timeout,
+    };
+
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+    let mut options = HttpServerOptions::default();
+    options.h2c = true;
+    let mut proxy = ProxyServiceBuilder::new(&server.configuration, edge)
+        .name("edgeward")
+        .server_options(options)
+        .build();
+    for listener in &config.listeners {
+        proxy.add_tcp(&listener.address.to_string());
+    }
+    server.add_service(proxy);
+    server.add_services(upstream_services);
+
+    log::info!(
+        "edgeward serving on {} with {} workers ({})",
+        addresses.join(", "),
+        config.workers,
+        config.source.display()
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(drain),
+    });
+    Ok(())
+}
+
+fn server_conf(config: &Config) -> ServerConf {
+    let runtime_dir = std::env::temp_dir();
+    let pid = std::process::id();
+    ServerConf {
+        threads: config.workers,
+        // Pingora sleeps out the whole grace period; GracefulSignals exits as soon as the
+        // last request is done, so this is only the upper bound.
+        grace_period_seconds: Some(config.shutdown_timeout.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
+        // Absolute and per process, so that several edgewards never share them.
+        pid_file: runtime_dir
+            .join(format!("edgeward-{pid}.pid"))
+            .display()
+            .to_string(),
+        upgrade_sock: runtime_dir
+            .join(format!("edgeward-{pid}-upgrade.sock"))
+            .display()
+            .to_string(),
+        ..ServerConf::default()
+    }
+}
+
+/// SIGTERM and SIGINT both drain: listeners close, in-flight requests finish (up to
+/// `timeout`), then the process exits. A second signal exits at once.
+struct GracefulSignals {
+    inflight: Arc<AtomicUsize>,
+    timeout: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for GracefulSignals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(term), Ok(int)) => (term, int),
+            (Err(e), _) | (_, Err(e)) => {
+                log::error!("cannot watch for shutdown signals: {e}; stop edgeward with SIGKILL");
+                return std::future::pending().await;
+            }
+        };
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        log::info!(
+            "{name}: no longer accepting connections; waiting up to {:?} for {} in-flight requests",
+            self.timeout,
+            self.inflight.load(Ordering::Acquire)
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            log::warn!("second signal: exiting without waiting for in-flight requests");
+            std::process::exit(1);
+        });
+        let inflight = self.inflight.clone();
+        std::thread::spawn(move || {
+            // Let Pingora close the listeners before judging that nothing is left.
+            std::thread::sleep(Duration::from_millis(100));
+            while inflight.load(Ordering::Acquire) > 0 {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            log::info!("all requests finished; exiting");
+            std::process::exit(0);
+        });
+        ShutdownSignal::GracefulTerminate
+    }
+}

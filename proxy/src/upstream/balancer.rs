@@ -1,0 +1,107 @@
+//! One load balancer per upstream, over Pingora's selection algorithms and health checks.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pingora::http::RequestHeader;
+use pingora::lb::health_check::HttpHealthCheck;
+use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, Random, RoundRobin};
+use pingora::lb::{Backend, LoadBalancer};
+use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
+use pingora::services::background::BackgroundService;
+
+use crate::config::{Balancing, HealthCheck, Upstream};
+
+pub(super) enum Balancer {
+    RoundRobin(Arc<LoadBalancer<RoundRobin>>),
+    Random(Arc<LoadBalancer<Random>>),
+    Consistent(Arc<LoadBalancer<Consistent>>),
+}
+
+type Accept<'a> = &'a dyn Fn(&SocketAddr, bool) -> bool;
+
+impl Balancer {
+    pub(super) fn new(upstream: &Upstream, endpoints: &[SocketAddr]) -> std::io::Result<Self> {
+        let hc = upstream.health_check.as_ref();
+        Ok(match upstream.balancing {
+            Balancing::RoundRobin => Balancer::RoundRobin(build(endpoints, hc)?),
+            Balancing::Random => Balancer::Random(build(endpoints, hc)?),
+            Balancing::ConsistentHash => Balancer::Consistent(build(endpoints, hc)?),
+        })
+    }
+
+    pub(super) fn select(
+        &self,
+        key: &[u8],
+        steps: usize,
+        accept: Accept<'_>,
+    ) -> Option<SocketAddr> {
+        match self {
+            Balancer::RoundRobin(lb) => pick(lb, key, steps, accept),
+            Balancer::Random(lb) => pick(lb, key, steps, accept),
+            Balancer::Consistent(lb) => pick(lb, key, steps, accept),
+        }
+    }
+
+    /// The health-check loop of this balancer, to run as a background task.
+    pub(super) fn background(&self) -> Arc<dyn BackgroundService + Send + Sync> {
+        match self {
+            Balancer::RoundRobin(lb) => lb.clone(),
+            Balancer::Random(lb) => lb.clone(),
+            Balancer::Consistent(lb) => lb.clone(),
+        }
+    }
+}
+
+fn pick<S>(lb: &LoadBalancer<S>, key: &[u8], steps: usize, accept: Accept<'_>) -> Option<SocketAddr>
+where
+    S: BackendSelection + 'static,
+    S::Iter: BackendIter,
+{
+    lb.select_with(key, steps, |backend, healthy| {
+        inet(backend).is_some_and(|addr| accept(&addr, healthy))
+    })
+    .and_then(|backend| inet(&backend))
+}
+
+fn inet(backend: &Backend) -> Option<SocketAddr> {
+    match &backend.addr {
+        PingoraAddr::Inet(addr) => Some(*addr),
+        _ => None,
+    }
+}
+
+fn build<S>(
+    endpoints: &[SocketAddr],
+    hc: Option<&HealthCheck>,
+) -> std::io::Result<Arc<LoadBalancer<S>>>
+where
+    S: BackendSelection + Send + Sync + 'static,
+    S::Iter: BackendIter,
+{
+    // Addresses are already resolved, so this performs no DNS lookup.
+    let mut lb = LoadBalancer::<S>::try_from_iter(endpoints.iter().copied())?;
+    if let Some(hc) = hc {
+        lb.set_health_check(Box::new(http_check(hc)?));
+        lb.health_check_frequency = Some(hc.interval);
+        lb.parallel_health_check = true;
+    }
+    Ok(Arc::new(lb))
+}
+
+fn http_check(hc: &HealthCheck) -> std::io::Result<HttpHealthCheck> {
+    let host = hc.host.as_deref().unwrap_or("localhost");
+    let mut check = HttpHealthCheck::new(host, false);
+    let mut req =
+        RequestHeader::build("GET", hc.path.as_bytes(), None).map_err(std::io::Error::other)?;
+    req.insert_header("host", host)
+        .map_err(std::io::Error::other)?;
+    req.insert_header("user-agent", "edgeward-health-check")
+        .map_err(std::io::Error::other)?;
+    check.req = req;
+    check.peer_template.options.connection_timeout = Some(hc.timeout);
+    check.peer_template.options.read_timeout = Some(hc.timeout);
+    check.consecutive_success = hc.healthy_threshold;
+    check.consecutive_failure = hc.unhealthy_threshold;
+    Ok(check)
+}

@@ -1,0 +1,148 @@
+//! Named upstreams: their endpoints, load balancing, health checks and connection settings,
+//! plus the origins edgeward serves itself (`builtin: echo`).
+
+mod balancer;
+mod echo;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{background_service, BackgroundService};
+use pingora::services::ServiceWithDependents;
+use pingora::upstreams::peer::HttpPeer;
+
+use crate::config::{self, Origin, UpstreamId};
+use balancer::Balancer;
+
+/// How many candidates a selection may look at before giving up (Ketama walks a ring).
+const MAX_SELECTION_STEPS: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cannot start the builtin origin for upstream `{upstream}`: {source}")]
+    Builtin {
+        upstream: String,
+        source: std::io::Error,
+    },
+    #[error("upstream `{upstream}`: {source}")]
+    Balancer {
+        upstream: String,
+        source: std::io::Error,
+    },
+}
+
+/// All upstreams, indexed by [`UpstreamId`].
+pub struct Upstreams {
+    entries: Vec<UpstreamEntry>,
+}
+
+pub struct UpstreamEntry {
+    config: config::Upstream,
+    balancer: Balancer,
+}
+
+impl Upstreams {
+    /// Builds the upstreams and the background services they need: the health-check loop and
+    /// the builtin origins (bound here, so their addresses are known before serving starts).
+    pub fn build(
+        upstreams: &[config::Upstream],
+    ) -> Result<(Upstreams, Vec<Box<dyn ServiceWithDependents>>), UpstreamError> {
+        let mut entries = Vec::with_capacity(upstreams.len());
+        let mut health_checked = Vec::new();
+        let mut builtins = Vec::new();
+        for upstream in upstreams {
+            let endpoints = match &upstream.origin {
+                Origin::Endpoints(addrs) => addrs.clone(),
+                Origin::Builtin(config::Builtin::Echo) => {
+                    let origin = echo::EchoOrigin::bind(&upstream.name).map_err(|source| {
+                        UpstreamError::Builtin {
+                            upstream: upstream.name.clone(),
+                            source,
+                        }
+                    })?;
+                    let addr = origin.addr();
+                    builtins.push(origin);
+                    vec![addr]
+                }
+            };
+            let balancer =
+                Balancer::new(upstream, &endpoints).map_err(|source| UpstreamError::Balancer {
+                    upstream: upstream.name.clone(),
+                    source,
+                })?;
+            if upstream.health_check.is_some() {
+                health_checked.push(balancer.background());
+            }
+            entries.push(UpstreamEntry {
+                config: upstream.clone(),
+                balancer,
+            });
+        }
+        let mut services: Vec<Box<dyn ServiceWithDependents>> = Vec::new();
+        if !health_checked.is_empty() {
+            services.push(Box::new(background_service(
+                "health checks",
+                RunAll(health_checked),
+            )));
+        }
+        if !builtins.is_empty() {
+            services.push(Box::new(background_service(
+                "builtin origins",
+                echo::EchoOrigins(builtins),
+            )));
+        }
+        Ok((Upstreams { entries }, services))
+    }
+
+    pub fn get(&self, id: UpstreamId) -> &UpstreamEntry {
+        // Ids come from the validated config, which only holds indexes of existing upstreams.
+        &self.entries[id.0]
+    }
+}
+
+impl UpstreamEntry {
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Extra connection attempts allowed after a connect failure.
+    pub fn retries(&self) -> u32 {
+        self.config.retries
+    }
+
+    /// Picks a healthy endpoint. `key` feeds consistent hashing; endpoints in `avoid` (those
+    /// that already failed for this request) are skipped unless nothing else is left.
+    pub fn select(&self, key: &[u8], avoid: &[SocketAddr]) -> Option<SocketAddr> {
+        self.balancer
+            .select(key, MAX_SELECTION_STEPS, &|addr, healthy| {
+                healthy && !avoid.contains(addr)
+            })
+            .or_else(|| {
+                self.balancer
+                    .select(key, MAX_SELECTION_STEPS, &|_, healthy| healthy)
+            })
+    }
+
+    /// Connection settings for one endpoint; connections are pooled per endpoint.
+    pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        let options = &mut peer.options;
+        options.connection_timeout = Some(self.config.connect_timeout);
+        options.read_timeout = Some(self.config.read_timeout);
+        options.write_timeout = Some(self.config.write_timeout);
+        options.idle_timeout = Some(self.config.idle_timeout);
+        peer
+    }
+}
+
+/// Runs several background tasks on one service (one runtime thread instead of one each).
+struct RunAll(Vec<Arc<dyn BackgroundService + Send + Sync>>);
+
+#[async_trait::async_trait]
+impl BackgroundService for RunAll {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let tasks = self.0.iter().map(|task| task.start(shutdown.clone()));
+        futures_util::future::join_all(tasks).await;
+    }
+}

@@ -1,0 +1,118 @@
+//! The `edgeward` command: `validate` reports every problem with file:line:column, `run`
+//! refuses an invalid file, and every configuration shipped in config/ is valid.
+
+use std::path::Path;
+
+use edgeward_testkit::run_edgeward;
+
+use crate::support::use_built_binary;
+
+const THREE_MISTAKES: &str = r#"listeners:
+  - address: 127.0.0.1:8080
+upstreams:
+  origin:
+    endpoints: ["127.0.0.1:9001"]
+    conect_timeout: 2s
+    read_timeout: soon
+routes:
+  - match: { path_prefix: / }
+    upstream: orign
+  - match: { path_regex: "/items/(" }
+    upstream: origin
+"#;
+
+#[test]
+fn validate_reports_every_problem_with_its_position() {
+    use_built_binary();
+    let out = run_edgeward(
+        &["validate", "--config", "{dir}/bad.yaml"],
+        &[("bad.yaml", THREE_MISTAKES)],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    for (position, words) in [
+        (
+            "bad.yaml:6:5:",
+            "unknown key `conect_timeout`; did you mean `connect_timeout`?",
+        ),
+        ("bad.yaml:7:19:", "`read_timeout`: expected a duration"),
+        (
+            "bad.yaml:10:15:",
+            "names upstream `orign`, which is not defined (defined: origin)",
+        ),
+        ("bad.yaml:11:26:", "`path_regex` does not compile"),
+    ] {
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(position))
+            .unwrap_or_else(|| panic!("no problem reported at {position}:\n{stderr}"));
+        assert!(line.contains(words), "{line}");
+    }
+    assert!(stderr.contains("4 problems found"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("{ "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_refuses_an_invalid_configuration_with_the_same_messages() {
+    use_built_binary();
+    let out = run_edgeward(
+        &["run", "--config", "{dir}/bad.yaml"],
+        &[("bad.yaml", THREE_MISTAKES)],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bad.yaml:10:15:") && stderr.contains("not starting"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn hostile_inputs_get_messages_never_panics() {
+    use_built_binary();
+    for text in [
+        "",
+        "[",
+        "listeners: 7",
+        "- just\n- a list",
+        "listeners: [{address: nowhere}]\nupstreams: {u: {endpoints: []}}\nroutes: [{upstream: u}]",
+        "upstreams: {u: {builtin: teapot}}\nroutes: {x: 1}",
+        "listeners: &a [*a]",
+        "\u{0}\u{1}binary",
+    ] {
+        let out = run_edgeward(
+            &["validate", "--config", "{dir}/c.yaml"],
+            &[("c.yaml", text)],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{text:?}: {stderr}");
+        assert!(stderr.contains("c.yaml"), "{text:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{text:?}: {stderr}");
+    }
+    let missing = run_edgeward(&["validate", "--config", "{dir}/missing.yaml"], &[]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
+}
+
+#[test]
+fn every_shipped_configuration_is_valid() {
+    use_built_binary();
+    let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
+    let mut files = vec![config_dir.join("edgeward.yaml")];
+    for entry in std::fs::read_dir(config_dir.join("examples")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    for file in files {
+        let path = file.display().to_string();
+        let out = run_edgeward(&["validate", "--config", &path], &[]);
+        assert!(
+            out.status.success(),
+            "{path}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    }
+}

@@ -1,0 +1,76 @@
+//! Upstream failures become clear JSON errors, and the proxy keeps serving afterwards.
+
+use edgeward_testkit::{client, free_port_addr, Origin};
+
+use crate::support::{config, get_json, start_proxy};
+
+#[tokio::test]
+async fn refused_connections_are_502_and_slow_upstreams_504() {
+    let slow = Origin::start("slow").await;
+    let proxy = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+upstreams:
+  down: {endpoints: ["$dead"], retries: 0}
+  slow: {endpoints: ["$slow"], read_timeout: 300ms}
+  demo: {builtin: echo}
+routes:
+  - {match: {path_prefix: /down/}, upstream: down}
+  - {match: {path_prefix: /delay/}, upstream: slow}
+  - {upstream: demo}
+"#,
+        &[
+            ("dead", free_port_addr().to_string()),
+            ("slow", slow.addr().to_string()),
+        ],
+    ))
+    .await;
+
+    let (status, body) = get_json(&proxy, "/down/x", &[]).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"], "upstream_unavailable");
+    assert!(
+        body["message"].as_str().unwrap().contains("`down`"),
+        "{body}"
+    );
+
+    let (status, body) = get_json(&proxy, "/delay/3000", &[]).await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["error"], "upstream_timeout");
+
+    // A fast answer from the same slow upstream still works, and so does everything else.
+    let (status, _) = get_json(&proxy, "/delay/10", &[]).await;
+    assert_eq!(status, 200);
+    let (status, body) = get_json(&proxy, "/still-serving", &[]).await;
+    assert_eq!((status, body["upstream"].as_str()), (200, Some("demo")));
+}
+
+#[tokio::test]
+async fn all_endpoints_unhealthy_is_502_no_healthy_endpoint() {
+    let origin = Origin::start("sick").await;
+    origin.set_healthy(false);
+    let proxy = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+upstreams:
+  sick: {endpoints: ["$sick"], health_check: {path: /healthz, interval: 100ms}}
+routes: [{upstream: sick}]
+"#,
+        &[("sick", origin.addr().to_string())],
+    ))
+    .await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let response = client::http1().get(proxy.url("/x")).send().await.unwrap();
+        if response.status() == 502 {
+            let body: serde_json::Value = response.json().await.unwrap();
+            assert_eq!(body["error"], "no_healthy_endpoint");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failing health check never took effect"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,97 @@
+//! The access log, and graceful shutdown on SIGTERM and SIGINT.
+
+use std::time::{Duration, Instant};
+
+use edgeward_testkit::{client, Origin};
+
+use crate::support::{config, start_proxy};
+
+#[tokio::test]
+async fn every_request_gets_a_json_access_log_line() {
+    let proxy = start_proxy(
+        r#"
+listeners: [{address: "{{listen}}"}]
+upstreams: {demo: {builtin: echo}}
+routes: [{name: everything, upstream: demo}]
+"#,
+    )
+    .await;
+    let response = client::http1()
+        .post(proxy.url("/logged?q=1"))
+        .header("x-request-id", "log-me")
+        .body("four")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let line = proxy
+        .wait_for_stdout("log-me", Duration::from_secs(10))
+        .await;
+    let entry: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(entry["method"], "POST");
+    assert_eq!(entry["path"], "/logged?q=1");
+    assert_eq!(entry["host"], "127.0.0.1");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["bytes_received"], 4);
+    assert!(entry["bytes_sent"].as_u64().unwrap() > 0);
+    assert_eq!(entry["route"], "everything");
+    assert_eq!(entry["upstream"], "demo");
+    assert!(entry["endpoint"]
+        .as_str()
+        .unwrap()
+        .starts_with("127.0.0.1:"));
+    assert!(entry["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(entry["duration_ms"].as_f64().unwrap() >= 0.0);
+    assert!(entry["time"].as_str().unwrap().ends_with('Z'));
+}
+
+async fn in_flight_request_survives(signal: &str) {
+    let slow = Origin::start("slow").await;
+    let mut proxy = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+shutdown_timeout: 20s
+upstreams: {slow: {endpoints: ["$slow"]}}
+routes: [{upstream: slow}]
+"#,
+        &[("slow", slow.addr().to_string())],
+    ))
+    .await;
+    let url = proxy.url("/delay/1500");
+    let in_flight = tokio::spawn(async move { client::http1().get(url).send().await });
+    // Let the request reach the origin before signalling.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while slow.hits() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the origin"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let signalled = Instant::now();
+    let status = proxy.signal_and_wait(signal, Duration::from_secs(15)).await;
+    assert!(status.success(), "exit status after SIG{signal}: {status}");
+    // It waited for the request, but not for the whole 20 s allowance.
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        signalled.elapsed()
+    );
+    let response = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request completed");
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["origin"], "slow");
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    in_flight_request_survives("TERM").await;
+}
+
+#[tokio::test]
+async fn sigint_lets_in_flight_requests_finish() {
+    in_flight_request_survives("INT").await;
+}

@@ -1,0 +1,13 @@
+//! End-to-end scenarios: the real `edgeward` binary, real origins, a real HTTP client, all on
+//! loopback. Each module covers one area; `support` holds the few shared helpers.
+
+// Panicking with a message is how a test fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod balancing;
+mod bodies;
+mod cli;
+mod failures;
+mod lifecycle;
+mod routing;
+mod support;

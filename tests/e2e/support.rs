@@ -1,0 +1,44 @@
+//! Shared helpers for the scenarios.
+
+use edgeward_testkit::{set_default_binary, Proxy};
+
+/// Starts the edgeward binary built for these tests with `yaml`; see [`Proxy::start`].
+pub async fn start_proxy(yaml: &str) -> Proxy {
+    use_built_binary();
+    Proxy::start(yaml).await
+}
+
+/// Points the testkit at the `edgeward` binary Cargo built for this test run.
+pub fn use_built_binary() {
+    set_default_binary(env!("CARGO_BIN_EXE_edgeward"));
+}
+
+/// Fills `$name` placeholders in a config template, e.g. `$a` → the address of origin `a`.
+/// (`{{listen}}`-style placeholders are left for the testkit, which picks free ports.)
+pub fn config(template: &str, vars: &[(&str, String)]) -> String {
+    let mut vars: Vec<&(&str, String)> = vars.iter().collect();
+    // Longest names first, so `$ab` is not half-replaced by `$a`.
+    vars.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+    vars.iter()
+        .fold(template.to_string(), |text, (name, value)| {
+            text.replace(&format!("${name}"), value)
+        })
+}
+
+/// GETs `path` and returns (status, parsed JSON body).
+pub async fn get_json(
+    proxy: &Proxy,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (u16, serde_json::Value) {
+    let mut request = edgeward_testkit::client::http1().get(proxy.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("request through the proxy");
+    let status = response.status().as_u16();
+    let body = response.text().await.expect("response body");
+    let json =
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {body}"));
+    (status, json)
+}

@@ -1,0 +1,83 @@
+//! Real HTTP clients and constant-memory body helpers for large transfers.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use reqwest::redirect::Policy;
+use reqwest::{Client, ClientBuilder};
+use sha2::{Digest, Sha256};
+
+use crate::origin::hex;
+use crate::pattern::Pattern;
+
+/// Settings shared by both clients: never route through a proxy from the environment (the
+/// proxy under test is the only one), give slow debug builds time, and show redirects to the
+/// test instead of following them.
+fn builder() -> ClientBuilder {
+    Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .redirect(Policy::none())
+}
+
+/// A reqwest client for HTTP/1.1.
+pub fn http1() -> Client {
+    builder()
+        .http1_only()
+        .build()
+        .expect("building HTTP/1.1 client")
+}
+
+/// A reqwest client speaking cleartext HTTP/2 with prior knowledge (h2c).
+pub fn h2c() -> Client {
+    builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("building h2c client")
+}
+
+/// A streaming request body of `n` deterministic pseudo-random bytes (the same bytes as the
+/// origin's `/bytes/{n}`), generated lazily in 64 KiB chunks so huge uploads use constant
+/// memory. Its length is unknown to reqwest, so HTTP/1.1 sends it chunked unless the request
+/// also sets `content-length: n`.
+pub fn generated_body(n: u64) -> reqwest::Body {
+    let chunks = Pattern::new(n).map(Ok::<_, Infallible>);
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+}
+
+/// Streams a response body to the end, returning (byte count, lower-case hex SHA-256).
+pub async fn sha256_of_body(mut resp: reqwest::Response) -> (u64, String) {
+    let mut hasher = Sha256::new();
+    let mut len = 0u64;
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .unwrap_or_else(|e| panic!("reading response body after {len} bytes: {e}"))
+    {
+        len += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    (len, hex(&hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{expected_bytes_sha256, Origin};
+
+    #[tokio::test]
+    async fn generated_body_with_content_length_is_not_chunked() {
+        let origin = Origin::start("len").await;
+        let resp = http1()
+            .put(format!("http://{}/upload", origin.addr()))
+            .header("content-length", 70_000)
+            .body(generated_body(70_000))
+            .send()
+            .await
+            .unwrap();
+        let json: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(json["headers"]["content-length"], "70000");
+        assert!(json["headers"].get("transfer-encoding").is_none());
+        assert_eq!(json["body_sha256"], expected_bytes_sha256(70_000));
+    }
+}

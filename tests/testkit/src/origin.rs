@@ -1,0 +1,379 @@
+//! Real HTTP origins, served in-process by hyper on 127.0.0.1 (HTTP/1.1 and h2c).
+//!
+//! Paths:
+//! - `/healthz`: 200 "ok", or 503 after [`Origin::set_healthy`]`(false)`.
+//! - `/bytes/{n}`: exactly `n` deterministic pseudo-random bytes, streamed with a
+//!   `content-length`; compare with [`expected_bytes_sha256`].
+//! - `/delay/{ms}`: waits `ms` milliseconds before the response headers, then echoes.
+//! - `/status/{code}`: that status with a small body.
+//! - anything else: a JSON echo of the request (see [`Origin::start`]).
+//!
+//! Every response carries `x-origin: <name>` so tests can see which origin answered.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::pattern::Pattern;
+
+const HEALTH_PATH: &str = "/healthz";
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// An HTTP origin on 127.0.0.1:<ephemeral>. Dropping it stops the server, including
+/// connections already open (so a proxy's pooled keep-alive connections die with it).
+pub struct Origin {
+    addr: SocketAddr,
+    state: Arc<State>,
+    server: JoinHandle<()>,
+}
+
+/// What the origin has seen, shared between the handle and the request handlers.
+struct State {
+    name: String,
+    name_header: HeaderValue,
+    requests: AtomicUsize,
+    hits: AtomicUsize,
+    healthy: AtomicBool,
+    last_request_headers: Mutex<BTreeMap<String, String>>,
+}
+
+impl Origin {
+    /// Starts an origin named `name` on 127.0.0.1:<ephemeral>. Must be called inside a tokio
+    /// runtime.
+    ///
+    /// The default route answers 200 `application/json`:
+    /// `{"origin", "method", "path" (with query), "headers" (lower-case names, repeated values
+    /// joined with ", "), "body_bytes", "body_sha256"}`. The request body is hashed as it
+    /// streams in, so uploads of any size use constant memory.
+    pub async fn start(name: &str) -> Origin {
+        let name_header = HeaderValue::from_str(name)
+            .unwrap_or_else(|e| panic!("origin name {name:?} is not a valid header value: {e}"));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("origin {name}: cannot bind 127.0.0.1:0: {e}"));
+        let addr = listener.local_addr().unwrap();
+        let state = Arc::new(State {
+            name: name.to_owned(),
+            name_header,
+            requests: AtomicUsize::new(0),
+            hits: AtomicUsize::new(0),
+            healthy: AtomicBool::new(true),
+            last_request_headers: Mutex::new(BTreeMap::new()),
+        });
+        let server = tokio::spawn(serve(listener, state.clone()));
+        Origin {
+            addr,
+            state,
+            server,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn name(&self) -> &str {
+        &self.state.name
+    }
+
+    /// Number of requests received so far (all paths, including /healthz).
+    pub fn requests(&self) -> usize {
+        self.state.requests.load(Ordering::SeqCst)
+    }
+
+    /// Number of requests received so far excluding the health path /healthz, i.e. the
+    /// traffic the proxy routed here as opposed to its health checks.
+    pub fn hits(&self) -> usize {
+        self.state.hits.load(Ordering::SeqCst)
+    }
+
+    /// Make /healthz answer 503 (false) or 200 (true). Default healthy.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.state.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Headers of the last non-/healthz request received (lower-case names; repeated values
+    /// joined with ", ").
+    pub fn last_request_headers(&self) -> BTreeMap<String, String> {
+        self.state.last_request_headers.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Origin {
+    fn drop(&mut self) {
+        // The connection tasks live in a JoinSet owned by the server task, so aborting it
+        // closes the listener and every open connection.
+        self.server.abort();
+    }
+}
+
+async fn serve(listener: TcpListener, state: Arc<State>) {
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let state = state.clone();
+                connections.spawn(async move {
+                    let service = service_fn(move |req| handle(state.clone(), req));
+                    // Errors here are clients going away mid-request; nothing to report.
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+            // Reap finished connections so the set does not grow over a long test.
+            Some(_) = connections.join_next() => {}
+        }
+    }
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    state.requests.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_owned();
+    let mut response = if path == HEALTH_PATH {
+        health(&state)
+    } else {
+        state.hits.fetch_add(1, Ordering::SeqCst);
+        *state.last_request_headers.lock().unwrap() = header_map(req.headers());
+        route(&state, &path, req).await
+    };
+    response
+        .headers_mut()
+        .insert("x-origin", state.name_header.clone());
+    Ok(response)
+}
+
+fn health(state: &State) -> Response<Body> {
+    if state.healthy.load(Ordering::SeqCst) {
+        text(StatusCode::OK, "ok")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "unhealthy")
+    }
+}
+
+async fn route(state: &State, path: &str, req: Request<Incoming>) -> Response<Body> {
+    if let Some(n) = path.strip_prefix("/bytes/") {
+        let Ok(n) = n.parse::<u64>() else {
+            return text(StatusCode::BAD_REQUEST, "bad byte count");
+        };
+        let chunks = Pattern::new(n).map(|chunk| Ok(Frame::data(chunk)));
+        let body = StreamBody::new(futures_util::stream::iter(chunks));
+        return Response::builder()
+            .header(CONTENT_LENGTH, n)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(BodyExt::boxed(body))
+            .unwrap();
+    }
+    if let Some(ms) = path.strip_prefix("/delay/") {
+        let Ok(ms) = ms.parse::<u64>() else {
+            return text(StatusCode::BAD_REQUEST, "bad delay");
+        };
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        return echo(state, req).await;
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        return match code.parse::<u16>().map(StatusCode::from_u16) {
+            Ok(Ok(status)) => text(status, &format!("status {}\n", status.as_u16())),
+            _ => text(StatusCode::BAD_REQUEST, "bad status code"),
+        };
+    }
+    echo(state, req).await
+}
+
+/// Describes the request back as JSON, hashing the body as it streams in.
+async fn echo(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let (parts, mut body) = req.into_parts();
+    let mut hasher = Sha256::new();
+    let mut body_bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => return text(StatusCode::BAD_REQUEST, &format!("reading body: {e}")),
+        };
+        if let Some(data) = frame.data_ref() {
+            body_bytes += data.len() as u64;
+            hasher.update(data);
+        }
+    }
+    let json = serde_json::json!({
+        "origin": state.name,
+        "method": parts.method.as_str(),
+        "path": parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+        "headers": header_map(&parts.headers),
+        "body_bytes": body_bytes,
+        "body_sha256": hex(&hasher.finalize()),
+    });
+    Response::builder()
+        .header(CONTENT_TYPE, "application/json")
+        .body(full(json.to_string()))
+        .unwrap()
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(CONTENT_TYPE, "text/plain")
+        .body(full(body.to_owned()))
+        .unwrap()
+}
+
+fn full(body: String) -> Body {
+    Full::new(Bytes::from(body)).boxed()
+}
+
+/// Lower-case names (as `http` stores them), repeated values joined with ", ".
+fn header_map(headers: &HeaderMap) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    for name in headers.keys() {
+        let values: Vec<_> = headers
+            .get_all(name)
+            .iter()
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .collect();
+        map.insert(name.as_str().to_owned(), values.join(", "));
+    }
+    map
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Lower-case hex SHA-256 of what `/bytes/{n}` (and [`crate::client::generated_body`]) sends,
+/// computed chunk by chunk without holding the whole sequence.
+pub fn expected_bytes_sha256(n: u64) -> String {
+    let mut hasher = Sha256::new();
+    Pattern::new(n).for_each(|chunk| hasher.update(&chunk));
+    hex(&hasher.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::client::{generated_body, h2c, http1, sha256_of_body};
+
+    #[tokio::test]
+    async fn bytes_are_streamed_with_exact_length_and_hash() {
+        let origin = Origin::start("alpha").await;
+        let resp = http1()
+            .get(format!("http://{}/bytes/1000000", origin.addr()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-origin"], "alpha");
+        assert_eq!(resp.headers()["content-length"], "1000000");
+        assert_eq!(
+            sha256_of_body(resp).await,
+            (1_000_000, expected_bytes_sha256(1_000_000))
+        );
+        assert_eq!((origin.requests(), origin.hits()), (1, 1));
+    }
+
+    #[tokio::test]
+    async fn echo_hashes_streamed_upload_and_reports_request() {
+        let origin = Origin::start("beta").await;
+        let resp = http1()
+            .post(format!("http://{}/anything?x=1", origin.addr()))
+            .header("x-test", "a")
+            .header("x-test", "b")
+            .body(generated_body(3_000_000))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["content-type"], "application/json");
+        let json: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(json["origin"], "beta");
+        assert_eq!(json["method"], "POST");
+        assert_eq!(json["path"], "/anything?x=1");
+        assert_eq!(json["headers"]["x-test"], "a, b");
+        assert_eq!(json["body_bytes"], 3_000_000);
+        assert_eq!(json["body_sha256"], expected_bytes_sha256(3_000_000));
+        assert_eq!(origin.last_request_headers()["x-test"], "a, b");
+    }
+
+    #[tokio::test]
+    async fn delay_waits_then_echoes() {
+        let origin = Origin::start("slow").await;
+        let started = std::time::Instant::now();
+        let resp = http1()
+            .get(format!("http://{}/delay/50", origin.addr()))
+            .send()
+            .await
+            .unwrap();
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        let json: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(json["path"], "/delay/50");
+    }
+
+    #[tokio::test]
+    async fn status_answers_with_that_code() {
+        let origin = Origin::start("gamma").await;
+        let resp = http1()
+            .get(format!("http://{}/status/503", origin.addr()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 503);
+        assert_eq!(resp.headers()["x-origin"], "gamma");
+    }
+
+    #[tokio::test]
+    async fn healthz_follows_set_healthy_and_is_not_a_hit() {
+        let origin = Origin::start("delta").await;
+        let url = format!("http://{}/healthz", origin.addr());
+        let client = http1();
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+        origin.set_healthy(false);
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 503);
+        origin.set_healthy(true);
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+        assert_eq!((origin.requests(), origin.hits()), (3, 0));
+        assert!(origin.last_request_headers().is_empty());
+    }
+
+    #[tokio::test]
+    async fn h2c_is_served() {
+        let origin = Origin::start("h2").await;
+        let resp = h2c()
+            .get(format!("http://{}/bytes/100000", origin.addr()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+        assert_eq!(
+            sha256_of_body(resp).await,
+            (100_000, expected_bytes_sha256(100_000))
+        );
+    }
+
+    #[tokio::test]
+    async fn dropping_the_origin_closes_open_connections() {
+        let origin = Origin::start("gone").await;
+        let url = format!("http://{}/", origin.addr());
+        let client = http1();
+        client.get(&url).send().await.unwrap();
+        drop(origin);
+        tokio::task::yield_now().await;
+        assert!(client.get(&url).send().await.is_err());
+    }
+}
