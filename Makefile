@@ -29,9 +29,11 @@ unit-and-e2e:
 
 check-format:
 	$(CARGO) fmt --all -- --check
+	cd tests/filters && $(CARGO) fmt --all -- --check
 
 lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	cd tests/filters && CARGO_TARGET_DIR=$(CURDIR)/target/test-filters $(CARGO) clippy --target wasm32-wasip1 --release --locked -- -D warnings
 
 # Pingora's zlib-ng build needs cmake; filters are built for wasm32-wasip1.
 setup:

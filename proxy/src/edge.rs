@@ -19,6 +19,7 @@ use crate::access_log::{self, AccessLogger};
 use crate::config::Route;
 use crate::routing::{request_host, RouteTable};
 use crate::upstream::Upstreams;
+use crate::wasm::{FilterChain, FilterFailure, FilterHost, LocalResponse, StreamInfo, Verdict};
 
 const VIA_NAME: &str = "edgeward";
 const REQUEST_ID: &str = "x-request-id";
@@ -26,6 +27,7 @@ const REQUEST_ID: &str = "x-request-id";
 pub struct Edge {
     routes: RouteTable,
     upstreams: Upstreams,
+    filters: FilterHost,
     access_log: AccessLogger,
     inflight: Arc<AtomicUsize>,
 }
@@ -40,7 +42,26 @@ pub struct RequestCtx {
     endpoint: Option<SocketAddr>,
     /// Set when edgeward answered on its own (no route, no endpoint, upstream failure).
     refusal: Option<Refusal>,
+    /// The route's filters, when it has any.
+    chain: Option<FilterChain>,
+    /// Whether the request and response have bodies for the filters to see.
+    request_has_body: bool,
+    response_has_body: bool,
+    /// A filter answered in the response-headers phase: its body replaces the upstream's.
+    response_replaced: bool,
+    replacement_body: Option<Bytes>,
+    /// A filter's answer decided in a phase that cannot write it; `fail_to_proxy` does.
+    pending_answer: Option<Answer>,
+    /// The error code of a filter's failure, for the access log.
+    filter_error: Option<&'static str>,
     _inflight: InflightGuard,
+}
+
+/// A response edgeward writes instead of the upstream's.
+#[derive(Debug)]
+enum Answer {
+    Local(LocalResponse),
+    FilterFailed(FilterFailure),
 }
 
 /// Counts a request as in flight for as long as its context lives (shutdown waits on it).
@@ -106,10 +127,16 @@ impl Refusal {
 }
 
 impl Edge {
-    pub fn new(routes: RouteTable, upstreams: Upstreams, access_log: AccessLogger) -> Self {
+    pub fn new(
+        routes: RouteTable,
+        upstreams: Upstreams,
+        filters: FilterHost,
+        access_log: AccessLogger,
+    ) -> Self {
         Edge {
             routes,
             upstreams,
+            filters,
             access_log,
             inflight: Arc::new(AtomicUsize::new(0)),
         }
@@ -143,7 +170,62 @@ impl Edge {
         session.write_response_header(Box::new(resp), false).await?;
         session
             .write_response_body(Some(Bytes::from(body)), true)
-            .await
+            .await?;
+        drain_unread_body(session).await;
+        Ok(())
+    }
+
+    /// Writes a filter's answer as the whole response.
+    async fn answer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        answer: Answer,
+    ) -> Result<()> {
+        let (head, body) = answer_response(&answer, &ctx.request_id)?;
+        if let Answer::FilterFailed(failure) = &answer {
+            ctx.filter_error = Some(failure.code);
+        }
+        session.write_response_header(Box::new(head), false).await?;
+        session.write_response_body(Some(body), true).await?;
+        drain_unread_body(session).await;
+        Ok(())
+    }
+
+    /// Runs what a filter chain decided for the request phases: `Ok(true)` when the request
+    /// was answered (or closed) here.
+    async fn settle_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        verdict: Verdict,
+    ) -> Result<bool> {
+        match verdict {
+            Verdict::Continue => Ok(false),
+            Verdict::Respond(response) => self
+                .answer(session, ctx, Answer::Local(response))
+                .await
+                .map(|()| true),
+            Verdict::Fail(failure) => self
+                .answer(session, ctx, Answer::FilterFailed(failure))
+                .await
+                .map(|()| true),
+            Verdict::Close => Err(closed_by_filter()),
+        }
+    }
+
+    fn stream_info(&self, session: &Session, ctx: &RequestCtx, route: &Route) -> StreamInfo {
+        StreamInfo {
+            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            server: session.server_addr().and_then(|a| a.as_inet()).copied(),
+            protocol: protocol_name(session.req_header().version),
+            request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
+            route: Arc::from(route.name.as_str()),
+            upstream: Arc::from(self.upstreams.get(route.upstream).name()),
+            started: SystemTime::now() - ctx.started.elapsed(),
+            started_at: ctx.started,
+            ..StreamInfo::default()
+        }
     }
 }
 
@@ -160,6 +242,13 @@ impl ProxyHttp for Edge {
             failed_endpoints: Vec::new(),
             endpoint: None,
             refusal: None,
+            chain: None,
+            request_has_body: false,
+            response_has_body: false,
+            response_replaced: false,
+            replacement_body: None,
+            pending_answer: None,
+            filter_error: None,
             _inflight: InflightGuard(self.inflight.clone()),
         }
     }
@@ -172,7 +261,17 @@ impl ProxyHttp for Edge {
         match self.routes.find(session.req_header()) {
             Some(route) => {
                 ctx.route = Some(route.clone());
-                Ok(false)
+                let info = self.stream_info(session, ctx, route);
+                let Some(mut chain) = self.filters.chain(route, info, ctx.started) else {
+                    return Ok(false);
+                };
+                let end_of_stream = session.is_body_empty();
+                ctx.request_has_body = !end_of_stream;
+                let verdict = chain
+                    .on_request_headers(session.req_header_mut(), end_of_stream)
+                    .await;
+                ctx.chain = Some(chain);
+                self.settle_request(session, ctx, verdict).await
             }
             None => {
                 let req = session.req_header();
@@ -209,6 +308,9 @@ impl ProxyHttp for Edge {
         match upstream.select(key, &ctx.failed_endpoints) {
             Some(addr) => {
                 ctx.endpoint = Some(addr);
+                if let Some(chain) = &mut ctx.chain {
+                    chain.set_upstream_address(addr);
+                }
                 Ok(Box::new(upstream.peer(addr)))
             }
             None => {
@@ -263,21 +365,122 @@ impl ProxyHttp for Edge {
             upstream_request.set_uri(origin_form);
             upstream_request.insert_header(header::HOST, host.clone())?;
         }
+        if ctx.chain.is_some() && ctx.request_has_body {
+            // Filters may change the body's length: send it chunked (HTTP/1.1) or framed (h2).
+            upstream_request.remove_header(&header::CONTENT_LENGTH);
+        }
         add_forwarding_headers(session, upstream_request)
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(chain) = ctx.chain.as_mut().filter(|_| ctx.request_has_body) else {
+            return Ok(());
+        };
+        // Held-back data is an empty chunk, never `None`, which would end the upstream body.
+        let (data, verdict) = chain
+            .on_request_body(session.req_header_mut(), body.take(), end_of_stream)
+            .await;
+        *body = Some(data);
+        let answer = match verdict {
+            Verdict::Continue => return Ok(()),
+            Verdict::Close => return Err(closed_by_filter()),
+            Verdict::Respond(response) => Answer::Local(response),
+            Verdict::Fail(failure) => Answer::FilterFailed(failure),
+        };
+        // The request head already went upstream: abort it and answer in `fail_to_proxy`.
+        let status = answer_status(&answer);
+        ctx.pending_answer = Some(answer);
+        Error::e_explain(
+            ErrorType::HTTPStatus(status),
+            "a filter answered during the request body",
+        )
     }
 
     async fn response_filter(
         &self,
         session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         strip_hop_by_hop(upstream_response);
         let via = via(
             upstream_response.headers.get(header::VIA),
             session.req_header().version,
         );
-        upstream_response.insert_header(header::VIA, via)
+        upstream_response.insert_header(header::VIA, via)?;
+        let Some(chain) = ctx.chain.as_mut() else {
+            return Ok(());
+        };
+        let end_of_stream = !response_has_body(session.req_header(), upstream_response);
+        ctx.response_has_body = !end_of_stream;
+        let verdict = chain
+            .on_response_headers(session.req_header_mut(), upstream_response, end_of_stream)
+            .await;
+        let answer = match verdict {
+            Verdict::Continue => {
+                if ctx.response_has_body {
+                    // Filters may change the body's length (HTTP/2 frames it; HTTP/1.1 chunks).
+                    upstream_response.remove_header(&header::CONTENT_LENGTH);
+                    if session.req_header().version != Version::HTTP_2 {
+                        upstream_response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+                    }
+                }
+                return Ok(());
+            }
+            Verdict::Close => return Err(closed_by_filter()),
+            Verdict::Respond(response) => Answer::Local(response),
+            Verdict::Fail(failure) => Answer::FilterFailed(failure),
+        };
+        // The response head has not left yet: replace it, and the body after it.
+        let (head, body) = answer_response(&answer, &ctx.request_id)?;
+        if let Answer::FilterFailed(failure) = &answer {
+            ctx.filter_error = Some(failure.code);
+        }
+        *upstream_response = head;
+        ctx.response_replaced = true;
+        ctx.replacement_body = Some(body);
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        if ctx.response_replaced {
+            // A filter's answer replaced the response: send its body once, drop the upstream's.
+            *body = Some(ctx.replacement_body.take().unwrap_or_default());
+            return Ok(None);
+        }
+        let Some(chain) = ctx.chain.as_mut().filter(|_| ctx.response_has_body) else {
+            return Ok(None);
+        };
+        let (data, verdict) =
+            chain.on_response_body(session.req_header_mut(), body.take(), end_of_stream);
+        *body = Some(data);
+        match verdict {
+            Verdict::Continue => Ok(None),
+            // The head is gone: the only honest ending is to cut the response short.
+            Verdict::Close => Err(closed_by_filter()),
+            Verdict::Respond(_) | Verdict::Fail(_) => {
+                if let Verdict::Fail(failure) = &verdict {
+                    ctx.filter_error = Some(failure.code);
+                }
+                log::warn!("a filter answered after the response head was sent ({verdict:?}); aborting the response");
+                Error::e_explain(
+                    ErrorType::InternalError,
+                    "filter answered during the response body",
+                )
+            }
+        }
     }
 
     async fn fail_to_proxy(
@@ -286,6 +489,18 @@ impl ProxyHttp for Edge {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if let Some(answer) = ctx.pending_answer.take() {
+            let status = answer_status(&answer);
+            if session.response_written().is_none() {
+                if let Err(write_error) = self.answer(session, ctx, answer).await {
+                    log::debug!("cannot send the filter's answer: {write_error}");
+                }
+            }
+            return FailToProxy {
+                error_code: status,
+                can_reuse_downstream: false,
+            };
+        }
         let refusal = ctx.refusal.or_else(|| Refusal::from_error(e));
         let Some(refusal) = refusal else {
             return FailToProxy {
@@ -322,6 +537,10 @@ impl ProxyHttp for Edge {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(chain) = ctx.chain.as_mut() {
+            let response = session.response_written().cloned();
+            chain.finish(session.req_header_mut(), response.as_ref());
+        }
         if !self.access_log.is_on() {
             return;
         }
@@ -342,8 +561,86 @@ impl ProxyHttp for Edge {
             upstream: route.map(|r| self.upstreams.get(r.upstream).name()),
             endpoint: ctx.endpoint,
             duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
-            error: ctx.refusal.map(Refusal::code),
+            error: ctx.refusal.map(Refusal::code).or(ctx.filter_error),
         });
+    }
+}
+
+fn closed_by_filter() -> Box<Error> {
+    Error::explain(ErrorType::ConnectionClosed, "a filter closed the stream").into_down()
+}
+
+/// Whether a response to this request carries a body (RFC 9110 §6.4.1).
+fn response_has_body(req: &RequestHeader, resp: &ResponseHeader) -> bool {
+    let status = resp.status.as_u16();
+    req.method != http::Method::HEAD
+        && !(100..200).contains(&status)
+        && status != 204
+        && status != 304
+        && resp
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() != b"0")
+}
+
+fn answer_status(answer: &Answer) -> u16 {
+    match answer {
+        Answer::Local(response) => response.status,
+        Answer::FilterFailed(failure) => failure.status,
+    }
+}
+
+/// The head and body of a filter's answer: its own response, or edgeward's JSON error
+/// naming the filter.
+fn answer_response(answer: &Answer, request_id: &HeaderValue) -> Result<(ResponseHeader, Bytes)> {
+    match answer {
+        Answer::Local(local) => {
+            let mut head = ResponseHeader::build(local.status, Some(local.headers.len() + 1))?;
+            for (name, value) in &local.headers {
+                if let (Ok(name), Ok(value)) = (
+                    http::HeaderName::from_bytes(name),
+                    HeaderValue::from_bytes(value),
+                ) {
+                    head.append_header(name, value)?;
+                }
+            }
+            head.remove_header(&header::TRANSFER_ENCODING);
+            head.set_content_length(local.body.len())?;
+            Ok((head, Bytes::copy_from_slice(&local.body)))
+        }
+        Answer::FilterFailed(failure) => {
+            let body = serde_json::json!({
+                "error": failure.code,
+                "status": failure.status,
+                "filter": failure.filter,
+                "message": failure.message,
+                "request_id": request_id.to_str().unwrap_or_default(),
+            })
+            .to_string();
+            let mut head = ResponseHeader::build(failure.status, Some(4))?;
+            head.insert_header(header::CONTENT_TYPE, "application/json")?;
+            head.insert_header(header::CACHE_CONTROL, "no-store")?;
+            head.insert_header(REQUEST_ID, request_id.clone())?;
+            head.set_content_length(body.len())?;
+            Ok((head, Bytes::from(body)))
+        }
+    }
+}
+
+/// Reads (and drops) what the client is still sending after it was answered early, for a
+/// bounded time: closing with unread data makes the kernel reset the connection, and the
+/// client would never see the answer.
+async fn drain_unread_body(session: &mut Session) {
+    const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+    let downstream = session.as_downstream_mut();
+    if downstream.is_body_done() {
+        return;
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, downstream.drain_request_body())
+        .await
+        .is_err()
+    {
+        log::debug!("gave up draining a request body after {DRAIN_TIMEOUT:?}");
     }
 }
 

@@ -9,3 +9,4 @@ pub mod edge;
 pub mod routing;
 pub mod server;
 pub mod upstream;
+pub mod wasm;

@@ -36,11 +36,19 @@ fn main() -> ExitCode {
         .parse_env("EDGEWARD_LOG")
         .init();
     match Cli::parse().command {
-        Command::Validate { config } => match edgeward::config::load(&config) {
-            Ok(_) => {
-                println!("ok");
-                ExitCode::SUCCESS
-            }
+        Command::Validate { config: path } => match edgeward::config::load(&path) {
+            // Loading the filters compiles them and runs their start-up and on_configure.
+            Ok(config) => match edgeward::wasm::FilterHost::load(&config) {
+                Ok(_) => {
+                    println!("ok");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{}: error: {e}", path.display());
+                    eprintln!("1 problem found");
+                    ExitCode::FAILURE
+                }
+            },
             Err(e) => {
                 report(&e);
                 ExitCode::FAILURE

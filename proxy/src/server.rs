@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::edge::Edge;
 use crate::routing::RouteTable;
 use crate::upstream::{UpstreamError, Upstreams};
+use crate::wasm::{FilterHost, WasmError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -27,6 +28,8 @@ pub enum ServerError {
     },
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Filters(#[from] WasmError),
     #[error("cannot open the access log: {0}")]
     AccessLog(std::io::Error),
 }
@@ -40,6 +43,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             source,
         })?;
     }
+    let filters = FilterHost::load(&config)?;
+    let filter_ticks = filters.background_service();
     let (upstreams, upstream_services) = Upstreams::build(&config.upstreams)?;
     let access_log = AccessLogger::open(&config.access_log).map_err(ServerError::AccessLog)?;
     let conf = server_conf(&config);
@@ -48,7 +53,12 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .iter()
         .map(|l| format!("http://{}", l.address))
         .collect();
-    let edge = Edge::new(RouteTable::new(config.routes), upstreams, access_log);
+    let edge = Edge::new(
+        RouteTable::new(config.routes),
+        upstreams,
+        filters,
+        access_log,
+    );
     let drain = GracefulSignals {
         inflight: edge.inflight(),
         timeout: config.shutdown_timeout,
@@ -67,6 +77,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     }
     server.add_service(proxy);
     server.add_services(upstream_services);
+    server.add_boxed_service(filter_ticks);
 
     log::info!(
         "edgeward serving on {} with {} workers ({})",

@@ -8,6 +8,7 @@ mod balancing;
 mod bodies;
 mod cli;
 mod failures;
+mod filters;
 mod lifecycle;
 mod routing;
 mod support;

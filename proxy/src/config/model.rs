@@ -21,6 +21,65 @@ pub struct Config {
     pub upstreams: Vec<Upstream>,
     /// In priority order: the first route that matches wins.
     pub routes: Vec<Route>,
+    /// Indexed by [`FilterId`].
+    pub filters: Vec<Filter>,
+    pub wasm: WasmSettings,
+}
+
+/// Settings of the WebAssembly engine shared by every filter.
+#[derive(Debug, Clone)]
+pub struct WasmSettings {
+    /// Where compiled filter code is kept between runs; `None` compiles on every start.
+    pub module_cache: Option<PathBuf>,
+    /// Instances that may exist at once (all filters, both isolation modes).
+    pub max_instances: u32,
+}
+
+/// Index of a filter in [`Config::filters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FilterId(pub usize);
+
+/// A named proxy-wasm filter instance: a module plus its configuration and limits.
+#[derive(Debug, Clone)]
+pub struct Filter {
+    pub name: String,
+    pub module: PathBuf,
+    /// Delivered to `on_configure` (JSON text, or the plain string as written).
+    pub config: Vec<u8>,
+    /// Delivered to `on_vm_start`.
+    pub vm_config: Vec<u8>,
+    /// The plugin root id (`plugin_root_id`) that selects the filter's root context.
+    pub root_id: String,
+    pub isolation: Isolation,
+    pub limits: FilterLimits,
+    pub on_error: FailurePolicy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    /// Long-lived instances reused by many requests (one per worker), as in Envoy.
+    Shared,
+    /// A fresh instance for every request, never touched by another request.
+    Request,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FilterLimits {
+    /// Linear memory cap of one instance, in bytes.
+    pub memory: u64,
+    /// Guest CPU time one request may use in this filter.
+    pub cpu: Duration,
+    /// Most body bytes the filter may hold buffered.
+    pub body: u64,
+}
+
+/// What happens to a request when its filter traps or exceeds a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailurePolicy {
+    /// Answer with an error (500, or 503 for resource limits).
+    FailClosed,
+    /// Skip the filter for the rest of the request.
+    FailOpen,
 }
 
 /// A plain-HTTP listener; it speaks HTTP/1.x and cleartext HTTP/2 (prior knowledge).
@@ -101,6 +160,10 @@ pub struct Route {
     pub strip_prefix: Option<String>,
     /// Host header sent upstream instead of the client's.
     pub host_rewrite: Option<HeaderValue>,
+    /// Run in this order on requests and in reverse order on responses.
+    pub filters: Vec<FilterId>,
+    /// Longest time filters may hold the request before it reaches the upstream.
+    pub timeout: Duration,
 }
 
 /// Every present condition must hold; an empty match accepts every request.

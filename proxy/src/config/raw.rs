@@ -51,6 +51,34 @@ pub struct RawConfig {
     pub upstreams: Located<Named<RawUpstream>>,
     #[serde(default)]
     pub routes: Located<Vec<Located<RawRoute>>>,
+    #[serde(default)]
+    pub filters: Named<Located<RawFilter>>,
+    pub wasm: Option<Located<RawWasm>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawWasm {
+    pub module_cache: Option<Located<String>>,
+    pub max_instances: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawFilter {
+    pub module: Option<Located<String>>,
+    /// Any YAML: handed to the filter as JSON text (a plain string as itself).
+    pub config: Option<serde_json::Value>,
+    pub vm_config: Option<serde_json::Value>,
+    pub root_id: Option<Located<String>>,
+    pub isolation: Option<Located<String>>,
+    pub limits: Option<Located<RawLimits>>,
+    pub on_error: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawLimits {
+    pub memory: Option<Located<String>>,
+    pub cpu: Option<Located<String>>,
+    pub body: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -89,6 +117,8 @@ pub struct RawRoute {
     pub upstream: Option<Located<String>>,
     pub strip_prefix: Option<Located<bool>>,
     pub host_rewrite: Option<Located<String>>,
+    pub filters: Option<Located<Vec<Located<String>>>>,
+    pub timeout: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,4 +1,5 @@
-//! Human units in the configuration: durations (`500ms`, `2s`, `5m`, `1h`, `1.5s`).
+//! Human units in the configuration: durations (`500ms`, `2s`, `5m`, `1h`, `1.5s`) and sizes
+//! (`512KiB`, `128MiB`, `10GiB`, `64KB`, or a plain number of bytes).
 
 use std::time::Duration;
 
@@ -22,9 +23,48 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(value * seconds_per_unit).map_err(|_| expected())
 }
 
+/// Parses a size in bytes: binary (`KiB`, `MiB`, `GiB`) or decimal (`KB`, `MB`, `GB`) units,
+/// `B`, or a plain number of bytes.
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let expected = || format!("expected a size like `64KiB`, `128MiB` or `1GiB`, found `{text}`");
+    let value: f64 = number.parse().map_err(|_| expected())?;
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(expected()),
+    };
+    let bytes = value * multiplier as f64;
+    if !bytes.is_finite() || bytes > u64::MAX as f64 || bytes.fract() != 0.0 {
+        return Err(expected());
+    }
+    Ok(bytes as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("128MiB"), Ok(128 << 20));
+        assert_eq!(parse_size("1.5KiB"), Ok(1536));
+        assert_eq!(parse_size("64KB"), Ok(64_000));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+        for bad in ["", "MiB", "12 parsecs", "-1MiB", "0.3B"] {
+            assert!(parse_size(bad).is_err(), "{bad} should be rejected");
+        }
+    }
 
     #[test]
     fn durations() {

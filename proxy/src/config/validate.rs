@@ -3,14 +3,14 @@
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
 use super::model::*;
 use super::raw::*;
-use super::units::parse_duration;
+use super::units::{parse_duration, parse_size};
 use super::yaml::{Located, Mark};
 use super::Diagnostic;
 
@@ -22,6 +22,15 @@ const DEFAULT_RETRIES: u32 = 1;
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
+const DEFAULT_ROUTE_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_FILTER_LIMITS: FilterLimits = FilterLimits {
+    memory: 128 << 20,
+    cpu: Duration::from_millis(50),
+    body: 1 << 20,
+};
+/// wasm32 linear memory cannot be larger than 4 GiB.
+const MAX_FILTER_MEMORY: u64 = 4 << 30;
+const DEFAULT_MAX_INSTANCES: u32 = 1000;
 
 pub(super) struct Validator<'a> {
     base_dir: &'a Path,
@@ -59,6 +68,32 @@ impl<'a> Validator<'a> {
             Ok(d) => d,
             Err(e) => {
                 self.error(value.mark, format!("`{key}`: {e}"));
+                default
+            }
+        }
+    }
+
+    /// One of a fixed set of words; `default` when absent or wrong.
+    fn choice<T: Copy>(
+        &mut self,
+        value: &Option<Located<String>>,
+        key: &str,
+        default: T,
+        choices: &[(&str, T)],
+    ) -> T {
+        let Some(value) = value else { return default };
+        match choices.iter().find(|(word, _)| *word == value.trim()) {
+            Some((_, chosen)) => *chosen,
+            None => {
+                let words: Vec<&str> = choices.iter().map(|(word, _)| *word).collect();
+                self.error(
+                    value.mark,
+                    format!(
+                        "unknown {key} `{}`; expected one of: {}",
+                        value.trim(),
+                        words.join(", ")
+                    ),
+                );
                 default
             }
         }
@@ -126,7 +161,9 @@ impl<'a> Validator<'a> {
             DEFAULT_SHUTDOWN_TIMEOUT,
         );
         let upstreams = self.upstreams(&raw.upstreams);
-        let routes = self.routes(&raw.routes, &upstreams);
+        let filters = self.filters(&raw.filters);
+        let routes = self.routes(&raw.routes, &upstreams, &filters);
+        let wasm = self.wasm(raw.wasm.as_ref());
         Config {
             source: source.to_path_buf(),
             listeners,
@@ -135,6 +172,178 @@ impl<'a> Validator<'a> {
             shutdown_timeout,
             upstreams,
             routes,
+            filters,
+            wasm,
+        }
+    }
+
+    fn wasm(&mut self, raw: Option<&Located<RawWasm>>) -> WasmSettings {
+        let module_cache = match raw.and_then(|w| w.module_cache.as_ref()) {
+            Some(path) if path.trim() == "off" => None,
+            Some(path) => Some(match path.trim().strip_prefix("~/") {
+                Some(rest) => match std::env::var_os("HOME") {
+                    Some(home) => PathBuf::from(home).join(rest),
+                    None => {
+                        self.error(
+                            path.mark,
+                            "`module_cache` starts with `~/` but HOME is not set",
+                        );
+                        PathBuf::from(rest)
+                    }
+                },
+                None => self.base_dir.join(path.trim()),
+            }),
+            None => default_module_cache(),
+        };
+        let max_instances = match raw.and_then(|w| w.max_instances.as_ref()) {
+            None => DEFAULT_MAX_INSTANCES,
+            Some(n) => {
+                match self.number::<u32>(n, "max_instances", "a whole number from 1 to 100000") {
+                    Some(n @ 1..=100_000) => n,
+                    Some(_) => {
+                        self.error(n.mark, "`max_instances` must be from 1 to 100000");
+                        DEFAULT_MAX_INSTANCES
+                    }
+                    None => DEFAULT_MAX_INSTANCES,
+                }
+            }
+        };
+        WasmSettings {
+            module_cache,
+            max_instances,
+        }
+    }
+
+    fn filters(&mut self, raw: &Named<Located<RawFilter>>) -> Vec<Filter> {
+        raw.0
+            .iter()
+            .map(|(name, filter)| self.filter(name, filter))
+            .collect()
+    }
+
+    fn filter(&mut self, name: &Located<String>, raw: &Located<RawFilter>) -> Filter {
+        self.check_name(name, "filter");
+        let module = match &raw.module {
+            None => {
+                self.error(
+                    raw.mark,
+                    format!("filter `{}` needs a `module` (a .wasm file)", name.value),
+                );
+                PathBuf::new()
+            }
+            Some(module) => {
+                let path = self.base_dir.join(module.trim());
+                if let Err(e) = std::fs::File::open(&path)
+                    .and_then(|f| f.metadata())
+                    .and_then(|m| {
+                        if m.is_file() {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::other("not a file"))
+                        }
+                    })
+                {
+                    self.error(
+                        module.mark,
+                        format!(
+                            "filter `{}`: cannot read module `{}`: {e}",
+                            name.value,
+                            path.display()
+                        ),
+                    );
+                }
+                path
+            }
+        };
+        let isolation = self.choice(
+            &raw.isolation,
+            "isolation",
+            Isolation::Shared,
+            &[
+                ("shared", Isolation::Shared),
+                ("request", Isolation::Request),
+            ],
+        );
+        let on_error = self.choice(
+            &raw.on_error,
+            "on_error",
+            FailurePolicy::FailClosed,
+            &[
+                ("fail_closed", FailurePolicy::FailClosed),
+                ("fail_open", FailurePolicy::FailOpen),
+            ],
+        );
+        let limits = match &raw.limits {
+            None => DEFAULT_FILTER_LIMITS,
+            Some(limits) => self.filter_limits(limits),
+        };
+        Filter {
+            name: name.value.clone(),
+            module,
+            config: plugin_bytes(raw.config.as_ref()),
+            vm_config: plugin_bytes(raw.vm_config.as_ref()),
+            root_id: raw
+                .root_id
+                .as_ref()
+                .map(|r| r.value.clone())
+                .unwrap_or_default(),
+            isolation,
+            limits,
+            on_error,
+        }
+    }
+
+    fn filter_limits(&mut self, raw: &Located<RawLimits>) -> FilterLimits {
+        let mut size =
+            |value: &Option<Located<String>>, key: &str, default: u64, max: u64| match value {
+                None => default,
+                Some(v) => match parse_size(v) {
+                    Ok(n) if n >= 1 && n <= max => n,
+                    Ok(_) => {
+                        self.error(
+                            v.mark,
+                            format!("`{key}` must be between 1 byte and {} MiB", max >> 20),
+                        );
+                        default
+                    }
+                    Err(e) => {
+                        self.error(v.mark, format!("`{key}`: {e}"));
+                        default
+                    }
+                },
+            };
+        let memory = size(
+            &raw.memory,
+            "memory",
+            DEFAULT_FILTER_LIMITS.memory,
+            MAX_FILTER_MEMORY,
+        );
+        let body = size(&raw.body, "body", DEFAULT_FILTER_LIMITS.body, 1 << 40);
+        if memory < 1 << 20 {
+            if let Some(m) = &raw.memory {
+                self.error(m.mark, "`memory` must be at least 1MiB");
+            }
+        }
+        FilterLimits {
+            memory,
+            cpu: self.duration(&raw.cpu, "cpu", DEFAULT_FILTER_LIMITS.cpu),
+            body,
+        }
+    }
+
+    fn check_name(&mut self, name: &Located<String>, what: &str) {
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        {
+            self.error(
+                name.mark,
+                format!(
+                    "{what} name `{}` may only use letters, digits, `-`, `_` and `.`",
+                    name.value
+                ),
+            );
         }
     }
 
@@ -229,22 +438,16 @@ impl<'a> Validator<'a> {
                 }
             },
         };
-        let balancing = match raw
-            .load_balancing
-            .as_ref()
-            .map(|v| (v.mark, v.value.trim()))
-        {
-            None | Some((_, "round_robin")) => Balancing::RoundRobin,
-            Some((_, "random")) => Balancing::Random,
-            Some((_, "consistent_hash")) => Balancing::ConsistentHash,
-            Some((mark, other)) => {
-                self.error(
-                    mark,
-                    format!("unknown load_balancing `{other}`; expected round_robin, random or consistent_hash"),
-                );
-                Balancing::RoundRobin
-            }
-        };
+        let balancing = self.choice(
+            &raw.load_balancing,
+            "load_balancing",
+            Balancing::RoundRobin,
+            &[
+                ("round_robin", Balancing::RoundRobin),
+                ("random", Balancing::Random),
+                ("consistent_hash", Balancing::ConsistentHash),
+            ],
+        );
         let retries = match &raw.retries {
             None => DEFAULT_RETRIES,
             Some(r) => self
@@ -375,6 +578,7 @@ impl<'a> Validator<'a> {
         &mut self,
         raw: &Located<Vec<Located<RawRoute>>>,
         upstreams: &[Upstream],
+        filters: &[Filter],
     ) -> Vec<Route> {
         if raw.is_empty() {
             self.error(raw.mark, "at least one route is required under `routes`");
@@ -394,7 +598,7 @@ impl<'a> Validator<'a> {
                 }
                 None => format!("route-{}", index + 1),
             };
-            if let Some(route) = self.route(route, name, upstreams) {
+            if let Some(route) = self.route(route, name, upstreams, filters) {
                 routes.push(route);
             }
         }
@@ -406,6 +610,7 @@ impl<'a> Validator<'a> {
         raw: &Located<RawRoute>,
         name: String,
         upstreams: &[Upstream],
+        filters: &[Filter],
     ) -> Option<Route> {
         let matcher = match &raw.matcher {
             Some(m) => self.route_match(m),
@@ -453,12 +658,46 @@ impl<'a> Validator<'a> {
                         None
                     }
                 });
+        let mut chain = Vec::new();
+        for wanted in raw.filters.iter().flat_map(|f| f.iter()) {
+            match filters
+                .iter()
+                .position(|f| f.name == wanted.value)
+                .map(FilterId)
+            {
+                Some(id) if chain.contains(&id) => {
+                    self.error(
+                        wanted.mark,
+                        format!("filter `{}` appears twice in route `{name}`", wanted.value),
+                    );
+                }
+                Some(id) => chain.push(id),
+                None => {
+                    let known: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
+                    self.error(
+                        wanted.mark,
+                        format!(
+                            "route `{name}` names filter `{}`, which is not defined (defined: {})",
+                            wanted.value,
+                            if known.is_empty() {
+                                "none".to_string()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    );
+                }
+            }
+        }
+        let timeout = self.duration(&raw.timeout, "timeout", DEFAULT_ROUTE_TIMEOUT);
         Some(Route {
             name,
             matcher,
             upstream: upstream?,
             strip_prefix,
             host_rewrite,
+            filters: chain,
+            timeout,
         })
     }
 
@@ -557,4 +796,27 @@ impl<'a> Validator<'a> {
             None
         }
     }
+}
+
+/// The bytes a filter receives for `config`/`vm_config`: a plain string as itself, anything
+/// else as JSON text, nothing as empty.
+fn plugin_bytes(value: Option<&serde_json::Value>) -> Vec<u8> {
+    match value {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::String(s)) => s.clone().into_bytes(),
+        Some(other) => other.to_string().into_bytes(),
+    }
+}
+
+/// `$XDG_CACHE_HOME/edgeward/modules`, else `~/.cache/edgeward/modules`; none without a home.
+fn default_module_cache() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
+    Some(base.join("edgeward").join("modules"))
 }

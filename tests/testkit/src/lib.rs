@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod client;
+pub mod filters;
 pub mod origin;
 mod pattern;
 pub mod proxy;

@@ -1,0 +1,443 @@
+//! Header and trailer maps: `proxy_{get,set}_header_map_pairs`,
+//! `proxy_{get,add,replace,remove}_header_map_value`, `proxy_get_header_map_size`.
+//!
+//! As in Envoy, requests carry the pseudo-headers `:method`, `:path`, `:authority` and
+//! `:scheme` (the `Host` header appears as `:authority`), responses `:status`; keys are
+//! lower-case; a repeated header answers its first value. A map can be read whenever it
+//! exists and written only in its own headers phase; other writes get BAD_ARGUMENT.
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method};
+use pingora::http::{RequestHeader, ResponseHeader};
+use wasmtime::{Caller, Linker};
+
+use super::{memory, pairs, status, HostResult, Status};
+use crate::wasm::state::{HostState, Phase};
+
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap("env", "proxy_get_header_map_pairs", get_pairs)?;
+    linker.func_wrap("env", "proxy_set_header_map_pairs", set_pairs)?;
+    linker.func_wrap("env", "proxy_get_header_map_value", get_value)?;
+    linker.func_wrap("env", "proxy_add_header_map_value", add_value)?;
+    linker.func_wrap("env", "proxy_replace_header_map_value", replace_value)?;
+    linker.func_wrap("env", "proxy_remove_header_map_value", remove_value)?;
+    linker.func_wrap("env", "proxy_get_header_map_size", get_size)?;
+    Ok(())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Map {
+    RequestHeaders,
+    ResponseHeaders,
+    /// Trailers, gRPC metadata and callout maps: none exist in this host's HTTP path yet.
+    Absent,
+}
+
+fn map(map_type: u32) -> Option<Map> {
+    match map_type {
+        0 => Some(Map::RequestHeaders),
+        2 => Some(Map::ResponseHeaders),
+        1 | 3..=7 => Some(Map::Absent),
+        _ => None,
+    }
+}
+
+/// The map's entries in the current callback, pseudo-headers first; `None` when the map
+/// does not exist here (a root context, no response yet, trailers).
+fn entries(state: &HostState, map: Map) -> Option<Vec<(&[u8], &[u8])>> {
+    let http = state
+        .call
+        .http
+        .as_ref()
+        .filter(|_| state.call.on_own_stream())?;
+    match map {
+        Map::RequestHeaders => Some(request_entries(&http.request)),
+        Map::ResponseHeaders => http.response.as_ref().map(response_entries),
+        Map::Absent => None,
+    }
+}
+
+fn request_entries(req: &RequestHeader) -> Vec<(&[u8], &[u8])> {
+    let mut out = Vec::with_capacity(req.headers.len() + 4);
+    out.push((&b":method"[..], req.method.as_str().as_bytes()));
+    out.push((&b":path"[..], req.raw_path()));
+    if let Some(authority) = authority(req) {
+        out.push((&b":authority"[..], authority));
+    }
+    out.push((&b":scheme"[..], &b"http"[..]));
+    out.extend(
+        req.headers
+            .iter()
+            .filter(|(name, _)| *name != http::header::HOST)
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())),
+    );
+    out
+}
+
+fn response_entries(resp: &ResponseHeader) -> Vec<(&[u8], &[u8])> {
+    let mut out = Vec::with_capacity(resp.headers.len() + 1);
+    out.push((&b":status"[..], resp.status.as_str().as_bytes()));
+    out.extend(
+        resp.headers
+            .iter()
+            .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())),
+    );
+    out
+}
+
+fn authority(req: &RequestHeader) -> Option<&[u8]> {
+    match req.uri.authority() {
+        Some(authority) => Some(authority.as_str().as_bytes()),
+        None => req
+            .headers
+            .get(http::header::HOST)
+            .map(HeaderValue::as_bytes),
+    }
+}
+
+fn first_value<'a>(entries: &[(&'a [u8], &'a [u8])], key: &[u8]) -> Option<&'a [u8]> {
+    let key = if key.eq_ignore_ascii_case(b"host") {
+        &b":authority"[..]
+    } else {
+        key
+    };
+    entries
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(key))
+        .map(|(_, v)| *v)
+}
+
+fn get_pairs(
+    mut caller: Caller<'_, HostState>,
+    map_type: u32,
+    ret_ptr: u32,
+    ret_size: u32,
+) -> HostResult {
+    let Some(map) = map(map_type) else {
+        return Ok(Status::BadArgument as i32);
+    };
+    // A map that does not exist reads as empty, as in Envoy.
+    let encoded =
+        entries(caller.data(), map).map_or_else(Vec::new, |e| pairs::encode(e.into_iter()));
+    memory::return_bytes(&mut caller, &encoded, ret_ptr, ret_size)
+}
+
+fn get_value(
+    mut caller: Caller<'_, HostState>,
+    map_type: u32,
+    key_ptr: u32,
+    key_len: u32,
+    ret_ptr: u32,
+    ret_size: u32,
+) -> HostResult {
+    let Some(map) = map(map_type) else {
+        return Ok(Status::BadArgument as i32);
+    };
+    let key = match memory::read(&caller, key_ptr, key_len) {
+        Ok(key) => key,
+        Err(status) => return Ok(status as i32),
+    };
+    let value = entries(caller.data(), map).and_then(|e| first_value(&e, &key).map(<[u8]>::to_vec));
+    match value {
+        Some(value) => memory::return_bytes(&mut caller, &value, ret_ptr, ret_size),
+        None => Ok(Status::NotFound as i32),
+    }
+}
+
+fn get_size(mut caller: Caller<'_, HostState>, map_type: u32, ret_size: u32) -> HostResult {
+    let Some(map) = map(map_type) else {
+        return Ok(Status::BadArgument as i32);
+    };
+    let Some(size) = entries(caller.data(), map).map(|e| pairs::encode(e.into_iter()).len()) else {
+        return Ok(Status::BadArgument as i32);
+    };
+    Ok(status(memory::write_u32(
+        &mut caller,
+        ret_size,
+        size as u32,
+    )))
+}
+
+#[derive(Clone, Copy)]
+enum Edit {
+    Add,
+    Replace,
+}
+
+fn add_value(
+    caller: Caller<'_, HostState>,
+    map_type: u32,
+    key_ptr: u32,
+    key_len: u32,
+    value_ptr: u32,
+    value_len: u32,
+) -> HostResult {
+    edit_value(
+        caller,
+        map_type,
+        key_ptr,
+        key_len,
+        Some((value_ptr, value_len, Edit::Add)),
+    )
+}
+
+fn replace_value(
+    caller: Caller<'_, HostState>,
+    map_type: u32,
+    key_ptr: u32,
+    key_len: u32,
+    value_ptr: u32,
+    value_len: u32,
+) -> HostResult {
+    edit_value(
+        caller,
+        map_type,
+        key_ptr,
+        key_len,
+        Some((value_ptr, value_len, Edit::Replace)),
+    )
+}
+
+fn remove_value(
+    caller: Caller<'_, HostState>,
+    map_type: u32,
+    key_ptr: u32,
+    key_len: u32,
+) -> HostResult {
+    edit_value(caller, map_type, key_ptr, key_len, None)
+}
+
+fn edit_value(
+    mut caller: Caller<'_, HostState>,
+    map_type: u32,
+    key_ptr: u32,
+    key_len: u32,
+    value: Option<(u32, u32, Edit)>,
+) -> HostResult {
+    let result = memory::split(&mut caller).and_then(|(mem, state)| {
+        let map = map(map_type).ok_or(Status::BadArgument)?;
+        let key = memory::slice(mem, key_ptr, key_len)?;
+        let mut head = writable(state, map)?;
+        match value {
+            None => head.remove(key),
+            Some((ptr, len, edit)) => head.set(key, memory::slice(mem, ptr, len)?, edit),
+        }
+    });
+    Ok(status(result))
+}
+
+fn set_pairs(mut caller: Caller<'_, HostState>, map_type: u32, ptr: u32, len: u32) -> HostResult {
+    let result = memory::split(&mut caller).and_then(|(mem, state)| {
+        let map = map(map_type).ok_or(Status::BadArgument)?;
+        let bytes = memory::slice(mem, ptr, len)?;
+        let entries = pairs::decode(bytes).ok_or_else(|| {
+            log::warn!(
+                target: super::log::TARGET,
+                "[filter {}] proxy_set_header_map_pairs: malformed map ignored",
+                state.plugin.name
+            );
+            Status::BadArgument
+        })?;
+        let mut head = writable(state, map)?;
+        head.clear();
+        entries
+            .into_iter()
+            .try_for_each(|(key, value)| head.set(key, value, Edit::Add))
+    });
+    Ok(status(result))
+}
+
+/// The head a write may change: only during its own headers phase, on the callback's own
+/// stream (its bytes have not left edgeward yet).
+fn writable(state: &mut HostState, map: Map) -> Result<Head<'_>, Status> {
+    let own = state.call.on_own_stream();
+    let phase = state.call.phase;
+    let http = state
+        .call
+        .http
+        .as_mut()
+        .filter(|_| own)
+        .ok_or(Status::BadArgument)?;
+    match (map, phase) {
+        (Map::RequestHeaders, Phase::RequestHeaders) => Ok(Head::Request(&mut http.request)),
+        (Map::ResponseHeaders, Phase::ResponseHeaders) => http
+            .response
+            .as_mut()
+            .map(Head::Response)
+            .ok_or(Status::BadArgument),
+        _ => Err(Status::BadArgument),
+    }
+}
+
+enum Head<'a> {
+    Request(&'a mut RequestHeader),
+    Response(&'a mut ResponseHeader),
+}
+
+impl Head<'_> {
+    fn headers(&self) -> &HeaderMap {
+        match self {
+            Head::Request(r) => &r.headers,
+            Head::Response(r) => &r.headers,
+        }
+    }
+
+    fn set(&mut self, key: &[u8], value: &[u8], edit: Edit) -> Result<(), Status> {
+        if key.first() == Some(&b':') || key.eq_ignore_ascii_case(b"host") {
+            return self.set_pseudo(key, value);
+        }
+        let name = header_name(key)?;
+        let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
+        let result = match (self, edit) {
+            (Head::Request(r), Edit::Add) => r.append_header(name, value).map(drop),
+            (Head::Request(r), Edit::Replace) => r.insert_header(name, value),
+            (Head::Response(r), Edit::Add) => r.append_header(name, value).map(drop),
+            (Head::Response(r), Edit::Replace) => r.insert_header(name, value),
+        };
+        result.map_err(|_| Status::BadArgument)
+    }
+
+    /// Pseudo-headers change the request line or status, as in Envoy.
+    fn set_pseudo(&mut self, key: &[u8], value: &[u8]) -> Result<(), Status> {
+        match (self, key.to_ascii_lowercase().as_slice()) {
+            (Head::Request(r), b":path") => set_origin_form(r, value),
+            (Head::Request(r), b":method") => {
+                let method = Method::from_bytes(value).map_err(|_| Status::BadArgument)?;
+                r.set_method(method);
+                Ok(())
+            }
+            (Head::Request(r), b":authority" | b"host") => {
+                let host = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
+                let path = r
+                    .uri
+                    .path_and_query()
+                    .map_or("/", |pq| pq.as_str())
+                    .as_bytes()
+                    .to_vec();
+                set_origin_form(r, &path)?;
+                r.insert_header(http::header::HOST, host)
+                    .map_err(|_| Status::BadArgument)
+            }
+            (Head::Response(r), b":status") => {
+                let code = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|v| v.parse::<u16>().ok())
+                    .filter(|c| (100..=999).contains(c))
+                    .ok_or(Status::BadArgument)?;
+                r.set_status(code).map_err(|_| Status::BadArgument)
+            }
+            _ => Err(Status::BadArgument),
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) -> Result<(), Status> {
+        if key.first() == Some(&b':') {
+            return Err(Status::BadArgument);
+        }
+        let name = header_name(key)?;
+        match self {
+            Head::Request(r) => r.remove_header(&name),
+            Head::Response(r) => r.remove_header(&name),
+        };
+        Ok(())
+    }
+
+    /// Removes every regular header (pseudo-headers stay: they are the request line).
+    fn clear(&mut self) {
+        let names: Vec<HeaderName> = self.headers().keys().cloned().collect();
+        for name in names {
+            match self {
+                Head::Request(r) => r.remove_header(&name),
+                Head::Response(r) => r.remove_header(&name),
+            };
+        }
+    }
+}
+
+/// Sets the request target to `path` in origin form. An HTTP/2 request's authority lives in
+/// its URI; it moves to the Host header first so that it is not lost.
+fn set_origin_form(r: &mut RequestHeader, path: &[u8]) -> Result<(), Status> {
+    if let Some(authority) = r.uri.authority().map(|a| a.as_str().to_string()) {
+        if !r.headers.contains_key(http::header::HOST) {
+            r.insert_header(http::header::HOST, authority)
+                .map_err(|_| Status::BadArgument)?;
+        }
+    }
+    if path.first() != Some(&b'/') && path != b"*" {
+        return Err(Status::BadArgument);
+    }
+    r.set_raw_path(path).map_err(|_| Status::BadArgument)
+}
+
+fn header_name(key: &[u8]) -> Result<HeaderName, Status> {
+    HeaderName::from_bytes(&key.to_ascii_lowercase()).map_err(|_| Status::BadArgument)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_maps_carry_pseudo_headers_and_hide_host() {
+        let mut req = RequestHeader::build("POST", b"/a?b=1", None).unwrap();
+        req.insert_header("host", "example.com").unwrap();
+        req.insert_header("x-one", "1").unwrap();
+        req.append_header("x-one", "2").unwrap();
+        let entries = request_entries(&req);
+        let keys: Vec<&[u8]> = entries.iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            keys,
+            vec![
+                &b":method"[..],
+                b":path",
+                b":authority",
+                b":scheme",
+                b"x-one",
+                b"x-one"
+            ]
+        );
+        assert_eq!(first_value(&entries, b":path"), Some(&b"/a?b=1"[..]));
+        assert_eq!(first_value(&entries, b"Host"), Some(&b"example.com"[..]));
+        assert_eq!(first_value(&entries, b"X-One"), Some(&b"1"[..]));
+    }
+
+    #[test]
+    fn pseudo_header_writes_change_the_request_line() {
+        // As Pingora's HTTP/2 server builds it: the authority in the URI, no Host header.
+        let parts = http::Request::get("http://a.example/x")
+            .body(())
+            .unwrap()
+            .into_parts()
+            .0;
+        let mut req = RequestHeader::from(parts);
+        let mut head = Head::Request(&mut req);
+        head.set(b":path", b"/rewritten?q=1", Edit::Replace)
+            .unwrap();
+        assert_eq!(
+            head.headers()["host"],
+            "a.example",
+            "the HTTP/2 authority is kept as Host"
+        );
+        assert_eq!(
+            head.set(b":path", b"no-slash", Edit::Replace),
+            Err(Status::BadArgument)
+        );
+        head.set(b":method", b"PUT", Edit::Replace).unwrap();
+        head.set(b":authority", b"b.example", Edit::Replace)
+            .unwrap();
+        assert_eq!(
+            head.set(b":scheme", b"https", Edit::Replace),
+            Err(Status::BadArgument)
+        );
+        assert_eq!(
+            head.set(b"bad name", b"v", Edit::Add),
+            Err(Status::BadArgument)
+        );
+        assert_eq!(
+            head.set(b"x", b"bad\nvalue", Edit::Add),
+            Err(Status::BadArgument)
+        );
+        assert_eq!(req.method, Method::PUT);
+        assert_eq!(req.raw_path(), b"/rewritten?q=1");
+        assert_eq!(req.headers["host"], "b.example");
+    }
+}

@@ -1,0 +1,61 @@
+//! The proxy-wasm ABI (v0.2.0 / v0.2.1) as host functions, one file per area, plus the WASI
+//! preview1 functions filters import. `add_to_linker` registers all of them.
+//!
+//! Every hostcall treats guest pointers and sizes as hostile and answers bad ones with a
+//! status code, never by trapping or by touching memory outside the guest's.
+
+pub mod buffers;
+pub mod context;
+pub mod headers;
+pub mod log;
+pub mod memory;
+pub mod pairs;
+pub mod properties;
+pub mod stream;
+pub mod unsupported;
+pub mod wasi;
+
+use wasmtime::Linker;
+
+use super::state::HostState;
+
+/// `proxy_status_t`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(i32)]
+pub enum Status {
+    Ok = 0,
+    NotFound = 1,
+    BadArgument = 2,
+    SerializationFailure = 3,
+    ParseFailure = 4,
+    InvalidMemoryAccess = 6,
+    Empty = 7,
+    CasMismatch = 8,
+    InternalFailure = 10,
+    Unimplemented = 12,
+}
+
+/// What a hostcall returns to the guest: a status, or an error that unwinds it (a trap from a
+/// re-entrant allocator call, or `proc_exit`).
+pub type HostResult = wasmtime::Result<i32>;
+
+/// Folds a hostcall body's outcome into the guest's status code.
+pub fn status(result: Result<(), Status>) -> i32 {
+    match result {
+        Ok(()) => Status::Ok as i32,
+        Err(status) => status as i32,
+    }
+}
+
+/// Registers every host function a filter may import.
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    log::add_to_linker(linker)?;
+    context::add_to_linker(linker)?;
+    headers::add_to_linker(linker)?;
+    buffers::add_to_linker(linker)?;
+    stream::add_to_linker(linker)?;
+    properties::add_to_linker(linker)?;
+    unsupported::add_to_linker(linker)?;
+    wasi::add_to_linker(linker)?;
+    Ok(())
+}

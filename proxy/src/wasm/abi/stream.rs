@@ -1,0 +1,126 @@
+//! Stream control: `proxy_continue_stream`, `proxy_close_stream`, `proxy_send_local_response`,
+//! `proxy_get_status`.
+//!
+//! Nothing here calls back into the guest: a request of the callback's own stream is recorded
+//! and acted on when the callback returns; one for another context (from `on_tick`, after
+//! `proxy_set_effective_context`) wakes that paused request, which resumes once this
+//! instance is free again.
+
+use wasmtime::{Caller, Linker};
+
+use super::{memory, pairs, status, HostResult, Status};
+use crate::wasm::state::{HostState, LocalResponse, Resumption};
+
+pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_continue_stream",
+        |mut caller: Caller<'_, HostState>, stream_type: u32| -> HostResult {
+            Ok(status(resume(
+                caller.data_mut(),
+                stream_type,
+                Resumption::Continue,
+            )))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_close_stream",
+        |mut caller: Caller<'_, HostState>, stream_type: u32| -> HostResult {
+            Ok(status(resume(
+                caller.data_mut(),
+                stream_type,
+                Resumption::Close,
+            )))
+        },
+    )?;
+    linker.func_wrap("env", "proxy_send_local_response", send_local_response)?;
+    linker.func_wrap("env", "proxy_get_status", get_status)?;
+    Ok(())
+}
+
+/// Applies `how` to the effective context: recorded for the callback's own stream, or sent to
+/// the paused request it names.
+fn resume(state: &mut HostState, stream_type: u32, how: Resumption) -> Result<(), Status> {
+    // 0: HTTP request, 1: HTTP response. The L4 streams do not exist in an HTTP proxy.
+    if stream_type > 1 {
+        return Err(Status::BadArgument);
+    }
+    let target = state.call.effective_context;
+    if target == state.root_id {
+        return Err(Status::BadArgument);
+    }
+    if state.call.on_own_stream() {
+        match how {
+            Resumption::Continue => state.call.continue_requested = true,
+            Resumption::Close => state.call.close_requested = true,
+            Resumption::LocalResponse(response) => state.call.local_response = Some(response),
+        }
+        return Ok(());
+    }
+    match state.waiters.remove(&target) {
+        // A request that is no longer waiting (it timed out) has nothing to resume.
+        Some(waiter) => {
+            let _ = waiter.send(how);
+            Ok(())
+        }
+        None if state.live_contexts.contains(&target) => Ok(()),
+        None => Err(Status::BadArgument),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn send_local_response(
+    mut caller: Caller<'_, HostState>,
+    status_code: u32,
+    details_ptr: u32,
+    details_len: u32,
+    body_ptr: u32,
+    body_len: u32,
+    headers_ptr: u32,
+    headers_len: u32,
+    grpc_status: i32,
+) -> HostResult {
+    let result = memory::split(&mut caller).and_then(|(mem, state)| {
+        let status = u16::try_from(status_code)
+            .ok()
+            .filter(|s| (100..=599).contains(s))
+            .ok_or(Status::BadArgument)?;
+        let details = memory::slice(mem, details_ptr, details_len)?;
+        let body = memory::slice(mem, body_ptr, body_len)?;
+        let headers = pairs::decode(memory::slice(mem, headers_ptr, headers_len)?)
+            .ok_or(Status::BadArgument)?;
+        let mut headers: Vec<(Vec<u8>, Vec<u8>)> = headers
+            .into_iter()
+            .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
+            .collect();
+        // Values outside 0..=16 mean "not gRPC" (the Rust SDK passes -1).
+        if (0..=16).contains(&grpc_status) {
+            headers.push((
+                b"grpc-status".to_vec(),
+                grpc_status.to_string().into_bytes(),
+            ));
+        }
+        let response = LocalResponse {
+            status,
+            headers,
+            body: body.to_vec(),
+            details: String::from_utf8_lossy(details).into_owned(),
+        };
+        resume(state, 0, Resumption::LocalResponse(response))
+    });
+    Ok(status(result))
+}
+
+/// The status of the last operation that has one (HTTP callouts); none yet, so OK and empty.
+fn get_status(
+    mut caller: Caller<'_, HostState>,
+    ret_code: u32,
+    ret_msg_ptr: u32,
+    ret_msg_size: u32,
+) -> HostResult {
+    if let Err(status) = memory::write_u32(&mut caller, ret_code, Status::Ok as u32) {
+        return Ok(status as i32);
+    }
+    memory::return_bytes(&mut caller, &[], ret_msg_ptr, ret_msg_size)
+}

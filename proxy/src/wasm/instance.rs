@@ -1,0 +1,387 @@
+//! One filter instance: its store, its exports, the proxy-wasm start-up sequence, and every
+//! guest call made under a CPU deadline. A call that faults poisons the instance for good.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use wasmtime::{Engine, InstancePre, Store, TypedFunc, WasmParams, WasmResults};
+
+use super::engine::EPOCH_TICK;
+use super::state::{
+    classify, Call, Fault, HostState, HttpData, LocalResponse, Phase, PluginInfo, Resumption,
+};
+use std::sync::Arc;
+
+/// The root context's id; HTTP contexts count up from the next one.
+const ROOT_ID: u32 = 1;
+
+/// Which HTTP callback to run, with its arguments.
+#[derive(Debug, Clone, Copy)]
+pub enum HttpCallback {
+    RequestHeaders { end_of_stream: bool },
+    RequestBody { size: u32, end_of_stream: bool },
+    ResponseHeaders { end_of_stream: bool },
+    ResponseBody { size: u32, end_of_stream: bool },
+}
+
+impl HttpCallback {
+    pub fn phase(self) -> Phase {
+        match self {
+            HttpCallback::RequestHeaders { .. } => Phase::RequestHeaders,
+            HttpCallback::RequestBody { .. } => Phase::RequestBody,
+            HttpCallback::ResponseHeaders { .. } => Phase::ResponseHeaders,
+            HttpCallback::ResponseBody { .. } => Phase::ResponseBody,
+        }
+    }
+}
+
+/// What a callback asked for.
+#[derive(Debug)]
+pub enum Outcome {
+    Continue,
+    /// Non-zero action: stop (headers) or buffer (bodies) until resumed.
+    Pause,
+    Respond(LocalResponse),
+    Close,
+}
+
+type HttpFunc = TypedFunc<(u32, u32, u32), u32>;
+
+/// The guest's exports, resolved once per instance. Every callback is optional.
+struct Exports {
+    context_create: Option<TypedFunc<(u32, u32), ()>>,
+    vm_start: Option<TypedFunc<(u32, u32), u32>>,
+    configure: Option<TypedFunc<(u32, u32), u32>>,
+    request_headers: Option<HttpFunc>,
+    request_body: Option<HttpFunc>,
+    response_headers: Option<HttpFunc>,
+    response_body: Option<HttpFunc>,
+    log: Option<TypedFunc<u32, ()>>,
+    done: Option<TypedFunc<u32, u32>>,
+    delete: Option<TypedFunc<u32, ()>>,
+    tick: Option<TypedFunc<u32, ()>>,
+}
+
+pub struct Instance {
+    store: Store<HostState>,
+    exports: Exports,
+    next_context_id: u32,
+    /// Why this instance may not be used any more, once a call faulted.
+    poisoned: Option<Fault>,
+    /// Whether a ticker already drives this instance's `on_tick`.
+    pub ticking: bool,
+}
+
+impl Instance {
+    /// Instantiates and runs the proxy-wasm start-up: the module's initializer, the root
+    /// context, `on_vm_start` and `on_configure`. The error says which step failed.
+    pub fn start(
+        engine: &Engine,
+        pre: &InstancePre<HostState>,
+        plugin: Arc<PluginInfo>,
+        budget: Duration,
+    ) -> Result<Instance, String> {
+        let mut store = Store::new(engine, HostState::new(plugin, ROOT_ID));
+        store.limiter(|state| &mut state.limiter);
+        store.set_epoch_deadline(ticks(budget));
+        let instance = pre
+            .instantiate(&mut store)
+            .map_err(|e| describe(&e, &store))?;
+        let memory = instance
+            .get_memory(&mut store, "memory")
+            .ok_or("the module exports no `memory`")?;
+        let alloc = instance
+            .get_typed_func::<u32, u32>(&mut store, "proxy_on_memory_allocate")
+            .or_else(|_| instance.get_typed_func::<u32, u32>(&mut store, "malloc"))
+            .map_err(|_| {
+                "the module exports neither `proxy_on_memory_allocate` nor `malloc` (i32) -> i32"
+            })?;
+        store.data_mut().memory = Some(memory);
+        store.data_mut().alloc = Some(alloc);
+
+        macro_rules! export {
+            ($name:literal) => {
+                match instance.get_export(&mut store, $name) {
+                    None => None,
+                    Some(_) => {
+                        Some(instance.get_typed_func(&mut store, $name).map_err(|e| {
+                            format!("export `{}` has the wrong signature: {e}", $name)
+                        })?)
+                    }
+                }
+            };
+        }
+        let exports = Exports {
+            context_create: export!("proxy_on_context_create"),
+            vm_start: export!("proxy_on_vm_start"),
+            configure: export!("proxy_on_configure"),
+            request_headers: export!("proxy_on_request_headers"),
+            request_body: export!("proxy_on_request_body"),
+            response_headers: export!("proxy_on_response_headers"),
+            response_body: export!("proxy_on_response_body"),
+            log: export!("proxy_on_log"),
+            done: export!("proxy_on_done"),
+            delete: export!("proxy_on_delete"),
+            tick: export!("proxy_on_tick"),
+        };
+
+        // Reactor modules (Rust, C++) export `_initialize`; command modules (TinyGo) `_start`,
+        // which may end with proc_exit(0).
+        let initializers: [(&str, bool); 2] = [("_initialize", false), ("_start", true)];
+        for (name, exit_ok) in initializers {
+            if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, name) {
+                match init.call(&mut store, ()) {
+                    Ok(()) => {}
+                    Err(e) if exit_ok && classify(&e, false) == Fault::Exit(0) => {}
+                    Err(e) => return Err(format!("`{name}` failed: {}", describe(&e, &store))),
+                }
+                break;
+            }
+        }
+        let mut instance = Instance {
+            store,
+            exports,
+            next_context_id: ROOT_ID + 1,
+            poisoned: None,
+            ticking: false,
+        };
+        instance.root_calls(budget)?;
+        Ok(instance)
+    }
+
+    /// `on_context_create(root, 0)`, `on_vm_start`, `on_configure`; either returning false
+    /// fails the start-up.
+    fn root_calls(&mut self, budget: Duration) -> Result<(), String> {
+        let vm_config_len = self.store.data().plugin.vm_config.len() as u32;
+        let config_len = self.store.data().plugin.config.len() as u32;
+        if let Some(create) = self.exports.context_create.clone() {
+            self.root_call(create, (ROOT_ID, 0), Phase::ContextCreate, budget)?;
+        }
+        if let Some(vm_start) = self.exports.vm_start.clone() {
+            if self.root_call(vm_start, (ROOT_ID, vm_config_len), Phase::VmStart, budget)? == 0 {
+                return Err(
+                    "on_vm_start returned false (the filter rejected its vm_config)".into(),
+                );
+            }
+        }
+        if let Some(configure) = self.exports.configure.clone() {
+            if self.root_call(configure, (ROOT_ID, config_len), Phase::Configure, budget)? == 0 {
+                return Err("on_configure returned false (the filter rejected its config)".into());
+            }
+        }
+        Ok(())
+    }
+
+    fn root_call<P: WasmParams, R: WasmResults>(
+        &mut self,
+        func: TypedFunc<P, R>,
+        args: P,
+        phase: Phase,
+        budget: Duration,
+    ) -> Result<R, String> {
+        self.store.data_mut().call = Call::root(ROOT_ID, phase);
+        self.call(func, args, budget)
+            .map_err(|fault| format!("{} {fault}", phase.name()))
+    }
+
+    /// The one place guest code runs: under the CPU deadline, classifying failures.
+    fn call<P: WasmParams, R: WasmResults>(
+        &mut self,
+        func: TypedFunc<P, R>,
+        args: P,
+        budget: Duration,
+    ) -> Result<R, Fault> {
+        if let Some(fault) = &self.poisoned {
+            return Err(fault.clone());
+        }
+        self.store.set_epoch_deadline(ticks(budget));
+        let result = func.call(&mut self.store, args);
+        super::abi::wasi::flush_output(self.store.data_mut());
+        result.map_err(|e| {
+            let fault = classify(&e, self.store.data().limiter.hit);
+            if let Fault::Trap(_) = fault {
+                log::debug!("guest trap: {e:?}");
+            }
+            self.poison(fault.clone());
+            fault
+        })
+    }
+
+    /// Marks the instance unusable. Requests paused on it stop waiting (their waiters drop).
+    fn poison(&mut self, fault: Fault) {
+        self.poisoned = Some(fault);
+        self.store.data_mut().waiters.clear();
+    }
+
+    pub fn poisoned(&self) -> Option<&Fault> {
+        self.poisoned.as_ref()
+    }
+
+    pub fn plugin(&self) -> &Arc<PluginInfo> {
+        &self.store.data().plugin
+    }
+
+    pub fn tick_period(&self) -> Option<Duration> {
+        self.store.data().tick_period
+    }
+
+    /// Creates an HTTP context under the root: `on_context_create(id, root)`.
+    pub fn create_http_context(&mut self, budget: Duration) -> Result<u32, Fault> {
+        let id = self.next_context_id;
+        self.next_context_id = self.next_context_id.wrapping_add(1).max(ROOT_ID + 1);
+        self.store.data_mut().live_contexts.insert(id);
+        self.store.data_mut().call = Call::root(id, Phase::ContextCreate);
+        if let Some(create) = self.exports.context_create.clone() {
+            self.call(create, (id, ROOT_ID), budget)?;
+        }
+        Ok(id)
+    }
+
+    /// Runs one HTTP callback with the request's data moved in; the data comes back whatever
+    /// happened (hostcalls only borrow it), so the caller can always put the headers back.
+    pub fn http_callback(
+        &mut self,
+        context_id: u32,
+        callback: HttpCallback,
+        data: HttpData,
+        budget: Duration,
+    ) -> (Option<HttpData>, Result<Outcome, Fault>) {
+        let (func, args) = match callback {
+            HttpCallback::RequestHeaders { end_of_stream } => (
+                self.exports.request_headers.clone(),
+                (context_id, header_count(&data, true), end_of_stream.into()),
+            ),
+            HttpCallback::RequestBody {
+                size,
+                end_of_stream,
+            } => (
+                self.exports.request_body.clone(),
+                (context_id, size, end_of_stream.into()),
+            ),
+            HttpCallback::ResponseHeaders { end_of_stream } => (
+                self.exports.response_headers.clone(),
+                (context_id, header_count(&data, false), end_of_stream.into()),
+            ),
+            HttpCallback::ResponseBody {
+                size,
+                end_of_stream,
+            } => (
+                self.exports.response_body.clone(),
+                (context_id, size, end_of_stream.into()),
+            ),
+        };
+        let Some(func) = func else {
+            return (Some(data), Ok(Outcome::Continue));
+        };
+        self.store.data_mut().call = Call::http(context_id, callback.phase(), data);
+        let result = self.call(func, args, budget);
+        let call = std::mem::replace(
+            &mut self.store.data_mut().call,
+            Call::root(ROOT_ID, Phase::Startup),
+        );
+        let outcome = result.map(|action| match () {
+            _ if call.close_requested => Outcome::Close,
+            _ if call.local_response.is_some() => call
+                .local_response
+                .map_or(Outcome::Continue, Outcome::Respond),
+            _ if action == 0 || call.continue_requested => Outcome::Continue,
+            _ => Outcome::Pause,
+        });
+        (call.http, outcome)
+    }
+
+    /// `on_log`, `on_done`, `on_delete` for a finished request, then forgets the context.
+    pub fn finish_http_context(
+        &mut self,
+        context_id: u32,
+        data: Option<HttpData>,
+        budget: Duration,
+    ) -> (Option<HttpData>, Result<(), Fault>) {
+        self.store.data_mut().waiters.remove(&context_id);
+        let result = self.final_calls(context_id, data, budget);
+        self.store.data_mut().live_contexts.remove(&context_id);
+        result
+    }
+
+    fn final_calls(
+        &mut self,
+        context_id: u32,
+        data: Option<HttpData>,
+        budget: Duration,
+    ) -> (Option<HttpData>, Result<(), Fault>) {
+        let started = Instant::now();
+        let remaining = |budget: Duration| budget.saturating_sub(started.elapsed());
+        let mut data = data;
+        let steps = [
+            (self.exports.log.clone().map(Step::Log), Phase::Log),
+            (self.exports.done.clone().map(Step::Done), Phase::Done),
+            (self.exports.delete.clone().map(Step::Delete), Phase::Delete),
+        ];
+        for (step, phase) in steps {
+            let Some(step) = step else { continue };
+            self.store.data_mut().call = match data.take() {
+                Some(d) => Call::http(context_id, phase, d),
+                None => Call::root(context_id, phase),
+            };
+            let result = match step {
+                Step::Log(f) | Step::Delete(f) => self.call(f, context_id, remaining(budget)),
+                Step::Done(f) => self.call(f, context_id, remaining(budget)).map(drop),
+            };
+            data = std::mem::replace(
+                &mut self.store.data_mut().call,
+                Call::root(ROOT_ID, Phase::Startup),
+            )
+            .http;
+            if let Err(fault) = result {
+                return (data, Err(fault));
+            }
+        }
+        (data, Ok(()))
+    }
+
+    /// Lets the request paused in `context_id` wait for `proxy_continue_stream` and friends.
+    pub fn wait_for_resumption(&mut self, context_id: u32) -> oneshot::Receiver<Resumption> {
+        let (sender, receiver) = oneshot::channel();
+        self.store.data_mut().waiters.insert(context_id, sender);
+        receiver
+    }
+
+    pub fn stop_waiting(&mut self, context_id: u32) {
+        self.store.data_mut().waiters.remove(&context_id);
+    }
+
+    /// The root context's `on_tick`.
+    pub fn tick(&mut self, budget: Duration) -> Result<(), Fault> {
+        let Some(tick) = self.exports.tick.clone() else {
+            return Ok(());
+        };
+        self.store.data_mut().call = Call::root(ROOT_ID, Phase::Tick);
+        self.call(tick, ROOT_ID, budget)
+    }
+}
+
+enum Step {
+    Log(TypedFunc<u32, ()>),
+    Done(TypedFunc<u32, u32>),
+    Delete(TypedFunc<u32, ()>),
+}
+
+/// Headers the callback is told about: the map's entries including pseudo-headers.
+fn header_count(data: &HttpData, request: bool) -> u32 {
+    let count = if request {
+        data.request.headers.len() + 4
+    } else {
+        data.response.as_ref().map_or(0, |r| r.headers.len() + 1)
+    };
+    count as u32
+}
+
+/// Epoch ticks for a CPU budget: at least one, rounded up.
+fn ticks(budget: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos().max(1);
+    (budget.as_nanos().div_ceil(tick) as u64).max(1)
+}
+
+fn describe(error: &wasmtime::Error, store: &Store<HostState>) -> String {
+    classify(error, store.data().limiter.hit).to_string()
+}

@@ -1,0 +1,167 @@
+//! The proxy-wasm host: filters written with any proxy-wasm SDK run on wasmtime at the
+//! request and response phases.
+//!
+//! - `engine`: the wasmtime engine, its epoch ticker and the on-disk module cache
+//! - `plugin`: a configured filter, its start-up, instances per isolation mode, back-off
+//! - `instance`: one instance's store, exports and guest calls under a CPU deadline
+//! - `stream`: a request's filter chain and the phase drivers the proxy calls
+//! - `state`: what a store holds; `abi/`: the hostcalls, one file per ABI area
+//! - `ticker`: `on_tick` for shared instances
+
+pub mod abi;
+mod engine;
+mod instance;
+mod plugin;
+mod state;
+mod stream;
+mod ticker;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{mpsc, Arc};
+use std::time::Instant;
+
+use pingora::services::background::background_service;
+use pingora::services::ServiceWithDependents;
+use wasmtime::Linker;
+
+use crate::config::{Config, Isolation, Route};
+use engine::WasmEngine;
+use plugin::{Plugin, SharedInstance};
+pub use state::{LocalResponse, StreamInfo};
+pub use stream::{FilterChain, FilterFailure, Verdict};
+use ticker::Ticker;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WasmError {
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
+    #[error("filter `{filter}` ({}): {message}", module.display())]
+    Load {
+        filter: String,
+        module: PathBuf,
+        message: String,
+    },
+}
+
+/// Every configured filter, ready to serve requests.
+pub struct FilterHost {
+    /// Indexed like `Config::filters`.
+    plugins: Vec<Arc<Plugin>>,
+    ticker: Arc<Ticker>,
+}
+
+impl FilterHost {
+    /// Compiles and starts every filter. `workers` is the number of shared instances per
+    /// filter with `isolation: shared`.
+    pub fn load(config: &Config) -> Result<FilterHost, WasmError> {
+        let ticker = Arc::new(Ticker::new());
+        if config.filters.is_empty() {
+            return Ok(FilterHost {
+                plugins: Vec::new(),
+                ticker,
+            });
+        }
+        let shared: usize = config
+            .filters
+            .iter()
+            .filter(|f| f.isolation == Isolation::Shared)
+            .count()
+            * config.workers;
+        // Shared instances, their replacements after crashes, and per-request instances.
+        let instances = config.wasm.max_instances.saturating_add(2 * shared as u32);
+        let max_memory = config
+            .filters
+            .iter()
+            .map(|f| f.limits.memory)
+            .max()
+            .unwrap_or(1 << 20);
+        let engine = WasmEngine::new(instances, max_memory, config.wasm.module_cache.clone())?;
+        let mut linker = Linker::new(engine.engine());
+        abi::add_to_linker(&mut linker).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        let reaper = spawn_reaper()
+            .map_err(|e| WasmError::Engine(format!("cannot start the instance reaper: {e}")))?;
+        // A module named by several filters is compiled once.
+        let mut modules: HashMap<PathBuf, wasmtime::Module> = HashMap::new();
+        let mut plugins = Vec::with_capacity(config.filters.len());
+        for filter in &config.filters {
+            let key =
+                std::fs::canonicalize(&filter.module).unwrap_or_else(|_| filter.module.clone());
+            if !modules.contains_key(&key) {
+                let fail = |message: String| WasmError::Load {
+                    filter: filter.name.clone(),
+                    module: filter.module.clone(),
+                    message,
+                };
+                let bytes = std::fs::read(&filter.module)
+                    .map_err(|e| fail(format!("cannot read the module: {e}")))?;
+                let module = engine
+                    .load_module(&filter.module, &bytes)
+                    .map_err(|e| fail(format!("not a valid WebAssembly module: {e}")))?;
+                modules.insert(key.clone(), module);
+            }
+            let Some(module) = modules.get(&key) else {
+                continue;
+            };
+            let plugin = Plugin::load(
+                &engine,
+                &linker,
+                filter,
+                module,
+                config.workers,
+                ticker.clone(),
+                reaper.clone(),
+            )?;
+            plugins.push(Arc::new(plugin));
+        }
+        for plugin in &plugins {
+            log::info!(
+                "filter `{}` loaded ({:?} isolation)",
+                plugin.info.name,
+                plugin.isolation
+            );
+        }
+        Ok(FilterHost { plugins, ticker })
+    }
+
+    /// The filter chain for a request on `route`, or `None` when the route has no filters.
+    pub fn chain(&self, route: &Route, info: StreamInfo, started: Instant) -> Option<FilterChain> {
+        if route.filters.is_empty() {
+            return None;
+        }
+        let plugins = route
+            .filters
+            .iter()
+            .filter_map(|id| self.plugins.get(id.0).cloned())
+            .collect();
+        Some(FilterChain::new(plugins, info, started + route.timeout))
+    }
+
+    /// The background service driving `on_tick`.
+    pub fn background_service(&self) -> Box<dyn ServiceWithDependents> {
+        Box::new(background_service(
+            "filter ticks",
+            TickerService(self.ticker.clone()),
+        ))
+    }
+}
+
+/// Runs the shared ticker as a Pingora background service.
+struct TickerService(Arc<Ticker>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for TickerService {
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        self.0.start(shutdown).await
+    }
+}
+
+/// Drops per-request instances on a thread of its own: resetting an instance's memory takes
+/// microseconds that no request should wait for.
+fn spawn_reaper() -> std::io::Result<mpsc::Sender<SharedInstance>> {
+    let (sender, receiver) = mpsc::channel::<SharedInstance>();
+    std::thread::Builder::new()
+        .name("wasm-reaper".into())
+        .spawn(move || receiver.into_iter().for_each(drop))?;
+    Ok(sender)
+}

@@ -1,0 +1,296 @@
+//! A configured filter: its compiled module, its start-up, and where requests get an instance.
+//!
+//! `isolation: shared` keeps one long-lived instance per worker (a request stays on the one
+//! it started with); `isolation: request` starts a fresh instance for every request and drops
+//! it off the request path afterwards. A faulted instance is never used again; the next
+//! request gets a new one, after a back-off when the filter keeps crashing.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use wasmtime::{InstancePre, Linker, Module};
+
+use super::engine::WasmEngine;
+use super::instance::Instance;
+use super::state::{Fault, HostState, PluginInfo};
+use super::ticker::Ticker;
+use super::WasmError;
+use crate::config::{self, FailurePolicy, Isolation};
+
+/// The ABI versions this host speaks, marked by an exported function of that name.
+const ABI_MARKERS: [&str; 2] = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0"];
+/// Crashes in a row that are re-created at once; later ones wait, doubling from `BACKOFF_START`.
+const FREE_RESTARTS: u32 = 5;
+const BACKOFF_START: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// A crash this long after the previous one starts a new count.
+const CRASH_MEMORY: Duration = Duration::from_secs(60);
+
+pub type SharedInstance = Arc<Mutex<Instance>>;
+
+pub struct Plugin {
+    pub info: Arc<PluginInfo>,
+    pub isolation: Isolation,
+    pub on_error: FailurePolicy,
+    engine: wasmtime::Engine,
+    pre: InstancePre<HostState>,
+    /// `isolation: shared`: one instance slot per worker.
+    slots: Vec<Mutex<Option<SharedInstance>>>,
+    crashes: Mutex<Crashes>,
+    ticker: Arc<Ticker>,
+    reaper: mpsc::Sender<SharedInstance>,
+    pub stats: PluginStats,
+}
+
+/// Counted events, logged as they happen (and exported as metrics once there is an endpoint).
+#[derive(Default)]
+pub struct PluginStats {
+    pub instances_started: AtomicU64,
+    pub traps: AtomicU64,
+    pub limit_hits: AtomicU64,
+}
+
+#[derive(Default)]
+struct Crashes {
+    in_a_row: u32,
+    last: Option<Instant>,
+    next_start: Option<Instant>,
+}
+
+/// An instance a request holds for its whole life.
+pub struct Lease {
+    pub instance: SharedInstance,
+}
+
+impl Lease {
+    /// Locks the instance for one synchronous call. A lock poisoned by a panic elsewhere still
+    /// guards a consistent store: calls never unwind half-way through changing it.
+    pub fn lock(&self) -> MutexGuard<'_, Instance> {
+        self.instance
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Plugin {
+    /// Checks the compiled module's ABI and imports, and starts one instance to prove that
+    /// the filter accepts its configuration.
+    pub fn load(
+        engine: &WasmEngine,
+        linker: &Linker<HostState>,
+        filter: &config::Filter,
+        module: &Module,
+        workers: usize,
+        ticker: Arc<Ticker>,
+        reaper: mpsc::Sender<SharedInstance>,
+    ) -> Result<Plugin, WasmError> {
+        let fail = |message: String| WasmError::Load {
+            filter: filter.name.clone(),
+            module: filter.module.clone(),
+            message,
+        };
+
+        check_abi(module).map_err(fail)?;
+        let pre = linker.instantiate_pre(module).map_err(|e| {
+            fail(match e.downcast_ref::<wasmtime::UnknownImportError>() {
+                Some(unknown) => format!(
+                    "it imports `{}.{}`, which edgeward does not provide",
+                    unknown.module(),
+                    unknown.name()
+                ),
+                None => format!("{e:#}"),
+            })
+        })?;
+        module
+            .initialize_copy_on_write_image()
+            .map_err(|e| fail(format!("{e:#}")))?;
+        let info = Arc::new(PluginInfo {
+            name: filter.name.clone(),
+            root_id: filter.root_id.clone(),
+            vm_id: vm_id(&filter.module),
+            config: filter.config.clone(),
+            vm_config: filter.vm_config.clone(),
+            limits: filter.limits,
+        });
+        let slot_count = match filter.isolation {
+            Isolation::Shared => workers.max(1),
+            Isolation::Request => 0,
+        };
+        let plugin = Plugin {
+            info,
+            isolation: filter.isolation,
+            on_error: filter.on_error,
+            engine: engine.engine().clone(),
+            pre,
+            slots: (0..slot_count).map(|_| Mutex::new(None)).collect(),
+            crashes: Mutex::new(Crashes::default()),
+            ticker,
+            reaper,
+            stats: PluginStats::default(),
+        };
+        // The canary: a filter that cannot start fails the load, not the first request.
+        let canary = plugin.start_instance().map_err(fail)?;
+        match plugin.slots.first() {
+            Some(slot) => *lock(slot) = Some(plugin.register(canary)),
+            None => plugin.release(Lease {
+                instance: Arc::new(Mutex::new(canary)),
+            }),
+        }
+        Ok(plugin)
+    }
+
+    /// Start-up (initializer, `on_vm_start`, `on_configure`) may take longer than a request
+    /// callback: the request budget ten times over, at least a second.
+    fn startup_budget(&self) -> Duration {
+        (self.info.limits.cpu * 10).max(Duration::from_secs(1))
+    }
+
+    fn start_instance(&self) -> Result<Instance, String> {
+        let instance = Instance::start(
+            &self.engine,
+            &self.pre,
+            self.info.clone(),
+            self.startup_budget(),
+        )?;
+        self.stats.instances_started.fetch_add(1, Ordering::Relaxed);
+        Ok(instance)
+    }
+
+    fn register(&self, instance: Instance) -> SharedInstance {
+        let shared = Arc::new(Mutex::new(instance));
+        self.watch_ticks(&shared);
+        shared
+    }
+
+    /// Starts `on_tick` for a shared instance once it asks for ticks.
+    pub fn watch_ticks(&self, instance: &SharedInstance) {
+        if self.isolation != Isolation::Shared {
+            return;
+        }
+        let mut guard = instance.lock().unwrap_or_else(|p| p.into_inner());
+        if !guard.ticking && guard.tick_period().is_some() {
+            guard.ticking = true;
+            self.ticker
+                .watch(Arc::downgrade(instance), self.info.clone());
+        }
+    }
+
+    /// An instance for a new request.
+    pub fn acquire(&self) -> Result<Lease, Fault> {
+        if self.slots.is_empty() {
+            let instance = self.start_or_backoff()?;
+            return Ok(Lease {
+                instance: Arc::new(Mutex::new(instance)),
+            });
+        }
+        let slot = &self.slots[worker_index() % self.slots.len()];
+        let mut current = lock(slot);
+        if let Some(instance) = current.as_ref() {
+            let healthy = instance
+                .lock()
+                .map(|i| i.poisoned().is_none())
+                .unwrap_or(false);
+            if healthy {
+                return Ok(Lease {
+                    instance: instance.clone(),
+                });
+            }
+        }
+        let instance = self.register(self.start_or_backoff()?);
+        *current = Some(instance.clone());
+        Ok(Lease { instance })
+    }
+
+    fn start_or_backoff(&self) -> Result<Instance, Fault> {
+        if let Some(next) = lock(&self.crashes).next_start {
+            if Instant::now() < next {
+                return Err(Fault::Unavailable(
+                    "restarting after repeated crashes".into(),
+                ));
+            }
+        }
+        self.start_instance().map_err(|e| {
+            log::error!("filter `{}` cannot start an instance: {e}", self.info.name);
+            let fault = Fault::Unavailable(e);
+            self.record_fault(&fault);
+            fault
+        })
+    }
+
+    /// Counts and logs a fault, and schedules the back-off when crashes keep coming.
+    pub fn record_fault(&self, fault: &Fault) {
+        let counter = if fault.is_resource_limit() {
+            &self.stats.limit_hits
+        } else {
+            &self.stats.traps
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut crashes = lock(&self.crashes);
+        let recent = crashes
+            .last
+            .is_some_and(|last| now.duration_since(last) < CRASH_MEMORY);
+        crashes.in_a_row = if recent { crashes.in_a_row + 1 } else { 1 };
+        crashes.last = Some(now);
+        crashes.next_start = (crashes.in_a_row > FREE_RESTARTS).then(|| {
+            let doublings = (crashes.in_a_row - FREE_RESTARTS - 1).min(16);
+            now + (BACKOFF_START * 2u32.pow(doublings)).min(BACKOFF_MAX)
+        });
+    }
+
+    /// Gives a finished request's instance back: per-request instances are dropped by the
+    /// reaper thread, off the request path.
+    pub fn release(&self, lease: Lease) {
+        if self.isolation == Isolation::Request {
+            let _ = self.reaper.send(lease.instance);
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A small stable number per worker thread, so that a worker keeps using "its" instance.
+fn worker_index() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    INDEX.with(|i| *i)
+}
+
+fn check_abi(module: &Module) -> Result<(), String> {
+    let exported = |name: &str| module.exports().any(|e| e.name() == name);
+    if ABI_MARKERS.iter().any(|marker| exported(marker)) {
+        return Ok(());
+    }
+    let found: Vec<String> = module
+        .exports()
+        .filter(|e| e.name().starts_with("proxy_abi_version_"))
+        .map(|e| e.name().to_string())
+        .collect();
+    Err(if found.is_empty() {
+        "it is not a proxy-wasm module: it exports no proxy_abi_version_* marker".to_string()
+    } else {
+        format!(
+            "it speaks proxy-wasm ABI {} but edgeward supports 0.2.1 and 0.2.0",
+            found
+                .join(", ")
+                .replace("proxy_abi_version_", "")
+                .replace('_', ".")
+        )
+    })
+}
+
+/// The VM id filters see: the module's file name, so filters of one module share it.
+fn vm_id(module: &Path) -> String {
+    module
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}

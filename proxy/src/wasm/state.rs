@@ -1,0 +1,295 @@
+//! What a filter instance's store holds: the plugin it belongs to, its memory and allocator,
+//! its live contexts, and the callback in progress. Hostcalls read and change only this.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::BytesMut;
+use pingora::http::{RequestHeader, ResponseHeader};
+use tokio::sync::oneshot;
+use wasmtime::{Memory, ResourceLimiter, TypedFunc};
+
+use crate::config::FilterLimits;
+
+/// A configured filter as its guest code sees it.
+#[derive(Debug)]
+pub struct PluginInfo {
+    pub name: String,
+    pub root_id: String,
+    pub vm_id: String,
+    pub config: Vec<u8>,
+    pub vm_config: Vec<u8>,
+    pub limits: FilterLimits,
+}
+
+pub struct HostState {
+    pub plugin: Arc<PluginInfo>,
+    /// The guest's `memory` export and allocator, looked up once per instance.
+    pub memory: Option<Memory>,
+    pub alloc: Option<TypedFunc<u32, u32>>,
+    pub limiter: MemoryLimiter,
+    pub root_id: u32,
+    /// Contexts the guest may name: the root and the HTTP contexts alive on this instance.
+    pub live_contexts: HashSet<u32>,
+    pub call: Call,
+    /// Set by `proxy_set_tick_period_milliseconds`; `None` means no ticks.
+    pub tick_period: Option<Duration>,
+    /// Requests paused on this instance, woken by `proxy_continue_stream` and friends.
+    pub waiters: HashMap<u32, oneshot::Sender<Resumption>>,
+    /// Partial lines the guest wrote to stdout and stderr, logged once complete.
+    pub output: [Vec<u8>; 2],
+}
+
+impl HostState {
+    pub fn new(plugin: Arc<PluginInfo>, root_id: u32) -> Self {
+        let max = usize::try_from(plugin.limits.memory).unwrap_or(usize::MAX);
+        HostState {
+            plugin,
+            memory: None,
+            alloc: None,
+            limiter: MemoryLimiter { max, hit: false },
+            root_id,
+            live_contexts: HashSet::from([root_id]),
+            call: Call::root(root_id, Phase::Startup),
+            tick_period: None,
+            waiters: HashMap::new(),
+            output: [Vec::new(), Vec::new()],
+        }
+    }
+}
+
+/// The callback in progress and what its hostcalls asked for.
+pub struct Call {
+    /// The context the host invoked the callback for.
+    pub context_id: u32,
+    /// The context hostcalls act on; `proxy_set_effective_context` changes it.
+    pub effective_context: u32,
+    pub phase: Phase,
+    /// The request being served, while an HTTP callback runs.
+    pub http: Option<HttpData>,
+    pub local_response: Option<LocalResponse>,
+    pub continue_requested: bool,
+    pub close_requested: bool,
+}
+
+impl Call {
+    pub fn root(root_id: u32, phase: Phase) -> Self {
+        Call {
+            context_id: root_id,
+            effective_context: root_id,
+            phase,
+            http: None,
+            local_response: None,
+            continue_requested: false,
+            close_requested: false,
+        }
+    }
+
+    pub fn http(context_id: u32, phase: Phase, data: HttpData) -> Self {
+        Call {
+            http: Some(data),
+            ..Call::root(context_id, phase)
+        }
+    }
+
+    /// Whether hostcalls currently act on the HTTP context the callback was invoked for.
+    pub fn on_own_stream(&self) -> bool {
+        self.http.is_some() && self.effective_context == self.context_id
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Startup,
+    VmStart,
+    Configure,
+    Tick,
+    ContextCreate,
+    RequestHeaders,
+    RequestBody,
+    ResponseHeaders,
+    ResponseBody,
+    Log,
+    Done,
+    Delete,
+}
+
+impl Phase {
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Startup => "start-up",
+            Phase::VmStart => "on_vm_start",
+            Phase::Configure => "on_configure",
+            Phase::Tick => "on_tick",
+            Phase::ContextCreate => "on_context_create",
+            Phase::RequestHeaders => "on_http_request_headers",
+            Phase::RequestBody => "on_http_request_body",
+            Phase::ResponseHeaders => "on_http_response_headers",
+            Phase::ResponseBody => "on_http_response_body",
+            Phase::Log => "on_log",
+            Phase::Done => "on_done",
+            Phase::Delete => "on_delete",
+        }
+    }
+}
+
+/// The request a filter is looking at, moved into the store for one callback.
+pub struct HttpData {
+    pub request: RequestHeader,
+    /// The response head, once there is one.
+    pub response: Option<ResponseHeader>,
+    /// The body bytes the current body callback sees (cumulative while the filter buffers).
+    pub body: BytesMut,
+    pub stream: StreamInfo,
+}
+
+/// Facts about the request that properties expose, shared by the filters of a chain.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    pub client: Option<SocketAddr>,
+    pub server: Option<SocketAddr>,
+    pub protocol: &'static str,
+    pub request_id: String,
+    pub route: Arc<str>,
+    pub upstream: Arc<str>,
+    pub upstream_address: Option<SocketAddr>,
+    pub started: SystemTime,
+    pub started_at: Instant,
+    pub request_body_bytes: u64,
+    pub response_body_bytes: u64,
+    /// Properties filters set with `proxy_set_property`, visible to the whole chain.
+    pub custom: HashMap<Vec<u8>, Vec<u8>>,
+}
+
+impl Default for StreamInfo {
+    fn default() -> Self {
+        StreamInfo {
+            client: None,
+            server: None,
+            protocol: "HTTP/1.1",
+            request_id: String::new(),
+            route: Arc::from(""),
+            upstream: Arc::from(""),
+            upstream_address: None,
+            started: SystemTime::now(),
+            started_at: Instant::now(),
+            request_body_bytes: 0,
+            response_body_bytes: 0,
+            custom: HashMap::new(),
+        }
+    }
+}
+
+/// An answer a filter made up itself with `proxy_send_local_response`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalResponse {
+    pub status: u16,
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub details: String,
+}
+
+/// How a paused request goes on.
+#[derive(Debug)]
+pub enum Resumption {
+    Continue,
+    LocalResponse(LocalResponse),
+    Close,
+}
+
+/// Caps an instance's linear memory and remembers that it was hit, so that the trap that
+/// usually follows is reported as a memory limit rather than a crash.
+pub struct MemoryLimiter {
+    pub max: usize,
+    pub hit: bool,
+}
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max {
+            self.hit = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+/// How a guest call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The request's CPU budget in this filter ran out.
+    CpuLimit,
+    /// The instance asked for more memory than its limit.
+    MemoryLimit,
+    /// The guest trapped (a Rust panic is an `unreachable` trap).
+    Trap(String),
+    /// The guest called `proc_exit`.
+    Exit(i32),
+    /// No instance could be had (start-up failed, back-off after crashes, pool exhausted).
+    Unavailable(String),
+}
+
+impl Fault {
+    /// Resource limits answer 503; crashes 500.
+    pub fn is_resource_limit(&self) -> bool {
+        matches!(
+            self,
+            Fault::CpuLimit | Fault::MemoryLimit | Fault::Unavailable(_)
+        )
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Fault::CpuLimit => "cpu_limit",
+            Fault::MemoryLimit => "memory_limit",
+            Fault::Trap(_) | Fault::Exit(_) => "trap",
+            Fault::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::CpuLimit => f.write_str("exceeded its CPU time limit"),
+            Fault::MemoryLimit => f.write_str("exceeded its memory limit"),
+            Fault::Trap(message) => write!(f, "crashed: {message}"),
+            Fault::Exit(code) => write!(f, "exited with code {code}"),
+            Fault::Unavailable(why) => write!(f, "is unavailable: {why}"),
+        }
+    }
+}
+
+/// The error a `proc_exit` hostcall raises to unwind the guest.
+#[derive(Debug, thiserror::Error)]
+#[error("the filter called proc_exit({0})")]
+pub struct GuestExit(pub i32);
+
+/// Turns a failed guest call into a [`Fault`].
+pub fn classify(error: &wasmtime::Error, memory_limit_hit: bool) -> Fault {
+    if let Some(exit) = error.downcast_ref::<GuestExit>() {
+        return Fault::Exit(exit.0);
+    }
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => Fault::CpuLimit,
+        _ if memory_limit_hit => Fault::MemoryLimit,
+        Some(trap) => Fault::Trap(trap.to_string()),
+        None => Fault::Trap(format!("{error:#}")),
+    }
+}

@@ -1,0 +1,555 @@
+//! A request's filter chain: which filters run, their contexts and instances, the body bytes
+//! each holds while it buffers, and the phase drivers the proxy calls.
+//!
+//! Request phases run the chain in order, response phases in reverse. A filter that pauses
+//! request or response headers waits (up to the route's timeout) for `proxy_continue_stream`;
+//! one that pauses a body keeps buffering, and the next call reports the cumulative size.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use pingora::http::{RequestHeader, ResponseHeader};
+use tokio::sync::oneshot;
+
+use super::instance::{HttpCallback, Outcome};
+use super::plugin::{Lease, Plugin};
+use super::state::{Fault, HttpData, LocalResponse, Resumption, StreamInfo};
+use crate::config::FailurePolicy;
+
+/// What the proxy does after a phase.
+#[derive(Debug)]
+pub enum Verdict {
+    Continue,
+    /// A filter answered the request itself.
+    Respond(LocalResponse),
+    /// A filter failed (fail-closed) or a limit ended the request.
+    Fail(FilterFailure),
+    /// A filter closed the stream: drop the connection without an answer.
+    Close,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilterFailure {
+    pub filter: String,
+    pub status: u16,
+    pub code: &'static str,
+    pub message: String,
+}
+
+pub struct FilterChain {
+    entries: Vec<Entry>,
+    scratch: Scratch,
+    deadline: Instant,
+}
+
+/// What moves in and out of the instances around each call.
+struct Scratch {
+    info: Option<StreamInfo>,
+    /// Stand-ins left in Pingora's place while the real heads are inside a filter call.
+    spare_request: Option<RequestHeader>,
+    spare_response: Option<ResponseHeader>,
+    /// The response head as the filters left it, for the body and log phases.
+    response: Option<ResponseHeader>,
+}
+
+struct Entry {
+    plugin: Arc<Plugin>,
+    lease: Option<Lease>,
+    context_id: Option<u32>,
+    /// False once the filter failed or was skipped for this request.
+    active: bool,
+    cpu_used: Duration,
+    request_body: BytesMut,
+    response_body: BytesMut,
+    /// Warned once that a paused end of a response body cannot wait.
+    warned_response_pause: bool,
+}
+
+enum Invoked {
+    Continue,
+    Pause(oneshot::Receiver<Resumption>),
+    Respond(LocalResponse),
+    Close,
+    Fault(Fault),
+}
+
+/// Where the callback finds the response head.
+enum ResponseSlot<'a> {
+    /// Pingora's head, writable in the response-headers phase.
+    Live(&'a mut ResponseHeader),
+    /// The snapshot kept by the chain (body and log phases), or none yet.
+    Kept,
+}
+
+impl FilterChain {
+    pub fn new(plugins: Vec<Arc<Plugin>>, info: StreamInfo, deadline: Instant) -> Self {
+        FilterChain {
+            entries: plugins.into_iter().map(Entry::new).collect(),
+            scratch: Scratch {
+                info: Some(info),
+                spare_request: None,
+                spare_response: None,
+                response: None,
+            },
+            deadline,
+        }
+    }
+
+    pub fn set_upstream_address(&mut self, address: std::net::SocketAddr) {
+        if let Some(info) = &mut self.scratch.info {
+            info.upstream_address = Some(address);
+        }
+    }
+
+    pub async fn on_request_headers(
+        &mut self,
+        req: &mut RequestHeader,
+        end_of_stream: bool,
+    ) -> Verdict {
+        for i in 0..self.entries.len() {
+            let callback = HttpCallback::RequestHeaders { end_of_stream };
+            let (_, invoked) = self.invoke(i, callback, req, ResponseSlot::Kept, BytesMut::new());
+            if let Some(verdict) = self.settle(i, invoked).await {
+                return verdict;
+            }
+        }
+        Verdict::Continue
+    }
+
+    /// Runs a request body chunk through the chain; returns what goes upstream now (empty
+    /// while a filter buffers).
+    pub async fn on_request_body(
+        &mut self,
+        req: &mut RequestHeader,
+        chunk: Option<Bytes>,
+        end_of_stream: bool,
+    ) -> (Bytes, Verdict) {
+        let mut data = chunk.unwrap_or_default();
+        if let Some(info) = &mut self.scratch.info {
+            info.request_body_bytes += data.len() as u64;
+        }
+        for i in 0..self.entries.len() {
+            if !self.entries[i].active {
+                continue;
+            }
+            let invoked = match self.feed_body(i, Direction::Request, &data, end_of_stream, req) {
+                Ok(invoked) => invoked,
+                Err(verdict) => return (Bytes::new(), verdict),
+            };
+            match invoked {
+                Invoked::Continue => data = self.entries[i].request_body.split().freeze(),
+                // Keep buffering; filters after this one see nothing yet.
+                Invoked::Pause(_) if !end_of_stream => return (Bytes::new(), Verdict::Continue),
+                other => match self.settle(i, other).await {
+                    Some(verdict) => return (Bytes::new(), verdict),
+                    None => data = self.entries[i].request_body.split().freeze(),
+                },
+            }
+        }
+        (data, Verdict::Continue)
+    }
+
+    pub async fn on_response_headers(
+        &mut self,
+        req: &mut RequestHeader,
+        resp: &mut ResponseHeader,
+        end_of_stream: bool,
+    ) -> Verdict {
+        for i in (0..self.entries.len()).rev() {
+            let callback = HttpCallback::ResponseHeaders { end_of_stream };
+            let (_, invoked) =
+                self.invoke(i, callback, req, ResponseSlot::Live(resp), BytesMut::new());
+            if let Some(verdict) = self.settle(i, invoked).await {
+                return verdict;
+            }
+        }
+        self.scratch.response = Some(resp.clone());
+        Verdict::Continue
+    }
+
+    /// Runs a response body chunk through the chain (synchronously: Pingora's body hook is
+    /// not async, so a paused end of stream cannot wait and goes on).
+    pub fn on_response_body(
+        &mut self,
+        req: &mut RequestHeader,
+        chunk: Option<Bytes>,
+        end_of_stream: bool,
+    ) -> (Bytes, Verdict) {
+        let mut data = chunk.unwrap_or_default();
+        if let Some(info) = &mut self.scratch.info {
+            info.response_body_bytes += data.len() as u64;
+        }
+        for i in (0..self.entries.len()).rev() {
+            if !self.entries[i].active {
+                continue;
+            }
+            let invoked = match self.feed_body(i, Direction::Response, &data, end_of_stream, req) {
+                Ok(invoked) => invoked,
+                Err(verdict) => return (Bytes::new(), verdict),
+            };
+            match invoked {
+                Invoked::Continue => {}
+                Invoked::Pause(_) if !end_of_stream => return (Bytes::new(), Verdict::Continue),
+                Invoked::Pause(_) => self.warn_response_pause(i),
+                Invoked::Respond(response) => return (Bytes::new(), Verdict::Respond(response)),
+                Invoked::Close => return (Bytes::new(), Verdict::Close),
+                Invoked::Fault(fault) => {
+                    if let Some(verdict) = self.fail(i, fault) {
+                        return (Bytes::new(), verdict);
+                    }
+                }
+            }
+            data = self.entries[i].response_body.split().freeze();
+        }
+        (data, Verdict::Continue)
+    }
+
+    /// `on_log`, `on_done`, `on_delete` for every filter that saw the request, then gives
+    /// the instances back. `response` is what the client got (for `response.code`).
+    pub fn finish(&mut self, req: &mut RequestHeader, response: Option<&ResponseHeader>) {
+        if let Some(response) = response {
+            self.scratch.response = Some(response.clone());
+        }
+        for i in 0..self.entries.len() {
+            let entry = &mut self.entries[i];
+            let (Some(lease), Some(context_id)) = (entry.lease.take(), entry.context_id.take())
+            else {
+                continue;
+            };
+            let budget = entry.plugin.info.limits.cpu.saturating_sub(entry.cpu_used);
+            let data = self.scratch.take_in(req, None, BytesMut::new());
+            let (data, result) = lease
+                .lock()
+                .finish_http_context(context_id, Some(data), budget);
+            if let Some(data) = data {
+                self.scratch.put_back(req, None, data);
+            }
+            if let Err(fault) = result {
+                log::warn!(
+                    "filter `{}` {fault} while finishing a request",
+                    entry.plugin.info.name
+                );
+                entry.plugin.record_fault(&fault);
+            }
+            entry.plugin.release(lease);
+        }
+    }
+
+    /// One callback of filter `i`: acquires its instance and context on first use, moves the
+    /// request in, calls, moves it back. Returns the body buffer it was given.
+    fn invoke(
+        &mut self,
+        i: usize,
+        callback: HttpCallback,
+        req: &mut RequestHeader,
+        mut resp: ResponseSlot<'_>,
+        body: BytesMut,
+    ) -> (BytesMut, Invoked) {
+        let entry = &mut self.entries[i];
+        if !entry.active {
+            return (body, Invoked::Continue);
+        }
+        if entry.lease.is_none() {
+            match entry.plugin.acquire() {
+                Ok(lease) => entry.lease = Some(lease),
+                Err(fault) => return (body, Invoked::Fault(fault)),
+            }
+        }
+        let Some(lease) = entry.lease.as_ref() else {
+            return (body, Invoked::Continue);
+        };
+        let budget = entry.plugin.info.limits.cpu.saturating_sub(entry.cpu_used);
+        if budget.is_zero() {
+            return (body, Invoked::Fault(Fault::CpuLimit));
+        }
+        let started = Instant::now();
+        let mut instance = lease.lock();
+        let context_id = match entry.context_id {
+            Some(id) => id,
+            None => match instance.create_http_context(budget) {
+                Ok(id) => *entry.context_id.insert(id),
+                Err(fault) => return (body, Invoked::Fault(fault)),
+            },
+        };
+        let live = match &mut resp {
+            ResponseSlot::Live(r) => Some(&mut **r),
+            ResponseSlot::Kept => None,
+        };
+        let data = self.scratch.take_in(req, live, body);
+        let (data, result) = instance.http_callback(
+            context_id,
+            callback,
+            data,
+            budget.saturating_sub(started.elapsed()),
+        );
+        entry.cpu_used += started.elapsed();
+        let live = match &mut resp {
+            ResponseSlot::Live(r) => Some(&mut **r),
+            ResponseSlot::Kept => None,
+        };
+        let body = match data {
+            Some(data) => self.scratch.put_back(req, live, data),
+            None => {
+                return (
+                    BytesMut::new(),
+                    Invoked::Fault(Fault::Trap("the host lost the request's data".into())),
+                )
+            }
+        };
+        let invoked = match result {
+            Ok(Outcome::Continue) => Invoked::Continue,
+            Ok(Outcome::Pause) => Invoked::Pause(instance.wait_for_resumption(context_id)),
+            Ok(Outcome::Respond(response)) => Invoked::Respond(response),
+            Ok(Outcome::Close) => Invoked::Close,
+            Err(fault) => Invoked::Fault(fault),
+        };
+        let wants_ticks = !instance.ticking && instance.tick_period().is_some();
+        drop(instance);
+        if wants_ticks {
+            entry.plugin.watch_ticks(&lease.instance);
+        }
+        (body, invoked)
+    }
+
+    /// Turns a callback's outcome into the chain's next step: `None` goes on to the next
+    /// filter, `Some` ends the phase. A pause waits here for the filter to resume it.
+    async fn settle(&mut self, i: usize, invoked: Invoked) -> Option<Verdict> {
+        let resumption = match invoked {
+            Invoked::Continue => return None,
+            Invoked::Respond(response) => return Some(Verdict::Respond(response)),
+            Invoked::Close => return Some(Verdict::Close),
+            Invoked::Fault(fault) => return self.fail(i, fault),
+            Invoked::Pause(waiter) => tokio::time::timeout_at(self.deadline.into(), waiter).await,
+        };
+        match resumption {
+            Ok(Ok(Resumption::Continue)) => None,
+            Ok(Ok(Resumption::LocalResponse(response))) => Some(Verdict::Respond(response)),
+            Ok(Ok(Resumption::Close)) => Some(Verdict::Close),
+            // The instance failed while the request waited on it.
+            Ok(Err(_)) => {
+                let fault = self.entries[i]
+                    .lease
+                    .as_ref()
+                    .and_then(|lease| lease.lock().poisoned().cloned())
+                    .unwrap_or_else(|| Fault::Unavailable("the instance went away".into()));
+                self.fail(i, fault)
+            }
+            Err(_elapsed) => {
+                let entry = &self.entries[i];
+                if let (Some(lease), Some(context_id)) = (&entry.lease, entry.context_id) {
+                    lease.lock().stop_waiting(context_id);
+                }
+                Some(Verdict::Fail(FilterFailure {
+                    filter: entry.plugin.info.name.clone(),
+                    status: 504,
+                    code: "filter_timeout",
+                    message: format!(
+                        "filter `{}` paused the request and did not resume it within the route's timeout",
+                        entry.plugin.info.name
+                    ),
+                }))
+            }
+        }
+    }
+
+    /// Applies the failure policy: fail-open skips the filter, fail-closed ends the request.
+    fn fail(&mut self, i: usize, fault: Fault) -> Option<Verdict> {
+        let entry = &mut self.entries[i];
+        let name = entry.plugin.info.name.clone();
+        entry.plugin.record_fault(&fault);
+        entry.active = false;
+        entry.context_id = None;
+        if let Some(lease) = entry.lease.take() {
+            entry.plugin.release(lease);
+        }
+        let fail_open = entry.plugin.on_error == FailurePolicy::FailOpen;
+        log::error!(
+            "filter `{name}` {fault}; {}",
+            if fail_open {
+                "skipping it for this request (fail_open)"
+            } else {
+                "failing the request (fail_closed)"
+            }
+        );
+        (!fail_open).then(|| {
+            Verdict::Fail(FilterFailure {
+                status: if fault.is_resource_limit() { 503 } else { 500 },
+                code: fault.code(),
+                message: format!("filter `{name}` {fault}"),
+                filter: name,
+            })
+        })
+    }
+
+    /// Adds `data` to what filter `i` holds of this body and runs its body callback on all of
+    /// it (Envoy's buffering: the size is cumulative). The held bytes stay with the filter;
+    /// what it lets through is split off by the caller.
+    fn feed_body(
+        &mut self,
+        i: usize,
+        direction: Direction,
+        data: &[u8],
+        end_of_stream: bool,
+        req: &mut RequestHeader,
+    ) -> Result<Invoked, Verdict> {
+        let mut held = std::mem::take(self.entries[i].held_body(direction));
+        held.extend_from_slice(data);
+        if let Some(verdict) = self.check_body_limit(i, held.len(), direction) {
+            return Err(verdict);
+        }
+        let size = held.len() as u32;
+        let callback = match direction {
+            Direction::Request => HttpCallback::RequestBody {
+                size,
+                end_of_stream,
+            },
+            Direction::Response => HttpCallback::ResponseBody {
+                size,
+                end_of_stream,
+            },
+        };
+        let (held, invoked) = self.invoke(i, callback, req, ResponseSlot::Kept, held);
+        *self.entries[i].held_body(direction) = held;
+        Ok(invoked)
+    }
+
+    /// A body larger than the filter may buffer: 413 for requests; responses, whose head is
+    /// out, are cut short (502 in the log).
+    fn check_body_limit(&mut self, i: usize, held: usize, direction: Direction) -> Option<Verdict> {
+        let (status, direction) = match direction {
+            Direction::Request => (413, "request"),
+            Direction::Response => (502, "response"),
+        };
+        let entry = &self.entries[i];
+        let limit = entry.plugin.info.limits.body;
+        if held as u64 <= limit {
+            return None;
+        }
+        entry
+            .plugin
+            .stats
+            .limit_hits
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = entry.plugin.info.name.clone();
+        log::warn!(
+            "filter `{name}` buffered more than its {limit}-byte body limit of the {direction}"
+        );
+        Some(Verdict::Fail(FilterFailure {
+            message: format!(
+                "the {direction} body is larger than filter `{name}` may buffer ({limit} bytes)"
+            ),
+            filter: name,
+            status,
+            code: "body_too_large",
+        }))
+    }
+
+    fn warn_response_pause(&mut self, i: usize) {
+        let entry = &mut self.entries[i];
+        if !entry.warned_response_pause {
+            entry.warned_response_pause = true;
+            log::warn!(
+                "filter `{}` paused at the end of a response body; edgeward cannot hold a response body after it ended, so it goes on",
+                entry.plugin.info.name
+            );
+        }
+    }
+}
+
+impl Scratch {
+    /// Moves the request (and the live or kept response) into call data, leaving stand-ins.
+    fn take_in(
+        &mut self,
+        req: &mut RequestHeader,
+        live: Option<&mut ResponseHeader>,
+        body: BytesMut,
+    ) -> HttpData {
+        let request = std::mem::replace(
+            req,
+            self.spare_request.take().unwrap_or_else(stand_in_request),
+        );
+        let response = match live {
+            Some(resp) => Some(std::mem::replace(
+                resp,
+                self.spare_response.take().unwrap_or_else(stand_in_response),
+            )),
+            None => self.response.take(),
+        };
+        HttpData {
+            request,
+            response,
+            body,
+            stream: self.info.take().unwrap_or_default(),
+        }
+    }
+
+    /// Puts the heads back where they came from; returns the body buffer.
+    fn put_back(
+        &mut self,
+        req: &mut RequestHeader,
+        live: Option<&mut ResponseHeader>,
+        data: HttpData,
+    ) -> BytesMut {
+        self.spare_request = Some(std::mem::replace(req, data.request));
+        match (live, data.response) {
+            (Some(resp), Some(response)) => {
+                self.spare_response = Some(std::mem::replace(resp, response))
+            }
+            (None, response) => self.response = response,
+            (Some(_), None) => {}
+        }
+        self.info = Some(data.stream);
+        data.body
+    }
+}
+
+fn stand_in_request() -> RequestHeader {
+    RequestHeader::from(http::Request::new(()).into_parts().0)
+}
+
+fn stand_in_response() -> ResponseHeader {
+    ResponseHeader::from(http::Response::new(()).into_parts().0)
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Request,
+    Response,
+}
+
+impl Entry {
+    fn held_body(&mut self, direction: Direction) -> &mut BytesMut {
+        match direction {
+            Direction::Request => &mut self.request_body,
+            Direction::Response => &mut self.response_body,
+        }
+    }
+
+    fn new(plugin: Arc<Plugin>) -> Self {
+        Entry {
+            plugin,
+            lease: None,
+            context_id: None,
+            active: true,
+            cpu_used: Duration::ZERO,
+            request_body: BytesMut::new(),
+            response_body: BytesMut::new(),
+            warned_response_pause: false,
+        }
+    }
+}
+
+impl Drop for FilterChain {
+    /// A request that ended without reaching `finish` (a bug or a panic elsewhere) still
+    /// deletes its contexts, so shared instances do not accumulate them.
+    fn drop(&mut self) {
+        for entry in &mut self.entries {
+            if let (Some(lease), Some(context_id)) = (entry.lease.take(), entry.context_id.take()) {
+                let budget = entry.plugin.info.limits.cpu;
+                let _ = lease.lock().finish_http_context(context_id, None, budget);
+                entry.plugin.release(lease);
+            }
+        }
+    }
+}

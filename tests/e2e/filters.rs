@@ -1,0 +1,666 @@
+//! proxy-wasm filters through the real proxy: every phase, bodies, local responses,
+//! pause/resume, properties, isolation modes, and hostile filters that must be contained.
+//! The filters are real modules built from `tests/filters/` with the `proxy-wasm` SDK.
+
+use std::time::Duration;
+
+use edgeward_testkit::{
+    client, expected_bytes_sha256, filters, reqwest, run_edgeward, Origin, Proxy,
+};
+use sha2::{Digest, Sha256};
+
+use crate::support::{config, start_proxy, use_built_binary};
+
+/// A proxy with one route to `origin` through `chain`, the filters defined by `filters_yaml`.
+async fn proxy_with(origin: &Origin, filters_yaml: &str, chain: &str, extra: &str) -> Proxy {
+    start_proxy(&config(
+        &format!(
+            r#"
+listeners: [{{address: "{{{{listen}}}}"}}]
+workers: 1
+upstreams:
+  origin: {{endpoints: ["$origin"]}}
+filters:
+{filters_yaml}
+routes:
+  - {{upstream: origin, filters: [{chain}]{extra}}}
+"#
+        ),
+        &[("origin", origin.addr().to_string())],
+    ))
+    .await
+}
+
+fn header_values(response: &reqwest::Response, name: &str) -> Vec<String> {
+    response
+        .headers()
+        .get_all(name)
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn filters_rewrite_headers_in_both_directions_in_chain_order() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        r#"
+  first:
+    module: $rewriter
+    config:
+      name: first
+      request: {set: {x-edge: "1", ":path": /rewritten?by=first}, remove: [x-secret]}
+      response: {set: {x-served-by: edgeward}, remove: [x-origin]}
+  second:
+    module: $rewriter
+    config: {name: second, request: {set: {x-second: "2"}}}
+"#,
+        &[("rewriter", filters::HEADER_REWRITER.to_string())],
+    );
+    let proxy = proxy_with(&origin, &yaml, "first, second", "").await;
+
+    let response = client::http1()
+        .get(proxy.url("/original"))
+        .header("x-secret", "hush")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // Response phase runs in reverse: second, then first.
+    assert_eq!(header_values(&response, "x-chain"), vec!["second", "first"]);
+    assert_eq!(header_values(&response, "x-served-by"), vec!["edgeward"]);
+    assert!(
+        response.headers().get("x-origin").is_none(),
+        "first removed x-origin"
+    );
+    // Request headers stay readable in the response phase; they show first's :path rewrite.
+    assert_eq!(
+        header_values(&response, "x-seen-request-path"),
+        vec!["/rewritten?by=first"]
+    );
+    assert_eq!(header_values(&response, "x-seen-status"), vec!["200"]);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["path"], "/rewritten?by=first");
+    let seen = origin.last_request_headers();
+    assert_eq!(
+        seen.get("x-chain").map(String::as_str),
+        Some("first, second")
+    );
+    assert_eq!(seen.get("x-edge").map(String::as_str), Some("1"));
+    assert_eq!(seen.get("x-second").map(String::as_str), Some("2"));
+    assert!(!seen.contains_key("x-secret"));
+}
+
+#[tokio::test]
+async fn bodies_are_buffered_and_replaced_both_ways() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        r#"
+  rewrite:
+    module: $body
+    config:
+      request: {find: secret, replace: "[redacted]"}
+      response: {find: '"POST"', replace: '"REWRITTEN"'}
+"#,
+        &[("body", filters::BODY_REWRITER.to_string())],
+    );
+    let proxy = proxy_with(&origin, &yaml, "rewrite", "").await;
+
+    // Sent in several chunks, so the filter buffers before it sees the whole body.
+    let chunks: Vec<Result<&'static str, std::io::Error>> =
+        vec![Ok("a secret, "), Ok("another sec"), Ok("ret!")];
+    let response = client::http1()
+        .post(proxy.url("/upload"))
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(
+        response.headers().get("content-length").is_none(),
+        "length changed: no stale Content-Length"
+    );
+    let text = response.text().await.unwrap();
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let expected = "a [redacted], another [redacted]!";
+    assert_eq!(body["body_bytes"], expected.len());
+    assert_eq!(body["body_sha256"], hex::encode(Sha256::digest(expected)));
+    assert_eq!(
+        body["method"], "REWRITTEN",
+        "response body rewritten: {text}"
+    );
+
+    // Over HTTP/2 the changed body is framed correctly too.
+    let response = client::h2c()
+        .post(proxy.url("/h2"))
+        .body("one secret")
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(
+        body["body_sha256"],
+        hex::encode(Sha256::digest("one [redacted]"))
+    );
+}
+
+#[tokio::test]
+async fn bodies_stream_through_filters_that_do_not_pause_in_constant_memory() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        "  pass:\n    module: $rewriter\n    config: {name: pass}\n",
+        &[("rewriter", filters::HEADER_REWRITER.to_string())],
+    );
+    let proxy = proxy_with(&origin, &yaml, "pass", "").await;
+    let size: u64 = 100 << 20;
+    let response = client::http1()
+        .post(proxy.url("/upload"))
+        .body(client::generated_body(size))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["body_sha256"], expected_bytes_sha256(size));
+    let response = client::http1()
+        .get(proxy.url(&format!("/bytes/{size}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        client::sha256_of_body(response).await,
+        (size, expected_bytes_sha256(size))
+    );
+    let peak = proxy.peak_rss_bytes();
+    assert!(
+        peak < 100 << 20,
+        "peak RSS {} MiB after 200 MiB through a filter",
+        peak >> 20
+    );
+}
+
+async fn local_responder(origin: &Origin, phase: &str) -> Proxy {
+    let yaml = config(
+        &format!(
+            r#"
+  answer:
+    module: $local
+    config: {{phase: {phase}, status: 418, body: "short and stout", headers: {{x-local: "1"}}}}
+"#
+        ),
+        &[("local", filters::LOCAL_RESPONDER.to_string())],
+    );
+    proxy_with(origin, &yaml, "answer", "").await
+}
+
+#[tokio::test]
+async fn local_responses_from_request_headers_request_body_and_response_headers() {
+    for phase in ["request_headers", "request_body", "response_headers"] {
+        let origin = Origin::start("origin").await;
+        let proxy = local_responder(&origin, phase).await;
+        let response = client::http1()
+            .post(proxy.url("/teapot"))
+            .body("some body")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 418, "{phase}");
+        assert_eq!(header_values(&response, "x-local"), vec!["1"], "{phase}");
+        assert_eq!(response.text().await.unwrap(), "short and stout", "{phase}");
+        if phase == "request_headers" {
+            assert_eq!(
+                origin.hits(),
+                0,
+                "the origin must not see a request answered at its headers"
+            );
+        }
+        // The filter steps aside on request, and the proxy keeps serving.
+        let response = client::http1()
+            .get(proxy.url("/fine"))
+            .header("x-skip-local", "1")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{phase}");
+    }
+}
+
+#[tokio::test]
+async fn a_local_response_after_the_response_head_left_aborts_the_response() {
+    let origin = Origin::start("origin").await;
+    let proxy = local_responder(&origin, "response_body").await;
+    // The 200 head is on its way before the body phase: the body is cut short instead.
+    let outcome = client::http1().get(proxy.url("/bytes/100000")).send().await;
+    let complete = match outcome {
+        Ok(response) => response
+            .bytes()
+            .await
+            .map(|b| b.len() == 100_000)
+            .unwrap_or(false),
+        Err(_) => false,
+    };
+    assert!(
+        !complete,
+        "the client must not receive a complete upstream body"
+    );
+    let response = client::http1()
+        .get(proxy.url("/fine"))
+        .header("x-skip-local", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_paused_request_resumes_on_proxy_continue_stream() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        "  pause:\n    module: $pauser\n    config: {tick_ms: 20, resume: true}\n",
+        &[("pauser", filters::PAUSER.to_string())],
+    );
+    let proxy = proxy_with(&origin, &yaml, "pause", "").await;
+    for i in 0..3 {
+        let response = client::http1()
+            .get(proxy.url(&format!("/paused/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(
+        origin
+            .last_request_headers()
+            .get("x-paused")
+            .map(String::as_str),
+        Some("1")
+    );
+}
+
+#[tokio::test]
+async fn a_request_never_resumed_ends_at_the_route_timeout_with_504() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        "  hold:\n    module: $pauser\n    config: {tick_ms: 20, resume: false}\n",
+        &[("pauser", filters::PAUSER.to_string())],
+    );
+    let proxy = proxy_with(&origin, &yaml, "hold", ", timeout: 300ms").await;
+    let response = client::http1()
+        .get(proxy.url("/held"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 504);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "filter_timeout");
+    assert_eq!(body["filter"], "hold");
+    assert_eq!(origin.hits(), 0);
+}
+
+#[tokio::test]
+async fn properties_read_back_through_response_headers_and_on_log_sees_the_final_status() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        r#"
+  props:
+    module: $props
+    root_id: props-root
+    config:
+      paths:
+        - [request, path]
+        - [request, url_path]
+        - [request, method]
+        - [request, host]
+        - [request, scheme]
+        - [request, protocol]
+        - [request, id]
+        - [request, useragent]
+        - [request, headers, x-custom]
+        - [request, query]
+        - [source, address]
+        - [source, port]
+        - [destination, port]
+        - [connection, mtls]
+        - [upstream, address]
+        - [response, code]
+        - [plugin_name]
+        - [plugin_root_id]
+        - [plugin_vm_id]
+        - [route_name]
+        - [no, such, property]
+"#,
+        &[("props", filters::PROPERTIES.to_string())],
+    );
+    let proxy = proxy_with(&origin, &yaml, "props", ", name: web").await;
+    let response = client::http1()
+        .get(proxy.url("/status/201?a=1"))
+        .header("x-custom", "hello")
+        .header("user-agent", "edgeward-tests")
+        .header("x-request-id", "req-42")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let prop = |path: &str| {
+        response
+            .headers()
+            .get(format!("x-prop-{path}"))
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no x-prop-{path} header"))
+    };
+    assert_eq!(prop("request.path"), "/status/201?a=1");
+    assert_eq!(prop("request.url_path"), "/status/201");
+    assert_eq!(prop("request.method"), "GET");
+    assert_eq!(prop("request.host"), proxy.addr().to_string());
+    assert_eq!(prop("request.scheme"), "http");
+    assert_eq!(prop("request.protocol"), "HTTP/1.1");
+    assert_eq!(prop("request.id"), "req-42");
+    assert_eq!(prop("request.useragent"), "edgeward-tests");
+    assert_eq!(prop("request.headers.x-custom"), "hello");
+    assert_eq!(prop("request.query"), "a=1");
+    assert!(prop("source.address").starts_with("127.0.0.1:"));
+    assert!(prop("source.port").parse::<u16>().unwrap() > 0);
+    assert_eq!(prop("destination.port"), proxy.addr().port().to_string());
+    assert_eq!(prop("connection.mtls"), "false");
+    assert_eq!(prop("upstream.address"), origin.addr().to_string());
+    assert_eq!(prop("response.code"), "201");
+    assert_eq!(prop("plugin_name"), "props");
+    assert_eq!(prop("plugin_root_id"), "props-root");
+    assert_eq!(prop("plugin_vm_id"), "properties.wasm");
+    assert_eq!(prop("route_name"), "web");
+    assert_eq!(prop("no.such.property"), "missing");
+    // Set in the request phase with proxy_set_property, read back in the response phase.
+    assert_eq!(prop("my.prop"), "v1");
+
+    let line = wait_for_stderr(&proxy, "on_log status=201").await;
+    assert!(line.contains("path=/status/201?a=1"), "{line}");
+}
+
+async fn wait_for_stderr(proxy: &Proxy, needle: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(line) = proxy
+            .stderr_lines()
+            .into_iter()
+            .find(|l| l.contains(needle))
+        {
+            return line;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no log line with {needle:?}:\n{}",
+            proxy.stderr_lines().join("\n")
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn counts(proxy: &Proxy, n: usize) -> Vec<u64> {
+    let mut counts = Vec::new();
+    for _ in 0..n {
+        let response = client::http1()
+            .get(proxy.url("/count"))
+            .send()
+            .await
+            .unwrap();
+        counts.push(
+            response.headers()["x-count"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap(),
+        );
+    }
+    counts
+}
+
+#[tokio::test]
+async fn guest_memory_persists_across_requests_only_in_shared_isolation() {
+    let origin = Origin::start("origin").await;
+    for (isolation, expected) in [("shared", vec![1, 2, 3, 4]), ("request", vec![1, 1, 1, 1])] {
+        let yaml = config(
+            &format!("  count:\n    module: $counter\n    isolation: {isolation}\n"),
+            &[("counter", filters::COUNTER.to_string())],
+        );
+        let proxy = proxy_with(&origin, &yaml, "count", "").await;
+        assert_eq!(counts(&proxy, 4).await, expected, "{isolation} isolation");
+    }
+}
+
+async fn hostile_proxy(origin: &Origin, on_error: &str) -> Proxy {
+    let yaml = config(
+        &format!(
+            r#"
+  hostile:
+    module: $hostile
+    on_error: {on_error}
+    limits: {{memory: 32MiB, cpu: 100ms}}
+"#
+        ),
+        &[("hostile", filters::HOSTILE.to_string())],
+    );
+    proxy_with(origin, &yaml, "hostile", "").await
+}
+
+async fn status_and_body(proxy: &Proxy, path: &str) -> (u16, serde_json::Value) {
+    let response = client::http1().get(proxy.url(path)).send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn crashing_looping_and_greedy_filters_are_contained_fail_closed() {
+    let origin = Origin::start("origin").await;
+    let proxy = hostile_proxy(&origin, "fail_closed").await;
+    for (path, status, error) in [
+        ("/loop", 503, "cpu_limit"),
+        ("/oom", 503, "memory_limit"),
+        ("/trap", 500, "trap"),
+    ] {
+        let (got, body) = status_and_body(&proxy, path).await;
+        assert_eq!(got, status, "{path}: {body}");
+        assert_eq!(body["error"], error, "{path}: {body}");
+        assert_eq!(body["filter"], "hostile", "{path}: {body}");
+        // The next request gets a fresh instance and is served normally.
+        let (got, body) = status_and_body(&proxy, "/ok").await;
+        assert_eq!(got, 200, "after {path}: {body}");
+        assert_eq!(body["origin"], "origin");
+    }
+    assert_eq!(
+        origin.hits(),
+        3,
+        "only the normal requests reached the origin"
+    );
+    // The guest's panic message (proxy_log) and its stderr (WASI fd_write) are in the log,
+    // tagged with the filter's name.
+    wait_for_stderr(&proxy, "[filter hostile] panicked at").await;
+    wait_for_stderr(
+        &proxy,
+        "[filter hostile] memory allocation of 1048576 bytes failed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn failing_filters_are_skipped_fail_open() {
+    let origin = Origin::start("origin").await;
+    let proxy = hostile_proxy(&origin, "fail_open").await;
+    for path in ["/trap", "/loop", "/ok"] {
+        let (status, body) = status_and_body(&proxy, path).await;
+        assert_eq!(status, 200, "{path}: {body}");
+        assert_eq!(body["origin"], "origin");
+    }
+}
+
+#[tokio::test]
+async fn bad_pointers_and_absurd_sizes_get_status_codes_not_crashes() {
+    let origin = Origin::start("origin").await;
+    let proxy = hostile_proxy(&origin, "fail_closed").await;
+    let response = client::http1()
+        .get(proxy.url("/bad-pointers"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(header_values(&response, "x-still-alive"), vec!["yes"]);
+    let statuses: Vec<u32> = response.headers()["x-statuses"]
+        .to_str()
+        .unwrap()
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    // INVALID_MEMORY_ACCESS (6) for every out-of-bounds pointer or size, BAD_ARGUMENT (2) for
+    // the bad map and buffer types and the map claiming a million pairs; never OK, never a trap.
+    assert_eq!(statuses, vec![6, 6, 2, 6, 6, 6, 2, 2, 6, 6, 6, 6]);
+}
+
+#[tokio::test]
+async fn buffered_bodies_over_the_limit_end_with_413() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        r#"
+  rewrite:
+    module: $body
+    limits: {body: 64KiB}
+    config: {request: {find: a, replace: b}}
+"#,
+        &[("body", filters::BODY_REWRITER.to_string())],
+    );
+    let proxy = proxy_with(&origin, &yaml, "rewrite", "").await;
+    let response = client::http1()
+        .post(proxy.url("/big"))
+        .body(client::generated_body(1 << 20))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "body_too_large");
+    let response = client::http1()
+        .post(proxy.url("/small"))
+        .body("aaa")
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["body_sha256"], hex::encode(Sha256::digest("bbb")));
+}
+
+#[tokio::test]
+async fn modules_of_abi_0_2_0_run() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        "  old:\n    module: $wat\n",
+        &[("wat", filters::ABI_0_2_0.to_string())],
+    );
+    let proxy = proxy_with(&origin, &yaml, "old", "").await;
+    let response = client::http1().get(proxy.url("/abi")).send().await.unwrap();
+    assert_eq!(header_values(&response, "x-abi"), vec!["0.2.0"]);
+    assert_eq!(
+        origin
+            .last_request_headers()
+            .get("x-abi")
+            .map(String::as_str),
+        Some("0.2.0")
+    );
+}
+
+#[test]
+fn bad_modules_fail_the_load_with_a_message_naming_the_file() {
+    use_built_binary();
+    for (module, expected) in [
+        (filters::ABI_0_1_0, "ABI 0.1.0"),
+        (filters::NO_ABI_MARKER, "not a proxy-wasm module"),
+        (filters::UNKNOWN_IMPORT, "env.proxy_does_not_exist"),
+        (filters::CONFIGURE_FAILS, "on_configure returned false"),
+    ] {
+        let yaml = format!(
+            "listeners: [{{address: 127.0.0.1:1}}]\nupstreams: {{u: {{builtin: echo}}}}\nfilters: {{bad: {{module: {module}}}}}\nroutes: [{{upstream: u, filters: [bad]}}]\n"
+        );
+        for command in ["validate", "run"] {
+            let out = run_edgeward(&[command, "--config", "{dir}/c.yaml"], &[("c.yaml", &yaml)]);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{command} {module}: {stderr}");
+            assert!(stderr.contains(expected), "{command} {module}: {stderr}");
+            assert!(
+                stderr.contains(module) && stderr.contains("filter `bad`"),
+                "{stderr}"
+            );
+        }
+    }
+}
+
+async fn wait_for_stderr_count(proxy: &Proxy, needle: &str, count: usize) {
+    wait_for_stderr(proxy, needle).await;
+    let found = proxy
+        .stderr_lines()
+        .iter()
+        .filter(|l| l.contains(needle))
+        .count();
+    assert_eq!(
+        found,
+        count,
+        "{needle:?} in:\n{}",
+        proxy.stderr_lines().join("\n")
+    );
+}
+
+#[tokio::test]
+async fn compiled_code_is_shared_by_filters_of_one_module_and_cached_on_disk() {
+    let origin = Origin::start("origin").await;
+    let cache = tempfile::tempdir().unwrap();
+    let template = r#"
+listeners: [{address: "{{listen}}"}]
+wasm: {module_cache: "$cache"}
+upstreams: {origin: {endpoints: ["$origin"]}}
+filters:
+  one: {module: $module, config: {name: one}}
+  two: {module: $module, config: {name: two}}
+routes: [{upstream: origin, filters: [one, two]}]
+"#;
+    let yaml = config(
+        template,
+        &[
+            ("cache", cache.path().display().to_string()),
+            ("origin", origin.addr().to_string()),
+            ("module", filters::HEADER_REWRITER.to_string()),
+        ],
+    );
+    // First start: compiled once for both filters, and written to the cache.
+    let first = start_proxy(&yaml).await;
+    wait_for_stderr_count(&first, "header_rewriter.wasm: compiled in", 1).await;
+    drop(first);
+    let cached: Vec<_> = std::fs::read_dir(cache.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+
+    // Restart: loaded from the cache, not compiled.
+    let second = start_proxy(&yaml).await;
+    wait_for_stderr(
+        &second,
+        "header_rewriter.wasm: compiled code loaded from the module cache",
+    )
+    .await;
+    assert!(!second
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("compiled in")));
+    let response = client::http1().get(second.url("/x")).send().await.unwrap();
+    assert_eq!(header_values(&response, "x-chain"), vec!["two", "one"]);
+    drop(second);
+
+    // A damaged cache file is ignored and replaced, never loaded.
+    std::fs::write(&cached[0], b"not compiled code").unwrap();
+    let third = start_proxy(&yaml).await;
+    wait_for_stderr(&third, "ignoring cached module").await;
+    wait_for_stderr_count(&third, "header_rewriter.wasm: compiled in", 1).await;
+    let response = client::http1().get(third.url("/x")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}

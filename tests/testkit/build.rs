@@ -1,0 +1,238 @@
+//! Builds the test filters for the end-to-end tests and tells the harness where they are.
+//!
+//! 1. Builds the `tests/filters` workspace (its own Cargo workspace) with
+//!    `cargo build --release --target wasm32-wasip1 --locked`, into
+//!    `$CARGO_TARGET_DIR/test-filters` (`<workspace>/target/test-filters` when
+//!    `CARGO_TARGET_DIR` is unset), with the host build's flags and wrappers kept out of it.
+//! 2. Compiles every `tests/filters/wat/*.wat` to `$OUT_DIR/wat/*.wasm`.
+//! 3. Writes `$OUT_DIR/filters.rs`: one `&str` constant per module holding its absolute path
+//!    (crate `header_rewriter` → `HEADER_REWRITER`, `wat/abi_0_2_0.wat` → `ABI_0_2_0`), `ALL`
+//!    listing them as `(name, path)`, and `path(name)`.
+//!
+//! A failed wasm build fails this build script, with cargo's output in the message.
+
+// A build script reports failure by panicking.
+#![allow(clippy::expect_used, clippy::panic)]
+
+use std::env;
+use std::ffi::OsStr;
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const WASM_TARGET: &str = "wasm32-wasip1";
+
+/// Variables through which cargo hands the host build's settings to build scripts (or to
+/// nested cargo invocations); none of them may reach the wasm build.
+const HOST_BUILD_VARS: &[&str] = &[
+    "CARGO_ENCODED_RUSTFLAGS",
+    "RUSTFLAGS",
+    "CARGO_BUILD_RUSTFLAGS",
+    "CARGO_BUILD_TARGET",
+    "CARGO_TARGET_DIR",
+    "CARGO_BUILD_TARGET_DIR",
+    "RUSTC_WORKSPACE_WRAPPER",
+    // The jobserver of the outer cargo (or make): the nested cargo runs its own.
+    "CARGO_MAKEFLAGS",
+    "MAKEFLAGS",
+    "MFLAGS",
+];
+const HOST_BUILD_VAR_PREFIXES: &[&str] = &["CARGO_FEATURE_", "CARGO_CFG_"];
+
+fn main() {
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let workspace_root = manifest_dir
+        .join("../..")
+        .canonicalize()
+        .expect("the workspace root (two levels above tests/testkit) exists");
+    let filters_dir = workspace_root.join("tests").join("filters");
+    let wat_dir = filters_dir.join("wat");
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+
+    let crates = member_crates(&filters_dir);
+    emit_rerun_triggers(&filters_dir, &crates, &wat_dir);
+
+    let target_dir = filters_target_dir(&workspace_root);
+    build_filters(&filters_dir, &target_dir);
+    let release_dir = target_dir.join(WASM_TARGET).join("release");
+    let mut modules: Vec<(String, PathBuf)> = crates
+        .into_iter()
+        .map(|name| {
+            let wasm = release_dir.join(format!("{}.wasm", name.replace('-', "_")));
+            assert!(
+                wasm.is_file(),
+                "building tests/filters did not produce {} (is `{name}` listed in the \
+                 workspace members, with a package name equal to its directory name?)",
+                wasm.display()
+            );
+            (name, wasm)
+        })
+        .collect();
+    modules.extend(compile_wat(&wat_dir, &out_dir.join("wat")));
+
+    let generated = out_dir.join("filters.rs");
+    fs::write(&generated, constants(&modules))
+        .unwrap_or_else(|err| panic!("writing {}: {err}", generated.display()));
+}
+
+/// The crates of the filters workspace: every directory of `tests/filters` with a
+/// `Cargo.toml`, except `target`; each is named after its directory. Sorted.
+fn member_crates(filters_dir: &Path) -> Vec<String> {
+    let entries = fs::read_dir(filters_dir)
+        .unwrap_or_else(|err| panic!("reading {}: {err}", filters_dir.display()));
+    let mut crates: Vec<String> = entries
+        .map(|entry| entry.expect("a directory entry of tests/filters").path())
+        .filter(|path| {
+            path.join("Cargo.toml").is_file() && path.file_name() != Some(OsStr::new("target"))
+        })
+        .map(|path| utf8_file_name(&path))
+        .collect();
+    crates.sort();
+    assert!(
+        !crates.is_empty(),
+        "no filter crates in {}",
+        filters_dir.display()
+    );
+    crates
+}
+
+/// The build depends on the workspace manifest and lock file, each crate's directory and
+/// the WAT sources, but not on `tests/filters/target`, so that building the filters in place
+/// (`cargo build` inside tests/filters) does not make this script run again.
+fn emit_rerun_triggers(filters_dir: &Path, crates: &[String], wat_dir: &Path) {
+    println!("cargo:rerun-if-changed=build.rs");
+    let mut watched = vec![
+        filters_dir.join("Cargo.toml"),
+        filters_dir.join("Cargo.lock"),
+        wat_dir.to_path_buf(),
+    ];
+    watched.extend(crates.iter().map(|name| filters_dir.join(name)));
+    for path in watched {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+    println!("cargo:rerun-if-env-changed=CARGO_BUILD_TARGET_DIR");
+}
+
+/// `test-filters` inside the host build's target directory: a directory of its own, since
+/// the outer cargo holds the locks on its profile directories (`target/debug`, ...).
+fn filters_target_dir(workspace_root: &Path) -> PathBuf {
+    let host_target_dir = ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"]
+        .into_iter()
+        .filter_map(env::var_os)
+        .find(|dir| !dir.is_empty())
+        // A relative directory is taken from the workspace root, where cargo is normally run.
+        .map_or_else(
+            || workspace_root.join("target"),
+            |dir| workspace_root.join(dir),
+        );
+    host_target_dir.join("test-filters")
+}
+
+fn build_filters(filters_dir: &Path, target_dir: &Path) {
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut command = Command::new(cargo);
+    command
+        .current_dir(filters_dir)
+        .args(["build", "--release", "--locked", "--target", WASM_TARGET])
+        .arg("--manifest-path")
+        .arg(filters_dir.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
+    for (name, _) in env::vars_os() {
+        let Some(name) = name.to_str() else { continue };
+        if HOST_BUILD_VARS.contains(&name)
+            || HOST_BUILD_VAR_PREFIXES
+                .iter()
+                .any(|prefix| name.starts_with(prefix))
+        {
+            command.env_remove(name);
+        }
+    }
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("could not run {command:?}: {err}"));
+    if !output.status.success() {
+        panic!(
+            "building the test filters failed ({}): {command:?}\n\
+             --- stdout ---\n{}\n--- stderr ---\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr),
+        );
+    }
+}
+
+/// Compiles every `*.wat` of `wat_dir` into `out/<stem>.wasm`; returns (stem, wasm path).
+fn compile_wat(wat_dir: &Path, out: &Path) -> Vec<(String, PathBuf)> {
+    fs::create_dir_all(out).unwrap_or_else(|err| panic!("creating {}: {err}", out.display()));
+    let entries =
+        fs::read_dir(wat_dir).unwrap_or_else(|err| panic!("reading {}: {err}", wat_dir.display()));
+    let mut sources: Vec<PathBuf> = entries
+        .map(|entry| {
+            entry
+                .expect("a directory entry of tests/filters/wat")
+                .path()
+        })
+        .filter(|path| path.extension() == Some(OsStr::new("wat")))
+        .collect();
+    sources.sort();
+    sources
+        .into_iter()
+        .map(|source| {
+            let wasm = wat::parse_file(&source).unwrap_or_else(|err| panic!("{err}"));
+            let name = utf8_file_name(&source.with_extension(""));
+            let path = out.join(format!("{name}.wasm"));
+            fs::write(&path, wasm)
+                .unwrap_or_else(|err| panic!("writing {}: {err}", path.display()));
+            (name, path)
+        })
+        .collect()
+}
+
+fn constants(modules: &[(String, PathBuf)]) -> String {
+    let mut code = String::from(
+        "// Generated by tests/testkit/build.rs: where the test filter modules are.\n\n",
+    );
+    for (name, path) in modules {
+        let path = path.to_str().expect("module paths are UTF-8");
+        let _ = writeln!(code, "/// The `{name}` test filter module (absolute path).");
+        let _ = writeln!(code, "pub const {}: &str = {path:?};", const_name(name));
+    }
+    code.push_str(
+        "\n/// Every test filter module, as `(name, path)`.\npub const ALL: &[(&str, &str)] = &[\n",
+    );
+    for (name, _) in modules {
+        let _ = writeln!(code, "    ({name:?}, {}),", const_name(name));
+    }
+    code.push_str(
+        r#"];
+
+/// The path of the module called `name`: a crate of tests/filters (`"header_rewriter"`) or
+/// a file of tests/filters/wat without its extension (`"abi_0_2_0"`).
+///
+/// # Panics
+/// If there is no such module.
+pub fn path(name: &str) -> &'static str {
+    match ALL.iter().find(|(known, _)| *known == name) {
+        Some((_, path)) => path,
+        None => panic!("no test filter module named {name:?}; there are: {ALL:?}"),
+    }
+}
+"#,
+    );
+    code
+}
+
+fn const_name(module: &str) -> String {
+    module.to_uppercase().replace(['-', '.'], "_")
+}
+
+fn utf8_file_name(path: &Path) -> String {
+    path.file_name()
+        .and_then(OsStr::to_str)
+        .unwrap_or_else(|| panic!("{} is not a UTF-8 name", path.display()))
+        .to_owned()
+}
