@@ -7,7 +7,7 @@ CARGO ?= cargo
 CONFIG ?= config/edgeward.yaml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test setup build check-format lint unit-and-e2e
+.PHONY: run test bench setup build check-format lint unit-and-e2e
 
 run: build
 	@echo
@@ -20,6 +20,10 @@ run: build
 	./target/release/edgeward run --config $(CONFIG)
 
 test: setup check-format unit-and-e2e lint
+
+# In-process costs of the filter host (instance creation, per-request overhead); see README.
+bench: setup
+	$(CARGO) bench --locked -p edgeward --bench filter_host
 
 build: setup
 	$(CARGO) build --release --locked -p edgeward

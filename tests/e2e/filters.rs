@@ -425,16 +425,21 @@ async fn guest_memory_persists_across_requests_only_in_shared_isolation() {
         );
         let proxy = proxy_with(&origin, &yaml, "count", "").await;
         assert_eq!(counts(&proxy, 4).await, expected, "{isolation} isolation");
+        if isolation == "request" {
+            // Fresh instances start from the pre-initialized snapshot, not a start-up each.
+            wait_for_stderr(&proxy, "start from a snapshot of its configured start-up").await;
+        }
     }
 }
 
-async fn hostile_proxy(origin: &Origin, on_error: &str) -> Proxy {
+async fn hostile_proxy(origin: &Origin, on_error: &str, isolation: &str) -> Proxy {
     let yaml = config(
         &format!(
             r#"
   hostile:
     module: $hostile
     on_error: {on_error}
+    isolation: {isolation}
     limits: {{memory: 32MiB, cpu: 100ms}}
 "#
         ),
@@ -455,20 +460,26 @@ async fn status_and_body(proxy: &Proxy, path: &str) -> (u16, serde_json::Value) 
 
 #[tokio::test]
 async fn crashing_looping_and_greedy_filters_are_contained_fail_closed() {
+    for isolation in ["shared", "request"] {
+        crashes_are_contained(isolation).await;
+    }
+}
+
+async fn crashes_are_contained(isolation: &str) {
     let origin = Origin::start("origin").await;
-    let proxy = hostile_proxy(&origin, "fail_closed").await;
+    let proxy = hostile_proxy(&origin, "fail_closed", isolation).await;
     for (path, status, error) in [
         ("/loop", 503, "cpu_limit"),
         ("/oom", 503, "memory_limit"),
         ("/trap", 500, "trap"),
     ] {
         let (got, body) = status_and_body(&proxy, path).await;
-        assert_eq!(got, status, "{path}: {body}");
-        assert_eq!(body["error"], error, "{path}: {body}");
+        assert_eq!(got, status, "{isolation} {path}: {body}");
+        assert_eq!(body["error"], error, "{isolation} {path}: {body}");
         assert_eq!(body["filter"], "hostile", "{path}: {body}");
         // The next request gets a fresh instance and is served normally.
         let (got, body) = status_and_body(&proxy, "/ok").await;
-        assert_eq!(got, 200, "after {path}: {body}");
+        assert_eq!(got, 200, "{isolation}, after {path}: {body}");
         assert_eq!(body["origin"], "origin");
     }
     assert_eq!(
@@ -489,7 +500,7 @@ async fn crashing_looping_and_greedy_filters_are_contained_fail_closed() {
 #[tokio::test]
 async fn failing_filters_are_skipped_fail_open() {
     let origin = Origin::start("origin").await;
-    let proxy = hostile_proxy(&origin, "fail_open").await;
+    let proxy = hostile_proxy(&origin, "fail_open", "shared").await;
     for path in ["/trap", "/loop", "/ok"] {
         let (status, body) = status_and_body(&proxy, path).await;
         assert_eq!(status, 200, "{path}: {body}");
@@ -500,7 +511,7 @@ async fn failing_filters_are_skipped_fail_open() {
 #[tokio::test]
 async fn bad_pointers_and_absurd_sizes_get_status_codes_not_crashes() {
     let origin = Origin::start("origin").await;
-    let proxy = hostile_proxy(&origin, "fail_closed").await;
+    let proxy = hostile_proxy(&origin, "fail_closed", "shared").await;
     let response = client::http1()
         .get(proxy.url("/bad-pointers"))
         .send()

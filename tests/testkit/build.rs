@@ -7,7 +7,8 @@
 //! 2. Compiles every `tests/filters/wat/*.wat` to `$OUT_DIR/wat/*.wasm`.
 //! 3. Writes `$OUT_DIR/filters.rs`: one `&str` constant per module holding its absolute path
 //!    (crate `header_rewriter` → `HEADER_REWRITER`, `wat/abi_0_2_0.wat` → `ABI_0_2_0`), `ALL`
-//!    listing them as `(name, path)`, and `path(name)`.
+//!    listing them as `(name, path)`, and `path(name)`. Only `cdylib` crates are modules:
+//!    support libraries of the workspace (such as `filter_config`) get no constant.
 //!
 //! A failed wasm build fails this build script, with cargo's output in the message.
 
@@ -53,11 +54,12 @@ fn main() {
 
     let crates = member_crates(&filters_dir);
     emit_rerun_triggers(&filters_dir, &crates, &wat_dir);
+    let filters = filter_crates(&filters_dir, crates);
 
     let target_dir = filters_target_dir(&workspace_root);
     build_filters(&filters_dir, &target_dir);
     let release_dir = target_dir.join(WASM_TARGET).join("release");
-    let mut modules: Vec<(String, PathBuf)> = crates
+    let mut modules: Vec<(String, PathBuf)> = filters
         .into_iter()
         .map(|name| {
             let wasm = release_dir.join(format!("{}.wasm", name.replace('-', "_")));
@@ -77,8 +79,9 @@ fn main() {
         .unwrap_or_else(|err| panic!("writing {}: {err}", generated.display()));
 }
 
-/// The crates of the filters workspace: every directory of `tests/filters` with a
-/// `Cargo.toml`, except `target`; each is named after its directory. Sorted.
+/// The crates of the filters workspace, filters and support libraries alike: every
+/// directory of `tests/filters` with a `Cargo.toml`, except `target`; each is named after
+/// its directory. Sorted.
 fn member_crates(filters_dir: &Path) -> Vec<String> {
     let entries = fs::read_dir(filters_dir)
         .unwrap_or_else(|err| panic!("reading {}: {err}", filters_dir.display()));
@@ -98,9 +101,46 @@ fn member_crates(filters_dir: &Path) -> Vec<String> {
     crates
 }
 
-/// The build depends on the workspace manifest and lock file, each crate's directory and
-/// the WAT sources, but not on `tests/filters/target`, so that building the filters in place
-/// (`cargo build` inside tests/filters) does not make this script run again.
+/// The filter crates among `crates`: those whose `Cargo.toml` declares a `cdylib` in its
+/// `[lib]` section (`crate-type = ["cdylib"]`), each of which builds to a `.wasm` module.
+/// The others (plain rlibs such as `filter_config`) are libraries the filters link in.
+fn filter_crates(filters_dir: &Path, crates: Vec<String>) -> Vec<String> {
+    let filters: Vec<String> = crates
+        .into_iter()
+        .filter(|name| {
+            let manifest = filters_dir.join(name).join("Cargo.toml");
+            let text = fs::read_to_string(&manifest)
+                .unwrap_or_else(|err| panic!("reading {}: {err}", manifest.display()));
+            lib_section_declares_cdylib(&text)
+        })
+        .collect();
+    assert!(
+        !filters.is_empty(),
+        "no cdylib filter crates in {}",
+        filters_dir.display()
+    );
+    filters
+}
+
+/// Whether the `[lib]` table of a manifest mentions `cdylib` (outside comments): a plain
+/// string check, enough for the hand-written manifests of tests/filters.
+fn lib_section_declares_cdylib(manifest: &str) -> bool {
+    let mut in_lib = false;
+    for line in manifest.lines() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if line.starts_with('[') {
+            in_lib = line == "[lib]";
+        } else if in_lib && line.contains("cdylib") {
+            return true;
+        }
+    }
+    false
+}
+
+/// The build depends on the workspace manifest and lock file, each crate's directory
+/// (support libraries included: the filters link them) and the WAT sources, but not on
+/// `tests/filters/target`, so that building the filters in place (`cargo build` inside
+/// tests/filters) does not make this script run again.
 fn emit_rerun_triggers(filters_dir: &Path, crates: &[String], wat_dir: &Path) {
     println!("cargo:rerun-if-changed=build.rs");
     let mut watched = vec![

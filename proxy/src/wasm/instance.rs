@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use wasmtime::{Engine, InstancePre, Store, TypedFunc, WasmParams, WasmResults};
+use wasmtime::{
+    Engine, InstancePre, Module, ModuleExport, Store, TypedFunc, WasmParams, WasmResults,
+};
 
 use super::engine::EPOCH_TICK;
 use super::state::{
@@ -47,6 +49,76 @@ pub enum Outcome {
 
 type HttpFunc = TypedFunc<(u32, u32, u32), u32>;
 
+/// Whether a new instance runs the proxy-wasm start-up or already holds its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartUp {
+    /// Initializer, root context, `on_vm_start`, `on_configure`.
+    Run,
+    /// A pre-initialized module (see `preinit`): its memory holds the configured root context.
+    Snapshot,
+}
+
+/// Where a module's exports are, found once per module so that new instances look them up
+/// by index rather than by name (it matters for a fresh instance per request).
+pub struct ExportIndex {
+    memory: Option<ModuleExport>,
+    alloc: Option<ModuleExport>,
+    initialize: Option<ModuleExport>,
+    start: Option<ModuleExport>,
+    context_create: Option<ModuleExport>,
+    vm_start: Option<ModuleExport>,
+    configure: Option<ModuleExport>,
+    request_headers: Option<ModuleExport>,
+    request_body: Option<ModuleExport>,
+    response_headers: Option<ModuleExport>,
+    response_body: Option<ModuleExport>,
+    log: Option<ModuleExport>,
+    done: Option<ModuleExport>,
+    delete: Option<ModuleExport>,
+    tick: Option<ModuleExport>,
+}
+
+impl ExportIndex {
+    pub fn new(module: &Module) -> Self {
+        let at = |name: &str| module.get_export_index(name);
+        ExportIndex {
+            memory: at("memory"),
+            // The spec's allocator, else the deprecated `malloc` (AssemblyScript, Emscripten).
+            alloc: at("proxy_on_memory_allocate").or_else(|| at("malloc")),
+            initialize: at("_initialize"),
+            start: at("_start"),
+            context_create: at("proxy_on_context_create"),
+            vm_start: at("proxy_on_vm_start"),
+            configure: at("proxy_on_configure"),
+            request_headers: at("proxy_on_request_headers"),
+            request_body: at("proxy_on_request_body"),
+            response_headers: at("proxy_on_response_headers"),
+            response_body: at("proxy_on_response_body"),
+            log: at("proxy_on_log"),
+            done: at("proxy_on_done"),
+            delete: at("proxy_on_delete"),
+            tick: at("proxy_on_tick"),
+        }
+    }
+}
+
+/// The export at `index` as a typed function; `None` when the module does not export it.
+fn typed_export<P: WasmParams, R: WasmResults>(
+    instance: &wasmtime::Instance,
+    store: &mut Store<HostState>,
+    index: &Option<ModuleExport>,
+    name: &str,
+) -> Result<Option<TypedFunc<P, R>>, String> {
+    let Some(index) = index else { return Ok(None) };
+    let func = instance
+        .get_module_export(&mut *store, index)
+        .and_then(wasmtime::Extern::into_func)
+        .ok_or_else(|| format!("export `{name}` is not a function"))?;
+    func.typed(&*store)
+        .map(Some)
+        .map_err(|e| format!("export `{name}` has the wrong signature: {e}"))
+}
+
 /// The guest's exports, resolved once per instance. Every callback is optional.
 struct Exports {
     context_create: Option<TypedFunc<(u32, u32), ()>>,
@@ -64,6 +136,7 @@ struct Exports {
 
 pub struct Instance {
     store: Store<HostState>,
+    handle: wasmtime::Instance,
     exports: Exports,
     next_context_id: u32,
     /// Why this instance may not be used any more, once a call faulted.
@@ -78,6 +151,23 @@ impl Instance {
     pub fn start(
         engine: &Engine,
         pre: &InstancePre<HostState>,
+        exports: &ExportIndex,
+        plugin: Arc<PluginInfo>,
+        budget: Duration,
+        startup: StartUp,
+    ) -> Result<Instance, String> {
+        let mut instance = Self::instantiate(engine, pre, exports, plugin, budget)?;
+        if startup == StartUp::Run {
+            instance.root_calls(budget)?;
+        }
+        Ok(instance)
+    }
+
+    /// Instantiates, resolves exports and runs the module's initializer, if it has one.
+    fn instantiate(
+        engine: &Engine,
+        pre: &InstancePre<HostState>,
+        exports: &ExportIndex,
         plugin: Arc<PluginInfo>,
         budget: Duration,
     ) -> Result<Instance, String> {
@@ -87,49 +177,49 @@ impl Instance {
         let instance = pre
             .instantiate(&mut store)
             .map_err(|e| describe(&e, &store))?;
-        let memory = instance
-            .get_memory(&mut store, "memory")
+        let memory = exports
+            .memory
+            .as_ref()
+            .and_then(|index| instance.get_module_export(&mut store, index))
+            .and_then(wasmtime::Extern::into_memory)
             .ok_or("the module exports no `memory`")?;
-        let alloc = instance
-            .get_typed_func::<u32, u32>(&mut store, "proxy_on_memory_allocate")
-            .or_else(|_| instance.get_typed_func::<u32, u32>(&mut store, "malloc"))
-            .map_err(|_| {
-                "the module exports neither `proxy_on_memory_allocate` nor `malloc` (i32) -> i32"
-            })?;
+        let alloc = typed_export(
+            &instance,
+            &mut store,
+            &exports.alloc,
+            "proxy_on_memory_allocate",
+        )?
+        .ok_or("the module exports neither `proxy_on_memory_allocate` nor `malloc`")?;
         store.data_mut().memory = Some(memory);
         store.data_mut().alloc = Some(alloc);
 
         macro_rules! export {
-            ($name:literal) => {
-                match instance.get_export(&mut store, $name) {
-                    None => None,
-                    Some(_) => {
-                        Some(instance.get_typed_func(&mut store, $name).map_err(|e| {
-                            format!("export `{}` has the wrong signature: {e}", $name)
-                        })?)
-                    }
-                }
+            ($field:ident, $name:literal) => {
+                typed_export(&instance, &mut store, &exports.$field, $name)?
             };
         }
-        let exports = Exports {
-            context_create: export!("proxy_on_context_create"),
-            vm_start: export!("proxy_on_vm_start"),
-            configure: export!("proxy_on_configure"),
-            request_headers: export!("proxy_on_request_headers"),
-            request_body: export!("proxy_on_request_body"),
-            response_headers: export!("proxy_on_response_headers"),
-            response_body: export!("proxy_on_response_body"),
-            log: export!("proxy_on_log"),
-            done: export!("proxy_on_done"),
-            delete: export!("proxy_on_delete"),
-            tick: export!("proxy_on_tick"),
+        let callbacks = Exports {
+            context_create: export!(context_create, "proxy_on_context_create"),
+            vm_start: export!(vm_start, "proxy_on_vm_start"),
+            configure: export!(configure, "proxy_on_configure"),
+            request_headers: export!(request_headers, "proxy_on_request_headers"),
+            request_body: export!(request_body, "proxy_on_request_body"),
+            response_headers: export!(response_headers, "proxy_on_response_headers"),
+            response_body: export!(response_body, "proxy_on_response_body"),
+            log: export!(log, "proxy_on_log"),
+            done: export!(done, "proxy_on_done"),
+            delete: export!(delete, "proxy_on_delete"),
+            tick: export!(tick, "proxy_on_tick"),
         };
 
         // Reactor modules (Rust, C++) export `_initialize`; command modules (TinyGo) `_start`,
         // which may end with proc_exit(0).
-        let initializers: [(&str, bool); 2] = [("_initialize", false), ("_start", true)];
-        for (name, exit_ok) in initializers {
-            if let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, name) {
+        let initializers = [
+            (&exports.initialize, "_initialize", false),
+            (&exports.start, "_start", true),
+        ];
+        for (index, name, exit_ok) in initializers {
+            if let Some(init) = typed_export::<(), ()>(&instance, &mut store, index, name)? {
                 match init.call(&mut store, ()) {
                     Ok(()) => {}
                     Err(e) if exit_ok && classify(&e, false) == Fault::Exit(0) => {}
@@ -138,15 +228,14 @@ impl Instance {
                 break;
             }
         }
-        let mut instance = Instance {
+        Ok(Instance {
             store,
-            exports,
+            handle: instance,
+            exports: callbacks,
             next_context_id: ROOT_ID + 1,
             poisoned: None,
             ticking: false,
-        };
-        instance.root_calls(budget)?;
-        Ok(instance)
+        })
     }
 
     /// `on_context_create(root, 0)`, `on_vm_start`, `on_configure`; either returning false
@@ -211,6 +300,11 @@ impl Instance {
     fn poison(&mut self, fault: Fault) {
         self.poisoned = Some(fault);
         self.store.data_mut().waiters.clear();
+    }
+
+    /// The store and instance handle, for taking a snapshot.
+    pub fn parts(&mut self) -> (&mut Store<HostState>, wasmtime::Instance) {
+        (&mut self.store, self.handle)
     }
 
     pub fn poisoned(&self) -> Option<&Fault> {

@@ -12,13 +12,14 @@ pub mod abi;
 mod engine;
 mod instance;
 mod plugin;
+mod preinit;
 mod state;
 mod stream;
 mod ticker;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 use std::time::Instant;
 
 use pingora::services::background::background_service;
@@ -82,7 +83,7 @@ impl FilterHost {
         let reaper = spawn_reaper()
             .map_err(|e| WasmError::Engine(format!("cannot start the instance reaper: {e}")))?;
         // A module named by several filters is compiled once.
-        let mut modules: HashMap<PathBuf, wasmtime::Module> = HashMap::new();
+        let mut modules: HashMap<PathBuf, (wasmtime::Module, Vec<u8>)> = HashMap::new();
         let mut plugins = Vec::with_capacity(config.filters.len());
         for filter in &config.filters {
             let key =
@@ -98,9 +99,9 @@ impl FilterHost {
                 let module = engine
                     .load_module(&filter.module, &bytes)
                     .map_err(|e| fail(format!("not a valid WebAssembly module: {e}")))?;
-                modules.insert(key.clone(), module);
+                modules.insert(key.clone(), (module, bytes));
             }
-            let Some(module) = modules.get(&key) else {
+            let Some((module, wasm)) = modules.get(&key) else {
                 continue;
             };
             let plugin = Plugin::load(
@@ -108,9 +109,12 @@ impl FilterHost {
                 &linker,
                 filter,
                 module,
+                wasm,
                 config.workers,
-                ticker.clone(),
-                reaper.clone(),
+                Services {
+                    ticker: ticker.clone(),
+                    reaper: reaper.clone(),
+                },
             )?;
             plugins.push(Arc::new(plugin));
         }
@@ -157,11 +161,41 @@ impl pingora::services::background::BackgroundService for TickerService {
 }
 
 /// Drops per-request instances on a thread of its own: resetting an instance's memory takes
-/// microseconds that no request should wait for.
-fn spawn_reaper() -> std::io::Result<mpsc::Sender<SharedInstance>> {
-    let (sender, receiver) = mpsc::channel::<SharedInstance>();
+/// microseconds that no request should wait for. The thread collects them every millisecond
+/// rather than being woken for each one (a wake-up costs more than the drop).
+fn spawn_reaper() -> std::io::Result<Reaper> {
+    let reaper = Reaper::default();
+    let pending = reaper.pending.clone();
     std::thread::Builder::new()
         .name("wasm-reaper".into())
-        .spawn(move || receiver.into_iter().for_each(drop))?;
-    Ok(sender)
+        .spawn(move || loop {
+            std::thread::sleep(REAP_INTERVAL);
+            let batch = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
+            drop(batch);
+        })?;
+    Ok(reaper)
+}
+
+const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// What every plugin shares: the tick driver and the instance reaper.
+#[derive(Clone)]
+pub struct Services {
+    pub ticker: Arc<Ticker>,
+    pub reaper: Reaper,
+}
+
+/// Where finished per-request instances wait for the reaper thread.
+#[derive(Clone, Default)]
+pub struct Reaper {
+    pending: Arc<std::sync::Mutex<Vec<SharedInstance>>>,
+}
+
+impl Reaper {
+    pub fn reap(&self, instance: SharedInstance) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(instance);
+    }
 }

@@ -7,16 +7,17 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use wasmtime::{InstancePre, Linker, Module};
 
 use super::engine::WasmEngine;
-use super::instance::Instance;
+use super::instance::{ExportIndex, Instance, StartUp};
+use super::preinit;
 use super::state::{Fault, HostState, PluginInfo};
-use super::ticker::Ticker;
-use super::WasmError;
+
+use super::{Services, WasmError};
 use crate::config::{self, FailurePolicy, Isolation};
 
 /// The ABI versions this host speaks, marked by an exported function of that name.
@@ -36,11 +37,13 @@ pub struct Plugin {
     pub on_error: FailurePolicy,
     engine: wasmtime::Engine,
     pre: InstancePre<HostState>,
+    exports: ExportIndex,
+    /// Whether new instances run the start-up or start from its snapshot.
+    startup: StartUp,
     /// `isolation: shared`: one instance slot per worker.
     slots: Vec<Mutex<Option<SharedInstance>>>,
     crashes: Mutex<Crashes>,
-    ticker: Arc<Ticker>,
-    reaper: mpsc::Sender<SharedInstance>,
+    services: Services,
     pub stats: PluginStats,
 }
 
@@ -82,9 +85,9 @@ impl Plugin {
         linker: &Linker<HostState>,
         filter: &config::Filter,
         module: &Module,
+        wasm: &[u8],
         workers: usize,
-        ticker: Arc<Ticker>,
-        reaper: mpsc::Sender<SharedInstance>,
+        services: Services,
     ) -> Result<Plugin, WasmError> {
         let fail = |message: String| WasmError::Load {
             filter: filter.name.clone(),
@@ -118,20 +121,26 @@ impl Plugin {
             Isolation::Shared => workers.max(1),
             Isolation::Request => 0,
         };
-        let plugin = Plugin {
+        let mut plugin = Plugin {
             info,
             isolation: filter.isolation,
             on_error: filter.on_error,
             engine: engine.engine().clone(),
             pre,
+            exports: ExportIndex::new(module),
+            startup: StartUp::Run,
             slots: (0..slot_count).map(|_| Mutex::new(None)).collect(),
             crashes: Mutex::new(Crashes::default()),
-            ticker,
-            reaper,
+            services,
             stats: PluginStats::default(),
         };
         // The canary: a filter that cannot start fails the load, not the first request.
         let canary = plugin.start_instance().map_err(fail)?;
+        if plugin.isolation == Isolation::Request {
+            plugin
+                .preinitialize(engine, linker, &filter.module, wasm)
+                .map_err(fail)?;
+        }
         match plugin.slots.first() {
             Some(slot) => *lock(slot) = Some(plugin.register(canary)),
             None => plugin.release(Lease {
@@ -147,12 +156,61 @@ impl Plugin {
         (self.info.limits.cpu * 10).max(Duration::from_secs(1))
     }
 
+    /// Switches per-request instances to a snapshot of the configured start-up, when the
+    /// start-up allows it (see `preinit`); otherwise each runs the start-up itself.
+    fn preinitialize(
+        &mut self,
+        engine: &WasmEngine,
+        linker: &Linker<HostState>,
+        name: &Path,
+        wasm: &[u8],
+    ) -> Result<(), String> {
+        let snapshot = match preinit::preinitialize(
+            engine,
+            linker,
+            name,
+            wasm,
+            self.info.clone(),
+            self.startup_budget(),
+        ) {
+            Ok(snapshot) => snapshot,
+            Err(why) => {
+                log::info!(
+                    "filter `{}`: each request runs the start-up ({why})",
+                    self.info.name
+                );
+                return Ok(());
+            }
+        };
+        let module = engine.load_module(name, &snapshot)?;
+        module
+            .initialize_copy_on_write_image()
+            .map_err(|e| format!("{e:#}"))?;
+        self.pre = linker
+            .instantiate_pre(&module)
+            .map_err(|e| format!("{e:#}"))?;
+        self.exports = ExportIndex::new(&module);
+        self.startup = StartUp::Snapshot;
+        log::info!(
+            "filter `{}`: per-request instances start from a snapshot of its configured start-up",
+            self.info.name
+        );
+        // Prove the image starts before any request depends on it.
+        let canary = self.start_instance()?;
+        self.release(Lease {
+            instance: Arc::new(Mutex::new(canary)),
+        });
+        Ok(())
+    }
+
     fn start_instance(&self) -> Result<Instance, String> {
         let instance = Instance::start(
             &self.engine,
             &self.pre,
+            &self.exports,
             self.info.clone(),
             self.startup_budget(),
+            self.startup,
         )?;
         self.stats.instances_started.fetch_add(1, Ordering::Relaxed);
         Ok(instance)
@@ -172,7 +230,8 @@ impl Plugin {
         let mut guard = instance.lock().unwrap_or_else(|p| p.into_inner());
         if !guard.ticking && guard.tick_period().is_some() {
             guard.ticking = true;
-            self.ticker
+            self.services
+                .ticker
                 .watch(Arc::downgrade(instance), self.info.clone());
         }
     }
@@ -244,7 +303,7 @@ impl Plugin {
     /// reaper thread, off the request path.
     pub fn release(&self, lease: Lease) {
         if self.isolation == Isolation::Request {
-            let _ = self.reaper.send(lease.instance);
+            self.services.reaper.reap(lease.instance);
         }
     }
 }

@@ -70,16 +70,10 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = match self.get_plugin_configuration() {
-            Some(raw) if !raw.is_empty() => serde_json::from_slice(&raw),
-            _ => Ok(Config::default()),
-        };
-        let config = match config {
-            Ok(config) => config,
-            Err(err) => {
-                log::error!("body_rewriter: invalid configuration: {err}");
-                return false;
-            }
+        let Some(config) =
+            filter_config::parse::<Config>("body_rewriter", self.get_plugin_configuration())
+        else {
+            return false;
         };
         let directions = [&config.request, &config.response];
         if directions.into_iter().flatten().any(|r| r.find.is_empty()) {

@@ -72,20 +72,12 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = match self.get_plugin_configuration() {
-            Some(raw) if !raw.is_empty() => serde_json::from_slice(&raw),
-            _ => Ok(Config::default()),
+        let Some(config) = filter_config::parse("header_rewriter", self.get_plugin_configuration())
+        else {
+            return false;
         };
-        match config {
-            Ok(config) => {
-                self.config = Rc::new(config);
-                true
-            }
-            Err(err) => {
-                log::error!("header_rewriter: invalid configuration: {err}");
-                false
-            }
-        }
+        self.config = Rc::new(config);
+        true
     }
 
     fn get_type(&self) -> Option<ContextType> {

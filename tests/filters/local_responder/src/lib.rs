@@ -66,17 +66,13 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let raw = self.get_plugin_configuration().unwrap_or_default();
-        match serde_json::from_slice(&raw) {
-            Ok(config) => {
-                self.config = Some(Rc::new(config));
-                true
-            }
-            Err(err) => {
-                log::error!("local_responder: invalid configuration: {err}");
-                false
-            }
-        }
+        let Some(config) =
+            filter_config::parse_required("local_responder", self.get_plugin_configuration())
+        else {
+            return false;
+        };
+        self.config = Some(Rc::new(config));
+        true
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -69,21 +69,14 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        let config = match self.get_plugin_configuration() {
-            Some(raw) if !raw.is_empty() => serde_json::from_slice(&raw),
-            _ => Ok(Config::default()),
+        let Some(config) =
+            filter_config::parse::<Config>("pauser", self.get_plugin_configuration())
+        else {
+            return false;
         };
-        match config {
-            Ok(config) => {
-                self.set_tick_period(Duration::from_millis(config.tick_ms));
-                self.config = config;
-                true
-            }
-            Err(err) => {
-                log::error!("pauser: invalid configuration: {err}");
-                false
-            }
-        }
+        self.set_tick_period(Duration::from_millis(config.tick_ms));
+        self.config = config;
+        true
     }
 
     fn on_tick(&mut self) {
