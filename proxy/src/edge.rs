@@ -17,6 +17,7 @@ use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::{self, AccessLogger};
 use crate::config::Route;
+use crate::metrics;
 use crate::routing::{request_host, RouteTable};
 use crate::upstream::Upstreams;
 use crate::wasm::{FilterChain, FilterFailure, FilterHost, LocalResponse, StreamInfo, Verdict};
@@ -26,7 +27,7 @@ const REQUEST_ID: &str = "x-request-id";
 
 pub struct Edge {
     routes: RouteTable,
-    upstreams: Upstreams,
+    upstreams: Arc<Upstreams>,
     filters: FilterHost,
     access_log: AccessLogger,
     inflight: Arc<AtomicUsize>,
@@ -54,6 +55,8 @@ pub struct RequestCtx {
     pending_answer: Option<Answer>,
     /// The error code of a filter's failure, for the access log.
     filter_error: Option<&'static str>,
+    /// When the upstream was chosen, until its response head arrives.
+    upstream_started: Option<Instant>,
     _inflight: InflightGuard,
 }
 
@@ -70,6 +73,7 @@ struct InflightGuard(Arc<AtomicUsize>);
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::global().inflight.dec();
     }
 }
 
@@ -129,7 +133,7 @@ impl Refusal {
 impl Edge {
     pub fn new(
         routes: RouteTable,
-        upstreams: Upstreams,
+        upstreams: Arc<Upstreams>,
         filters: FilterHost,
         access_log: AccessLogger,
     ) -> Self {
@@ -235,6 +239,7 @@ impl ProxyHttp for Edge {
 
     fn new_ctx(&self) -> RequestCtx {
         self.inflight.fetch_add(1, Ordering::AcqRel);
+        metrics::global().inflight.inc();
         RequestCtx {
             started: Instant::now(),
             request_id: HeaderValue::from_static(""),
@@ -249,6 +254,7 @@ impl ProxyHttp for Edge {
             replacement_body: None,
             pending_answer: None,
             filter_error: None,
+            upstream_started: None,
             _inflight: InflightGuard(self.inflight.clone()),
         }
     }
@@ -308,6 +314,7 @@ impl ProxyHttp for Edge {
         match upstream.select(key, &ctx.failed_endpoints) {
             Some(addr) => {
                 ctx.endpoint = Some(addr);
+                ctx.upstream_started = Some(Instant::now());
                 if let Some(chain) = &mut ctx.chain {
                     chain.set_upstream_address(addr);
                 }
@@ -400,6 +407,21 @@ impl ProxyHttp for Edge {
             ErrorType::HTTPStatus(status),
             "a filter answered during the request body",
         )
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let (Some(started), Some(route)) = (ctx.upstream_started.take(), &ctx.route) {
+            metrics::global()
+                .upstream_latency
+                .with_label_values(&[self.upstreams.get(route.upstream).name()])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        Ok(())
     }
 
     async fn response_filter(
@@ -508,6 +530,17 @@ impl ProxyHttp for Edge {
                 can_reuse_downstream: false,
             };
         };
+        if let (
+            Refusal::NoHealthyEndpoint | Refusal::UpstreamTimeout | Refusal::UpstreamUnavailable,
+            Some(route),
+        ) = (refusal, &ctx.route)
+        {
+            let upstream = self.upstreams.get(route.upstream).name();
+            metrics::global()
+                .upstream_failures
+                .with_label_values(&[upstream, refusal.code()])
+                .inc();
+        }
         if session.response_written().is_none() {
             let upstream = ctx
                 .route
@@ -541,6 +574,17 @@ impl ProxyHttp for Edge {
             let response = session.response_written().cloned();
             chain.finish(session.req_header_mut(), response.as_ref());
         }
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let route = ctx.route.as_deref().map_or("", |r| r.name.as_str());
+        let metrics = metrics::global();
+        metrics
+            .requests
+            .with_label_values(&[route, status_label(status)])
+            .inc();
+        metrics
+            .request_duration
+            .with_label_values(&[route])
+            .observe(ctx.started.elapsed().as_secs_f64());
         if !self.access_log.is_on() {
             return;
         }
@@ -563,6 +607,20 @@ impl ProxyHttp for Edge {
             duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
             error: ctx.refusal.map(Refusal::code).or(ctx.filter_error),
         });
+    }
+}
+
+/// The status as a metric label, without allocating per request: "none" when no response
+/// was written (the client went away).
+fn status_label(status: u16) -> &'static str {
+    static LABELS: std::sync::LazyLock<Vec<String>> =
+        std::sync::LazyLock::new(|| (100..600u16).map(|s| s.to_string()).collect());
+    match status {
+        100..=599 => LABELS
+            .get(usize::from(status - 100))
+            .map_or("other", String::as_str),
+        0 => "none",
+        _ => "other",
     }
 }
 

@@ -4,8 +4,11 @@
 //! `routing`, `upstream`, `access_log`, then `edge` (the Pingora conductor) and `server`.
 
 pub mod access_log;
+pub mod admin;
 pub mod config;
 pub mod edge;
+pub mod local_http;
+pub mod metrics;
 pub mod routing;
 pub mod server;
 pub mod upstream;

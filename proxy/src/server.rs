@@ -1,7 +1,7 @@
 //! Builds the Pingora server from a validated configuration and runs it until shutdown.
 
 use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,9 +10,11 @@ use pingora::apps::HttpServerOptions;
 use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora::services::background::background_service;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::access_log::AccessLogger;
+use crate::admin::{AdminServer, Readiness};
 use crate::config::Config;
 use crate::edge::Edge;
 use crate::routing::RouteTable;
@@ -44,8 +46,23 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         })?;
     }
     let filters = FilterHost::load(&config)?;
-    let filter_ticks = filters.background_service();
     let (upstreams, upstream_services) = Upstreams::build(&config.upstreams)?;
+    let upstreams = Arc::new(upstreams);
+    filters.serve_upstreams(upstreams.clone());
+    let filter_services = filters.background_services();
+    let readiness = Arc::new(Readiness {
+        draining: AtomicBool::new(false),
+        unavailable_filters: Box::new(filters.unavailable_filters()),
+    });
+    let admin = match &config.admin {
+        Some(admin) => Some(AdminServer::bind(admin.address, readiness.clone()).map_err(
+            |source| ServerError::Listen {
+                address: admin.address,
+                source,
+            },
+        )?),
+        None => None,
+    };
     let access_log = AccessLogger::open(&config.access_log).map_err(ServerError::AccessLog)?;
     let conf = server_conf(&config);
     let addresses: Vec<String> = config
@@ -62,6 +79,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let drain = GracefulSignals {
         inflight: edge.inflight(),
         timeout: config.shutdown_timeout,
+        readiness,
     };
 
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
@@ -77,7 +95,14 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     }
     server.add_service(proxy);
     server.add_services(upstream_services);
-    server.add_boxed_service(filter_ticks);
+    server.add_services(filter_services);
+    if let (Some(admin), Some(settings)) = (admin, &config.admin) {
+        log::info!(
+            "admin listener on http://{} (/metrics, /healthz, /ready)",
+            settings.address
+        );
+        server.add_service(background_service("admin", admin));
+    }
 
     log::info!(
         "edgeward serving on {} with {} workers ({})",
@@ -118,6 +143,7 @@ fn server_conf(config: &Config) -> ServerConf {
 struct GracefulSignals {
     inflight: Arc<AtomicUsize>,
     timeout: Duration,
+    readiness: Arc<Readiness>,
 }
 
 #[async_trait]
@@ -137,6 +163,7 @@ impl ShutdownSignalWatch for GracefulSignals {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
+        self.readiness.draining.store(true, Ordering::Release);
         log::info!(
             "{name}: no longer accepting connections; waiting up to {:?} for {} in-flight requests",
             self.timeout,

@@ -9,6 +9,7 @@ mod bodies;
 mod cli;
 mod failures;
 mod filters;
+mod host_services;
 mod lifecycle;
 mod routing;
 mod support;

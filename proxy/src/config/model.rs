@@ -24,6 +24,13 @@ pub struct Config {
     /// Indexed by [`FilterId`].
     pub filters: Vec<Filter>,
     pub wasm: WasmSettings,
+    /// The admin listener (metrics, health), when configured.
+    pub admin: Option<Admin>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Admin {
+    pub address: SocketAddr,
 }
 
 /// Settings of the WebAssembly engine shared by every filter.
@@ -53,6 +60,10 @@ pub struct Filter {
     pub isolation: Isolation,
     pub limits: FilterLimits,
     pub on_error: FailurePolicy,
+    /// Filters with the same VM id share data and queues (default: the module's file name).
+    pub vm_id: String,
+    /// Upstreams the filter may call with `proxy_http_call`.
+    pub callouts: Vec<UpstreamId>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

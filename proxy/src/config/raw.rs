@@ -54,6 +54,12 @@ pub struct RawConfig {
     #[serde(default)]
     pub filters: Named<Located<RawFilter>>,
     pub wasm: Option<Located<RawWasm>>,
+    pub admin: Option<Located<RawAdmin>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawAdmin {
+    pub address: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -72,6 +78,8 @@ pub struct RawFilter {
     pub isolation: Option<Located<String>>,
     pub limits: Option<Located<RawLimits>>,
     pub on_error: Option<Located<String>>,
+    pub vm_id: Option<Located<String>>,
+    pub callouts: Option<Vec<Located<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

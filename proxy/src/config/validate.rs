@@ -161,7 +161,8 @@ impl<'a> Validator<'a> {
             DEFAULT_SHUTDOWN_TIMEOUT,
         );
         let upstreams = self.upstreams(&raw.upstreams);
-        let filters = self.filters(&raw.filters);
+        let filters = self.filters(&raw.filters, &upstreams);
+        let admin = raw.admin.as_ref().map(|a| self.admin(a, &listeners));
         let routes = self.routes(&raw.routes, &upstreams, &filters);
         let wasm = self.wasm(raw.wasm.as_ref());
         Config {
@@ -174,7 +175,36 @@ impl<'a> Validator<'a> {
             routes,
             filters,
             wasm,
+            admin,
         }
+    }
+
+    fn admin(&mut self, raw: &Located<RawAdmin>, listeners: &[Listener]) -> Admin {
+        let default: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 9901));
+        let address = match &raw.address {
+            None => default,
+            Some(address) => match address.parse::<SocketAddr>() {
+                Ok(addr) if listeners.iter().any(|l| l.address == addr) => {
+                    self.error(
+                        address.mark,
+                        "the admin listener must not share an address with a proxy listener",
+                    );
+                    addr
+                }
+                Ok(addr) => addr,
+                Err(_) => {
+                    self.error(
+                        address.mark,
+                        format!("admin address must be IP:port, found `{}`", address.value),
+                    );
+                    default
+                }
+            },
+        };
+        if !address.ip().is_loopback() {
+            log::warn!("the admin listener on {address} is reachable from other hosts; it serves metrics and purges without authentication");
+        }
+        Admin { address }
     }
 
     fn wasm(&mut self, raw: Option<&Located<RawWasm>>) -> WasmSettings {
@@ -214,14 +244,19 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn filters(&mut self, raw: &Named<Located<RawFilter>>) -> Vec<Filter> {
+    fn filters(&mut self, raw: &Named<Located<RawFilter>>, upstreams: &[Upstream]) -> Vec<Filter> {
         raw.0
             .iter()
-            .map(|(name, filter)| self.filter(name, filter))
+            .map(|(name, filter)| self.filter(name, filter, upstreams))
             .collect()
     }
 
-    fn filter(&mut self, name: &Located<String>, raw: &Located<RawFilter>) -> Filter {
+    fn filter(
+        &mut self,
+        name: &Located<String>,
+        raw: &Located<RawFilter>,
+        upstreams: &[Upstream],
+    ) -> Filter {
         self.check_name(name, "filter");
         let module = match &raw.module {
             None => {
@@ -277,6 +312,25 @@ impl<'a> Validator<'a> {
             None => DEFAULT_FILTER_LIMITS,
             Some(limits) => self.filter_limits(limits),
         };
+        let vm_id = match &raw.vm_id {
+            Some(vm_id) => vm_id.trim().to_string(),
+            None => module
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        };
+        let callouts = {
+            let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+            let owner = format!("filter `{}`", name.value);
+            raw.callouts
+                .iter()
+                .flatten()
+                .filter_map(|wanted| {
+                    self.reference(wanted, &owner, "upstream", &known)
+                        .map(UpstreamId)
+                })
+                .collect()
+        };
         Filter {
             name: name.value.clone(),
             module,
@@ -290,6 +344,8 @@ impl<'a> Validator<'a> {
             isolation,
             limits,
             on_error,
+            vm_id,
+            callouts,
         }
     }
 
@@ -329,6 +385,32 @@ impl<'a> Validator<'a> {
             cpu: self.duration(&raw.cpu, "cpu", DEFAULT_FILTER_LIMITS.cpu),
             body,
         }
+    }
+
+    /// The position of `wanted` among the `defined` names of a `kind`, or an error from `owner`.
+    fn reference(
+        &mut self,
+        wanted: &Located<String>,
+        owner: &str,
+        kind: &str,
+        defined: &[&str],
+    ) -> Option<usize> {
+        let found = defined.iter().position(|d| *d == wanted.value);
+        if found.is_none() {
+            let defined = if defined.is_empty() {
+                "none".to_string()
+            } else {
+                defined.join(", ")
+            };
+            self.error(
+                wanted.mark,
+                format!(
+                    "{owner} names {kind} `{}`, which is not defined (defined: {defined})",
+                    wanted.value
+                ),
+            );
+        }
+        found
     }
 
     fn check_name(&mut self, name: &Located<String>, what: &str) {
@@ -622,19 +704,9 @@ impl<'a> Validator<'a> {
                 None
             }
             Some(wanted) => {
-                let found = upstreams.iter().position(|u| u.name == wanted.value);
-                if found.is_none() {
-                    let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-                    self.error(
-                        wanted.mark,
-                        format!(
-                            "route `{name}` names upstream `{}`, which is not defined (defined: {})",
-                            wanted.value,
-                            if known.is_empty() { "none".to_string() } else { known.join(", ") }
-                        ),
-                    );
-                }
-                found.map(UpstreamId)
+                let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+                self.reference(wanted, &format!("route `{name}`"), "upstream", &known)
+                    .map(UpstreamId)
             }
         };
         let strip_prefix = match (&raw.strip_prefix, &matcher.path) {
@@ -660,9 +732,9 @@ impl<'a> Validator<'a> {
                 });
         let mut chain = Vec::new();
         for wanted in raw.filters.iter().flat_map(|f| f.iter()) {
-            match filters
-                .iter()
-                .position(|f| f.name == wanted.value)
+            let known: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
+            match self
+                .reference(wanted, &format!("route `{name}`"), "filter", &known)
                 .map(FilterId)
             {
                 Some(id) if chain.contains(&id) => {
@@ -672,21 +744,7 @@ impl<'a> Validator<'a> {
                     );
                 }
                 Some(id) => chain.push(id),
-                None => {
-                    let known: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
-                    self.error(
-                        wanted.mark,
-                        format!(
-                            "route `{name}` names filter `{}`, which is not defined (defined: {})",
-                            wanted.value,
-                            if known.is_empty() {
-                                "none".to_string()
-                            } else {
-                                known.join(", ")
-                            }
-                        ),
-                    );
-                }
+                None => {}
             }
         }
         let timeout = self.duration(&raw.timeout, "timeout", DEFAULT_ROUTE_TIMEOUT);

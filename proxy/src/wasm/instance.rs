@@ -3,14 +3,16 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 use wasmtime::{
     Engine, InstancePre, Module, ModuleExport, Store, TypedFunc, WasmParams, WasmResults,
 };
 
+use super::dispatch::HostServices;
 use super::engine::EPOCH_TICK;
 use super::state::{
-    classify, Call, Fault, HostState, HttpData, LocalResponse, Phase, PluginInfo, Resumption,
+    classify, Call, CalloutAnswer, Fault, HostState, HttpData, LocalResponse, Phase, PluginInfo,
+    Resumption,
 };
 use std::sync::Arc;
 
@@ -48,6 +50,8 @@ pub enum Outcome {
 }
 
 type HttpFunc = TypedFunc<(u32, u32, u32), u32>;
+/// `(root_id, token, headers, body_size, trailers)`.
+type CallResponseFunc = TypedFunc<(u32, u32, u32, u32, u32), ()>;
 
 /// Whether a new instance runs the proxy-wasm start-up or already holds its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,6 +60,30 @@ pub enum StartUp {
     Run,
     /// A pre-initialized module (see `preinit`): its memory holds the configured root context.
     Snapshot,
+}
+
+/// Everything needed to make instances of one module.
+pub struct Template {
+    pub engine: Engine,
+    pub pre: InstancePre<HostState>,
+    pub exports: ExportIndex,
+    pub startup: StartUp,
+}
+
+impl Template {
+    pub fn new(
+        engine: &Engine,
+        pre: InstancePre<HostState>,
+        module: &Module,
+        startup: StartUp,
+    ) -> Self {
+        Template {
+            engine: engine.clone(),
+            pre,
+            exports: ExportIndex::new(module),
+            startup,
+        }
+    }
 }
 
 /// Where a module's exports are, found once per module so that new instances look them up
@@ -73,6 +101,8 @@ pub struct ExportIndex {
     response_headers: Option<ModuleExport>,
     response_body: Option<ModuleExport>,
     log: Option<ModuleExport>,
+    http_call_response: Option<ModuleExport>,
+    queue_ready: Option<ModuleExport>,
     done: Option<ModuleExport>,
     delete: Option<ModuleExport>,
     tick: Option<ModuleExport>,
@@ -95,6 +125,8 @@ impl ExportIndex {
             response_headers: at("proxy_on_response_headers"),
             response_body: at("proxy_on_response_body"),
             log: at("proxy_on_log"),
+            http_call_response: at("proxy_on_http_call_response"),
+            queue_ready: at("proxy_on_queue_ready"),
             done: at("proxy_on_done"),
             delete: at("proxy_on_delete"),
             tick: at("proxy_on_tick"),
@@ -129,6 +161,8 @@ struct Exports {
     response_headers: Option<HttpFunc>,
     response_body: Option<HttpFunc>,
     log: Option<TypedFunc<u32, ()>>,
+    http_call_response: Option<CallResponseFunc>,
+    queue_ready: Option<TypedFunc<(u32, u32), ()>>,
     done: Option<TypedFunc<u32, u32>>,
     delete: Option<TypedFunc<u32, ()>>,
     tick: Option<TypedFunc<u32, ()>>,
@@ -149,15 +183,17 @@ impl Instance {
     /// Instantiates and runs the proxy-wasm start-up: the module's initializer, the root
     /// context, `on_vm_start` and `on_configure`. The error says which step failed.
     pub fn start(
-        engine: &Engine,
-        pre: &InstancePre<HostState>,
-        exports: &ExportIndex,
+        template: &Template,
         plugin: Arc<PluginInfo>,
+        services: Arc<HostServices>,
         budget: Duration,
-        startup: StartUp,
     ) -> Result<Instance, String> {
-        let mut instance = Self::instantiate(engine, pre, exports, plugin, budget)?;
-        if startup == StartUp::Run {
+        let mut instance = Self::instantiate(template, plugin, services, budget)?;
+        crate::metrics::global()
+            .filter_instances
+            .with_label_values(&[instance.plugin().name.as_str()])
+            .inc();
+        if template.startup == StartUp::Run {
             instance.root_calls(budget)?;
         }
         Ok(instance)
@@ -165,16 +201,17 @@ impl Instance {
 
     /// Instantiates, resolves exports and runs the module's initializer, if it has one.
     fn instantiate(
-        engine: &Engine,
-        pre: &InstancePre<HostState>,
-        exports: &ExportIndex,
+        template: &Template,
         plugin: Arc<PluginInfo>,
+        services: Arc<HostServices>,
         budget: Duration,
     ) -> Result<Instance, String> {
-        let mut store = Store::new(engine, HostState::new(plugin, ROOT_ID));
+        let exports = &template.exports;
+        let mut store = Store::new(&template.engine, HostState::new(plugin, ROOT_ID, services));
         store.limiter(|state| &mut state.limiter);
         store.set_epoch_deadline(ticks(budget));
-        let instance = pre
+        let instance = template
+            .pre
             .instantiate(&mut store)
             .map_err(|e| describe(&e, &store))?;
         let memory = exports
@@ -207,6 +244,8 @@ impl Instance {
             response_headers: export!(response_headers, "proxy_on_response_headers"),
             response_body: export!(response_body, "proxy_on_response_body"),
             log: export!(log, "proxy_on_log"),
+            http_call_response: export!(http_call_response, "proxy_on_http_call_response"),
+            queue_ready: export!(queue_ready, "proxy_on_queue_ready"),
             done: export!(done, "proxy_on_done"),
             delete: export!(delete, "proxy_on_delete"),
             tick: export!(tick, "proxy_on_tick"),
@@ -302,6 +341,22 @@ impl Instance {
         self.store.data_mut().waiters.clear();
     }
 
+    /// Records where this instance lives, so that callout answers and queue notices can find
+    /// it, and sends the jobs its start-up made.
+    pub fn place(&mut self, home: std::sync::Weak<std::sync::Mutex<Instance>>) {
+        let state = self.store.data_mut();
+        let _ = state.cell.set(home);
+        for job in std::mem::take(&mut state.outbox) {
+            state.services.submit(job);
+        }
+    }
+
+    /// Whether the start-up left state outside the guest that a snapshot would lose.
+    pub fn has_lasting_effects(&self) -> bool {
+        let state = self.store.data();
+        state.lasting_effects || state.tick_period.is_some() || !state.outbox.is_empty()
+    }
+
     /// The store and instance handle, for taking a snapshot.
     pub fn parts(&mut self) -> (&mut Store<HostState>, wasmtime::Instance) {
         (&mut self.store, self.handle)
@@ -369,19 +424,92 @@ impl Instance {
         };
         self.store.data_mut().call = Call::http(context_id, callback.phase(), data);
         let result = self.call(func, args, budget);
-        let call = std::mem::replace(
+        let mut call = std::mem::replace(
             &mut self.store.data_mut().call,
             Call::root(ROOT_ID, Phase::Startup),
         );
-        let outcome = result.map(|action| match () {
-            _ if call.close_requested => Outcome::Close,
-            _ if call.local_response.is_some() => call
-                .local_response
-                .map_or(Outcome::Continue, Outcome::Respond),
-            _ if action == 0 || call.continue_requested => Outcome::Continue,
-            _ => Outcome::Pause,
-        });
-        (call.http, outcome)
+        let http = call.http.take();
+        (http, result.map(|action| outcome(call, action == 0)))
+    }
+
+    /// Runs `on_http_call_response` for a callout `context_id` made. With `data`, the request
+    /// is paused in `phase` and its heads are available as in that phase; without, the
+    /// callback sees no request (a root context's callout, or a request that did not wait).
+    pub fn http_call_response(
+        &mut self,
+        context_id: u32,
+        phase: Phase,
+        data: Option<HttpData>,
+        token: u32,
+        answer: CalloutAnswer,
+        budget: Duration,
+    ) -> (Option<HttpData>, Result<Outcome, Fault>) {
+        let Some(func) = self.exports.http_call_response.clone() else {
+            return (data, Ok(Outcome::Pause));
+        };
+        let (headers, trailers) = (answer.headers.len() as u32, answer.trailers.len() as u32);
+        let body = answer.body.len() as u32;
+        let mut call = match data {
+            Some(data) => Call::http(context_id, phase, data),
+            None => Call::root(context_id, phase),
+        };
+        call.callout = Some(answer);
+        self.store.data_mut().call = call;
+        let result = self.call(func, (ROOT_ID, token, headers, body, trailers), budget);
+        let mut call = std::mem::replace(
+            &mut self.store.data_mut().call,
+            Call::root(ROOT_ID, Phase::Startup),
+        );
+        let http = call.http.take();
+        (http, result.map(|()| outcome(call, false)))
+    }
+
+    /// A callout's answer arrived: the paused request that made it handles it; otherwise the
+    /// callback runs now. Answers for deleted contexts are dropped (the SDKs would trap).
+    pub fn deliver_callout(
+        &mut self,
+        context_id: u32,
+        token: u32,
+        answer: CalloutAnswer,
+        budget: Duration,
+    ) {
+        let state = self.store.data_mut();
+        if !state.live_contexts.contains(&context_id) {
+            return;
+        }
+        let answer = match state.waiters.get(&context_id) {
+            Some(waiter) => match waiter.send(Resumption::Callout { token, answer }) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(Resumption::Callout { answer, .. })) => answer,
+                Err(_) => return,
+            },
+            None => answer,
+        };
+        if let (_, Err(fault)) =
+            self.http_call_response(context_id, Phase::CallResponse, None, token, answer, budget)
+        {
+            self.report_background_fault("on_http_call_response", &fault);
+        }
+    }
+
+    /// `on_queue_ready` for a queue the root context registered.
+    pub fn queue_ready(&mut self, root_id: u32, queue_id: u32) {
+        let Some(func) = self.exports.queue_ready.clone() else {
+            return;
+        };
+        self.store.data_mut().call = Call::root(root_id, Phase::QueueReady);
+        let budget = self.store.data().plugin.limits.cpu;
+        if let Err(fault) = self.call(func, (root_id, queue_id), budget) {
+            self.report_background_fault("on_queue_ready", &fault);
+        }
+    }
+
+    /// A fault outside any request: logged and counted; the instance is already poisoned and
+    /// is replaced when a request next needs it.
+    fn report_background_fault(&self, callback: &str, fault: &Fault) {
+        let name = &self.store.data().plugin.name;
+        log::error!("filter `{name}` {fault} in {callback}; the instance is discarded");
+        super::plugin::count_fault(name, fault);
     }
 
     /// `on_log`, `on_done`, `on_delete` for a finished request, then forgets the context.
@@ -433,9 +561,10 @@ impl Instance {
         (data, Ok(()))
     }
 
-    /// Lets the request paused in `context_id` wait for `proxy_continue_stream` and friends.
-    pub fn wait_for_resumption(&mut self, context_id: u32) -> oneshot::Receiver<Resumption> {
-        let (sender, receiver) = oneshot::channel();
+    /// Lets the request paused in `context_id` wait for `proxy_continue_stream`, callout
+    /// answers and the like, until it calls [`Self::stop_waiting`].
+    pub fn wait_for_resumption(&mut self, context_id: u32) -> mpsc::UnboundedReceiver<Resumption> {
+        let (sender, receiver) = mpsc::unbounded_channel();
         self.store.data_mut().waiters.insert(context_id, sender);
         receiver
     }
@@ -451,6 +580,29 @@ impl Instance {
         };
         self.store.data_mut().call = Call::root(ROOT_ID, Phase::Tick);
         self.call(tick, ROOT_ID, budget)
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        crate::metrics::global()
+            .filter_instances
+            .with_label_values(&[self.plugin().name.as_str()])
+            .dec();
+    }
+}
+
+/// What a finished callback asked for: its recorded intents first; `proceed` is its own
+/// answer (a zero action).
+fn outcome(call: Call, proceed: bool) -> Outcome {
+    if call.close_requested {
+        Outcome::Close
+    } else if let Some(response) = call.local_response {
+        Outcome::Respond(response)
+    } else if proceed || call.continue_requested {
+        Outcome::Continue
+    } else {
+        Outcome::Pause
     }
 }
 

@@ -7,12 +7,16 @@
 //! - `stream`: a request's filter chain and the phase drivers the proxy calls
 //! - `state`: what a store holds; `abi/`: the hostcalls, one file per ABI area
 //! - `ticker`: `on_tick` for shared instances
+//! - `dispatch`: HTTP callouts and queue notices, run by a background service
+//! - `shared`: shared data and queues, process-wide by VM id
 
 pub mod abi;
+mod dispatch;
 mod engine;
 mod instance;
 mod plugin;
 mod preinit;
+mod shared;
 mod state;
 mod stream;
 mod ticker;
@@ -22,11 +26,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use pingora::services::background::background_service;
+use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::ServiceWithDependents;
 use wasmtime::Linker;
 
 use crate::config::{Config, Isolation, Route};
+use dispatch::{Dispatcher, HostServices};
 use engine::WasmEngine;
 use plugin::{Plugin, SharedInstance};
 pub use state::{LocalResponse, StreamInfo};
@@ -50,6 +55,7 @@ pub struct FilterHost {
     /// Indexed like `Config::filters`.
     plugins: Vec<Arc<Plugin>>,
     ticker: Arc<Ticker>,
+    dispatcher: Arc<Dispatcher>,
 }
 
 impl FilterHost {
@@ -57,10 +63,12 @@ impl FilterHost {
     /// filter with `isolation: shared`.
     pub fn load(config: &Config) -> Result<FilterHost, WasmError> {
         let ticker = Arc::new(Ticker::new());
+        let (dispatcher, host_services) = Dispatcher::new();
         if config.filters.is_empty() {
             return Ok(FilterHost {
                 plugins: Vec::new(),
                 ticker,
+                dispatcher,
             });
         }
         let shared: usize = config
@@ -104,16 +112,22 @@ impl FilterHost {
             let Some((module, wasm)) = modules.get(&key) else {
                 continue;
             };
+            let callouts = filter
+                .callouts
+                .iter()
+                .filter_map(|id| config.upstreams.get(id.0).map(|u| (u.name.clone(), *id)))
+                .collect();
             let plugin = Plugin::load(
                 &engine,
                 &linker,
                 filter,
-                module,
-                wasm,
+                (module, wasm),
+                callouts,
                 config.workers,
                 Services {
                     ticker: ticker.clone(),
                     reaper: reaper.clone(),
+                    host: host_services.clone(),
                 },
             )?;
             plugins.push(Arc::new(plugin));
@@ -125,7 +139,11 @@ impl FilterHost {
                 plugin.isolation
             );
         }
-        Ok(FilterHost { plugins, ticker })
+        Ok(FilterHost {
+            plugins,
+            ticker,
+            dispatcher,
+        })
     }
 
     /// The filter chain for a request on `route`, or `None` when the route has no filters.
@@ -141,20 +159,43 @@ impl FilterHost {
         Some(FilterChain::new(plugins, info, started + route.timeout))
     }
 
-    /// The background service driving `on_tick`.
-    pub fn background_service(&self) -> Box<dyn ServiceWithDependents> {
-        Box::new(background_service(
-            "filter ticks",
-            TickerService(self.ticker.clone()),
-        ))
+    /// Names the filters that cannot start instances right now (for readiness).
+    pub fn unavailable_filters(&self) -> impl Fn() -> Vec<String> + Send + Sync + 'static {
+        let plugins = self.plugins.clone();
+        move || {
+            plugins
+                .iter()
+                .filter(|p| p.is_backing_off())
+                .map(|p| p.info.name.clone())
+                .collect()
+        }
+    }
+
+    /// Lets filters' callouts reach the upstreams.
+    pub fn serve_upstreams(&self, upstreams: Arc<crate::upstream::Upstreams>) {
+        self.dispatcher.serve_upstreams(upstreams);
+    }
+
+    /// The background services driving `on_tick`, callouts and queue notices.
+    pub fn background_services(&self) -> Vec<Box<dyn ServiceWithDependents>> {
+        vec![
+            Box::new(background_service(
+                "filter ticks",
+                Shared(self.ticker.clone()),
+            )),
+            Box::new(background_service(
+                "filter callouts",
+                Shared(self.dispatcher.clone()),
+            )),
+        ]
     }
 }
 
-/// Runs the shared ticker as a Pingora background service.
-struct TickerService(Arc<Ticker>);
+/// Runs a service the host also keeps a handle to as a Pingora background service.
+struct Shared<S>(Arc<S>);
 
 #[async_trait::async_trait]
-impl pingora::services::background::BackgroundService for TickerService {
+impl<S: BackgroundService + Send + Sync> BackgroundService for Shared<S> {
     async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
         self.0.start(shutdown).await
     }
@@ -178,11 +219,13 @@ fn spawn_reaper() -> std::io::Result<Reaper> {
 
 const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// What every plugin shares: the tick driver and the instance reaper.
+/// What every plugin shares: the tick driver, the instance reaper, and the host services
+/// (shared data, queues, callouts).
 #[derive(Clone)]
 pub struct Services {
     pub ticker: Arc<Ticker>,
     pub reaper: Reaper,
+    pub host: Arc<HostServices>,
 }
 
 /// Where finished per-request instances wait for the reaper thread.

@@ -6,19 +6,19 @@
 //! request gets a new one, after a back-off when the filter keeps crashing.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use wasmtime::{InstancePre, Linker, Module};
+use wasmtime::{Linker, Module};
 
 use super::engine::WasmEngine;
-use super::instance::{ExportIndex, Instance, StartUp};
+use super::instance::{Instance, StartUp, Template};
 use super::preinit;
 use super::state::{Fault, HostState, PluginInfo};
-
 use super::{Services, WasmError};
 use crate::config::{self, FailurePolicy, Isolation};
+use crate::metrics;
 
 /// The ABI versions this host speaks, marked by an exported function of that name.
 const ABI_MARKERS: [&str; 2] = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0"];
@@ -35,24 +35,12 @@ pub struct Plugin {
     pub info: Arc<PluginInfo>,
     pub isolation: Isolation,
     pub on_error: FailurePolicy,
-    engine: wasmtime::Engine,
-    pre: InstancePre<HostState>,
-    exports: ExportIndex,
-    /// Whether new instances run the start-up or start from its snapshot.
-    startup: StartUp,
+    /// How instances are made: the module (or its pre-initialized snapshot).
+    template: Template,
     /// `isolation: shared`: one instance slot per worker.
     slots: Vec<Mutex<Option<SharedInstance>>>,
     crashes: Mutex<Crashes>,
     services: Services,
-    pub stats: PluginStats,
-}
-
-/// Counted events, logged as they happen (and exported as metrics once there is an endpoint).
-#[derive(Default)]
-pub struct PluginStats {
-    pub instances_started: AtomicU64,
-    pub traps: AtomicU64,
-    pub limit_hits: AtomicU64,
 }
 
 #[derive(Default)]
@@ -71,9 +59,7 @@ impl Lease {
     /// Locks the instance for one synchronous call. A lock poisoned by a panic elsewhere still
     /// guards a consistent store: calls never unwind half-way through changing it.
     pub fn lock(&self) -> MutexGuard<'_, Instance> {
-        self.instance
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.instance)
     }
 }
 
@@ -84,8 +70,8 @@ impl Plugin {
         engine: &WasmEngine,
         linker: &Linker<HostState>,
         filter: &config::Filter,
-        module: &Module,
-        wasm: &[u8],
+        (module, wasm): (&Module, &[u8]),
+        callouts: Vec<(String, config::UpstreamId)>,
         workers: usize,
         services: Services,
     ) -> Result<Plugin, WasmError> {
@@ -94,7 +80,6 @@ impl Plugin {
             module: filter.module.clone(),
             message,
         };
-
         check_abi(module).map_err(fail)?;
         let pre = linker.instantiate_pre(module).map_err(|e| {
             fail(match e.downcast_ref::<wasmtime::UnknownImportError>() {
@@ -112,10 +97,11 @@ impl Plugin {
         let info = Arc::new(PluginInfo {
             name: filter.name.clone(),
             root_id: filter.root_id.clone(),
-            vm_id: vm_id(&filter.module),
+            vm_id: filter.vm_id.clone(),
             config: filter.config.clone(),
             vm_config: filter.vm_config.clone(),
             limits: filter.limits,
+            callouts,
         });
         let slot_count = match filter.isolation {
             Isolation::Shared => workers.max(1),
@@ -125,14 +111,10 @@ impl Plugin {
             info,
             isolation: filter.isolation,
             on_error: filter.on_error,
-            engine: engine.engine().clone(),
-            pre,
-            exports: ExportIndex::new(module),
-            startup: StartUp::Run,
+            template: Template::new(engine.engine(), pre, module, StartUp::Run),
             slots: (0..slot_count).map(|_| Mutex::new(None)).collect(),
             crashes: Mutex::new(Crashes::default()),
             services,
-            stats: PluginStats::default(),
         };
         // The canary: a filter that cannot start fails the load, not the first request.
         let canary = plugin.start_instance().map_err(fail)?;
@@ -142,9 +124,9 @@ impl Plugin {
                 .map_err(fail)?;
         }
         match plugin.slots.first() {
-            Some(slot) => *lock(slot) = Some(plugin.register(canary)),
+            Some(slot) => *lock(slot) = Some(plugin.place(canary)),
             None => plugin.release(Lease {
-                instance: Arc::new(Mutex::new(canary)),
+                instance: plugin.place(canary),
             }),
         }
         Ok(plugin)
@@ -165,12 +147,14 @@ impl Plugin {
         name: &Path,
         wasm: &[u8],
     ) -> Result<(), String> {
+        let services = self.services.host.clone();
         let snapshot = match preinit::preinitialize(
             engine,
             linker,
             name,
             wasm,
             self.info.clone(),
+            services,
             self.startup_budget(),
         ) {
             Ok(snapshot) => snapshot,
@@ -186,38 +170,42 @@ impl Plugin {
         module
             .initialize_copy_on_write_image()
             .map_err(|e| format!("{e:#}"))?;
-        self.pre = linker
+        let pre = linker
             .instantiate_pre(&module)
             .map_err(|e| format!("{e:#}"))?;
-        self.exports = ExportIndex::new(&module);
-        self.startup = StartUp::Snapshot;
+        self.template = Template::new(engine.engine(), pre, &module, StartUp::Snapshot);
+        // Prove the image starts before any request depends on it.
+        let canary = self.start_instance()?;
+        self.release(Lease {
+            instance: self.place(canary),
+        });
         log::info!(
             "filter `{}`: per-request instances start from a snapshot of its configured start-up",
             self.info.name
         );
-        // Prove the image starts before any request depends on it.
-        let canary = self.start_instance()?;
-        self.release(Lease {
-            instance: Arc::new(Mutex::new(canary)),
-        });
         Ok(())
     }
 
     fn start_instance(&self) -> Result<Instance, String> {
         let instance = Instance::start(
-            &self.engine,
-            &self.pre,
-            &self.exports,
+            &self.template,
             self.info.clone(),
+            self.services.host.clone(),
             self.startup_budget(),
-            self.startup,
         )?;
-        self.stats.instances_started.fetch_add(1, Ordering::Relaxed);
+        metrics::global()
+            .filter_instances_started
+            .with_label_values(&[self.info.name.as_str()])
+            .inc();
         Ok(instance)
     }
 
-    fn register(&self, instance: Instance) -> SharedInstance {
+    /// Gives a started instance its place: from now on callout answers and queue notices
+    /// can reach it, and the jobs its start-up made are sent. Shared instances that asked
+    /// for ticks get them.
+    fn place(&self, instance: Instance) -> SharedInstance {
         let shared = Arc::new(Mutex::new(instance));
+        lock(&shared).place(Arc::downgrade(&shared));
         self.watch_ticks(&shared);
         shared
     }
@@ -227,7 +215,7 @@ impl Plugin {
         if self.isolation != Isolation::Shared {
             return;
         }
-        let mut guard = instance.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(instance);
         if !guard.ticking && guard.tick_period().is_some() {
             guard.ticking = true;
             self.services
@@ -241,23 +229,19 @@ impl Plugin {
         if self.slots.is_empty() {
             let instance = self.start_or_backoff()?;
             return Ok(Lease {
-                instance: Arc::new(Mutex::new(instance)),
+                instance: self.place(instance),
             });
         }
         let slot = &self.slots[worker_index() % self.slots.len()];
         let mut current = lock(slot);
         if let Some(instance) = current.as_ref() {
-            let healthy = instance
-                .lock()
-                .map(|i| i.poisoned().is_none())
-                .unwrap_or(false);
-            if healthy {
+            if lock(instance).poisoned().is_none() {
                 return Ok(Lease {
                     instance: instance.clone(),
                 });
             }
         }
-        let instance = self.register(self.start_or_backoff()?);
+        let instance = self.place(self.start_or_backoff()?);
         *current = Some(instance.clone());
         Ok(Lease { instance })
     }
@@ -278,14 +262,16 @@ impl Plugin {
         })
     }
 
+    /// Whether the filter is waiting out a crash back-off (it cannot start instances now).
+    pub fn is_backing_off(&self) -> bool {
+        lock(&self.crashes)
+            .next_start
+            .is_some_and(|next| Instant::now() < next)
+    }
+
     /// Counts and logs a fault, and schedules the back-off when crashes keep coming.
     pub fn record_fault(&self, fault: &Fault) {
-        let counter = if fault.is_resource_limit() {
-            &self.stats.limit_hits
-        } else {
-            &self.stats.traps
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        count_fault(&self.info.name, fault);
         let now = Instant::now();
         let mut crashes = lock(&self.crashes);
         let recent = crashes
@@ -305,6 +291,26 @@ impl Plugin {
         if self.isolation == Isolation::Request {
             self.services.reaper.reap(lease.instance);
         }
+    }
+}
+
+/// Counts a filter fault in the metrics.
+pub fn count_fault(filter: &str, fault: &Fault) {
+    let metrics = metrics::global();
+    match fault {
+        Fault::Trap(_) | Fault::Exit(_) => metrics.filter_traps.with_label_values(&[filter]).inc(),
+        Fault::CpuLimit => metrics
+            .filter_limit_hits
+            .with_label_values(&[filter, "cpu"])
+            .inc(),
+        Fault::MemoryLimit => metrics
+            .filter_limit_hits
+            .with_label_values(&[filter, "memory"])
+            .inc(),
+        Fault::Unavailable(_) => metrics
+            .filter_limit_hits
+            .with_label_values(&[filter, "unavailable"])
+            .inc(),
     }
 }
 
@@ -344,12 +350,4 @@ fn check_abi(module: &Module) -> Result<(), String> {
                 .replace('_', ".")
         )
     })
-}
-
-/// The VM id filters see: the module's file name, so filters of one module share it.
-fn vm_id(module: &Path) -> String {
-    module
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }

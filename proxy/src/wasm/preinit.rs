@@ -4,7 +4,8 @@
 //! configured, from a copy-on-write image, instead of running the start-up again.
 //!
 //! The start-up's host-side effects are not part of the image, so a start-up that leaves any
-//! behind (ticks) is not snapshotted: such filters run their start-up per request instead.
+//! behind (ticks, callouts, queue registrations) is not snapshotted: such filters run their
+//! start-up per request instead.
 //! Randomness the start-up drew (e.g. hash seeds) is shared by every instance of that image.
 
 use std::future::Future;
@@ -15,8 +16,9 @@ use std::time::Duration;
 use wasmtime::{Store, Val};
 use wasmtime_wizer::{InstanceState, SnapshotVal, Wizer};
 
+use super::dispatch::HostServices;
 use super::engine::WasmEngine;
-use super::instance::{ExportIndex, Instance, StartUp};
+use super::instance::{Instance, StartUp, Template};
 use super::state::{HostState, PluginInfo};
 
 /// The module's bytes with the configured start-up state baked in, or why that is not possible.
@@ -26,6 +28,7 @@ pub fn preinitialize(
     name: &std::path::Path,
     wasm: &[u8],
     plugin: Arc<PluginInfo>,
+    services: Arc<HostServices>,
     budget: Duration,
 ) -> Result<Vec<u8>, String> {
     let mut wizer = Wizer::new();
@@ -39,16 +42,10 @@ pub fn preinitialize(
     let pre = linker
         .instantiate_pre(&module)
         .map_err(|e| format!("{e:#}"))?;
-    let mut instance = Instance::start(
-        engine.engine(),
-        &pre,
-        &ExportIndex::new(&module),
-        plugin,
-        budget,
-        StartUp::Run,
-    )?;
-    if instance.tick_period().is_some() {
-        return Err("its start-up asked for ticks".into());
+    let template = Template::new(engine.engine(), pre, &module, StartUp::Run);
+    let mut instance = Instance::start(&template, plugin, services, budget)?;
+    if instance.has_lasting_effects() {
+        return Err("its start-up asked for ticks, made callouts or registered queues".into());
     }
     let (store, handle) = instance.parts();
     let mut view = SnapshotView {

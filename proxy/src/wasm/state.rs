@@ -3,15 +3,17 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
 use pingora::http::{RequestHeader, ResponseHeader};
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 
-use crate::config::FilterLimits;
+use super::dispatch::{HostServices, Job};
+use super::instance::Instance;
+use crate::config::{FilterLimits, UpstreamId};
 
 /// A configured filter as its guest code sees it.
 #[derive(Debug)]
@@ -22,6 +24,8 @@ pub struct PluginInfo {
     pub config: Vec<u8>,
     pub vm_config: Vec<u8>,
     pub limits: FilterLimits,
+    /// Upstreams `proxy_http_call` may name, with their ids.
+    pub callouts: Vec<(String, UpstreamId)>,
 }
 
 pub struct HostState {
@@ -36,14 +40,29 @@ pub struct HostState {
     pub call: Call,
     /// Set by `proxy_set_tick_period_milliseconds`; `None` means no ticks.
     pub tick_period: Option<Duration>,
-    /// Requests paused on this instance, woken by `proxy_continue_stream` and friends.
-    pub waiters: HashMap<u32, oneshot::Sender<Resumption>>,
+    /// Requests paused on this instance: callout answers, `proxy_continue_stream` and local
+    /// responses for them go here, to be acted on by the waiting request.
+    pub waiters: HashMap<u32, mpsc::UnboundedSender<Resumption>>,
     /// Partial lines the guest wrote to stdout and stderr, logged once complete.
     pub output: [Vec<u8>; 2],
+    /// Shared data, queues and the job queue of the filter host.
+    pub services: Arc<HostServices>,
+    /// Where this instance will live, so that callout answers and queue notices can find it.
+    pub cell: InstanceCell,
+    /// Jobs made before the instance was placed in its cell (during start-up).
+    pub outbox: Vec<Job>,
+    /// The last `proxy_http_call` token handed out.
+    pub last_token: u32,
+    /// The start-up left state outside the guest (ticks, callouts, queues): it cannot be
+    /// captured in a snapshot.
+    pub lasting_effects: bool,
 }
 
+/// The slot an instance is placed in once started; filled exactly once.
+pub type InstanceCell = Arc<OnceLock<Weak<Mutex<Instance>>>>;
+
 impl HostState {
-    pub fn new(plugin: Arc<PluginInfo>, root_id: u32) -> Self {
+    pub fn new(plugin: Arc<PluginInfo>, root_id: u32, services: Arc<HostServices>) -> Self {
         let max = usize::try_from(plugin.limits.memory).unwrap_or(usize::MAX);
         HostState {
             plugin,
@@ -56,6 +75,20 @@ impl HostState {
             tick_period: None,
             waiters: HashMap::new(),
             output: [Vec::new(), Vec::new()],
+            services,
+            cell: Arc::new(OnceLock::new()),
+            outbox: Vec::new(),
+            last_token: 0,
+            lasting_effects: false,
+        }
+    }
+
+    /// Hands a job to the dispatcher, or keeps it until the instance has its place.
+    pub fn submit(&mut self, job: Job) {
+        if self.cell.get().is_some() {
+            self.services.submit(job);
+        } else {
+            self.outbox.push(job);
         }
     }
 }
@@ -72,6 +105,8 @@ pub struct Call {
     pub local_response: Option<LocalResponse>,
     pub continue_requested: bool,
     pub close_requested: bool,
+    /// The answer of the callout whose `on_http_call_response` is running.
+    pub callout: Option<CalloutAnswer>,
 }
 
 impl Call {
@@ -84,6 +119,7 @@ impl Call {
             local_response: None,
             continue_requested: false,
             close_requested: false,
+            callout: None,
         }
     }
 
@@ -114,6 +150,8 @@ pub enum Phase {
     Log,
     Done,
     Delete,
+    CallResponse,
+    QueueReady,
 }
 
 impl Phase {
@@ -131,6 +169,8 @@ impl Phase {
             Phase::Log => "on_log",
             Phase::Done => "on_done",
             Phase::Delete => "on_delete",
+            Phase::CallResponse => "on_http_call_response",
+            Phase::QueueReady => "on_queue_ready",
         }
     }
 }
@@ -191,12 +231,28 @@ pub struct LocalResponse {
     pub details: String,
 }
 
-/// How a paused request goes on.
+/// What a paused request is told.
 #[derive(Debug)]
 pub enum Resumption {
     Continue,
     LocalResponse(LocalResponse),
     Close,
+    /// The answer of a callout it made, for its `on_http_call_response`.
+    Callout {
+        token: u32,
+        answer: CalloutAnswer,
+    },
+}
+
+/// What a callout got: the response, or why there is none (the guest then sees 0 headers
+/// and an empty body).
+#[derive(Debug, Clone, Default)]
+pub struct CalloutAnswer {
+    /// Pseudo-header `:status` first.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub body: Vec<u8>,
+    pub trailers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub failure: Option<String>,
 }
 
 /// Caps an instance's linear memory and remembers that it was hit, so that the trap that

@@ -2,20 +2,23 @@
 //! each holds while it buffers, and the phase drivers the proxy calls.
 //!
 //! Request phases run the chain in order, response phases in reverse. A filter that pauses
-//! request or response headers waits (up to the route's timeout) for `proxy_continue_stream`;
-//! one that pauses a body keeps buffering, and the next call reports the cumulative size.
+//! request or response headers waits (up to the route's timeout) for `proxy_continue_stream`,
+//! a local response, or the answers of its callouts, whose `on_http_call_response` runs here
+//! with the request's heads available; one that pauses a body keeps buffering, and the next
+//! call reports the cumulative size.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
-use tokio::sync::oneshot;
+use tokio::sync::mpsc;
 
-use super::instance::{HttpCallback, Outcome};
+use super::instance::{HttpCallback, Instance, Outcome};
 use super::plugin::{Lease, Plugin};
-use super::state::{Fault, HttpData, LocalResponse, Resumption, StreamInfo};
+use super::state::{Fault, HttpData, LocalResponse, Phase, Resumption, StreamInfo};
 use crate::config::FailurePolicy;
+use crate::metrics;
 
 /// What the proxy does after a phase.
 #[derive(Debug)]
@@ -66,12 +69,21 @@ struct Entry {
     warned_response_pause: bool,
 }
 
+/// What one callback asked for; a pause comes with the channel to wait on.
 enum Invoked {
     Continue,
-    Pause(oneshot::Receiver<Resumption>),
+    Pause(mpsc::UnboundedReceiver<Resumption>),
     Respond(LocalResponse),
     Close,
     Fault(Fault),
+}
+
+/// Which guest call `call` makes: a phase callback (a pause then waits), or the answer of a
+/// callout to a request that is already waiting.
+#[derive(Clone, Copy)]
+enum Purpose {
+    Callback(Phase),
+    CallResponse,
 }
 
 /// Where the callback finds the response head.
@@ -80,6 +92,21 @@ enum ResponseSlot<'a> {
     Live(&'a mut ResponseHeader),
     /// The snapshot kept by the chain (body and log phases), or none yet.
     Kept,
+}
+
+impl ResponseSlot<'_> {
+    fn live(&mut self) -> Option<&mut ResponseHeader> {
+        match self {
+            ResponseSlot::Live(head) => Some(&mut **head),
+            ResponseSlot::Kept => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Request,
+    Response,
 }
 
 impl FilterChain {
@@ -110,7 +137,10 @@ impl FilterChain {
         for i in 0..self.entries.len() {
             let callback = HttpCallback::RequestHeaders { end_of_stream };
             let (_, invoked) = self.invoke(i, callback, req, ResponseSlot::Kept, BytesMut::new());
-            if let Some(verdict) = self.settle(i, invoked).await {
+            if let Some(verdict) = self
+                .settle(i, invoked, Phase::RequestHeaders, req, ResponseSlot::Kept)
+                .await
+            {
                 return verdict;
             }
         }
@@ -138,14 +168,22 @@ impl FilterChain {
                 Err(verdict) => return (Bytes::new(), verdict),
             };
             match invoked {
-                Invoked::Continue => data = self.entries[i].request_body.split().freeze(),
+                Invoked::Continue => {}
                 // Keep buffering; filters after this one see nothing yet.
-                Invoked::Pause(_) if !end_of_stream => return (Bytes::new(), Verdict::Continue),
-                other => match self.settle(i, other).await {
-                    Some(verdict) => return (Bytes::new(), verdict),
-                    None => data = self.entries[i].request_body.split().freeze(),
-                },
+                Invoked::Pause(waiter) if !end_of_stream => {
+                    self.stop_waiting(i, waiter);
+                    return (Bytes::new(), Verdict::Continue);
+                }
+                other => {
+                    if let Some(verdict) = self
+                        .settle(i, other, Phase::RequestBody, req, ResponseSlot::Kept)
+                        .await
+                    {
+                        return (Bytes::new(), verdict);
+                    }
+                }
             }
+            data = self.entries[i].request_body.split().freeze();
         }
         (data, Verdict::Continue)
     }
@@ -160,7 +198,16 @@ impl FilterChain {
             let callback = HttpCallback::ResponseHeaders { end_of_stream };
             let (_, invoked) =
                 self.invoke(i, callback, req, ResponseSlot::Live(resp), BytesMut::new());
-            if let Some(verdict) = self.settle(i, invoked).await {
+            if let Some(verdict) = self
+                .settle(
+                    i,
+                    invoked,
+                    Phase::ResponseHeaders,
+                    req,
+                    ResponseSlot::Live(resp),
+                )
+                .await
+            {
                 return verdict;
             }
         }
@@ -190,8 +237,13 @@ impl FilterChain {
             };
             match invoked {
                 Invoked::Continue => {}
-                Invoked::Pause(_) if !end_of_stream => return (Bytes::new(), Verdict::Continue),
-                Invoked::Pause(_) => self.warn_response_pause(i),
+                Invoked::Pause(waiter) => {
+                    self.stop_waiting(i, waiter);
+                    if !end_of_stream {
+                        return (Bytes::new(), Verdict::Continue);
+                    }
+                    self.warn_response_pause(i);
+                }
                 Invoked::Respond(response) => return (Bytes::new(), Verdict::Respond(response)),
                 Invoked::Close => return (Bytes::new(), Verdict::Close),
                 Invoked::Fault(fault) => {
@@ -236,15 +288,43 @@ impl FilterChain {
         }
     }
 
-    /// One callback of filter `i`: acquires its instance and context on first use, moves the
-    /// request in, calls, moves it back. Returns the body buffer it was given.
+    /// One callback of filter `i`; a pause registers the request as waiting before the
+    /// instance is let go, so that nothing meant for it can slip past.
     fn invoke(
         &mut self,
         i: usize,
         callback: HttpCallback,
         req: &mut RequestHeader,
+        resp: ResponseSlot<'_>,
+        body: BytesMut,
+    ) -> (BytesMut, Invoked) {
+        self.call(
+            i,
+            req,
+            resp,
+            body,
+            Purpose::Callback(callback.phase()),
+            |instance, context_id, data, budget| {
+                instance.http_callback(context_id, callback, data, budget)
+            },
+        )
+    }
+
+    /// Runs `guest` against filter `i`'s instance with the request's data moved in and out;
+    /// acquires the instance and creates the context on first use; counts the call.
+    fn call(
+        &mut self,
+        i: usize,
+        req: &mut RequestHeader,
         mut resp: ResponseSlot<'_>,
         body: BytesMut,
+        purpose: Purpose,
+        guest: impl FnOnce(
+            &mut Instance,
+            u32,
+            HttpData,
+            Duration,
+        ) -> (Option<HttpData>, Result<Outcome, Fault>),
     ) -> (BytesMut, Invoked) {
         let entry = &mut self.entries[i];
         if !entry.active {
@@ -272,24 +352,31 @@ impl FilterChain {
                 Err(fault) => return (body, Invoked::Fault(fault)),
             },
         };
-        let live = match &mut resp {
-            ResponseSlot::Live(r) => Some(&mut **r),
-            ResponseSlot::Kept => None,
-        };
-        let data = self.scratch.take_in(req, live, body);
-        let (data, result) = instance.http_callback(
+        let data = self.scratch.take_in(req, resp.live(), body);
+        let (data, result) = guest(
+            &mut instance,
             context_id,
-            callback,
             data,
             budget.saturating_sub(started.elapsed()),
         );
-        entry.cpu_used += started.elapsed();
-        let live = match &mut resp {
-            ResponseSlot::Live(r) => Some(&mut **r),
-            ResponseSlot::Kept => None,
+        let elapsed = started.elapsed();
+        entry.cpu_used += elapsed;
+        let name = entry.plugin.info.name.as_str();
+        let metrics = metrics::global();
+        let (phase, wait_if_paused) = match purpose {
+            Purpose::Callback(phase) => (phase, true),
+            Purpose::CallResponse => (Phase::CallResponse, false),
         };
+        metrics
+            .filter_calls
+            .with_label_values(&[name, phase.name()])
+            .inc();
+        metrics
+            .filter_duration
+            .with_label_values(&[name])
+            .observe(elapsed.as_secs_f64());
         let body = match data {
-            Some(data) => self.scratch.put_back(req, live, data),
+            Some(data) => self.scratch.put_back(req, resp.live(), data),
             None => {
                 return (
                     BytesMut::new(),
@@ -299,7 +386,10 @@ impl FilterChain {
         };
         let invoked = match result {
             Ok(Outcome::Continue) => Invoked::Continue,
-            Ok(Outcome::Pause) => Invoked::Pause(instance.wait_for_resumption(context_id)),
+            Ok(Outcome::Pause) if wait_if_paused => {
+                Invoked::Pause(instance.wait_for_resumption(context_id))
+            }
+            Ok(Outcome::Pause) => Invoked::Pause(mpsc::unbounded_channel().1),
             Ok(Outcome::Respond(response)) => Invoked::Respond(response),
             Ok(Outcome::Close) => Invoked::Close,
             Err(fault) => Invoked::Fault(fault),
@@ -313,44 +403,98 @@ impl FilterChain {
     }
 
     /// Turns a callback's outcome into the chain's next step: `None` goes on to the next
-    /// filter, `Some` ends the phase. A pause waits here for the filter to resume it.
-    async fn settle(&mut self, i: usize, invoked: Invoked) -> Option<Verdict> {
-        let resumption = match invoked {
+    /// filter, `Some` ends the phase. A pause waits here, running the filter's
+    /// `on_http_call_response` for each callout answer, until it resumes or answers.
+    async fn settle(
+        &mut self,
+        i: usize,
+        invoked: Invoked,
+        phase: Phase,
+        req: &mut RequestHeader,
+        mut resp: ResponseSlot<'_>,
+    ) -> Option<Verdict> {
+        let mut waiter = match invoked {
             Invoked::Continue => return None,
             Invoked::Respond(response) => return Some(Verdict::Respond(response)),
             Invoked::Close => return Some(Verdict::Close),
             Invoked::Fault(fault) => return self.fail(i, fault),
-            Invoked::Pause(waiter) => tokio::time::timeout_at(self.deadline.into(), waiter).await,
+            Invoked::Pause(waiter) => waiter,
         };
-        match resumption {
-            Ok(Ok(Resumption::Continue)) => None,
-            Ok(Ok(Resumption::LocalResponse(response))) => Some(Verdict::Respond(response)),
-            Ok(Ok(Resumption::Close)) => Some(Verdict::Close),
-            // The instance failed while the request waited on it.
-            Ok(Err(_)) => {
-                let fault = self.entries[i]
-                    .lease
-                    .as_ref()
-                    .and_then(|lease| lease.lock().poisoned().cloned())
-                    .unwrap_or_else(|| Fault::Unavailable("the instance went away".into()));
-                self.fail(i, fault)
-            }
-            Err(_elapsed) => {
-                let entry = &self.entries[i];
-                if let (Some(lease), Some(context_id)) = (&entry.lease, entry.context_id) {
-                    lease.lock().stop_waiting(context_id);
+        let verdict = loop {
+            let resumption =
+                match tokio::time::timeout_at(self.deadline.into(), waiter.recv()).await {
+                    Ok(Some(resumption)) => resumption,
+                    // The instance failed while the request waited on it.
+                    Ok(None) => break self.fail(i, self.instance_fault(i)),
+                    Err(_elapsed) => break Some(self.timed_out(i)),
+                };
+            let answered = match resumption {
+                Resumption::Continue => Invoked::Continue,
+                Resumption::LocalResponse(response) => Invoked::Respond(response),
+                Resumption::Close => Invoked::Close,
+                Resumption::Callout { token, answer } => {
+                    let live = match &mut resp {
+                        ResponseSlot::Live(head) => ResponseSlot::Live(head),
+                        ResponseSlot::Kept => ResponseSlot::Kept,
+                    };
+                    let (_, invoked) = self.call(
+                        i,
+                        req,
+                        live,
+                        BytesMut::new(),
+                        Purpose::CallResponse,
+                        |instance, context_id, data, budget| {
+                            instance.http_call_response(
+                                context_id,
+                                phase,
+                                Some(data),
+                                token,
+                                answer,
+                                budget,
+                            )
+                        },
+                    );
+                    invoked
                 }
-                Some(Verdict::Fail(FilterFailure {
-                    filter: entry.plugin.info.name.clone(),
-                    status: 504,
-                    code: "filter_timeout",
-                    message: format!(
-                        "filter `{}` paused the request and did not resume it within the route's timeout",
-                        entry.plugin.info.name
-                    ),
-                }))
+            };
+            match answered {
+                Invoked::Continue => break None,
+                Invoked::Respond(response) => break Some(Verdict::Respond(response)),
+                Invoked::Close => break Some(Verdict::Close),
+                Invoked::Fault(fault) => break self.fail(i, fault),
+                // Still paused: more answers (or a resume) to come.
+                Invoked::Pause(_) => continue,
             }
+        };
+        self.stop_waiting(i, waiter);
+        verdict
+    }
+
+    /// The request no longer waits on filter `i`.
+    fn stop_waiting(&mut self, i: usize, waiter: mpsc::UnboundedReceiver<Resumption>) {
+        drop(waiter);
+        let entry = &self.entries[i];
+        if let (Some(lease), Some(context_id)) = (&entry.lease, entry.context_id) {
+            lease.lock().stop_waiting(context_id);
         }
+    }
+
+    fn instance_fault(&self, i: usize) -> Fault {
+        self.entries[i]
+            .lease
+            .as_ref()
+            .and_then(|lease| lease.lock().poisoned().cloned())
+            .unwrap_or_else(|| Fault::Unavailable("the instance went away".into()))
+    }
+
+    fn timed_out(&self, i: usize) -> Verdict {
+        let name = self.entries[i].plugin.info.name.clone();
+        Verdict::Fail(FilterFailure {
+            status: 504,
+            code: "filter_timeout",
+            message: format!("filter `{name}` paused the request and did not resume it within the route's timeout"),
+            filter: name,
+        })
     }
 
     /// Applies the failure policy: fail-open skips the filter, fail-closed ends the request.
@@ -426,12 +570,11 @@ impl FilterChain {
         if held as u64 <= limit {
             return None;
         }
-        entry
-            .plugin
-            .stats
-            .limit_hits
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = entry.plugin.info.name.clone();
+        metrics::global()
+            .filter_limit_hits
+            .with_label_values(&[name.as_str(), "body"])
+            .inc();
         log::warn!(
             "filter `{name}` buffered more than its {limit}-byte body limit of the {direction}"
         );
@@ -512,20 +655,7 @@ fn stand_in_response() -> ResponseHeader {
     ResponseHeader::from(http::Response::new(()).into_parts().0)
 }
 
-#[derive(Clone, Copy)]
-enum Direction {
-    Request,
-    Response,
-}
-
 impl Entry {
-    fn held_body(&mut self, direction: Direction) -> &mut BytesMut {
-        match direction {
-            Direction::Request => &mut self.request_body,
-            Direction::Response => &mut self.response_body,
-        }
-    }
-
     fn new(plugin: Arc<Plugin>) -> Self {
         Entry {
             plugin,
@@ -536,6 +666,13 @@ impl Entry {
             request_body: BytesMut::new(),
             response_body: BytesMut::new(),
             warned_response_pause: false,
+        }
+    }
+
+    fn held_body(&mut self, direction: Direction) -> &mut BytesMut {
+        match direction {
+            Direction::Request => &mut self.request_body,
+            Direction::Response => &mut self.response_body,
         }
     }
 }

@@ -1,8 +1,9 @@
 //! Buffers: `proxy_get_buffer_bytes`, `proxy_set_buffer_bytes`, `proxy_get_buffer_status`.
 //!
 //! The request body exists during `on_http_request_body`, the response body during
-//! `on_http_response_body` (both cumulative while the filter buffers); the VM and plugin
-//! configurations are readable at any time. Other buffers answer NOT_FOUND.
+//! `on_http_response_body` (both cumulative while the filter buffers), a callout's answer
+//! during its `on_http_call_response`; the VM and plugin configurations are readable at any
+//! time. Other buffers answer NOT_FOUND.
 
 use wasmtime::{Caller, Linker};
 
@@ -22,8 +23,10 @@ enum Buffer {
     ResponseBody,
     VmConfiguration,
     PluginConfiguration,
+    /// The body of the callout whose answer is being delivered.
+    CallResponseBody,
     /// Buffer types of the ABI that never exist in this host's HTTP path (L4 data, gRPC,
-    /// foreign-function call data) or that a later phase provides.
+    /// foreign-function call data).
     Absent,
 }
 
@@ -33,7 +36,8 @@ fn buffer(buffer_type: u32) -> Option<Buffer> {
         1 => Some(Buffer::ResponseBody),
         6 => Some(Buffer::VmConfiguration),
         7 => Some(Buffer::PluginConfiguration),
-        2..=5 | 8 => Some(Buffer::Absent),
+        4 => Some(Buffer::CallResponseBody),
+        2 | 3 | 5 | 8 => Some(Buffer::Absent),
         _ => None,
     }
 }
@@ -51,6 +55,7 @@ fn contents(state: &HostState, buffer: Buffer) -> Option<&[u8]> {
     match buffer {
         Buffer::VmConfiguration => Some(&state.plugin.vm_config),
         Buffer::PluginConfiguration => Some(&state.plugin.config),
+        Buffer::CallResponseBody => state.call.callout.as_ref().map(|a| a.body.as_slice()),
         Buffer::RequestBody | Buffer::ResponseBody if body_phase(state, buffer) => {
             state.call.http.as_ref().map(|h| &h.body[..])
         }

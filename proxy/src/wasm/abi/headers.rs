@@ -28,7 +28,10 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
 enum Map {
     RequestHeaders,
     ResponseHeaders,
-    /// Trailers, gRPC metadata and callout maps: none exist in this host's HTTP path yet.
+    /// The answer of the callout being delivered (read-only).
+    CallResponseHeaders,
+    CallResponseTrailers,
+    /// Request and response trailers, gRPC metadata: none exist in this host's HTTP path.
     Absent,
 }
 
@@ -36,7 +39,9 @@ fn map(map_type: u32) -> Option<Map> {
     match map_type {
         0 => Some(Map::RequestHeaders),
         2 => Some(Map::ResponseHeaders),
-        1 | 3..=7 => Some(Map::Absent),
+        6 => Some(Map::CallResponseHeaders),
+        7 => Some(Map::CallResponseTrailers),
+        1 | 3..=5 => Some(Map::Absent),
         _ => None,
     }
 }
@@ -44,6 +49,15 @@ fn map(map_type: u32) -> Option<Map> {
 /// The map's entries in the current callback, pseudo-headers first; `None` when the map
 /// does not exist here (a root context, no response yet, trailers).
 fn entries(state: &HostState, map: Map) -> Option<Vec<(&[u8], &[u8])>> {
+    match map {
+        Map::CallResponseHeaders => {
+            return state.call.callout.as_ref().map(|a| borrowed(&a.headers))
+        }
+        Map::CallResponseTrailers => {
+            return state.call.callout.as_ref().map(|a| borrowed(&a.trailers))
+        }
+        _ => {}
+    }
     let http = state
         .call
         .http
@@ -52,8 +66,15 @@ fn entries(state: &HostState, map: Map) -> Option<Vec<(&[u8], &[u8])>> {
     match map {
         Map::RequestHeaders => Some(request_entries(&http.request)),
         Map::ResponseHeaders => http.response.as_ref().map(response_entries),
-        Map::Absent => None,
+        Map::CallResponseHeaders | Map::CallResponseTrailers | Map::Absent => None,
     }
+}
+
+fn borrowed(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<(&[u8], &[u8])> {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.as_slice(), v.as_slice()))
+        .collect()
 }
 
 fn request_entries(req: &RequestHeader) -> Vec<(&[u8], &[u8])> {

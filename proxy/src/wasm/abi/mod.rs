@@ -7,10 +7,14 @@
 pub mod buffers;
 pub mod context;
 pub mod headers;
+pub mod http_call;
 pub mod log;
 pub mod memory;
+pub mod metrics;
 pub mod pairs;
 pub mod properties;
+pub mod queues;
+pub mod shared_data;
 pub mod stream;
 pub mod unsupported;
 pub mod wasi;
@@ -55,6 +59,10 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     buffers::add_to_linker(linker)?;
     stream::add_to_linker(linker)?;
     properties::add_to_linker(linker)?;
+    http_call::add_to_linker(linker)?;
+    shared_data::add_to_linker(linker)?;
+    queues::add_to_linker(linker)?;
+    metrics::add_to_linker(linker)?;
     unsupported::add_to_linker(linker)?;
     wasi::add_to_linker(linker)?;
     Ok(())

@@ -19,7 +19,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(status(resume(
                 caller.data_mut(),
                 stream_type,
-                Resumption::Continue,
+                Intent::Continue,
             )))
         },
     )?;
@@ -30,7 +30,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(status(resume(
                 caller.data_mut(),
                 stream_type,
-                Resumption::Close,
+                Intent::Close,
             )))
         },
     )?;
@@ -39,9 +39,16 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// What a guest asked to happen to a stream.
+enum Intent {
+    Continue,
+    Close,
+    Respond(LocalResponse),
+}
+
 /// Applies `how` to the effective context: recorded for the callback's own stream, or sent to
 /// the paused request it names.
-fn resume(state: &mut HostState, stream_type: u32, how: Resumption) -> Result<(), Status> {
+fn resume(state: &mut HostState, stream_type: u32, how: Intent) -> Result<(), Status> {
     // 0: HTTP request, 1: HTTP response. The L4 streams do not exist in an HTTP proxy.
     if stream_type > 1 {
         return Err(Status::BadArgument);
@@ -52,16 +59,20 @@ fn resume(state: &mut HostState, stream_type: u32, how: Resumption) -> Result<()
     }
     if state.call.on_own_stream() {
         match how {
-            Resumption::Continue => state.call.continue_requested = true,
-            Resumption::Close => state.call.close_requested = true,
-            Resumption::LocalResponse(response) => state.call.local_response = Some(response),
+            Intent::Continue => state.call.continue_requested = true,
+            Intent::Close => state.call.close_requested = true,
+            Intent::Respond(response) => state.call.local_response = Some(response),
         }
         return Ok(());
     }
-    match state.waiters.remove(&target) {
+    match state.waiters.get(&target) {
         // A request that is no longer waiting (it timed out) has nothing to resume.
         Some(waiter) => {
-            let _ = waiter.send(how);
+            let _ = waiter.send(match how {
+                Intent::Continue => Resumption::Continue,
+                Intent::Close => Resumption::Close,
+                Intent::Respond(response) => Resumption::LocalResponse(response),
+            });
             Ok(())
         }
         None if state.live_contexts.contains(&target) => Ok(()),
@@ -107,20 +118,38 @@ fn send_local_response(
             body: body.to_vec(),
             details: String::from_utf8_lossy(details).into_owned(),
         };
-        resume(state, 0, Resumption::LocalResponse(response))
+        resume(state, 0, Intent::Respond(response))
     });
     Ok(status(result))
 }
 
-/// The status of the last operation that has one (HTTP callouts); none yet, so OK and empty.
+/// The status of the callout whose answer is being delivered: OK, or (as in Envoy) 11
+/// BROKEN_CONNECTION with the reason when it failed. OK and empty outside a callout answer.
 fn get_status(
     mut caller: Caller<'_, HostState>,
     ret_code: u32,
     ret_msg_ptr: u32,
     ret_msg_size: u32,
 ) -> HostResult {
-    if let Err(status) = memory::write_u32(&mut caller, ret_code, Status::Ok as u32) {
+    const BROKEN_CONNECTION: u32 = 11;
+    let failure = caller
+        .data()
+        .call
+        .callout
+        .as_ref()
+        .and_then(|a| a.failure.clone());
+    let code = if failure.is_some() {
+        BROKEN_CONNECTION
+    } else {
+        Status::Ok as u32
+    };
+    if let Err(status) = memory::write_u32(&mut caller, ret_code, code) {
         return Ok(status as i32);
     }
-    memory::return_bytes(&mut caller, &[], ret_msg_ptr, ret_msg_size)
+    memory::return_bytes(
+        &mut caller,
+        failure.unwrap_or_default().as_bytes(),
+        ret_msg_ptr,
+        ret_msg_size,
+    )
 }

@@ -1,7 +1,6 @@
-//! ABI calls this host does not serve yet: HTTP and gRPC callouts, shared data, shared
-//! queues, metrics and foreign functions. They exist with their exact signatures so that
-//! every SDK-built module links (the Rust SDK imports them all); each answers the failure
-//! status its SDK handles where the ABI has one, and logs that the feature is missing.
+//! ABI calls edgeward does not offer: gRPC callouts and foreign functions. They exist with
+//! their exact signatures so that every SDK-built module links (the Rust SDK imports them all)
+//! and answer the failure status their SDKs handle without crashing.
 
 use wasmtime::{Caller, Linker};
 
@@ -11,7 +10,7 @@ use crate::wasm::state::HostState;
 fn refuse(caller: &Caller<'_, HostState>, call: &str, status: Status) -> HostResult {
     log::warn!(
         target: super::log::TARGET,
-        "[filter {}] {call} is not supported by this edgeward yet",
+        "[filter {}] {call} is not supported by edgeward",
         caller.data().plugin.name
     );
     Ok(status as i32)
@@ -27,22 +26,11 @@ macro_rules! refuse {
 }
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    refuse!(linker, "proxy_http_call", Status::InternalFailure, (a: u32, b: u32, c: u32, d: u32, e: u32, f: u32, g: u32, h: u32, i: u32, j: u32));
     refuse!(linker, "proxy_grpc_call", Status::InternalFailure, (a: u32, b: u32, c: u32, d: u32, e: u32, f: u32, g: u32, h: u32, i: u32, j: u32, k: u32, l: u32));
     refuse!(linker, "proxy_grpc_stream", Status::InternalFailure, (a: u32, b: u32, c: u32, d: u32, e: u32, f: u32, g: u32, h: u32, i: u32));
     refuse!(linker, "proxy_grpc_send", Status::NotFound, (a: u32, b: u32, c: u32, d: u32));
     refuse!(linker, "proxy_grpc_cancel", Status::NotFound, (a: u32));
     refuse!(linker, "proxy_grpc_close", Status::NotFound, (a: u32));
-    refuse!(linker, "proxy_get_shared_data", Status::NotFound, (a: u32, b: u32, c: u32, d: u32, e: u32));
-    refuse!(linker, "proxy_set_shared_data", Status::Unimplemented, (a: u32, b: u32, c: u32, d: u32, e: u32));
-    refuse!(linker, "proxy_register_shared_queue", Status::Unimplemented, (a: u32, b: u32, c: u32));
-    refuse!(linker, "proxy_resolve_shared_queue", Status::NotFound, (a: u32, b: u32, c: u32, d: u32, e: u32));
-    refuse!(linker, "proxy_enqueue_shared_queue", Status::NotFound, (a: u32, b: u32, c: u32));
-    refuse!(linker, "proxy_dequeue_shared_queue", Status::NotFound, (a: u32, b: u32, c: u32));
-    refuse!(linker, "proxy_define_metric", Status::Unimplemented, (a: u32, b: u32, c: u32, d: u32));
-    refuse!(linker, "proxy_increment_metric", Status::NotFound, (a: u32, b: i64));
-    refuse!(linker, "proxy_record_metric", Status::NotFound, (a: u32, b: i64));
-    refuse!(linker, "proxy_get_metric", Status::NotFound, (a: u32, b: u32));
     refuse!(linker, "proxy_call_foreign_function", Status::NotFound, (a: u32, b: u32, c: u32, d: u32, e: u32, f: u32));
     Ok(())
 }

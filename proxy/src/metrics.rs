@@ -1,0 +1,331 @@
+//! The metric registry shared by the proxy, the filter host and the filters themselves,
+//! exported in Prometheus text format on the admin listener's `/metrics`.
+//!
+//! One registry per process (metrics are process-wide by nature): `metrics::global()`.
+
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
+use prometheus::{
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+/// Seconds, from 100 µs to about 26 s, doubling.
+fn latency_buckets() -> Vec<f64> {
+    exponential_buckets(0.0001, 2.0, 19).unwrap_or_default()
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub inflight: IntGauge,
+    pub upstream_latency: HistogramVec,
+    pub upstream_failures: IntCounterVec,
+    pub filter_calls: IntCounterVec,
+    pub filter_duration: HistogramVec,
+    pub filter_traps: IntCounterVec,
+    pub filter_limit_hits: IntCounterVec,
+    pub filter_instances_started: IntCounterVec,
+    pub filter_instances: IntGaugeVec,
+    pub callouts: IntCounterVec,
+    pub callout_failures: IntCounterVec,
+    custom: Mutex<Custom>,
+}
+
+/// Metrics filters define with `proxy_define_metric`.
+#[derive(Default)]
+struct Custom {
+    families: HashMap<String, CustomFamily>,
+    /// Indexed by metric id; one entry per (filter, name).
+    metrics: Vec<CustomMetric>,
+    ids: HashMap<(String, String), u32>,
+}
+
+#[derive(Clone)]
+enum CustomFamily {
+    Counter(IntCounterVec),
+    Gauge(IntGaugeVec),
+    Histogram(HistogramVec),
+}
+
+/// One filter's metric.
+#[derive(Clone)]
+pub enum CustomMetric {
+    Counter(IntCounter),
+    Gauge(IntGauge),
+    Histogram(Histogram),
+}
+
+/// The proxy-wasm metric types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CustomKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Why a metric could not be defined.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricError {
+    #[error("metric `{0}` is already defined with another type")]
+    TypeConflict(String),
+    #[error("metric `{name}`: {source}")]
+    Registry {
+        name: String,
+        source: prometheus::Error,
+    },
+}
+
+fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels)
+        .unwrap_or_else(|e| unreachable_metric(name, e))
+}
+
+fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .unwrap_or_else(|e| unreachable_metric(name, e))
+}
+
+/// Metric definitions are constants of this file; a bad one is a bug found by the first test.
+#[cold]
+fn unreachable_metric(name: &str, error: prometheus::Error) -> ! {
+    #[allow(clippy::panic)]
+    {
+        panic!("metric `{name}` is malformed: {error}")
+    }
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let metrics = Metrics {
+            registry: Registry::new(),
+            requests: counter("edgeward_requests_total", "Requests answered, by route and status code.", &["route", "status"]),
+            request_duration: histogram(
+                "edgeward_request_duration_seconds",
+                "Time from the request head to the end of the response, by route.",
+                &["route"],
+                latency_buckets(),
+            ),
+            inflight: IntGauge::new("edgeward_requests_in_flight", "Requests being served now.")
+                .unwrap_or_else(|e| unreachable_metric("edgeward_requests_in_flight", e)),
+            upstream_latency: histogram(
+                "edgeward_upstream_latency_seconds",
+                "Time from choosing an endpoint to the upstream's response head, by upstream.",
+                &["upstream"],
+                latency_buckets(),
+            ),
+            upstream_failures: counter(
+                "edgeward_upstream_failures_total",
+                "Failed upstream requests, by upstream and reason (refused, timeout, no_healthy_endpoint, ...).",
+                &["upstream", "reason"],
+            ),
+            filter_calls: counter(
+                "edgeward_filter_calls_total",
+                "Filter callbacks run, by filter and phase.",
+                &["filter", "phase"],
+            ),
+            filter_duration: histogram(
+                "edgeward_filter_call_duration_seconds",
+                "Time one filter callback ran, by filter.",
+                &["filter"],
+                exponential_buckets(0.000_001, 2.0, 20).unwrap_or_default(),
+            ),
+            filter_traps: counter("edgeward_filter_traps_total", "Filter crashes (traps, panics, proc_exit), by filter.", &["filter"]),
+            filter_limit_hits: counter(
+                "edgeward_filter_limit_hits_total",
+                "Filter limits reached, by filter and limit (cpu, memory, body, unavailable).",
+                &["filter", "limit"],
+            ),
+            filter_instances_started: counter(
+                "edgeward_filter_instances_started_total",
+                "Filter instances created (at load, per request, after crashes), by filter.",
+                &["filter"],
+            ),
+                        filter_instances: IntGaugeVec::new(Opts::new("edgeward_filter_instances", "Filter instances alive now, by filter."), &["filter"])
+                .unwrap_or_else(|e| unreachable_metric("edgeward_filter_instances", e)),
+            callouts: counter(
+                "edgeward_filter_callouts_total",
+                "HTTP callouts made by filters, by filter and upstream.",
+                &["filter", "upstream"],
+            ),
+            callout_failures: counter(
+                "edgeward_filter_callout_failures_total",
+                "HTTP callouts that failed, by filter, upstream and reason (refused, timeout, forbidden, ...).",
+                &["filter", "upstream", "reason"],
+            ),
+            custom: Mutex::new(Custom::default()),
+        };
+        let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
+            Box::new(metrics.requests.clone()),
+            Box::new(metrics.request_duration.clone()),
+            Box::new(metrics.inflight.clone()),
+            Box::new(metrics.upstream_latency.clone()),
+            Box::new(metrics.upstream_failures.clone()),
+            Box::new(metrics.filter_calls.clone()),
+            Box::new(metrics.filter_duration.clone()),
+            Box::new(metrics.filter_traps.clone()),
+            Box::new(metrics.filter_limit_hits.clone()),
+            Box::new(metrics.filter_instances_started.clone()),
+            Box::new(metrics.filter_instances.clone()),
+            Box::new(metrics.callouts.clone()),
+            Box::new(metrics.callout_failures.clone()),
+        ];
+        for collector in collectors {
+            if let Err(e) = metrics.registry.register(collector) {
+                unreachable_metric("built-in", e);
+            }
+        }
+        metrics
+    }
+
+    /// Everything, in the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        prometheus::TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# cannot encode metrics: {e}\n"))
+    }
+
+    /// Defines (or finds again) `filter`'s metric `name`, exported as `wasmcustom_<name>` with
+    /// a `filter` label, and returns its id. Instances of one filter share it.
+    pub fn define_custom(
+        &self,
+        filter: &str,
+        kind: CustomKind,
+        name: &str,
+    ) -> Result<u32, MetricError> {
+        let mut custom = self.custom.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(id) = custom.ids.get(&(filter.to_string(), name.to_string())) {
+            let same_kind = matches!(
+                (custom.metrics.get(*id as usize), kind),
+                (Some(CustomMetric::Counter(_)), CustomKind::Counter)
+                    | (Some(CustomMetric::Gauge(_)), CustomKind::Gauge)
+                    | (Some(CustomMetric::Histogram(_)), CustomKind::Histogram)
+            );
+            return if same_kind {
+                Ok(*id)
+            } else {
+                Err(MetricError::TypeConflict(name.to_string()))
+            };
+        }
+        let exported = format!("wasmcustom_{}", sanitize(name));
+        let family = match custom.families.get(&exported) {
+            Some(family) => family.clone(),
+            None => {
+                let help = format!("Defined by filters: {name}");
+                let registry_error = |source| MetricError::Registry {
+                    name: name.to_string(),
+                    source,
+                };
+                let family = match kind {
+                    CustomKind::Counter => CustomFamily::Counter(
+                        IntCounterVec::new(Opts::new(&exported, help), &["filter"])
+                            .map_err(registry_error)?,
+                    ),
+                    CustomKind::Gauge => CustomFamily::Gauge(
+                        IntGaugeVec::new(Opts::new(&exported, help), &["filter"])
+                            .map_err(registry_error)?,
+                    ),
+                    CustomKind::Histogram => CustomFamily::Histogram(
+                        HistogramVec::new(
+                            HistogramOpts::new(&exported, help)
+                                .buckets(exponential_buckets(1.0, 4.0, 16).unwrap_or_default()),
+                            &["filter"],
+                        )
+                        .map_err(registry_error)?,
+                    ),
+                };
+                let collector: Box<dyn prometheus::core::Collector> = match &family {
+                    CustomFamily::Counter(c) => Box::new(c.clone()),
+                    CustomFamily::Gauge(g) => Box::new(g.clone()),
+                    CustomFamily::Histogram(h) => Box::new(h.clone()),
+                };
+                self.registry.register(collector).map_err(registry_error)?;
+                custom.families.insert(exported.clone(), family.clone());
+                family
+            }
+        };
+        let metric = match (family, kind) {
+            (CustomFamily::Counter(c), CustomKind::Counter) => {
+                CustomMetric::Counter(c.with_label_values(&[filter]))
+            }
+            (CustomFamily::Gauge(g), CustomKind::Gauge) => {
+                CustomMetric::Gauge(g.with_label_values(&[filter]))
+            }
+            (CustomFamily::Histogram(h), CustomKind::Histogram) => {
+                CustomMetric::Histogram(h.with_label_values(&[filter]))
+            }
+            _ => return Err(MetricError::TypeConflict(name.to_string())),
+        };
+        let id = custom.metrics.len() as u32;
+        custom.metrics.push(metric);
+        custom
+            .ids
+            .insert((filter.to_string(), name.to_string()), id);
+        Ok(id)
+    }
+
+    /// A filter metric by id.
+    pub fn custom(&self, id: u32) -> Option<CustomMetric> {
+        let custom = self.custom.lock().unwrap_or_else(|p| p.into_inner());
+        custom.metrics.get(id as usize).cloned()
+    }
+}
+
+/// Prometheus metric names allow `[a-zA-Z0-9_:]`; filters often use dots.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
+
+pub fn global() -> &'static Metrics {
+    &GLOBAL
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filter_metrics_are_shared_by_name_and_typed() {
+        let metrics = Metrics::new();
+        let a = metrics
+            .define_custom("f", CustomKind::Counter, "hits.total")
+            .unwrap();
+        assert_eq!(
+            metrics
+                .define_custom("f", CustomKind::Counter, "hits.total")
+                .unwrap(),
+            a
+        );
+        let b = metrics
+            .define_custom("g", CustomKind::Counter, "hits.total")
+            .unwrap();
+        assert_ne!(a, b);
+        assert!(metrics
+            .define_custom("f", CustomKind::Gauge, "hits.total")
+            .is_err());
+        assert!(metrics
+            .define_custom("h", CustomKind::Gauge, "hits.total")
+            .is_err());
+        if let Some(CustomMetric::Counter(c)) = metrics.custom(a) {
+            c.inc_by(3);
+        }
+        let text = metrics.render();
+        assert!(
+            text.contains("wasmcustom_hits_total{filter=\"f\"} 3"),
+            "{text}"
+        );
+        assert!(text.contains("edgeward_requests_in_flight 0"), "{text}");
+    }
+}
