@@ -1,20 +1,30 @@
 # The two commands of the README:
-#   make run   builds edgeward in release mode and serves config/edgeward.yaml on 127.0.0.1:8080
-#   make test  runs every test, then cargo fmt --check and cargo clippy -D warnings
+#   make run   builds edgeward and the filter modules (filters/, for wasm32-wasip1) in release
+#              mode and serves config/edgeward.yaml on 127.0.0.1:8080
+#   make test  runs every test (the filters' native unit tests too), then cargo fmt --check and
+#              cargo clippy -D warnings on the proxy's workspace and both filter workspaces
 # Both first install what a fresh Debian machine with only the Rust toolchain lacks.
 
 CARGO ?= cargo
 CONFIG ?= config/edgeward.yaml
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# The product filters (filters/) are a workspace of their own, built for wasm32-wasip1 into
+# their own target directory whatever CARGO_TARGET_DIR says: config/edgeward.yaml loads them
+# from filters/target/wasm32-wasip1/release/.
+FILTERS_TARGET_DIR := $(CURDIR)/filters/target
+# Signed with the demo HMAC key of config/edgeward.yaml; expires in 2100.
+DEMO_TOKEN := eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8ifQ.eyJpc3MiOiJodHRwczovL2RlbW8uZWRnZXdhcmQuZXhhbXBsZSIsImF1ZCI6ImVkZ2UtYXBpIiwic3ViIjoiZGVtby11c2VyIiwiZW1haWwiOiJkZW1vQGV4YW1wbGUuY29tIiwiaWF0IjoxNzY0MDAwMDAwLCJleHAiOjQxMDI0NDQ4MDB9.-uXvDZjqRwtuqjy467BmqXqH8cQKXiA57vZFKPTozmE
 
-.PHONY: run test bench setup build check-format lint unit-and-e2e
+.PHONY: run test bench setup build filters check-format lint unit-and-e2e
 
 run: build
 	@echo
-	@echo "edgeward is starting on http://127.0.0.1:8080 (Ctrl-C stops it). Try:"
+		@echo "edgeward is starting on http://127.0.0.1:8080 (Ctrl-C stops it). Try:"
 	@echo "  curl -s localhost:8080/hello"
-	@echo "  curl -s localhost:8080/any/path?with=query -d 'a body'"
-	@echo "  curl -s --http2-prior-knowledge localhost:8080/over-h2c"
+	@echo "  curl -s -i -H 'X-Forwarded-For: 192.0.2.10' localhost:8080/hello      # JP client: APAC origin"
+	@echo "  curl -s -i localhost:8080/api/orders                                     # 401: no token"
+	@echo "  curl -s -H 'Authorization: Bearer $(DEMO_TOKEN)' localhost:8080/api/orders"
+	@echo "  curl -s localhost:9901/metrics"
 	@echo "  ./target/release/edgeward validate --config $(CONFIG)"
 	@echo
 	./target/release/edgeward run --config $(CONFIG)
@@ -25,19 +35,26 @@ test: setup check-format unit-and-e2e lint
 bench: setup
 	$(CARGO) bench --locked -p edgeward --bench filter_host
 
-build: setup
+build: setup filters
 	$(CARGO) build --release --locked -p edgeward
 
+# The filter modules config/edgeward.yaml uses (jwt_auth.wasm, add_headers.wasm, ...).
+filters: setup
+	cd filters && $(CARGO) build --release --locked --target wasm32-wasip1 --target-dir $(FILTERS_TARGET_DIR)
+
 unit-and-e2e:
+	cd filters && $(CARGO) test --locked --target-dir $(FILTERS_TARGET_DIR)
 	$(CARGO) test --workspace --locked
 
 check-format:
 	$(CARGO) fmt --all -- --check
 	cd tests/filters && $(CARGO) fmt --all -- --check
+	cd filters && $(CARGO) fmt --all -- --check
 
 lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	cd tests/filters && CARGO_TARGET_DIR=$(CURDIR)/target/test-filters $(CARGO) clippy --target wasm32-wasip1 --release --locked -- -D warnings
+	cd filters && $(CARGO) clippy --target wasm32-wasip1 --release --locked --target-dir $(FILTERS_TARGET_DIR) -- -D warnings
 
 # Pingora's zlib-ng build needs cmake; filters are built for wasm32-wasip1.
 setup:

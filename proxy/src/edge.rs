@@ -16,7 +16,8 @@ use pingora::upstreams::peer::Peer;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::{self, AccessLogger};
-use crate::config::Route;
+use crate::config::{Route, UpstreamId};
+use crate::geo::Geo;
 use crate::metrics;
 use crate::routing::{request_host, RouteTable};
 use crate::upstream::Upstreams;
@@ -27,6 +28,7 @@ const REQUEST_ID: &str = "x-request-id";
 
 pub struct Edge {
     routes: RouteTable,
+    geo: Option<Arc<Geo>>,
     upstreams: Arc<Upstreams>,
     filters: FilterHost,
     access_log: AccessLogger,
@@ -57,6 +59,8 @@ pub struct RequestCtx {
     filter_error: Option<&'static str>,
     /// When the upstream was chosen, until its response head arrives.
     upstream_started: Option<Instant>,
+    /// The route's upstream, or the one a filter chose instead.
+    upstream: Option<UpstreamId>,
     _inflight: InflightGuard,
 }
 
@@ -135,10 +139,12 @@ impl Edge {
         routes: RouteTable,
         upstreams: Arc<Upstreams>,
         filters: FilterHost,
+        geo: Option<Arc<Geo>>,
         access_log: AccessLogger,
     ) -> Self {
         Edge {
             routes,
+            geo,
             upstreams,
             filters,
             access_log,
@@ -218,9 +224,23 @@ impl Edge {
         }
     }
 
+    fn upstream_name(&self, ctx: &RequestCtx) -> Option<&str> {
+        ctx.upstream.map(|id| self.upstreams.get(id).name())
+    }
+
     fn stream_info(&self, session: &Session, ctx: &RequestCtx, route: &Route) -> StreamInfo {
+        let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let effective_address = client.map(|peer| match &self.geo {
+            Some(geo) => {
+                let forwarded = session.req_header().headers.get_all("x-forwarded-for");
+                geo.client_address(peer.ip(), forwarded.iter().filter_map(|v| v.to_str().ok()))
+            }
+            None => peer.ip(),
+        });
         StreamInfo {
-            client: session.client_addr().and_then(|a| a.as_inet()).copied(),
+            client,
+            effective_address,
+            geo: self.geo.clone(),
             server: session.server_addr().and_then(|a| a.as_inet()).copied(),
             protocol: protocol_name(session.req_header().version),
             request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
@@ -255,6 +275,7 @@ impl ProxyHttp for Edge {
             pending_answer: None,
             filter_error: None,
             upstream_started: None,
+            upstream: None,
             _inflight: InflightGuard(self.inflight.clone()),
         }
     }
@@ -267,6 +288,7 @@ impl ProxyHttp for Edge {
         match self.routes.find(session.req_header()) {
             Some(route) => {
                 ctx.route = Some(route.clone());
+                ctx.upstream = Some(route.upstream);
                 let info = self.stream_info(session, ctx, route);
                 let Some(mut chain) = self.filters.chain(route, info, ctx.started) else {
                     return Ok(false);
@@ -276,6 +298,10 @@ impl ProxyHttp for Edge {
                 let verdict = chain
                     .on_request_headers(session.req_header_mut(), end_of_stream)
                     .await;
+                // A filter may have chosen another upstream (`route.upstream`).
+                if let Some(upstream) = chain.upstream_override() {
+                    ctx.upstream = Some(upstream);
+                }
                 ctx.chain = Some(chain);
                 self.settle_request(session, ctx, verdict).await
             }
@@ -299,13 +325,12 @@ impl ProxyHttp for Edge {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(route) = &ctx.route else {
+        let Some(upstream) = ctx.upstream.map(|id| self.upstreams.get(id)) else {
             return Error::e_explain(
                 ErrorType::InternalError,
-                "no route chosen before upstream selection",
+                "no upstream chosen before endpoint selection",
             );
         };
-        let upstream = self.upstreams.get(route.upstream);
         let key = session
             .req_header()
             .uri
@@ -341,9 +366,8 @@ impl ProxyHttp for Edge {
             ctx.failed_endpoints.push(*addr);
         }
         let retries = ctx
-            .route
-            .as_ref()
-            .map_or(0, |r| self.upstreams.get(r.upstream).retries());
+            .upstream
+            .map_or(0, |id| self.upstreams.get(id).retries());
         e.set_retry(ctx.failed_endpoints.len() <= retries as usize);
         e
     }
@@ -415,10 +439,12 @@ impl ProxyHttp for Edge {
         _upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if let (Some(started), Some(route)) = (ctx.upstream_started.take(), &ctx.route) {
+        if let (Some(started), Some(upstream)) =
+            (ctx.upstream_started.take(), self.upstream_name(ctx))
+        {
             metrics::global()
                 .upstream_latency
-                .with_label_values(&[self.upstreams.get(route.upstream).name()])
+                .with_label_values(&[upstream])
                 .observe(started.elapsed().as_secs_f64());
         }
         Ok(())
@@ -532,21 +558,16 @@ impl ProxyHttp for Edge {
         };
         if let (
             Refusal::NoHealthyEndpoint | Refusal::UpstreamTimeout | Refusal::UpstreamUnavailable,
-            Some(route),
-        ) = (refusal, &ctx.route)
+            Some(upstream),
+        ) = (refusal, self.upstream_name(ctx))
         {
-            let upstream = self.upstreams.get(route.upstream).name();
             metrics::global()
                 .upstream_failures
                 .with_label_values(&[upstream, refusal.code()])
                 .inc();
         }
         if session.response_written().is_none() {
-            let upstream = ctx
-                .route
-                .as_ref()
-                .map(|r| self.upstreams.get(r.upstream).name().to_string())
-                .unwrap_or_default();
+            let upstream = self.upstream_name(ctx).unwrap_or_default().to_string();
             let message = match refusal {
                 Refusal::NoHealthyEndpoint => {
                     format!("upstream `{upstream}` has no healthy endpoint")
@@ -602,7 +623,7 @@ impl ProxyHttp for Edge {
             bytes_sent: session.body_bytes_sent(),
             bytes_received: session.body_bytes_read(),
             route: route.map(|r| r.name.as_str()),
-            upstream: route.map(|r| self.upstreams.get(r.upstream).name()),
+            upstream: self.upstream_name(ctx),
             endpoint: ctx.endpoint,
             duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
             error: ctx.refusal.map(Refusal::code).or(ctx.filter_error),

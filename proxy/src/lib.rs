@@ -7,6 +7,7 @@ pub mod access_log;
 pub mod admin;
 pub mod config;
 pub mod edge;
+pub mod geo;
 pub mod local_http;
 pub mod metrics;
 pub mod routing;

@@ -40,18 +40,32 @@ fn main() -> ExitCode {
         .init();
     match Cli::parse().command {
         Command::Validate { config: path } => match edgeward::config::load(&path) {
-            // Loading the filters compiles them and runs their start-up and on_configure.
-            Ok(config) => match edgeward::wasm::FilterHost::load(&config) {
-                Ok(_) => {
+            // Loading the filters compiles them and runs their start-up and on_configure;
+            // the geo database is opened as MaxMind data.
+            Ok(config) => {
+                let geo = config.geo.as_ref().map(|g| {
+                    edgeward::geo::Geo::open(&g.database, g.trusted_proxies.clone()).map(drop)
+                });
+                let problems: Vec<String> = [
+                    edgeward::wasm::FilterHost::load(&config)
+                        .err()
+                        .map(|e| e.to_string()),
+                    geo.and_then(Result::err).map(|e| e.to_string()),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                if problems.is_empty() {
                     println!("ok");
-                    ExitCode::SUCCESS
+                    return ExitCode::SUCCESS;
                 }
-                Err(e) => {
-                    eprintln!("{}: error: {e}", path.display());
-                    eprintln!("1 problem found");
-                    ExitCode::FAILURE
+                for problem in &problems {
+                    eprintln!("{}: error: {problem}", path.display());
                 }
-            },
+                let n = problems.len();
+                eprintln!("{n} problem{} found", if n == 1 { "" } else { "s" });
+                ExitCode::FAILURE
+            }
             Err(e) => {
                 report(&e);
                 ExitCode::FAILURE

@@ -17,6 +17,7 @@ use crate::access_log::AccessLogger;
 use crate::admin::{AdminServer, Readiness};
 use crate::config::Config;
 use crate::edge::Edge;
+use crate::geo::{Geo, GeoError};
 use crate::routing::RouteTable;
 use crate::upstream::{UpstreamError, Upstreams};
 use crate::wasm::{FilterHost, WasmError};
@@ -32,6 +33,8 @@ pub enum ServerError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Filters(#[from] WasmError),
+    #[error(transparent)]
+    Geo(#[from] GeoError),
     #[error("cannot open the access log: {0}")]
     AccessLog(std::io::Error),
 }
@@ -70,10 +73,18 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .iter()
         .map(|l| format!("http://{}", l.address))
         .collect();
+    let geo = match &config.geo {
+        Some(settings) => Some(Arc::new(Geo::open(
+            &settings.database,
+            settings.trusted_proxies.clone(),
+        )?)),
+        None => None,
+    };
     let edge = Edge::new(
         RouteTable::new(config.routes),
         upstreams,
         filters,
+        geo,
         access_log,
     );
     let drain = GracefulSignals {

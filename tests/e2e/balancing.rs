@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use edgeward_testkit::{client, free_port_addr, Origin};
+use edgeward_testkit::{client, DeadEndpoint, Origin};
 
 use crate::support::{config, get_json, start_proxy};
 
@@ -121,7 +121,7 @@ async fn wait_for_streak(proxy: &edgeward_testkit::Proxy, origin: &str, streak: 
 #[tokio::test]
 async fn a_refused_connection_is_retried_on_another_endpoint() {
     let a = Origin::start("a").await;
-    let dead = free_port_addr();
+    let dead = DeadEndpoint::new();
     let template = r#"
 listeners: [{address: "{{listen}}"}]
 upstreams:
@@ -133,7 +133,10 @@ routes:
 "#;
     let proxy = start_proxy(&config(
         template,
-        &[("a", a.addr().to_string()), ("dead", dead.to_string())],
+        &[
+            ("a", a.addr().to_string()),
+            ("dead", dead.addr().to_string()),
+        ],
     ))
     .await;
     for i in 0..10 {

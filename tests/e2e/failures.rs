@@ -1,12 +1,13 @@
 //! Upstream failures become clear JSON errors, and the proxy keeps serving afterwards.
 
-use edgeward_testkit::{client, free_port_addr, Origin};
+use edgeward_testkit::{client, DeadEndpoint, Origin};
 
 use crate::support::{config, get_json, start_proxy};
 
 #[tokio::test]
 async fn refused_connections_are_502_and_slow_upstreams_504() {
     let slow = Origin::start("slow").await;
+    let dead = DeadEndpoint::new();
     let proxy = start_proxy(&config(
         r#"
 listeners: [{address: "{{listen}}"}]
@@ -20,7 +21,7 @@ routes:
   - {upstream: demo}
 "#,
         &[
-            ("dead", free_port_addr().to_string()),
+            ("dead", dead.addr().to_string()),
             ("slow", slow.addr().to_string()),
         ],
     ))

@@ -4,28 +4,9 @@
 
 use std::time::Duration;
 
-use edgeward_testkit::{client, filters, free_port_addr, Origin, Proxy};
+use edgeward_testkit::{client, filters, DeadEndpoint, Origin, Proxy};
 
-use crate::support::{config, start_proxy};
-
-/// Polls `check` every 50 ms until it returns `Some`, for at most 20 s.
-async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use crate::support::{config, eventually, start_proxy};
 
 async fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut request = client::http1().get(proxy.url(path));
@@ -93,6 +74,7 @@ routes: [{upstream: origin, filters: [check]}]
 #[tokio::test]
 async fn callouts_fail_cleanly_forbidden_refused_and_timed_out() {
     let origin = Origin::start("origin").await;
+    let dead = DeadEndpoint::new();
     let slow = Origin::start("slow").await;
     let template = r#"
 listeners: [{address: "{{listen}}"}]
@@ -115,7 +97,7 @@ routes:
         &[
             ("origin", origin.addr().to_string()),
             ("slow", slow.addr().to_string()),
-            ("dead", free_port_addr().to_string()),
+            ("dead", dead.addr().to_string()),
             ("callout", filters::CALLOUT.to_string()),
         ],
     ))
@@ -426,6 +408,7 @@ routes: [{name: web, upstream: origin, filters: [counted]}]
 #[tokio::test]
 async fn failures_are_counted_in_metrics() {
     let origin = Origin::start("origin").await;
+    let dead = DeadEndpoint::new();
     let proxy = start_proxy(&config(
         r#"
 listeners: [{address: "{{listen}}"}]
@@ -443,7 +426,7 @@ routes:
 "#,
         &[
             ("origin", origin.addr().to_string()),
-            ("dead", free_port_addr().to_string()),
+            ("dead", dead.addr().to_string()),
             ("survivor", filters::SURVIVOR.to_string()),
             ("callout", filters::CALLOUT.to_string()),
         ],

@@ -1,14 +1,19 @@
-//! Builds the test filters for the end-to-end tests and tells the harness where they are.
+//! Builds the filter modules for the end-to-end tests and tells the harness where they are.
 //!
-//! 1. Builds the `tests/filters` workspace (its own Cargo workspace) with
+//! 1. Builds the test filters, `tests/filters` (its own Cargo workspace), with
 //!    `cargo build --release --target wasm32-wasip1 --locked`, into
 //!    `$CARGO_TARGET_DIR/test-filters` (`<workspace>/target/test-filters` when
-//!    `CARGO_TARGET_DIR` is unset), with the host build's flags and wrappers kept out of it.
-//! 2. Compiles every `tests/filters/wat/*.wat` to `$OUT_DIR/wat/*.wasm`.
-//! 3. Writes `$OUT_DIR/filters.rs`: one `&str` constant per module holding its absolute path
-//!    (crate `header_rewriter` → `HEADER_REWRITER`, `wat/abi_0_2_0.wat` → `ABI_0_2_0`), `ALL`
-//!    listing them as `(name, path)`, and `path(name)`. Only `cdylib` crates are modules:
-//!    support libraries of the workspace (such as `filter_config`) get no constant.
+//!    `CARGO_TARGET_DIR` is unset).
+//! 2. Builds the product filters, `filters` (another workspace), the same way into their own
+//!    default target directory, `filters/target`, whatever `CARGO_TARGET_DIR` says: that is
+//!    where `config/edgeward.yaml` finds them (`filters/target/wasm32-wasip1/release/*.wasm`).
+//!    Both builds run with the host build's flags and wrappers kept out of them.
+//! 3. Compiles every `tests/filters/wat/*.wat` to `$OUT_DIR/wat/*.wasm`.
+//! 4. Writes `$OUT_DIR/filters.rs`: one `&str` constant per module holding its absolute path
+//!    (crate `header_rewriter` → `HEADER_REWRITER`, crate `add-headers` → `ADD_HEADERS`, built
+//!    as `add_headers.wasm`, `wat/abi_0_2_0.wat` → `ABI_0_2_0`), `ALL` listing them as
+//!    `(name, path)`, and `path(name)`. Only `cdylib` crates are modules: support libraries of
+//!    a workspace (such as `filter_config`) get no constant.
 //!
 //! A failed wasm build fails this build script, with cargo's output in the message.
 
@@ -41,6 +46,52 @@ const HOST_BUILD_VARS: &[&str] = &[
 ];
 const HOST_BUILD_VAR_PREFIXES: &[&str] = &["CARGO_FEATURE_", "CARGO_CFG_"];
 
+/// A Cargo workspace of filters built by this script.
+struct FilterWorkspace {
+    /// What the messages call it: `tests/filters` or `filters`.
+    label: &'static str,
+    dir: PathBuf,
+    target_dir: PathBuf,
+}
+
+impl FilterWorkspace {
+    /// Builds the workspace and returns its modules (one per `cdylib` crate), sorted.
+    fn build(&self) -> Vec<Module> {
+        emit_rerun_triggers(&self.dir);
+        let crates = member_crates(&self.dir);
+        let filters = filter_crates(&self.dir, crates);
+        build_filters(self.label, &self.dir, &self.target_dir);
+        let release_dir = self.target_dir.join(WASM_TARGET).join("release");
+        filters
+            .into_iter()
+            .map(|name| {
+                let wasm = release_dir.join(format!("{}.wasm", name.replace('-', "_")));
+                assert!(
+                    wasm.is_file(),
+                    "building {} did not produce {} (is `{name}` listed in the workspace \
+                     members, with a package name equal to its directory name?)",
+                    self.label,
+                    wasm.display()
+                );
+                Module {
+                    name,
+                    path: wasm,
+                    source: self.label,
+                }
+            })
+            .collect()
+    }
+}
+
+/// One wasm module the harness gets a constant for.
+struct Module {
+    /// A crate's directory name (`header_rewriter`, `add-headers`) or a WAT file's stem.
+    name: String,
+    path: PathBuf,
+    /// Where it comes from: `tests/filters`, `filters` or `tests/filters/wat`.
+    source: &'static str,
+}
+
 fn main() {
     let manifest_dir =
         PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
@@ -48,45 +99,68 @@ fn main() {
         .join("../..")
         .canonicalize()
         .expect("the workspace root (two levels above tests/testkit) exists");
-    let filters_dir = workspace_root.join("tests").join("filters");
-    let wat_dir = filters_dir.join("wat");
+    let test_filters_dir = workspace_root.join("tests").join("filters");
+    let wat_dir = test_filters_dir.join("wat");
+    let product_filters_dir = workspace_root.join("filters");
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
 
-    let crates = member_crates(&filters_dir);
-    emit_rerun_triggers(&filters_dir, &crates, &wat_dir);
-    let filters = filter_crates(&filters_dir, crates);
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
+    println!("cargo:rerun-if-env-changed=CARGO_BUILD_TARGET_DIR");
 
-    let target_dir = filters_target_dir(&workspace_root);
-    build_filters(&filters_dir, &target_dir);
-    let release_dir = target_dir.join(WASM_TARGET).join("release");
-    let mut modules: Vec<(String, PathBuf)> = filters
-        .into_iter()
-        .map(|name| {
-            let wasm = release_dir.join(format!("{}.wasm", name.replace('-', "_")));
-            assert!(
-                wasm.is_file(),
-                "building tests/filters did not produce {} (is `{name}` listed in the \
-                 workspace members, with a package name equal to its directory name?)",
-                wasm.display()
-            );
-            (name, wasm)
-        })
-        .collect();
+    let workspaces = [
+        FilterWorkspace {
+            label: "tests/filters",
+            dir: test_filters_dir,
+            target_dir: test_filters_target_dir(&workspace_root),
+        },
+        FilterWorkspace {
+            label: "filters",
+            target_dir: product_filters_dir.join("target"),
+            dir: product_filters_dir,
+        },
+    ];
+    let mut modules: Vec<Module> = workspaces.iter().flat_map(FilterWorkspace::build).collect();
     modules.extend(compile_wat(&wat_dir, &out_dir.join("wat")));
+    assert_unique_constants(&modules);
 
     let generated = out_dir.join("filters.rs");
     fs::write(&generated, constants(&modules))
         .unwrap_or_else(|err| panic!("writing {}: {err}", generated.display()));
 }
 
-/// The crates of the filters workspace, filters and support libraries alike: every
-/// directory of `tests/filters` with a `Cargo.toml`, except `target`; each is named after
-/// its directory. Sorted.
+/// Two modules with the same constant name (`add-headers` and `add_headers`, a crate and a WAT
+/// file) would not compile; say which ones instead.
+fn assert_unique_constants(modules: &[Module]) {
+    for (i, module) in modules.iter().enumerate() {
+        if let Some(other) = modules[..i]
+            .iter()
+            .find(|other| const_name(&other.name) == const_name(&module.name))
+        {
+            panic!(
+                "filter modules `{}` ({}) and `{}` ({}) would both be the constant {}",
+                other.name,
+                other.path.display(),
+                module.name,
+                module.path.display(),
+                const_name(&module.name)
+            );
+        }
+    }
+}
+
+/// The crates of a filters workspace, filters and support libraries alike: every directory
+/// of it with a `Cargo.toml`, except `target`; each is named after its directory. Sorted.
+/// (A member directory without its `Cargo.toml` yet is skipped here; cargo then reports it.)
 fn member_crates(filters_dir: &Path) -> Vec<String> {
     let entries = fs::read_dir(filters_dir)
         .unwrap_or_else(|err| panic!("reading {}: {err}", filters_dir.display()));
     let mut crates: Vec<String> = entries
-        .map(|entry| entry.expect("a directory entry of tests/filters").path())
+        .map(|entry| {
+            entry
+                .expect("a directory entry of a filters workspace")
+                .path()
+        })
         .filter(|path| {
             path.join("Cargo.toml").is_file() && path.file_name() != Some(OsStr::new("target"))
         })
@@ -102,7 +176,8 @@ fn member_crates(filters_dir: &Path) -> Vec<String> {
 }
 
 /// The filter crates among `crates`: those whose `Cargo.toml` declares a `cdylib` in its
-/// `[lib]` section (`crate-type = ["cdylib"]`), each of which builds to a `.wasm` module.
+/// `[lib]` section (`crate-type = ["cdylib"]`, possibly with `"rlib"` for native unit tests),
+/// each of which builds to a `.wasm` module.
 /// The others (plain rlibs such as `filter_config`) are libraries the filters link in.
 fn filter_crates(filters_dir: &Path, crates: Vec<String>) -> Vec<String> {
     let filters: Vec<String> = crates
@@ -122,8 +197,9 @@ fn filter_crates(filters_dir: &Path, crates: Vec<String>) -> Vec<String> {
     filters
 }
 
-/// Whether the `[lib]` table of a manifest mentions `cdylib` (outside comments): a plain
-/// string check, enough for the hand-written manifests of tests/filters.
+/// Whether the `[lib]` table of a manifest mentions `cdylib` (outside comments), as in
+/// `crate-type = ["cdylib"]` or `["cdylib", "rlib"]`: a plain string check, enough for the
+/// hand-written manifests of tests/filters and filters.
 fn lib_section_declares_cdylib(manifest: &str) -> bool {
     let mut in_lib = false;
     for line in manifest.lines() {
@@ -137,28 +213,32 @@ fn lib_section_declares_cdylib(manifest: &str) -> bool {
     false
 }
 
-/// The build depends on the workspace manifest and lock file, each crate's directory
-/// (support libraries included: the filters link them) and the WAT sources, but not on
-/// `tests/filters/target`, so that building the filters in place (`cargo build` inside
-/// tests/filters) does not make this script run again.
-fn emit_rerun_triggers(filters_dir: &Path, crates: &[String], wat_dir: &Path) {
-    println!("cargo:rerun-if-changed=build.rs");
-    let mut watched = vec![
-        filters_dir.join("Cargo.toml"),
-        filters_dir.join("Cargo.lock"),
-        wat_dir.to_path_buf(),
-    ];
-    watched.extend(crates.iter().map(|name| filters_dir.join(name)));
+/// The build depends on everything in a workspace's directory (manifest, lock file, every
+/// crate, including support libraries and member directories still without a manifest, the
+/// WAT sources) except its `target` directory, so that building the filters in place
+/// (`cargo build` inside the workspace, `make run`) does not make this script run again.
+fn emit_rerun_triggers(filters_dir: &Path) {
+    let entries = fs::read_dir(filters_dir)
+        .unwrap_or_else(|err| panic!("reading {}: {err}", filters_dir.display()));
+    let mut watched: Vec<PathBuf> = entries
+        .map(|entry| {
+            entry
+                .expect("a directory entry of a filters workspace")
+                .path()
+        })
+        .filter(|path| path.file_name() != Some(OsStr::new("target")))
+        .collect();
+    // Not the workspace directory itself: cargo would scan it whole, `target` included. A
+    // crate added or removed changes the workspace's Cargo.toml.
+    watched.sort();
     for path in watched {
         println!("cargo:rerun-if-changed={}", path.display());
     }
-    println!("cargo:rerun-if-env-changed=CARGO_TARGET_DIR");
-    println!("cargo:rerun-if-env-changed=CARGO_BUILD_TARGET_DIR");
 }
 
 /// `test-filters` inside the host build's target directory: a directory of its own, since
 /// the outer cargo holds the locks on its profile directories (`target/debug`, ...).
-fn filters_target_dir(workspace_root: &Path) -> PathBuf {
+fn test_filters_target_dir(workspace_root: &Path) -> PathBuf {
     let host_target_dir = ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"]
         .into_iter()
         .filter_map(env::var_os)
@@ -171,7 +251,7 @@ fn filters_target_dir(workspace_root: &Path) -> PathBuf {
     host_target_dir.join("test-filters")
 }
 
-fn build_filters(filters_dir: &Path, target_dir: &Path) {
+fn build_filters(label: &str, filters_dir: &Path, target_dir: &Path) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
@@ -196,7 +276,7 @@ fn build_filters(filters_dir: &Path, target_dir: &Path) {
         .unwrap_or_else(|err| panic!("could not run {command:?}: {err}"));
     if !output.status.success() {
         panic!(
-            "building the test filters failed ({}): {command:?}\n\
+            "building the filters of {label} failed ({}): {command:?}\n\
              --- stdout ---\n{}\n--- stderr ---\n{}",
             output.status,
             String::from_utf8_lossy(&output.stdout),
@@ -205,8 +285,8 @@ fn build_filters(filters_dir: &Path, target_dir: &Path) {
     }
 }
 
-/// Compiles every `*.wat` of `wat_dir` into `out/<stem>.wasm`; returns (stem, wasm path).
-fn compile_wat(wat_dir: &Path, out: &Path) -> Vec<(String, PathBuf)> {
+/// Compiles every `*.wat` of `wat_dir` into `out/<stem>.wasm`; the module is named by the stem.
+fn compile_wat(wat_dir: &Path, out: &Path) -> Vec<Module> {
     fs::create_dir_all(out).unwrap_or_else(|err| panic!("creating {}: {err}", out.display()));
     let entries =
         fs::read_dir(wat_dir).unwrap_or_else(|err| panic!("reading {}: {err}", wat_dir.display()));
@@ -227,38 +307,55 @@ fn compile_wat(wat_dir: &Path, out: &Path) -> Vec<(String, PathBuf)> {
             let path = out.join(format!("{name}.wasm"));
             fs::write(&path, wasm)
                 .unwrap_or_else(|err| panic!("writing {}: {err}", path.display()));
-            (name, path)
+            Module {
+                name,
+                path,
+                source: "tests/filters/wat",
+            }
         })
         .collect()
 }
 
-fn constants(modules: &[(String, PathBuf)]) -> String {
-    let mut code = String::from(
-        "// Generated by tests/testkit/build.rs: where the test filter modules are.\n\n",
-    );
-    for (name, path) in modules {
-        let path = path.to_str().expect("module paths are UTF-8");
-        let _ = writeln!(code, "/// The `{name}` test filter module (absolute path).");
-        let _ = writeln!(code, "pub const {}: &str = {path:?};", const_name(name));
+fn constants(modules: &[Module]) -> String {
+    let mut code =
+        String::from("// Generated by tests/testkit/build.rs: where the filter modules are.\n\n");
+    for module in modules {
+        let path = module.path.to_str().expect("module paths are UTF-8");
+        let _ = writeln!(
+            code,
+            "/// The `{}` module of {} (absolute path).",
+            module.name, module.source
+        );
+        let _ = writeln!(
+            code,
+            "pub const {}: &str = {path:?};",
+            const_name(&module.name)
+        );
     }
     code.push_str(
-        "\n/// Every test filter module, as `(name, path)`.\npub const ALL: &[(&str, &str)] = &[\n",
+        "\n/// Every filter module, as `(name, path)`.\npub const ALL: &[(&str, &str)] = &[\n",
     );
-    for (name, _) in modules {
-        let _ = writeln!(code, "    ({name:?}, {}),", const_name(name));
+    for module in modules {
+        let _ = writeln!(
+            code,
+            "    ({:?}, {}),",
+            module.name,
+            const_name(&module.name)
+        );
     }
     code.push_str(
         r#"];
 
-/// The path of the module called `name`: a crate of tests/filters (`"header_rewriter"`) or
-/// a file of tests/filters/wat without its extension (`"abi_0_2_0"`).
+/// The path of the module called `name`: a crate of tests/filters (`"header_rewriter"`) or of
+/// filters (`"add-headers"`, its directory name), or a file of tests/filters/wat without its
+/// extension (`"abi_0_2_0"`).
 ///
 /// # Panics
 /// If there is no such module.
 pub fn path(name: &str) -> &'static str {
     match ALL.iter().find(|(known, _)| *known == name) {
         Some((_, path)) => path,
-        None => panic!("no test filter module named {name:?}; there are: {ALL:?}"),
+        None => panic!("no filter module named {name:?}; there are: {ALL:?}"),
     }
 }
 "#,

@@ -26,6 +26,16 @@ pub struct Config {
     pub wasm: WasmSettings,
     /// The admin listener (metrics, health), when configured.
     pub admin: Option<Admin>,
+    /// Geolocation of clients, when configured.
+    pub geo: Option<GeoSettings>,
+}
+
+#[derive(Debug, Clone)]
+pub struct GeoSettings {
+    /// A MaxMind database (`.mmdb`): country, city or ASN.
+    pub database: PathBuf,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]

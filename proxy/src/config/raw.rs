@@ -55,6 +55,14 @@ pub struct RawConfig {
     pub filters: Named<Located<RawFilter>>,
     pub wasm: Option<Located<RawWasm>>,
     pub admin: Option<Located<RawAdmin>>,
+    pub geo: Option<Located<RawGeo>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawGeo {
+    pub database: Option<Located<String>>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -163,6 +163,7 @@ impl<'a> Validator<'a> {
         let upstreams = self.upstreams(&raw.upstreams);
         let filters = self.filters(&raw.filters, &upstreams);
         let admin = raw.admin.as_ref().map(|a| self.admin(a, &listeners));
+        let geo = raw.geo.as_ref().and_then(|g| self.geo(g));
         let routes = self.routes(&raw.routes, &upstreams, &filters);
         let wasm = self.wasm(raw.wasm.as_ref());
         Config {
@@ -176,7 +177,37 @@ impl<'a> Validator<'a> {
             filters,
             wasm,
             admin,
+            geo,
         }
+    }
+
+    fn geo(&mut self, raw: &Located<RawGeo>) -> Option<GeoSettings> {
+        let Some(database) = &raw.database else {
+            self.error(raw.mark, "`geo` needs a `database` (a MaxMind .mmdb file)");
+            return None;
+        };
+        let path = self.base_dir.join(database.trim());
+        if let Err(e) = std::fs::File::open(&path) {
+            self.error(
+                database.mark,
+                format!("geo: cannot read database `{}`: {e}", path.display()),
+            );
+        }
+        let mut trusted_proxies = Vec::new();
+        for proxy in &raw.trusted_proxies {
+            let text = proxy.trim();
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => trusted_proxies.push(net),
+                Err(_) => self.error(proxy.mark, format!("`trusted_proxies`: `{text}` is not an address or CIDR range like 10.0.0.0/8")),
+            }
+        }
+        Some(GeoSettings {
+            database: path,
+            trusted_proxies,
+        })
     }
 
     fn admin(&mut self, raw: &Located<RawAdmin>, listeners: &[Listener]) -> Admin {

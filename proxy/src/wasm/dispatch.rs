@@ -28,6 +28,8 @@ const CALLOUT_IDLE: Duration = Duration::from_secs(60);
 pub struct HostServices {
     pub shared_data: SharedData,
     pub queues: Queues,
+    /// Every configured upstream's name, indexed by id (for `route.upstream`).
+    pub upstream_names: Vec<String>,
     jobs: mpsc::UnboundedSender<Job>,
 }
 
@@ -79,7 +81,7 @@ pub struct CalloutClient {
 }
 
 impl Dispatcher {
-    pub fn new() -> (Arc<Dispatcher>, Arc<HostServices>) {
+    pub fn new(upstream_names: Vec<String>) -> (Arc<Dispatcher>, Arc<HostServices>) {
         let (jobs, receiver) = mpsc::unbounded_channel();
         let dispatcher = Arc::new(Dispatcher {
             receiver: Mutex::new(Some(receiver)),
@@ -91,6 +93,7 @@ impl Dispatcher {
         let services = Arc::new(HostServices {
             shared_data: SharedData::default(),
             queues: Queues::default(),
+            upstream_names,
             jobs,
         });
         (dispatcher, services)

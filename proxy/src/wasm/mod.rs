@@ -63,7 +63,8 @@ impl FilterHost {
     /// filter with `isolation: shared`.
     pub fn load(config: &Config) -> Result<FilterHost, WasmError> {
         let ticker = Arc::new(Ticker::new());
-        let (dispatcher, host_services) = Dispatcher::new();
+        let (dispatcher, host_services) =
+            Dispatcher::new(config.upstreams.iter().map(|u| u.name.clone()).collect());
         if config.filters.is_empty() {
             return Ok(FilterHost {
                 plugins: Vec::new(),

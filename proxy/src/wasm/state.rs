@@ -14,6 +14,7 @@ use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 use super::dispatch::{HostServices, Job};
 use super::instance::Instance;
 use crate::config::{FilterLimits, UpstreamId};
+use crate::geo::{Geo, GeoInfo};
 
 /// A configured filter as its guest code sees it.
 #[derive(Debug)]
@@ -201,6 +202,21 @@ pub struct StreamInfo {
     pub response_body_bytes: u64,
     /// Properties filters set with `proxy_set_property`, visible to the whole chain.
     pub custom: HashMap<Vec<u8>, Vec<u8>>,
+    /// The client address geolocation uses (the peer, or behind trusted proxies the
+    /// forwarded client), and the database, looked up at most once, when a filter asks.
+    pub effective_address: Option<std::net::IpAddr>,
+    pub geo: Option<Arc<Geo>>,
+    pub geo_info: OnceLock<GeoInfo>,
+    /// The upstream a filter chose with `route.upstream` instead of the route's.
+    pub upstream_override: Option<UpstreamId>,
+}
+
+impl StreamInfo {
+    /// The geolocation of the effective client address (looked up once).
+    pub fn geo_info(&self) -> Option<&GeoInfo> {
+        let (geo, address) = (self.geo.as_ref()?, self.effective_address?);
+        Some(self.geo_info.get_or_init(|| geo.lookup(address)))
+    }
 }
 
 impl Default for StreamInfo {
@@ -218,6 +234,10 @@ impl Default for StreamInfo {
             request_body_bytes: 0,
             response_body_bytes: 0,
             custom: HashMap::new(),
+            effective_address: None,
+            geo: None,
+            geo_info: OnceLock::new(),
+            upstream_override: None,
         }
     }
 }

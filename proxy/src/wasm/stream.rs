@@ -123,6 +123,14 @@ impl FilterChain {
         }
     }
 
+    /// The upstream a filter chose for this request (`route.upstream`), if any.
+    pub fn upstream_override(&self) -> Option<crate::config::UpstreamId> {
+        self.scratch
+            .info
+            .as_ref()
+            .and_then(|info| info.upstream_override)
+    }
+
     pub fn set_upstream_address(&mut self, address: std::net::SocketAddr) {
         if let Some(info) = &mut self.scratch.info {
             info.upstream_address = Some(address);

@@ -1,9 +1,12 @@
-//! The test filter modules, built by this crate's build script: the proxy-wasm filters of
-//! `tests/filters` (for wasm32-wasip1) and the hand-written modules of `tests/filters/wat`.
+//! The filter modules, built by this crate's build script: the test filters of
+//! `tests/filters` and the product filters of `filters` (both proxy-wasm, for wasm32-wasip1),
+//! and the hand-written modules of `tests/filters/wat`.
 //!
 //! Each constant is the absolute path of one `.wasm` file, named after its crate or WAT file
-//! (`HEADER_REWRITER`, `ABI_0_2_0`, ...); [`ALL`] lists them all and [`path`] finds one by name.
-//! Each filter's behaviour and configuration is described at the top of its source.
+//! (`HEADER_REWRITER`, `ADD_HEADERS` for crate `add-headers`, `ABI_0_2_0`, ...); [`ALL`] lists
+//! them all and [`path`] finds one by name. Each filter's behaviour and configuration is
+//! described at the top of its source. The product filters are built where
+//! `config/edgeward.yaml` expects them, `filters/target/wasm32-wasip1/release/`.
 
 include!(concat!(env!("OUT_DIR"), "/filters.rs"));
 
@@ -48,6 +51,9 @@ mod tests {
             ("no_abi_marker", NO_ABI_MARKER),
             ("unknown_import", UNKNOWN_IMPORT),
             ("configure_fails", CONFIGURE_FAILS),
+            ("jwt-auth", JWT_AUTH),
+            ("add-headers", ADD_HEADERS),
+            ("geo-router", GEO_ROUTER),
         ];
         for (name, module) in filters {
             assert_eq!(path(name), module);
@@ -56,7 +62,22 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "no test filter module named \"nope\"")]
+    fn the_product_filters_are_where_the_demo_config_expects_them() {
+        let release = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../filters/target/wasm32-wasip1/release")
+            .canonicalize()
+            .unwrap();
+        for (module, file) in [
+            (JWT_AUTH, "jwt_auth.wasm"),
+            (ADD_HEADERS, "add_headers.wasm"),
+            (GEO_ROUTER, "geo_router.wasm"),
+        ] {
+            assert_eq!(std::path::Path::new(module), release.join(file));
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "no filter module named \"nope\"")]
     fn an_unknown_name_panics() {
         path("nope");
     }

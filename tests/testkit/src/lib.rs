@@ -13,7 +13,9 @@ pub mod origin;
 mod pattern;
 pub mod proxy;
 
-pub use origin::{expected_bytes_sha256, Origin};
-pub use proxy::{free_port_addr, run_edgeward, set_default_binary, Proxy, ProxyBuilder};
+pub use origin::{expected_bytes_sha256, serve_http, Origin};
+pub use proxy::{
+    free_port_addr, run_edgeward, set_default_binary, DeadEndpoint, Proxy, ProxyBuilder,
+};
 /// The HTTP client the helpers return, re-exported so tests name the same version.
 pub use reqwest;

@@ -12,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -77,7 +78,10 @@ impl Origin {
             healthy: AtomicBool::new(true),
             last_request_headers: Mutex::new(BTreeMap::new()),
         });
-        let server = tokio::spawn(serve(listener, state.clone()));
+        let server = serve_http(listener, {
+            let state = state.clone();
+            move |request| handle(state.clone(), request)
+        });
         Origin {
             addr,
             state,
@@ -124,28 +128,43 @@ impl Drop for Origin {
     }
 }
 
-async fn serve(listener: TcpListener, state: Arc<State>) {
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((stream, _)) = accepted else { continue };
-                let state = state.clone();
-                connections.spawn(async move {
-                    let service = service_fn(move |req| handle(state.clone(), req));
-                    // Errors here are clients going away mid-request; nothing to report.
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+/// Serves HTTP/1.1 and h2c on `listener` with `handle` until the returned task is aborted;
+/// aborting it also closes every open connection (they live in the task's `JoinSet`).
+/// For tests that need a server with behaviour an [`Origin`] does not have.
+pub fn serve_http<H, Fut, B>(listener: TcpListener, handle: H) -> JoinHandle<()>
+where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::spawn(async move {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let Ok((stream, _)) = accepted else { continue };
+                    let handle = handle.clone();
+                    connections.spawn(async move {
+                        let service = service_fn(move |request| {
+                            let answer = handle(request);
+                            async move { Ok::<_, Infallible>(answer.await) }
+                        });
+                        // Errors here are clients going away mid-request; nothing to report.
+                        let _ = auto::Builder::new(TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    });
+                }
+                // Reap finished connections so the set does not grow over a long test.
+                Some(_) = connections.join_next() => {}
             }
-            // Reap finished connections so the set does not grow over a long test.
-            Some(_) = connections.join_next() => {}
         }
-    }
+    })
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     state.requests.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_owned();
     let mut response = if path == HEALTH_PATH {
@@ -158,7 +177,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     response
         .headers_mut()
         .insert("x-origin", state.name_header.clone());
-    Ok(response)
+    response
 }
 
 fn health(state: &State) -> Response<Body> {

@@ -53,6 +53,36 @@ fn absolute(binary: &Path) -> PathBuf {
         .unwrap_or_else(|e| panic!("edgeward binary path {}: {e}", binary.display()))
 }
 
+/// An address that refuses connections for as long as this value lives: a socket bound to a
+/// 127.0.0.1 port but not listening. Unlike a port merely found free, no other test can take
+/// it over in the meantime.
+pub struct DeadEndpoint {
+    _socket: tokio::net::TcpSocket,
+    addr: SocketAddr,
+}
+
+impl DeadEndpoint {
+    pub fn new() -> DeadEndpoint {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+        let addr = socket.local_addr().unwrap();
+        DeadEndpoint {
+            _socket: socket,
+            addr,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Default for DeadEndpoint {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A free 127.0.0.1 port, found by binding port 0 and letting go of it.
 pub fn free_port_addr() -> SocketAddr {
     bind_ephemeral().local_addr().unwrap()

@@ -19,8 +19,11 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// First segments that belong to edgeward; filters cannot set paths under them.
+/// First segments that belong to edgeward; filters cannot set paths under them (except
+/// `route.upstream`).
 const BUILT_IN: &[&[u8]] = &[
+    b"geo",
+    b"route",
     b"request",
     b"response",
     b"source",
@@ -68,9 +71,6 @@ fn set_property(
     let result = memory::split(&mut caller).and_then(|(mem, state)| {
         let path = segments(memory::slice(mem, path_ptr, path_len)?);
         let value = memory::slice(mem, value_ptr, value_len)?;
-        if path.first().is_some_and(|first| BUILT_IN.contains(first)) {
-            return Err(Status::BadArgument);
-        }
         let own = state.call.on_own_stream();
         // Without a request there is nowhere to keep it (Envoy answers the same).
         let http = state
@@ -79,6 +79,27 @@ fn set_property(
             .as_mut()
             .filter(|_| own)
             .ok_or(Status::NotFound)?;
+        if path == [&b"route"[..], b"upstream"] {
+            let Some(id) = state
+                .services
+                .upstream_names
+                .iter()
+                .position(|n| n.as_bytes() == value)
+            else {
+                log::warn!(
+                    "filter `{}` chose upstream `{}`, which is not configured",
+                    state.plugin.name,
+                    String::from_utf8_lossy(value)
+                );
+                return Err(Status::BadArgument);
+            };
+            http.stream.upstream_override = Some(crate::config::UpstreamId(id));
+            http.stream.upstream = std::sync::Arc::from(String::from_utf8_lossy(value).as_ref());
+            return Ok(());
+        }
+        if path.first().is_some_and(|first| BUILT_IN.contains(first)) {
+            return Err(Status::BadArgument);
+        }
         http.stream.custom.insert(path.join(&0u8), value.to_vec());
         Ok(())
     });
@@ -111,6 +132,14 @@ fn lookup(state: &HostState, path: &[&[u8]]) -> Option<Vec<u8>> {
         [b"response", rest @ ..] => response(http, http.response.as_ref()?, rest),
         [b"source", b"address"] => Some(info.client?.to_string().into_bytes()),
         [b"source", b"port"] => Some(int(info.client?.port().into())),
+        [b"source", b"effective_address"] => Some(
+            info.effective_address
+                .or(info.client.map(|c| c.ip()))?
+                .to_string()
+                .into_bytes(),
+        ),
+        [b"geo", field] => geo_field(info.geo_info()?, field).map(String::into_bytes),
+        [b"route", b"upstream"] => Some(info.upstream.as_bytes().to_vec()),
         [b"destination", b"address"] => Some(info.server?.to_string().into_bytes()),
         [b"destination", b"port"] => Some(int(info.server?.port().into())),
         [b"upstream", b"address"] => Some(info.upstream_address?.to_string().into_bytes()),
@@ -119,6 +148,20 @@ fn lookup(state: &HostState, path: &[&[u8]]) -> Option<Vec<u8>> {
         [b"connection", b"mtls"] => Some(vec![0]),
         [b"route_name"] | [b"xds", b"route_name"] => Some(info.route.as_bytes().to_vec()),
         [b"cluster_name"] | [b"xds", b"cluster_name"] => Some(info.upstream.as_bytes().to_vec()),
+        _ => None,
+    }
+}
+
+fn geo_field(geo: &crate::geo::GeoInfo, field: &[u8]) -> Option<String> {
+    match field {
+        b"country_code" => geo.country_code.clone(),
+        b"continent_code" => geo.continent_code.clone(),
+        b"region_code" => geo.region_code.clone(),
+        b"city" => geo.city.clone(),
+        b"asn" => geo.asn.clone(),
+        b"as_org" => geo.as_org.clone(),
+        b"latitude" => geo.latitude.clone(),
+        b"longitude" => geo.longitude.clone(),
         _ => None,
     }
 }

@@ -1,0 +1,190 @@
+//! `geo-router`: geo routing. Picks the upstream of each request from the client's country
+//! (or continent), as found by edgeward's geo lookup.
+//!
+//! Config (required):
+//!
+//! ```yaml
+//! config:
+//!   countries: { JP: origin-apac, KR: origin-apac, SG: origin-apac, DE: origin-eu, FR: origin-eu, GB: origin-eu }
+//!   continents: { OC: origin-apac }   # optional: fallback by continent
+//!   default: origin-us                # optional: without it the route's own upstream is kept
+//!   response_header: x-edge-country   # optional: tells the client which country was used
+//! ```
+//!
+//! At least one of `countries`, `continents` and `default` is required. Country codes are two
+//! letters (ISO 3166-1 alpha-2, as in MaxMind's `country.iso_code`), continent codes one of
+//! `AF AN AS EU NA OC SA`; both are compared case-insensitively. Unknown keys, a code given
+//! twice, an empty upstream name or an invalid header name fail the configuration.
+//!
+//! `on_http_request_headers`: reads the property `geo.country_code` and, only when the country
+//! is not listed and `continents` is configured, `geo.continent_code`; picks the upstream of
+//! the country, else of the continent, else `default`, and sets it with
+//! `proxy_set_property(["route", "upstream"], name)`, which makes edgeward send this request to
+//! that upstream instead of the route's. Without geo data (no database, a private address),
+//! only `default` applies. When nothing applies the route's upstream is kept. The choice is
+//! logged at debug level (`geo-router: country JP -> upstream origin-apac (by country)`;
+//! shown with `EDGEWARD_LOG=edgeward::filter=debug`).
+//! edgeward accepts only configured upstream names there: if it refuses the name (a typo in
+//! the configuration), the filter logs a warning naming it and the request keeps the route's
+//! upstream, rather than failing. Returns `Continue`.
+//!
+//! `on_http_response_headers`: when `response_header` is set, sets that header (replacing any
+//! value from the upstream) to the country code used for routing, upper case (`JP`), or to
+//! **`unknown` when the request had no country** (no geo data for the client's address).
+//! Returns `Continue`.
+//!
+//! The logic ([`routing`]) is free of the SDK and unit-tested natively (`cargo test` in
+//! `filters/`); only the glue below talks to the host.
+
+pub mod routing;
+
+use std::rc::Rc;
+
+use filter_support::follow_host_log_level;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
+
+use crate::routing::{country_header_value, normalize_code, Router};
+
+const NAME: &str = "geo-router";
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| Box::new(Root { router: None }));
+}}
+
+struct Root {
+    router: Option<Rc<Router>>,
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
+        follow_host_log_level();
+        let raw = self.get_plugin_configuration();
+        match Router::parse(raw.as_deref()) {
+            Ok(router) => {
+                self.router = Some(Rc::new(router));
+                true
+            }
+            Err(err) => {
+                log::error!("{NAME}: invalid configuration: {err}");
+                false
+            }
+        }
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // Without a valid configuration the host refuses the plugin, so there is always one.
+        let router = self.router.clone()?;
+        Some(Box::new(GeoRouter {
+            router,
+            country: None,
+        }))
+    }
+}
+
+struct GeoRouter {
+    router: Rc<Router>,
+    /// The request's country code (upper case), for the response header.
+    country: Option<String>,
+}
+
+impl Context for GeoRouter {}
+
+impl HttpContext for GeoRouter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let country = normalize_code(filter_support::property(NAME, &["geo", "country_code"]));
+        let choice = self.router.choose(country.as_deref(), || {
+            normalize_code(filter_support::property(NAME, &["geo", "continent_code"]))
+        });
+        let shown = country.as_deref().unwrap_or("(none)");
+        match choice {
+            Some(choice) => match host::set_route_upstream(choice.upstream) {
+                Ok(()) => log::debug!(
+                    "{NAME}: country {shown} -> upstream {} (by {})",
+                    choice.upstream,
+                    choice.rule
+                ),
+                Err(status) => log::warn!(
+                    "{NAME}: edgeward refused upstream `{}` (chosen by {} for country {shown}): \
+                     {status}; keeping the route's upstream",
+                    choice.upstream,
+                    choice.rule
+                ),
+            },
+            None => log::debug!(
+                "{NAME}: country {shown}: no rule applies, keeping the route's upstream"
+            ),
+        }
+        self.country = country;
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(header) = self.router.response_header() {
+            let value = country_header_value(self.country.as_deref());
+            self.set_http_response_header(header, Some(value));
+        }
+        Action::Continue
+    }
+}
+
+/// `proxy_set_property` called directly: the SDK's `set_property` panics (and so traps) on any
+/// status but OK, and edgeward answers BAD_ARGUMENT for an upstream it does not know. This
+/// filter would rather log that and keep the route's upstream.
+mod host {
+    use std::fmt;
+
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        fn proxy_set_property(
+            path_data: *const u8,
+            path_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+    }
+
+    /// The path `route.upstream`: segments joined by NUL, as the SDK serializes paths.
+    const ROUTE_UPSTREAM: &[u8] = b"route\0upstream";
+
+    /// A proxy-wasm status other than OK.
+    pub struct Status(u32);
+
+    impl fmt::Display for Status {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let name = match self.0 {
+                1 => "NOT_FOUND",
+                2 => "BAD_ARGUMENT",
+                3 => "SERIALIZATION_FAILURE",
+                4 => "PARSE_FAILURE",
+                10 => "INTERNAL_FAILURE",
+                _ => return write!(f, "status {}", self.0),
+            };
+            f.write_str(name)
+        }
+    }
+
+    pub fn set_route_upstream(name: &str) -> Result<(), Status> {
+        // SAFETY: both pointers and lengths describe live slices for the whole call; the host
+        // only reads them.
+        let status = unsafe {
+            proxy_set_property(
+                ROUTE_UPSTREAM.as_ptr(),
+                ROUTE_UPSTREAM.len(),
+                name.as_ptr(),
+                name.len(),
+            )
+        };
+        match status {
+            0 => Ok(()),
+            other => Err(Status(other)),
+        }
+    }
+}
