@@ -782,17 +782,23 @@ async fn jwks_from_an_upstream_is_fetched_refreshed_and_kept_when_the_upstream_f
         .await
         .assert_invalid("unknown key id", "before the rotation");
 
-    // Rotated: the new key is accepted after a refresh, the old one refused.
+    // Rotated: the new key is accepted after a refresh, the old one refused. Each worker's
+    // instance refreshes on its own schedule (within `refresh` of each other), so wait until
+    // several requests in a row, over new connections and so any worker, agree.
     idp.set_body(&json!({"keys": [keys.p256_jwk("b1")]}));
-    eventually("a token of the new key to be accepted", || async {
-        let answer = get_with_token(&proxy, "/api", &new_token).await;
-        (answer.status == 200).then_some(())
-    })
-    .await;
-    eventually("the old key to be refused", || async {
-        let answer = get_with_token(&proxy, "/api", &old_token).await;
-        (answer.status == 401).then_some(())
-    })
+    eventually(
+        "every instance to accept the new key and refuse the old",
+        || async {
+            for _ in 0..6 {
+                let new = get_with_token(&proxy, "/api", &new_token).await;
+                let old = get_with_token(&proxy, "/api", &old_token).await;
+                if new.status != 200 || old.status != 401 {
+                    return None;
+                }
+            }
+            Some(())
+        },
+    )
     .await;
     get_with_token(&proxy, "/api", &old_token)
         .await

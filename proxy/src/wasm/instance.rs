@@ -1,18 +1,20 @@
 //! One filter instance: its store, its exports, the proxy-wasm start-up sequence, and every
 //! guest call made under a CPU deadline. A call that faults poisons the instance for good.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use wasmtime::{
-    Engine, InstancePre, Module, ModuleExport, Store, TypedFunc, WasmParams, WasmResults,
+    Engine, InstancePre, Module, ModuleExport, Store, StoreContextMut, TypedFunc, UpdateDeadline,
+    WasmParams, WasmResults,
 };
 
+use super::cpu::CpuMeter;
 use super::dispatch::HostServices;
 use super::engine::EPOCH_TICK;
 use super::state::{
-    classify, Call, CalloutAnswer, Fault, HostState, HttpData, LocalResponse, Phase, PluginInfo,
-    Resumption,
+    classify, Call, CalloutAnswer, CpuDeadline, Fault, HostState, HttpData, LocalResponse, Phase,
+    PluginInfo, Resumption,
 };
 use std::sync::Arc;
 
@@ -209,7 +211,8 @@ impl Instance {
         let exports = &template.exports;
         let mut store = Store::new(&template.engine, HostState::new(plugin, ROOT_ID, services));
         store.limiter(|state| &mut state.limiter);
-        store.set_epoch_deadline(ticks(budget));
+        store.epoch_deadline_callback(check_cpu);
+        start_cpu_deadline(&mut store, budget);
         let instance = template
             .pre
             .instantiate(&mut store)
@@ -322,7 +325,7 @@ impl Instance {
         if let Some(fault) = &self.poisoned {
             return Err(fault.clone());
         }
-        self.store.set_epoch_deadline(ticks(budget));
+        start_cpu_deadline(&mut self.store, budget);
         let result = func.call(&mut self.store, args);
         super::abi::wasi::flush_output(self.store.data_mut());
         result.map_err(|e| {
@@ -531,8 +534,8 @@ impl Instance {
         data: Option<HttpData>,
         budget: Duration,
     ) -> (Option<HttpData>, Result<(), Fault>) {
-        let started = Instant::now();
-        let remaining = |budget: Duration| budget.saturating_sub(started.elapsed());
+        let cpu = CpuMeter::start();
+        let remaining = |budget: Duration| budget.saturating_sub(cpu.used());
         let mut data = data;
         let steps = [
             (self.exports.log.clone().map(Step::Log), Phase::Log),
@@ -620,6 +623,24 @@ fn header_count(data: &HttpData, request: bool) -> u32 {
         data.response.as_ref().map_or(0, |r| r.headers.len() + 1)
     };
     count as u32
+}
+
+/// Arms the CPU deadline of the guest call about to run. The epoch deadline first fires
+/// when `budget` of wall time has passed; [`check_cpu`] then decides.
+fn start_cpu_deadline(store: &mut Store<HostState>, budget: Duration) {
+    store.data_mut().cpu = CpuDeadline::start(budget);
+    store.set_epoch_deadline(ticks(budget));
+}
+
+/// At an epoch deadline: stops the guest if it used its CPU budget, or else (its thread was
+/// waiting for a CPU part of the time) extends the deadline by what is left.
+fn check_cpu(store: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDeadline> {
+    let deadline = store.data().cpu;
+    let used = deadline.meter.used_at_least();
+    Ok(match deadline.budget.checked_sub(used) {
+        Some(left) if !left.is_zero() => UpdateDeadline::Continue(ticks(left)),
+        _ => UpdateDeadline::Interrupt,
+    })
 }
 
 /// Epoch ticks for a CPU budget: at least one, rounded up.

@@ -4,6 +4,7 @@
 //! - `engine`: the wasmtime engine, its epoch ticker and the on-disk module cache
 //! - `plugin`: a configured filter, its start-up, instances per isolation mode, back-off
 //! - `instance`: one instance's store, exports and guest calls under a CPU deadline
+//! - `cpu`: guest CPU time, measured without a system call per callback
 //! - `stream`: a request's filter chain and the phase drivers the proxy calls
 //! - `state`: what a store holds; `abi/`: the hostcalls, one file per ABI area
 //! - `ticker`: `on_tick` for shared instances
@@ -11,6 +12,7 @@
 //! - `shared`: shared data and queues, process-wide by VM id
 
 pub mod abi;
+mod cpu;
 mod dispatch;
 mod engine;
 mod instance;

@@ -11,6 +11,7 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use tokio::sync::mpsc;
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 
+use super::cpu::CpuMeter;
 use super::dispatch::{HostServices, Job};
 use super::instance::Instance;
 use crate::config::{FilterLimits, UpstreamId};
@@ -57,6 +58,24 @@ pub struct HostState {
     /// The start-up left state outside the guest (ticks, callouts, queues): it cannot be
     /// captured in a snapshot.
     pub lasting_effects: bool,
+    /// The running guest call's CPU budget and meter, checked at each epoch deadline.
+    pub cpu: CpuDeadline,
+}
+
+/// The CPU time a guest call may use, and what it has used.
+#[derive(Clone, Copy)]
+pub struct CpuDeadline {
+    pub meter: CpuMeter,
+    pub budget: Duration,
+}
+
+impl CpuDeadline {
+    pub fn start(budget: Duration) -> Self {
+        CpuDeadline {
+            meter: CpuMeter::start(),
+            budget,
+        }
+    }
 }
 
 /// The slot an instance is placed in once started; filled exactly once.
@@ -81,6 +100,7 @@ impl HostState {
             outbox: Vec::new(),
             last_token: 0,
             lasting_effects: false,
+            cpu: CpuDeadline::start(Duration::ZERO),
         }
     }
 

@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use tokio::sync::mpsc;
 
+use super::cpu::CpuMeter;
 use super::instance::{HttpCallback, Instance, Outcome};
 use super::plugin::{Lease, Plugin};
 use super::state::{Fault, HttpData, LocalResponse, Phase, Resumption, StreamInfo};
@@ -353,6 +354,9 @@ impl FilterChain {
         }
         let started = Instant::now();
         let mut instance = lease.lock();
+        // CPU is counted from here: waiting for a shared instance costs the guest nothing.
+        let cpu = CpuMeter::start();
+
         let context_id = match entry.context_id {
             Some(id) => id,
             None => match instance.create_http_context(budget) {
@@ -365,10 +369,10 @@ impl FilterChain {
             &mut instance,
             context_id,
             data,
-            budget.saturating_sub(started.elapsed()),
+            budget.saturating_sub(cpu.used()),
         );
+        entry.cpu_used += cpu.used();
         let elapsed = started.elapsed();
-        entry.cpu_used += elapsed;
         let name = entry.plugin.info.name.as_str();
         let metrics = metrics::global();
         let (phase, wait_if_paused) = match purpose {

@@ -14,8 +14,6 @@ mod pattern;
 pub mod proxy;
 
 pub use origin::{expected_bytes_sha256, serve_http, Origin};
-pub use proxy::{
-    free_port_addr, run_edgeward, set_default_binary, DeadEndpoint, Proxy, ProxyBuilder,
-};
+pub use proxy::{run_edgeward, set_default_binary, DeadEndpoint, Proxy, ProxyBuilder};
 /// The HTTP client the helpers return, re-exported so tests name the same version.
 pub use reqwest;

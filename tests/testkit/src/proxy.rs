@@ -2,13 +2,14 @@
 //!
 //! Configs name their listen addresses with placeholders such as `{{listen}}`, `{{listen2}}`
 //! or `{{admin}}`; each distinct `{{name}}` (letters, digits, `_`) becomes its own free
-//! 127.0.0.1 port, so tests can run in parallel.
+//! 127.0.0.1 port, below the ephemeral range, so tests can run in parallel.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -83,13 +84,39 @@ impl Default for DeadEndpoint {
     }
 }
 
-/// A free 127.0.0.1 port, found by binding port 0 and letting go of it.
-pub fn free_port_addr() -> SocketAddr {
-    bind_ephemeral().local_addr().unwrap()
+/// Below the kernel's ephemeral port range (where `bind(…:0)` and outgoing connections take
+/// their ports) lie the ports handed to proxy listeners: nothing else in a test run can take
+/// one between the moment it is chosen and the moment the proxy binds it, as an origin bound
+/// to port 0 could if the listener port came from the ephemeral range too.
+const LISTENER_PORTS_START: u16 = 20_000;
+
+/// A 127.0.0.1 listener on a port for a proxy listener, held until the proxy starts.
+/// Ports are taken in turn (a process-wide counter keeps the tests of one run apart; a start
+/// that depends on the process id keeps concurrent runs apart) and checked by binding them.
+fn reserve_listener_port() -> TcpListener {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let end = ephemeral_range_start();
+    let Some(count) = end.checked_sub(LISTENER_PORTS_START).filter(|n| *n >= 1000) else {
+        // A kernel configured without room below its ephemeral range: take any free port.
+        return TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0");
+    };
+    let offset = std::process::id().wrapping_mul(7919);
+    for _ in 0..count {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed).wrapping_add(offset) % u32::from(count);
+        let port = LISTENER_PORTS_START + n as u16;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            return listener;
+        }
+    }
+    panic!("no free 127.0.0.1 port in {LISTENER_PORTS_START}..{end}");
 }
 
-fn bind_ephemeral() -> TcpListener {
-    TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0")
+/// The first port of the kernel's ephemeral range (32768 where it cannot be read).
+fn ephemeral_range_start() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// Every distinct `{{name}}` placeholder in `yaml`.
@@ -112,7 +139,7 @@ fn placeholder_names(yaml: &str) -> Vec<String> {
 fn substitute_placeholders(yaml: &str) -> (String, BTreeMap<String, SocketAddr>) {
     let names = placeholder_names(yaml);
     // Hold every listener until all are bound, so no two placeholders get the same port.
-    let listeners: Vec<_> = names.iter().map(|_| bind_ephemeral()).collect();
+    let listeners: Vec<_> = names.iter().map(|_| reserve_listener_port()).collect();
     let mut yaml = yaml.to_owned();
     let mut addrs = BTreeMap::new();
     for (name, listener) in names.into_iter().zip(&listeners) {
