@@ -19,11 +19,13 @@ DEMO_TOKEN := eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8ifQ.eyJpc3MiOiJ
 
 run: build
 	@echo
-		@echo "edgeward is starting on http://127.0.0.1:8080 (Ctrl-C stops it). Try:"
+	@echo "edgeward is starting on http://127.0.0.1:8080 (Ctrl-C stops it). Try:"
 	@echo "  curl -s localhost:8080/hello"
 	@echo "  curl -s -i -H 'X-Forwarded-For: 192.0.2.10' localhost:8080/hello      # JP client: APAC origin"
 	@echo "  curl -s -i localhost:8080/api/orders                                     # 401: no token"
 	@echo "  curl -s -H 'Authorization: Bearer $(DEMO_TOKEN)' localhost:8080/api/orders"
+	@echo "  curl -s -i localhost:8080/static/app.js                                  # twice: a cache hit"
+	@echo "  curl -s -X PURGE localhost:8080/static/app.js"
 	@echo "  curl -s localhost:9901/metrics"
 	@echo "  ./target/release/edgeward validate --config $(CONFIG)"
 	@echo

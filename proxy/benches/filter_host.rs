@@ -18,7 +18,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use edgeward::config;
+use edgeward::config::{self, ResponsePhase};
 use edgeward::wasm::{FilterHost, StreamInfo, Verdict};
 use pingora::http::{RequestHeader, ResponseHeader};
 
@@ -131,7 +131,9 @@ fn main() {
                 .chain(&route, StreamInfo::default(), Instant::now())
                 .expect("chain");
             chain.on_request_headers(&mut req, true).await;
-            chain.on_response_headers(&mut req, &mut resp, true).await;
+            chain
+                .on_response_headers(ResponsePhase::AfterCache, &mut req, &mut resp, true)
+                .await;
             chain.finish(&mut req, Some(&resp));
         }
         // Let the reaper finish dropping the instances it was given.
@@ -154,7 +156,9 @@ fn main() {
                 .chain(&route, StreamInfo::default(), started)
                 .expect("chain");
             chain.on_request_headers(&mut req, true).await;
-            chain.on_response_headers(&mut req, &mut resp, true).await;
+            chain
+                .on_response_headers(ResponsePhase::AfterCache, &mut req, &mut resp, true)
+                .await;
             chain.finish(&mut req, Some(&resp));
             let elapsed = started.elapsed();
             assert_eq!(

@@ -1,17 +1,25 @@
-//! The admin listener: `/metrics` (Prometheus), `/healthz` (the process answers) and `/ready`
-//! (fit to take traffic: not shutting down, and every filter able to start instances). It
-//! listens on its own address, loopback by default, never on a proxy listener.
+//! The admin listener: `/metrics` (Prometheus), `/healthz` (the process answers), `/ready`
+//! (fit to take traffic: not shutting down, and every filter able to start instances) and
+//! `POST /cache/purge`. It listens on its own address, loopback by default, never on a proxy
+//! listener.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use bytes::Bytes;
 use http::Method;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
+use crate::cache::{Cache, PurgeMode, PurgeTarget};
 use crate::local_http::{reply, Handler, LocalServer, Reply};
 use crate::metrics;
+
+/// Purge requests are a few hundred bytes; anything much larger is a mistake.
+const MAX_PURGE_REQUEST: usize = 64 << 10;
 
 /// What `/ready` reports on.
 pub struct Readiness {
@@ -24,10 +32,20 @@ pub struct Readiness {
 pub struct AdminServer(LocalServer);
 
 impl AdminServer {
-    pub fn bind(addr: SocketAddr, readiness: Arc<Readiness>) -> std::io::Result<Self> {
+    pub fn bind(
+        addr: SocketAddr,
+        readiness: Arc<Readiness>,
+        cache: Option<Arc<Cache>>,
+    ) -> std::io::Result<Self> {
         let handler: Handler = Arc::new(move |req| -> Reply {
             let readiness = readiness.clone();
-            Box::pin(async move { route(req.method(), req.uri().path(), &readiness) })
+            let cache = cache.clone();
+            Box::pin(async move {
+                if req.uri().path() == "/cache/purge" {
+                    return purge(req, cache.as_deref()).await;
+                }
+                route(req.method(), req.uri().path(), &readiness)
+            })
         });
         Ok(AdminServer(LocalServer::bind(
             "admin listener",
@@ -66,9 +84,81 @@ fn route(
         _ => reply(
             404,
             "text/plain",
-            "not found: try /metrics, /healthz or /ready\n",
+            "not found: try /metrics, /healthz, /ready or POST /cache/purge\n",
         ),
     }
+}
+
+/// `POST /cache/purge` with `{"url": "https://host/path?query"}` (or a bare path for every
+/// host) or `{"surrogate_key": "key"}`, and `"soft": true` to mark stale instead of removing.
+async fn purge(
+    req: hyper::Request<Incoming>,
+    cache: Option<&Cache>,
+) -> hyper::Response<Full<Bytes>> {
+    let error = |status: u16, message: &str| {
+        let body = serde_json::json!({"error": message});
+        reply(status, "application/json", body.to_string())
+    };
+    if req.method() != Method::POST {
+        return error(405, "use POST");
+    }
+    let Some(cache) = cache else {
+        return error(404, "the cache is not configured");
+    };
+    let body = match Limited::new(req.into_body(), MAX_PURGE_REQUEST)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(e) => return error(400, &format!("cannot read the request: {e}")),
+    };
+    let request: PurgeRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return error(
+                400,
+                &format!("expected {{\"url\": ...}} or {{\"surrogate_key\": ...}}: {e}"),
+            )
+        }
+    };
+    let (target, how) = match (request.url, request.surrogate_key) {
+        (Some(url), None) => match url_target(&url) {
+            Some(target) => (target, "url"),
+            None => return error(400, &format!("`{url}` is not a URL or a path")),
+        },
+        (None, Some(key)) if !key.is_empty() => (PurgeTarget::SurrogateKey(key), "surrogate_key"),
+        _ => return error(400, "give exactly one of `url` and `surrogate_key`"),
+    };
+    let mode = if request.soft {
+        PurgeMode::Soft
+    } else {
+        PurgeMode::Hard
+    };
+    let purged = cache.purge(&target, mode, how);
+    let body = serde_json::json!({"purged": purged, "mode": mode.as_str()});
+    reply(200, "application/json", body.to_string())
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeRequest {
+    url: Option<String>,
+    surrogate_key: Option<String>,
+    #[serde(default)]
+    soft: bool,
+}
+
+/// `https://Example.com/a?b` → that host's `/a?b`; `/a?b` → `/a?b` on any host.
+fn url_target(url: &str) -> Option<PurgeTarget> {
+    let uri: http::Uri = url.trim().parse().ok()?;
+    let path_and_query = uri.path_and_query()?.as_str().to_string();
+    if !path_and_query.starts_with('/') {
+        return None;
+    }
+    Some(PurgeTarget::Url {
+        host: uri.host().map(|h| h.to_ascii_lowercase()),
+        path_and_query,
+    })
 }
 
 #[async_trait::async_trait]

@@ -9,14 +9,17 @@ use std::time::{Instant, SystemTime};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::{header, HeaderValue, Version};
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
-use pingora::proxy::FailToProxy;
+use pingora::proxy::{FailToProxy, RangeType};
 use pingora::upstreams::peer::Peer;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::{self, AccessLogger};
-use crate::config::{Route, UpstreamId};
+use crate::cache::{self, Cache, Outcome, PurgeMode, PurgeTarget};
+use crate::config::{ResponsePhase, Route, RouteCache, UpstreamId};
 use crate::geo::Geo;
 use crate::metrics;
 use crate::routing::{request_host, RouteTable};
@@ -31,6 +34,7 @@ pub struct Edge {
     geo: Option<Arc<Geo>>,
     upstreams: Arc<Upstreams>,
     filters: FilterHost,
+    cache: Option<Arc<Cache>>,
     access_log: AccessLogger,
     inflight: Arc<AtomicUsize>,
 }
@@ -47,12 +51,11 @@ pub struct RequestCtx {
     refusal: Option<Refusal>,
     /// The route's filters, when it has any.
     chain: Option<FilterChain>,
-    /// Whether the request and response have bodies for the filters to see.
+    /// Whether the request has a body for the filters to see.
     request_has_body: bool,
-    response_has_body: bool,
-    /// A filter answered in the response-headers phase: its body replaces the upstream's.
-    response_replaced: bool,
-    replacement_body: Option<Bytes>,
+    /// The response body as the filters of each phase see it.
+    before_cache: BodyPhase,
+    after_cache: BodyPhase,
     /// A filter's answer decided in a phase that cannot write it; `fail_to_proxy` does.
     pending_answer: Option<Answer>,
     /// The error code of a filter's failure, for the access log.
@@ -61,7 +64,29 @@ pub struct RequestCtx {
     upstream_started: Option<Instant>,
     /// The route's upstream, or the one a filter chose instead.
     upstream: Option<UpstreamId>,
+    /// The status of the upstream's response head, when the upstream answered.
+    upstream_status: Option<u16>,
+    /// The cache is on for this request.
+    caching: bool,
+    /// Why the request skipped the cache of its route.
+    cache_bypass: Option<&'static str>,
+    /// What the cache did, once the response head is known.
+    cache_outcome: Option<Outcome>,
+    /// Body bytes received from the upstream, against the cache's object size limit.
+    upstream_body_bytes: u64,
     _inflight: InflightGuard,
+}
+
+/// The response body as the filters of one response phase see it.
+#[derive(Default)]
+struct BodyPhase {
+    /// There is a body for these filters to see.
+    has_body: bool,
+    /// A filter answered in this phase's head: its body replaces the response body, once.
+    replaced: bool,
+    replacement: Option<Bytes>,
+    /// These filters were told the body ended.
+    ended: bool,
 }
 
 /// A response edgeward writes instead of the upstream's.
@@ -85,6 +110,7 @@ impl Drop for InflightGuard {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refusal {
     NoRoute,
+    PurgeForbidden,
     NoHealthyEndpoint,
     UpstreamTimeout,
     UpstreamUnavailable,
@@ -96,6 +122,7 @@ impl Refusal {
     fn status(self) -> u16 {
         match self {
             Refusal::NoRoute => 404,
+            Refusal::PurgeForbidden => 403,
             Refusal::NoHealthyEndpoint | Refusal::UpstreamUnavailable => 502,
             Refusal::UpstreamTimeout => 504,
             Refusal::BadRequest => 400,
@@ -106,6 +133,7 @@ impl Refusal {
     fn code(self) -> &'static str {
         match self {
             Refusal::NoRoute => "no_route",
+            Refusal::PurgeForbidden => "purge_forbidden",
             Refusal::NoHealthyEndpoint => "no_healthy_endpoint",
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::UpstreamUnavailable => "upstream_unavailable",
@@ -140,6 +168,7 @@ impl Edge {
         upstreams: Arc<Upstreams>,
         filters: FilterHost,
         geo: Option<Arc<Geo>>,
+        cache: Option<Arc<Cache>>,
         access_log: AccessLogger,
     ) -> Self {
         Edge {
@@ -147,6 +176,7 @@ impl Edge {
             geo,
             upstreams,
             filters,
+            cache,
             access_log,
             inflight: Arc::new(AtomicUsize::new(0)),
         }
@@ -172,17 +202,7 @@ impl Edge {
             "request_id": ctx.request_id.to_str().unwrap_or_default(),
         })
         .to_string();
-        let mut resp = ResponseHeader::build(refusal.status(), Some(5))?;
-        resp.insert_header(header::CONTENT_TYPE, "application/json")?;
-        resp.insert_header(header::CACHE_CONTROL, "no-store")?;
-        resp.insert_header(REQUEST_ID, ctx.request_id.clone())?;
-        resp.set_content_length(body.len())?;
-        session.write_response_header(Box::new(resp), false).await?;
-        session
-            .write_response_body(Some(Bytes::from(body)), true)
-            .await?;
-        drain_unread_body(session).await;
-        Ok(())
+        write_json(session, ctx, refusal.status(), body).await
     }
 
     /// Writes a filter's answer as the whole response.
@@ -228,6 +248,147 @@ impl Edge {
         ctx.upstream.map(|id| self.upstreams.get(id).name())
     }
 
+    /// The request's route's caching, when the cache is on for this request.
+    fn route_cache<'a>(&self, ctx: &'a RequestCtx) -> Option<&'a RouteCache> {
+        ctx.route
+            .as_deref()
+            .and_then(|r| r.cache.as_ref())
+            .filter(|_| ctx.caching)
+    }
+
+    /// Answers a `PURGE` request: removes every cached object of its URL (all variants), or
+    /// marks them stale with `Soft-Purge: 1`.
+    async fn purge_request(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        cache: &Cache,
+    ) -> Result<()> {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        if !cache.may_purge(client) {
+            let message = "PURGE is not allowed from this address (see `cache.purge_allowed_from`)";
+            return self
+                .refuse(session, ctx, Refusal::PurgeForbidden, message)
+                .await;
+        }
+        let req = session.req_header();
+        let soft = ["soft-purge", "fastly-soft-purge"]
+            .iter()
+            .any(|name| req.headers.get(*name).is_some_and(|v| v.as_bytes() == b"1"));
+        let mode = if soft {
+            PurgeMode::Soft
+        } else {
+            PurgeMode::Hard
+        };
+        let url = cache::ObjectUrl::of(req);
+        let target = PurgeTarget::Url {
+            host: Some(url.host),
+            path_and_query: url.path_and_query,
+        };
+        let purged = cache.purge(&target, mode, "url");
+        let body = serde_json::json!({"purged": purged, "mode": mode.as_str()}).to_string();
+        write_json(session, ctx, 200, body).await
+    }
+
+    /// Runs a response head through the filters of `phase`. A filter's answer replaces the
+    /// head here, and the body in the same phase.
+    async fn filter_response_head(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        phase: ResponsePhase,
+    ) -> Result<()> {
+        let Some(chain) = ctx.chain.as_mut().filter(|c| c.has_response_phase(phase)) else {
+            return Ok(());
+        };
+        let end_of_stream = !response_has_body(session.req_header(), resp);
+        let verdict = chain
+            .on_response_headers(phase, session.req_header_mut(), resp, end_of_stream)
+            .await;
+        let body = match phase {
+            ResponsePhase::BeforeCache => &mut ctx.before_cache,
+            ResponsePhase::AfterCache => &mut ctx.after_cache,
+        };
+        body.has_body = !end_of_stream;
+        let answer = match verdict {
+            Verdict::Continue => {
+                if body.has_body {
+                    // Filters may change the body's length: HTTP/2 frames it, HTTP/1.1 chunks
+                    // it (Pingora chunks an upstream response without a length itself).
+                    resp.remove_header(&header::CONTENT_LENGTH);
+                    let to_client_h1 = phase == ResponsePhase::AfterCache
+                        && session.req_header().version != Version::HTTP_2;
+                    if to_client_h1 {
+                        resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+                    }
+                }
+                return Ok(());
+            }
+            Verdict::Close => return Err(closed_by_filter()),
+            Verdict::Respond(response) => Answer::Local(response),
+            Verdict::Fail(failure) => Answer::FilterFailed(failure),
+        };
+        // The head has not left yet: replace it, and the body after it.
+        let (head, replacement) = answer_response(&answer, &ctx.request_id)?;
+        if let Answer::FilterFailed(failure) = &answer {
+            ctx.filter_error = Some(failure.code);
+        }
+        *resp = head;
+        body.replaced = true;
+        body.replacement = Some(replacement);
+        Ok(())
+    }
+
+    /// Runs a response body chunk through the filters of `phase`.
+    fn filter_response_body(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+        phase: ResponsePhase,
+    ) -> Result<()> {
+        let state = match phase {
+            ResponsePhase::BeforeCache => &mut ctx.before_cache,
+            ResponsePhase::AfterCache => &mut ctx.after_cache,
+        };
+        if state.replaced {
+            // A filter's answer replaced the response: its body once, never the upstream's.
+            *body = Some(state.replacement.take().unwrap_or_default());
+            return Ok(());
+        }
+        let Some(chain) = ctx
+            .chain
+            .as_mut()
+            .filter(|_| state.has_body && !state.ended)
+        else {
+            return Ok(());
+        };
+        state.ended = end_of_stream;
+        let (data, verdict) =
+            chain.on_response_body(phase, session.req_header_mut(), body.take(), end_of_stream);
+        *body = Some(data);
+        match verdict {
+            Verdict::Continue => Ok(()),
+            // The head is gone: the only honest ending is to cut the response short.
+            Verdict::Close => Err(closed_by_filter()),
+            Verdict::Respond(_) | Verdict::Fail(_) => {
+                if let Verdict::Fail(failure) = &verdict {
+                    ctx.filter_error = Some(failure.code);
+                }
+                log::warn!("a filter answered after the response head was sent ({verdict:?}); aborting the response");
+                Error::e_explain(
+                    ErrorType::InternalError,
+                    "filter answered during the response body",
+                )
+            }
+        }
+    }
+
     fn stream_info(&self, session: &Session, ctx: &RequestCtx, route: &Route) -> StreamInfo {
         let client = session.client_addr().and_then(|a| a.as_inet()).copied();
         let effective_address = client.map(|peer| match &self.geo {
@@ -269,13 +430,17 @@ impl ProxyHttp for Edge {
             refusal: None,
             chain: None,
             request_has_body: false,
-            response_has_body: false,
-            response_replaced: false,
-            replacement_body: None,
+            before_cache: BodyPhase::default(),
+            after_cache: BodyPhase::default(),
             pending_answer: None,
             filter_error: None,
             upstream_started: None,
             upstream: None,
+            upstream_status: None,
+            caching: false,
+            cache_bypass: None,
+            cache_outcome: None,
+            upstream_body_bytes: 0,
             _inflight: InflightGuard(self.inflight.clone()),
         }
     }
@@ -285,10 +450,22 @@ impl ProxyHttp for Edge {
         session
             .req_header_mut()
             .insert_header(REQUEST_ID, ctx.request_id.clone())?;
+        if let Some(cache) = self
+            .cache
+            .as_ref()
+            .filter(|_| is_purge(session.req_header()))
+        {
+            self.purge_request(session, ctx, cache).await?;
+            return Ok(true);
+        }
         match self.routes.find(session.req_header()) {
             Some(route) => {
                 ctx.route = Some(route.clone());
                 ctx.upstream = Some(route.upstream);
+                if let Some(route_cache) = &route.cache {
+                    ctx.cache_bypass = cache::bypass_reason(session.req_header(), route_cache);
+                    ctx.caching = ctx.cache_bypass.is_none() && self.cache.is_some();
+                }
                 let info = self.stream_info(session, ctx, route);
                 let Some(mut chain) = self.filters.chain(route, info, ctx.started) else {
                     return Ok(false);
@@ -433,12 +610,102 @@ impl ProxyHttp for Edge {
         )
     }
 
-    async fn upstream_response_filter(
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        if let Some(cache) = self.cache.as_ref().filter(|_| ctx.caching) {
+            cache.enable(&mut session.cache);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        match (self.route_cache(ctx), self.upstream_name(ctx)) {
+            (Some(route_cache), Some(upstream)) => Ok(cache::cache_key(
+                session.req_header(),
+                &route_cache.key,
+                upstream,
+            )),
+            _ => Error::e_explain(
+                ErrorType::InternalError,
+                "cache key without a caching route",
+            ),
+        }
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache::policy::variance(meta.headers(), req)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        Ok(match (self.route_cache(ctx), &self.cache) {
+            (Some(route_cache), Some(cache)) => {
+                cache::admission(session.req_header(), resp, route_cache, cache.max_object())
+            }
+            _ => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        })
+    }
+
+    fn should_serve_stale(
         &self,
         _session: &mut Session,
-        _upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        // An upstream 5xx arrives here as an error (no response hook sees it), for
+        // `Cache-Status: fwd-status`.
+        if let Some(ErrorType::HTTPStatus(status)) = error.map(|e| e.etype()) {
+            ctx.upstream_status = Some(*status);
+        }
+        // Whether the stored response's windows allow it was checked before this is asked.
+        error.is_none_or(|e| {
+            e.esource() == &ErrorSource::Upstream
+                || matches!(
+                    e.etype(),
+                    ErrorType::HTTPStatus(500..=599)
+                        | ErrorType::ConnectTimedout
+                        | ErrorType::ConnectRefused
+                        | ErrorType::ConnectNoRoute
+                        | ErrorType::ConnectError
+                        | ErrorType::ReadTimedout
+                )
+        })
+    }
+
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> RangeType {
+        // Filters see whole bodies: a route with response filters answers ranges in full.
+        let filtered = ctx
+            .chain
+            .as_ref()
+            .is_some_and(|c| c.has_response_phase(ResponsePhase::AfterCache));
+        if filtered {
+            return RangeType::None;
+        }
+        const MAX_RANGES: Option<usize> = Some(200);
+        pingora::proxy::range_header_filter(session.req_header(), resp, MAX_RANGES)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        ctx.upstream_status = Some(status);
         if let (Some(started), Some(upstream)) =
             (ctx.upstream_started.take(), self.upstream_name(ctx))
         {
@@ -447,7 +714,48 @@ impl ProxyHttp for Edge {
                 .with_label_values(&[upstream])
                 .observe(started.elapsed().as_secs_f64());
         }
-        Ok(())
+        let req = session.req_header();
+        if let Some(cache) = &self.cache {
+            // RFC 9111 §4.4: a successful unsafe request makes stored responses for its URL
+            // invalid.
+            if !req.method.is_safe() && (200..400).contains(&status) {
+                let url = cache::ObjectUrl::of(req);
+                let target = PurgeTarget::Url {
+                    host: Some(url.host),
+                    path_and_query: url.path_and_query,
+                };
+                cache.purge(&target, PurgeMode::Hard, "method");
+            }
+        }
+        self.filter_response_head(session, upstream_response, ctx, ResponsePhase::BeforeCache)
+            .await
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        self.filter_response_body(
+            session,
+            body,
+            end_of_stream,
+            ctx,
+            ResponsePhase::BeforeCache,
+        )?;
+        if let Some(cache) = self.cache.as_ref().filter(|_| session.cache.enabled()) {
+            // A response without a length that turns out too large streams through uncached.
+            ctx.upstream_body_bytes += body.as_ref().map_or(0, |b| b.len() as u64);
+            if ctx.upstream_body_bytes > cache.max_object() {
+                session
+                    .cache
+                    .response_became_uncacheable(NoCacheReason::ResponseTooLarge);
+                session.cache.disable(NoCacheReason::ResponseTooLarge);
+            }
+        }
+        Ok(None)
     }
 
     async fn response_filter(
@@ -462,38 +770,21 @@ impl ProxyHttp for Edge {
             session.req_header().version,
         );
         upstream_response.insert_header(header::VIA, via)?;
-        let Some(chain) = ctx.chain.as_mut() else {
-            return Ok(());
-        };
-        let end_of_stream = !response_has_body(session.req_header(), upstream_response);
-        ctx.response_has_body = !end_of_stream;
-        let verdict = chain
-            .on_response_headers(session.req_header_mut(), upstream_response, end_of_stream)
-            .await;
-        let answer = match verdict {
-            Verdict::Continue => {
-                if ctx.response_has_body {
-                    // Filters may change the body's length (HTTP/2 frames it; HTTP/1.1 chunks).
-                    upstream_response.remove_header(&header::CONTENT_LENGTH);
-                    if session.req_header().version != Version::HTTP_2 {
-                        upstream_response.insert_header(header::TRANSFER_ENCODING, "chunked")?;
-                    }
-                }
-                return Ok(());
-            }
-            Verdict::Close => return Err(closed_by_filter()),
-            Verdict::Respond(response) => Answer::Local(response),
-            Verdict::Fail(failure) => Answer::FilterFailed(failure),
-        };
-        // The response head has not left yet: replace it, and the body after it.
-        let (head, body) = answer_response(&answer, &ctx.request_id)?;
-        if let Answer::FilterFailed(failure) = &answer {
-            ctx.filter_error = Some(failure.code);
+        if ctx.route.as_ref().is_some_and(|r| r.cache.is_some()) && self.cache.is_some() {
+            cache::strip_cdn_fields(upstream_response);
+            let outcome = match ctx.cache_bypass {
+                Some(detail) => Outcome::Bypass { detail },
+                None => Outcome::from_phase(session.cache.phase(), ctx.upstream_status),
+            };
+            let ttl = outcome
+                .served_from_cache()
+                .then(|| session.cache.maybe_cache_meta().map(cache::ttl))
+                .flatten();
+            upstream_response.insert_header("cache-status", outcome.header_value(ttl))?;
+            ctx.cache_outcome = Some(outcome);
         }
-        *upstream_response = head;
-        ctx.response_replaced = true;
-        ctx.replacement_body = Some(body);
-        Ok(())
+        self.filter_response_head(session, upstream_response, ctx, ResponsePhase::AfterCache)
+            .await
     }
 
     fn response_body_filter(
@@ -503,32 +794,11 @@ impl ProxyHttp for Edge {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<std::time::Duration>> {
-        if ctx.response_replaced {
-            // A filter's answer replaced the response: send its body once, drop the upstream's.
-            *body = Some(ctx.replacement_body.take().unwrap_or_default());
-            return Ok(None);
-        }
-        let Some(chain) = ctx.chain.as_mut().filter(|_| ctx.response_has_body) else {
-            return Ok(None);
-        };
-        let (data, verdict) =
-            chain.on_response_body(session.req_header_mut(), body.take(), end_of_stream);
-        *body = Some(data);
-        match verdict {
-            Verdict::Continue => Ok(None),
-            // The head is gone: the only honest ending is to cut the response short.
-            Verdict::Close => Err(closed_by_filter()),
-            Verdict::Respond(_) | Verdict::Fail(_) => {
-                if let Verdict::Fail(failure) = &verdict {
-                    ctx.filter_error = Some(failure.code);
-                }
-                log::warn!("a filter answered after the response head was sent ({verdict:?}); aborting the response");
-                Error::e_explain(
-                    ErrorType::InternalError,
-                    "filter answered during the response body",
-                )
-            }
-        }
+        // Bodies served from the cache after a revalidation or a stale-if-error do not end
+        // with an end of stream here; the stored body running out is the end.
+        let end_of_stream = end_of_stream || cache::body_fully_read(&mut session.cache);
+        self.filter_response_body(session, body, end_of_stream, ctx, ResponsePhase::AfterCache)?;
+        Ok(None)
     }
 
     async fn fail_to_proxy(
@@ -577,7 +847,9 @@ impl ProxyHttp for Edge {
                     format!("upstream `{upstream}` failed: {}", e.etype().as_str())
                 }
                 Refusal::BadRequest => format!("bad request: {}", e.etype().as_str()),
-                Refusal::NoRoute | Refusal::Internal => "internal error".to_string(),
+                Refusal::NoRoute | Refusal::PurgeForbidden | Refusal::Internal => {
+                    "internal error".to_string()
+                }
             };
             if let Err(write_error) = self.refuse(session, ctx, refusal, &message).await {
                 log::debug!("cannot send the error response: {write_error}");
@@ -598,6 +870,12 @@ impl ProxyHttp for Edge {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route.as_deref().map_or("", |r| r.name.as_str());
         let metrics = metrics::global();
+        if let Some(outcome) = ctx.cache_outcome {
+            metrics
+                .cache_lookups
+                .with_label_values(&[route, outcome.metric_label()])
+                .inc();
+        }
         metrics
             .requests
             .with_label_values(&[route, status_label(status)])
@@ -643,6 +921,31 @@ fn status_label(status: u16) -> &'static str {
         0 => "none",
         _ => "other",
     }
+}
+
+/// Answers with edgeward's own JSON (never cached), then reads what the client still sends.
+async fn write_json(
+    session: &mut Session,
+    ctx: &RequestCtx,
+    status: u16,
+    body: String,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header(REQUEST_ID, ctx.request_id.clone())?;
+    resp.set_content_length(body.len())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from(body)), true)
+        .await?;
+    drain_unread_body(session).await;
+    Ok(())
+}
+
+/// `PURGE`, the method CDNs take for removing a URL from the cache.
+fn is_purge(req: &RequestHeader) -> bool {
+    req.method.as_str().eq_ignore_ascii_case("PURGE")
 }
 
 fn closed_by_filter() -> Box<Error> {

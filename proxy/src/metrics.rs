@@ -31,6 +31,13 @@ pub struct Metrics {
     pub filter_instances: IntGaugeVec,
     pub callouts: IntCounterVec,
     pub callout_failures: IntCounterVec,
+    pub cache_lookups: IntCounterVec,
+    pub cache_stores: IntCounter,
+    pub cache_evictions: IntCounterVec,
+    pub cache_bytes: IntGaugeVec,
+    pub cache_objects: IntGaugeVec,
+    pub cache_purged: IntCounterVec,
+    pub cache_disk_errors: IntCounterVec,
     custom: Mutex<Custom>,
 }
 
@@ -81,6 +88,10 @@ pub enum MetricError {
 fn counter(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels)
         .unwrap_or_else(|e| unreachable_metric(name, e))
+}
+
+fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| unreachable_metric(name, e))
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
@@ -143,8 +154,7 @@ impl Metrics {
                 "Filter instances created (at load, per request, after crashes), by filter.",
                 &["filter"],
             ),
-                        filter_instances: IntGaugeVec::new(Opts::new("edgeward_filter_instances", "Filter instances alive now, by filter."), &["filter"])
-                .unwrap_or_else(|e| unreachable_metric("edgeward_filter_instances", e)),
+                                    filter_instances: gauge("edgeward_filter_instances", "Filter instances alive now, by filter.", &["filter"]),
             callouts: counter(
                 "edgeward_filter_callouts_total",
                 "HTTP callouts made by filters, by filter and upstream.",
@@ -154,6 +164,30 @@ impl Metrics {
                 "edgeward_filter_callout_failures_total",
                 "HTTP callouts that failed, by filter, upstream and reason (refused, timeout, forbidden, ...).",
                 &["filter", "upstream", "reason"],
+            ),
+                        cache_lookups: counter(
+                "edgeward_cache_lookups_total",
+                "Requests on caching routes, by route and result (hit, stale, miss, expired, revalidated, bypass).",
+                &["route", "result"],
+            ),
+            cache_stores: IntCounter::new("edgeward_cache_stores_total", "Responses stored in the cache.")
+                .unwrap_or_else(|e| unreachable_metric("edgeward_cache_stores_total", e)),
+            cache_evictions: counter(
+                "edgeward_cache_evictions_total",
+                "Objects evicted to make room, by tier (memory, disk).",
+                &["tier"],
+            ),
+            cache_bytes: gauge("edgeward_cache_bytes", "Bytes the cache holds, by tier (memory, disk).", &["tier"]),
+            cache_objects: gauge("edgeward_cache_objects", "Objects the cache holds, by tier (memory, disk).", &["tier"]),
+            cache_purged: counter(
+                "edgeward_cache_purged_objects_total",
+                "Objects removed or marked stale by purges and invalidations, by how (url, surrogate_key, method) and mode (hard, soft).",
+                &["how", "mode"],
+            ),
+            cache_disk_errors: counter(
+                "edgeward_cache_disk_errors_total",
+                "Disk tier failures, by operation (read, write, corrupt).",
+                &["operation"],
             ),
             custom: Mutex::new(Custom::default()),
         };
@@ -171,6 +205,13 @@ impl Metrics {
             Box::new(metrics.filter_instances.clone()),
             Box::new(metrics.callouts.clone()),
             Box::new(metrics.callout_failures.clone()),
+            Box::new(metrics.cache_lookups.clone()),
+            Box::new(metrics.cache_stores.clone()),
+            Box::new(metrics.cache_evictions.clone()),
+            Box::new(metrics.cache_bytes.clone()),
+            Box::new(metrics.cache_objects.clone()),
+            Box::new(metrics.cache_purged.clone()),
+            Box::new(metrics.cache_disk_errors.clone()),
         ];
         for collector in collectors {
             if let Err(e) = metrics.registry.register(collector) {

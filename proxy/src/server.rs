@@ -15,6 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::access_log::AccessLogger;
 use crate::admin::{AdminServer, Readiness};
+use crate::cache::Cache;
 use crate::config::Config;
 use crate::edge::Edge;
 use crate::geo::{Geo, GeoError};
@@ -57,13 +58,19 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         draining: AtomicBool::new(false),
         unavailable_filters: Box::new(filters.unavailable_filters()),
     });
+    let cache = config
+        .cache
+        .as_ref()
+        .map(|settings| Arc::new(Cache::new(settings)));
     let admin = match &config.admin {
-        Some(admin) => Some(AdminServer::bind(admin.address, readiness.clone()).map_err(
-            |source| ServerError::Listen {
-                address: admin.address,
-                source,
-            },
-        )?),
+        Some(admin) => Some(
+            AdminServer::bind(admin.address, readiness.clone(), cache.clone()).map_err(
+                |source| ServerError::Listen {
+                    address: admin.address,
+                    source,
+                },
+            )?,
+        ),
         None => None,
     };
     let access_log = AccessLogger::open(&config.access_log).map_err(ServerError::AccessLog)?;
@@ -85,6 +92,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         upstreams,
         filters,
         geo,
+        cache,
         access_log,
     );
     let drain = GracefulSignals {
@@ -109,7 +117,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     server.add_services(filter_services);
     if let (Some(admin), Some(settings)) = (admin, &config.admin) {
         log::info!(
-            "admin listener on http://{} (/metrics, /healthz, /ready)",
+            "admin listener on http://{} (/metrics, /healthz, /ready, /cache/purge)",
             settings.address
         );
         server.add_service(background_service("admin", admin));

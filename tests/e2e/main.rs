@@ -6,6 +6,7 @@
 
 mod balancing;
 mod bodies;
+mod cache;
 mod cli;
 mod failures;
 mod filters;

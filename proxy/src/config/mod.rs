@@ -221,4 +221,54 @@ mod tests {
             );
         }
     }
+
+    #[test]
+    fn caching_routes_get_cache_defaults() {
+        let text = "listeners: [{address: 127.0.0.1:8080}]\nupstreams: {u: {endpoints: ['127.0.0.1:9000']}}\nroutes:\n  - {upstream: u, match: {path_prefix: /a/}}\n  - {match: {path_prefix: /s/}, upstream: u, cache: {default_ttl: 1m, key: [host, path, 'header:x-device', 'cookie:tier'], bypass: {headers: [authorization], cookies: [session]}}}\n";
+        let config = from_str(text, Path::new("t.yaml")).unwrap();
+        let cache = config.cache.as_ref().unwrap();
+        assert_eq!((cache.memory, cache.max_object), (256 << 20, 64 << 20));
+        let route = config.routes[1].cache.as_ref().unwrap();
+        assert_eq!(route.default_ttl, Some(std::time::Duration::from_secs(60)));
+        assert_eq!(
+            route.key,
+            vec![
+                KeyPart::Host,
+                KeyPart::Path,
+                KeyPart::Header(http::HeaderName::from_static("x-device")),
+                KeyPart::Cookie("tier".into())
+            ]
+        );
+        assert_eq!(route.bypass_cookies, vec!["session".to_string()]);
+        assert!(config.routes[0].cache.is_none());
+        // No caching route and no `cache` section: no cache at all.
+        assert!(from_str(MINIMAL, Path::new("t.yaml"))
+            .unwrap()
+            .cache
+            .is_none());
+    }
+
+    #[test]
+    fn cache_settings_are_checked() {
+        let bad = problems(
+            "listeners: [{address: 127.0.0.1:8080}]\ncache: {memory: 2MiB, max_object: 2MiB, lock_timeout: 0s, disk: {path: /tmp/x}, purge_allowed_from: [everyone]}\nupstreams: {u: {builtin: echo}}\nfilters: {f: {module: nowhere.wasm, response_phase: sideways}}\nroutes: [{upstream: u, cache: {key: [host, 'header:bad name', colour], default_ttl: soon, stale_if_error: -1s}}]\n",
+        );
+        let joined = bad.join("\n");
+        for expected in [
+            "`max_object` may be at most half of the cache `memory`",
+            "`lock_timeout` must be longer than zero",
+            "`disk` needs a `size`",
+            "`purge_allowed_from`: `everyone` is not an address",
+            "unknown response_phase `sideways`",
+            "key header `bad name` is not a header name",
+            "unknown key part `colour`",
+            "`default_ttl`: expected a duration",
+            "`stale_if_error`: expected a duration",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "missing {expected:?} in:\n{joined}"
+            );
+        }
+    }
 }

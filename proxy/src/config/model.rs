@@ -28,6 +28,57 @@ pub struct Config {
     pub admin: Option<Admin>,
     /// Geolocation of clients, when configured.
     pub geo: Option<GeoSettings>,
+    /// The HTTP cache, when a route caches or the `cache` section is present.
+    pub cache: Option<CacheSettings>,
+}
+
+/// The process-wide HTTP cache: its storage bounds and who may purge it.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// Most bytes the memory tier holds (bodies, headers and bookkeeping).
+    pub memory: u64,
+    /// A second tier on disk that survives restarts.
+    pub disk: Option<DiskCache>,
+    /// Larger responses stream through without being stored.
+    pub max_object: u64,
+    /// How long concurrent misses wait for the one request fetching the object.
+    pub lock_timeout: Duration,
+    /// Clients that may send `PURGE` requests.
+    pub purge_allowed_from: Vec<ipnet::IpNet>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DiskCache {
+    pub path: PathBuf,
+    /// Most bytes the files on disk take.
+    pub size: u64,
+}
+
+/// How a route caches.
+#[derive(Debug, Clone)]
+pub struct RouteCache {
+    /// Freshness of responses that state none; `None`: such responses are not stored.
+    pub default_ttl: Option<Duration>,
+    /// What tells two requests' responses apart.
+    pub key: Vec<KeyPart>,
+    /// Requests carrying any of these headers skip the cache.
+    pub bypass_headers: Vec<HeaderName>,
+    /// Requests carrying any of these cookies skip the cache.
+    pub bypass_cookies: Vec<String>,
+    /// Used when the response gives no `stale-while-revalidate`.
+    pub stale_while_revalidate: Duration,
+    /// Used when the response gives no `stale-if-error`.
+    pub stale_if_error: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyPart {
+    /// Lower-case, without port.
+    Host,
+    Path,
+    Query,
+    Header(HeaderName),
+    Cookie(String),
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +125,17 @@ pub struct Filter {
     pub vm_id: String,
     /// Upstreams the filter may call with `proxy_http_call`.
     pub callouts: Vec<UpstreamId>,
+    /// Whether the response callbacks shape what is cached or what each client gets.
+    pub response_phase: ResponsePhase,
+}
+
+/// Where a filter's response callbacks run relative to the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponsePhase {
+    /// On every response, hits included, after the cache: per-client changes are never stored.
+    AfterCache,
+    /// On responses from the upstream only, before they are stored: changes are cached.
+    BeforeCache,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +247,8 @@ pub struct Route {
     pub filters: Vec<FilterId>,
     /// Longest time filters may hold the request before it reaches the upstream.
     pub timeout: Duration,
+    /// Caching for this route, when enabled.
+    pub cache: Option<RouteCache>,
 }
 
 /// Every present condition must hold; an empty match accepts every request.

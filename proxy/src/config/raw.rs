@@ -56,6 +56,41 @@ pub struct RawConfig {
     pub wasm: Option<Located<RawWasm>>,
     pub admin: Option<Located<RawAdmin>>,
     pub geo: Option<Located<RawGeo>>,
+    pub cache: Option<Located<RawCache>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawCache {
+    pub memory: Option<Located<String>>,
+    pub disk: Option<Located<RawDiskCache>>,
+    pub max_object: Option<Located<String>>,
+    pub lock_timeout: Option<Located<String>>,
+    #[serde(default)]
+    pub purge_allowed_from: Vec<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawDiskCache {
+    pub path: Option<Located<String>>,
+    pub size: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRouteCache {
+    pub enabled: Option<Located<bool>>,
+    pub default_ttl: Option<Located<String>>,
+    pub key: Option<Located<Vec<Located<String>>>>,
+    pub bypass: Option<Located<RawBypass>>,
+    pub stale_while_revalidate: Option<Located<String>>,
+    pub stale_if_error: Option<Located<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawBypass {
+    #[serde(default)]
+    pub headers: Vec<Located<String>>,
+    #[serde(default)]
+    pub cookies: Vec<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +123,7 @@ pub struct RawFilter {
     pub on_error: Option<Located<String>>,
     pub vm_id: Option<Located<String>>,
     pub callouts: Option<Vec<Located<String>>>,
+    pub response_phase: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,6 +171,7 @@ pub struct RawRoute {
     pub host_rewrite: Option<Located<String>>,
     pub filters: Option<Located<Vec<Located<String>>>>,
     pub timeout: Option<Located<String>>,
+    pub cache: Option<Located<RawRouteCache>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,6 +14,8 @@ use super::units::{parse_duration, parse_size};
 use super::yaml::{Located, Mark};
 use super::Diagnostic;
 
+mod cache;
+
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -165,6 +167,8 @@ impl<'a> Validator<'a> {
         let admin = raw.admin.as_ref().map(|a| self.admin(a, &listeners));
         let geo = raw.geo.as_ref().and_then(|g| self.geo(g));
         let routes = self.routes(&raw.routes, &upstreams, &filters);
+        let a_route_caches = routes.iter().any(|r| r.cache.is_some());
+        let cache = self.cache(raw.cache.as_ref(), a_route_caches);
         let wasm = self.wasm(raw.wasm.as_ref());
         Config {
             source: source.to_path_buf(),
@@ -178,6 +182,7 @@ impl<'a> Validator<'a> {
             wasm,
             admin,
             geo,
+            cache,
         }
     }
 
@@ -193,21 +198,30 @@ impl<'a> Validator<'a> {
                 format!("geo: cannot read database `{}`: {e}", path.display()),
             );
         }
-        let mut trusted_proxies = Vec::new();
-        for proxy in &raw.trusted_proxies {
-            let text = proxy.trim();
-            let parsed = text
-                .parse::<ipnet::IpNet>()
-                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
-            match parsed {
-                Ok(net) => trusted_proxies.push(net),
-                Err(_) => self.error(proxy.mark, format!("`trusted_proxies`: `{text}` is not an address or CIDR range like 10.0.0.0/8")),
-            }
-        }
+        let trusted_proxies = self.networks(&raw.trusted_proxies, "trusted_proxies");
         Some(GeoSettings {
             database: path,
             trusted_proxies,
         })
+    }
+
+    /// Addresses or CIDR ranges (`10.0.0.0/8`, `::1`); a bad one is reported and skipped.
+    fn networks(&mut self, raw: &[Located<String>], key: &str) -> Vec<ipnet::IpNet> {
+        let mut networks = Vec::new();
+        for network in raw {
+            let text = network.trim();
+            let parsed = text
+                .parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+            match parsed {
+                Ok(net) => networks.push(net),
+                Err(_) => self.error(
+                    network.mark,
+                    format!("`{key}`: `{text}` is not an address or CIDR range like 10.0.0.0/8"),
+                ),
+            }
+        }
+        networks
     }
 
     fn admin(&mut self, raw: &Located<RawAdmin>, listeners: &[Listener]) -> Admin {
@@ -339,6 +353,15 @@ impl<'a> Validator<'a> {
                 ("fail_open", FailurePolicy::FailOpen),
             ],
         );
+        let response_phase = self.choice(
+            &raw.response_phase,
+            "response_phase",
+            ResponsePhase::AfterCache,
+            &[
+                ("after_cache", ResponsePhase::AfterCache),
+                ("before_cache", ResponsePhase::BeforeCache),
+            ],
+        );
         let limits = match &raw.limits {
             None => DEFAULT_FILTER_LIMITS,
             Some(limits) => self.filter_limits(limits),
@@ -377,6 +400,7 @@ impl<'a> Validator<'a> {
             on_error,
             vm_id,
             callouts,
+            response_phase,
         }
     }
 
@@ -779,6 +803,7 @@ impl<'a> Validator<'a> {
             }
         }
         let timeout = self.duration(&raw.timeout, "timeout", DEFAULT_ROUTE_TIMEOUT);
+        let cache = raw.cache.as_ref().and_then(|c| self.route_cache(c));
         Some(Route {
             name,
             matcher,
@@ -787,6 +812,7 @@ impl<'a> Validator<'a> {
             host_rewrite,
             filters: chain,
             timeout,
+            cache,
         })
     }
 

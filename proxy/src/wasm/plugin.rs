@@ -102,6 +102,7 @@ impl Plugin {
             vm_config: filter.vm_config.clone(),
             limits: filter.limits,
             callouts,
+            response_phase: filter.response_phase,
         });
         let slot_count = match filter.isolation {
             Isolation::Shared => workers.max(1),

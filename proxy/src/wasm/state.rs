@@ -14,7 +14,7 @@ use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 use super::cpu::CpuMeter;
 use super::dispatch::{HostServices, Job};
 use super::instance::Instance;
-use crate::config::{FilterLimits, UpstreamId};
+use crate::config::{FilterLimits, ResponsePhase, UpstreamId};
 use crate::geo::{Geo, GeoInfo};
 
 /// A configured filter as its guest code sees it.
@@ -28,6 +28,7 @@ pub struct PluginInfo {
     pub limits: FilterLimits,
     /// Upstreams `proxy_http_call` may name, with their ids.
     pub callouts: Vec<(String, UpstreamId)>,
+    pub response_phase: ResponsePhase,
 }
 
 pub struct HostState {

@@ -18,7 +18,7 @@ use super::cpu::CpuMeter;
 use super::instance::{HttpCallback, Instance, Outcome};
 use super::plugin::{Lease, Plugin};
 use super::state::{Fault, HttpData, LocalResponse, Phase, Resumption, StreamInfo};
-use crate::config::FailurePolicy;
+use crate::config::{FailurePolicy, ResponsePhase};
 use crate::metrics;
 
 /// What the proxy does after a phase.
@@ -197,13 +197,23 @@ impl FilterChain {
         (data, Verdict::Continue)
     }
 
+    /// Whether any filter's response callbacks run in `phase`.
+    pub fn has_response_phase(&self, phase: ResponsePhase) -> bool {
+        self.entries.iter().any(|e| e.in_phase(phase))
+    }
+
+    /// Runs the response head through the filters of `phase`, in reverse chain order.
     pub async fn on_response_headers(
         &mut self,
+        phase: ResponsePhase,
         req: &mut RequestHeader,
         resp: &mut ResponseHeader,
         end_of_stream: bool,
     ) -> Verdict {
         for i in (0..self.entries.len()).rev() {
+            if !self.entries[i].in_phase(phase) {
+                continue;
+            }
             let callback = HttpCallback::ResponseHeaders { end_of_stream };
             let (_, invoked) =
                 self.invoke(i, callback, req, ResponseSlot::Live(resp), BytesMut::new());
@@ -228,16 +238,20 @@ impl FilterChain {
     /// not async, so a paused end of stream cannot wait and goes on).
     pub fn on_response_body(
         &mut self,
+        phase: ResponsePhase,
         req: &mut RequestHeader,
         chunk: Option<Bytes>,
         end_of_stream: bool,
     ) -> (Bytes, Verdict) {
         let mut data = chunk.unwrap_or_default();
-        if let Some(info) = &mut self.scratch.info {
-            info.response_body_bytes += data.len() as u64;
+        if phase == ResponsePhase::AfterCache {
+            // What the client gets, for `response.size`-like properties.
+            if let Some(info) = &mut self.scratch.info {
+                info.response_body_bytes += data.len() as u64;
+            }
         }
         for i in (0..self.entries.len()).rev() {
-            if !self.entries[i].active {
+            if !self.entries[i].active || !self.entries[i].in_phase(phase) {
                 continue;
             }
             let invoked = match self.feed_body(i, Direction::Response, &data, end_of_stream, req) {
@@ -679,6 +693,11 @@ impl Entry {
             response_body: BytesMut::new(),
             warned_response_pause: false,
         }
+    }
+
+    /// Whether this filter's response callbacks run in `phase`.
+    fn in_phase(&self, phase: ResponsePhase) -> bool {
+        self.plugin.info.response_phase == phase
     }
 
     fn held_body(&mut self, direction: Direction) -> &mut BytesMut {

@@ -6,6 +6,12 @@
 //!   `content-length`; compare with [`expected_bytes_sha256`].
 //! - `/delay/{ms}`: waits `ms` milliseconds before the response headers, then echoes.
 //! - `/status/{code}`: that status with a small body.
+//! - `/cache/{name}?...`: a response shaped by the query, for cache tests (see
+//!   [`Origin::hits_for`]): `h=Name:Value` adds a response header (repeatable), `status=N`,
+//!   `size=N` sends `N` pattern bytes (as `/bytes`; `chunked=1` without a length) instead of
+//!   the JSON body `{"origin", "path", "n" (this path's hit count), "headers"}`, `etag=V`
+//!   sends `ETag: "V"` and answers `304` to a matching `If-None-Match`, `delay=MS` waits
+//!   first. [`Origin::set_failure`] makes these answer an error status instead.
 //! - anything else: a JSON echo of the request (see [`Origin::start`]).
 //!
 //! Every response carries `x-origin: <name>` so tests can see which origin answered.
@@ -53,6 +59,9 @@ struct State {
     hits: AtomicUsize,
     healthy: AtomicBool,
     last_request_headers: Mutex<BTreeMap<String, String>>,
+    hits_by_path: Mutex<BTreeMap<String, usize>>,
+    /// Status `/cache/...` answers with instead of its response.
+    failure: Mutex<Option<u16>>,
 }
 
 impl Origin {
@@ -77,6 +86,8 @@ impl Origin {
             hits: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             last_request_headers: Mutex::new(BTreeMap::new()),
+            hits_by_path: Mutex::new(BTreeMap::new()),
+            failure: Mutex::new(None),
         });
         let server = serve_http(listener, {
             let state = state.clone();
@@ -111,6 +122,22 @@ impl Origin {
     /// Make /healthz answer 503 (false) or 200 (true). Default healthy.
     pub fn set_healthy(&self, healthy: bool) {
         self.state.healthy.store(healthy, Ordering::SeqCst);
+    }
+
+    /// Requests received for `path` (without the query).
+    pub fn hits_for(&self, path: &str) -> usize {
+        self.state
+            .hits_by_path
+            .lock()
+            .unwrap()
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Makes `/cache/...` answer with `status` (Some) or behave normally again (None).
+    pub fn set_failure(&self, status: Option<u16>) {
+        *self.state.failure.lock().unwrap() = status;
     }
 
     /// Headers of the last non-/healthz request received (lower-case names; repeated values
@@ -171,6 +198,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         health(&state)
     } else {
         state.hits.fetch_add(1, Ordering::SeqCst);
+        *state
+            .hits_by_path
+            .lock()
+            .unwrap()
+            .entry(path.clone())
+            .or_default() += 1;
         *state.last_request_headers.lock().unwrap() = header_map(req.headers());
         route(&state, &path, req).await
     };
@@ -208,6 +241,9 @@ async fn route(state: &State, path: &str, req: Request<Incoming>) -> Response<Bo
         tokio::time::sleep(Duration::from_millis(ms)).await;
         return echo(state, req).await;
     }
+    if path.starts_with("/cache/") {
+        return shaped(state, path, req).await;
+    }
     if let Some(code) = path.strip_prefix("/status/") {
         return match code.parse::<u16>().map(StatusCode::from_u16) {
             Ok(Ok(status)) => text(status, &format!("status {}\n", status.as_u16())),
@@ -215,6 +251,73 @@ async fn route(state: &State, path: &str, req: Request<Incoming>) -> Response<Bo
         };
     }
     echo(state, req).await
+}
+
+/// A response shaped by the request's query (see the module docs).
+async fn shaped(state: &State, path: &str, req: Request<Incoming>) -> Response<Body> {
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let params: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    if let Some(ms) = param("delay").and_then(|ms| ms.parse().ok()) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(status) = *state.failure.lock().unwrap() {
+        return text(
+            StatusCode::from_u16(status).unwrap(),
+            "failing on purpose\n",
+        );
+    }
+    let mut builder = Response::builder();
+    for (_, header) in params.iter().filter(|(n, _)| n == "h") {
+        let (name, value) = header
+            .split_once(':')
+            .unwrap_or_else(|| panic!("h={header} is not Name:Value"));
+        builder = builder.header(name.trim(), value.trim());
+    }
+    if let Some(etag) = param("etag") {
+        let quoted = format!("\"{etag}\"");
+        let matches = req
+            .headers()
+            .get(hyper::header::IF_NONE_MATCH)
+            .is_some_and(|v| v.as_bytes() == quoted.as_bytes());
+        builder = builder.header(hyper::header::ETAG, quoted);
+        if matches {
+            return builder
+                .status(StatusCode::NOT_MODIFIED)
+                .body(full(String::new()))
+                .unwrap();
+        }
+    }
+    let status = param("status").map_or(200, |s| s.parse().unwrap());
+    builder = builder.status(status);
+    if let Some(size) = param("size").map(|s| s.parse::<u64>().unwrap()) {
+        let chunks = Pattern::new(size).map(|chunk| Ok::<_, Infallible>(Frame::data(chunk)));
+        let body = StreamBody::new(futures_util::stream::iter(chunks));
+        if param("chunked") != Some("1") {
+            builder = builder.header(CONTENT_LENGTH, size);
+        }
+        return builder
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(BodyExt::boxed(body))
+            .unwrap();
+    }
+    let json = serde_json::json!({
+        "origin": state.name,
+        "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
+        "n": state.hits_by_path.lock().unwrap().get(path).copied().unwrap_or(0),
+        "headers": header_map(req.headers()),
+    });
+    builder
+        .header(CONTENT_TYPE, "application/json")
+        .body(full(json.to_string()))
+        .unwrap()
 }
 
 /// Describes the request back as JSON, hashing the body as it streams in.

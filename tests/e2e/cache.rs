@@ -1,0 +1,765 @@
+//! The CDN cache through the real proxy, against a real origin that counts its requests:
+//! hits, what is not stored, freshness rules, Vary, revalidation, stale serving, request
+//! coalescing, the memory bound, ranges, purges and filters around the cache.
+
+use std::time::Duration;
+
+use edgeward_testkit::{client, expected_bytes_sha256, filters, reqwest, Origin, Proxy};
+use serde_json::Value;
+
+use crate::support::{config, eventually, start_proxy};
+
+/// What came back: status, headers, body.
+struct Answer {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: bytes::Bytes,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    fn cache_status(&self) -> &str {
+        self.header("cache-status").unwrap_or("")
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+
+    /// The origin's hit count for the path when it made this response.
+    fn n(&self) -> u64 {
+        self.json()["n"].as_u64().unwrap()
+    }
+}
+
+async fn request(proxy: &Proxy, method: &str, path: &str, headers: &[(&str, &str)]) -> Answer {
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = client::http1().request(method, proxy.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("request through the proxy");
+    Answer {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.bytes().await.expect("response body"),
+    }
+}
+
+async fn get(proxy: &Proxy, path: &str) -> Answer {
+    request(proxy, "GET", path, &[]).await
+}
+
+/// A proxy caching everything under `/cache/` from `origin` with the route cache settings
+/// `route_cache` (YAML flow mapping entries) and the top-level `cache` section `cache`.
+async fn caching_proxy(origin: &Origin, route_cache: &str, cache: &str) -> Proxy {
+    start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+admin: {address: "{{admin}}"}
+cache: {$cache}
+upstreams:
+  origin: {endpoints: ["$origin"], read_timeout: 5s}
+routes:
+  - {match: {path_prefix: /cache/}, upstream: origin, cache: {$route_cache}}
+  - {upstream: origin}
+"#,
+        &[
+            ("origin", origin.addr().to_string()),
+            ("route_cache", route_cache.to_string()),
+            ("cache", cache.to_string()),
+        ],
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn a_second_request_is_a_hit_and_the_origin_is_not_asked_again() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "").await;
+    let path = "/cache/hello?h=cache-control:max-age=60";
+
+    let first = get(&proxy, path).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.cache_status(), "edgeward; fwd=miss; stored");
+    assert_eq!(first.n(), 1);
+
+    let second = get(&proxy, path).await;
+    assert_eq!(second.status, 200);
+    assert!(
+        second.cache_status().starts_with("edgeward; hit; ttl="),
+        "{}",
+        second.cache_status()
+    );
+    assert_eq!(second.n(), 1, "the stored body");
+    assert!(second.header("age").is_some(), "hits carry Age");
+    assert_eq!(origin.hits_for("/cache/hello"), 1);
+
+    // HEAD is answered from the same object, without a body.
+    let head = request(&proxy, "HEAD", path, &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(
+        head.cache_status().contains("hit"),
+        "{}",
+        head.cache_status()
+    );
+    assert!(head.body.is_empty());
+    assert_eq!(origin.hits_for("/cache/hello"), 1);
+
+    // Routes without `cache` are untouched.
+    let uncached = get(&proxy, "/other").await;
+    assert_eq!(uncached.header("cache-status"), None);
+}
+
+#[tokio::test]
+async fn uncacheable_responses_are_not_stored() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "default_ttl: 60s", "").await;
+    for (name, query, detail) in [
+        ("no-store", "h=cache-control:no-store", "no-store"),
+        ("private", "h=cache-control:private,max-age=60", "private"),
+        (
+            "cookie",
+            "h=cache-control:max-age=60&h=set-cookie:id=1",
+            "set-cookie",
+        ),
+        ("no-ttl", "status=302&h=location:/x", "no-freshness"),
+    ] {
+        let path = format!("/cache/{name}?{query}");
+        for round in 1..=2 {
+            let answer = get(&proxy, &path).await;
+            assert_eq!(
+                answer.cache_status(),
+                format!("edgeward; fwd=miss; detail={detail}"),
+                "{name}, request {round}"
+            );
+        }
+        assert_eq!(origin.hits_for(&format!("/cache/{name}")), 2, "{name}");
+    }
+
+    // `public` makes a Set-Cookie response storable, but the cookie is never replayed.
+    let path = "/cache/public-cookie?h=cache-control:public,max-age=60&h=set-cookie:id=1";
+    let first = get(&proxy, path).await;
+    assert_eq!(first.header("set-cookie"), Some("id=1"));
+    let hit = get(&proxy, path).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert_eq!(hit.header("set-cookie"), None);
+
+    // Without explicit freshness, the route's default_ttl applies to cacheable statuses.
+    get(&proxy, "/cache/default").await;
+    let hit = get(&proxy, "/cache/default").await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert_eq!(origin.hits_for("/cache/default"), 1);
+}
+
+#[tokio::test]
+async fn targeted_fields_and_s_maxage_decide_freshness() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "").await;
+    // s-maxage beats max-age for a shared cache.
+    let path = "/cache/s?h=cache-control:max-age=0,s-maxage=120";
+    get(&proxy, path).await;
+    let hit = get(&proxy, path).await;
+    assert!(
+        hit.cache_status().starts_with("edgeward; hit; ttl=1"),
+        "{}",
+        hit.cache_status()
+    );
+    assert_eq!(origin.hits_for("/cache/s"), 1);
+
+    // CDN-Cache-Control governs this cache, overriding a private Cache-Control; it is
+    // kept for downstream CDNs, while Surrogate-Control and surrogate keys are removed.
+    let path =
+        "/cache/cdn?h=cache-control:private&h=cdn-cache-control:max-age=300&h=surrogate-key:a";
+    let first = get(&proxy, path).await;
+    let hit = get(&proxy, path).await;
+    assert!(
+        hit.cache_status().starts_with("edgeward; hit; ttl=2"),
+        "{}",
+        hit.cache_status()
+    );
+    assert_eq!(hit.header("cache-control"), Some("private"));
+    assert_eq!(first.header("surrogate-key"), None);
+    assert_eq!(hit.header("surrogate-key"), None);
+    assert_eq!(origin.hits_for("/cache/cdn"), 1);
+
+    // Surrogate-Control too, and it never reaches the client.
+    let path = "/cache/surrogate?h=surrogate-control:max-age=50&h=cache-control:no-store";
+    get(&proxy, path).await;
+    let hit = get(&proxy, path).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert_eq!(hit.header("surrogate-control"), None);
+}
+
+#[tokio::test]
+async fn vary_keeps_one_variant_per_accept_encoding() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "").await;
+    let path = "/cache/vary?h=cache-control:max-age=60&h=vary:accept-encoding";
+    let gzip = [("accept-encoding", "gzip")];
+    let br = [("accept-encoding", "br")];
+
+    let first_gzip = request(&proxy, "GET", path, &gzip).await;
+    let first_br = request(&proxy, "GET", path, &br).await;
+    assert_eq!((first_gzip.n(), first_br.n()), (1, 2));
+    for _ in 0..2 {
+        let gzip_hit = request(&proxy, "GET", path, &gzip).await;
+        let br_hit = request(&proxy, "GET", path, &br).await;
+        assert!(
+            gzip_hit.cache_status().contains("hit"),
+            "{}",
+            gzip_hit.cache_status()
+        );
+        assert!(
+            br_hit.cache_status().contains("hit"),
+            "{}",
+            br_hit.cache_status()
+        );
+        assert_eq!(gzip_hit.json()["headers"]["accept-encoding"], "gzip");
+        assert_eq!(br_hit.json()["headers"]["accept-encoding"], "br");
+    }
+    assert_eq!(origin.hits_for("/cache/vary"), 2);
+}
+
+#[tokio::test]
+async fn expired_objects_are_revalidated_and_a_304_refreshes_them() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "").await;
+    let path = "/cache/etag?h=cache-control:max-age=1&etag=v1";
+    let first = get(&proxy, path).await;
+    assert_eq!(first.header("etag"), Some("\"v1\""));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let revalidated = get(&proxy, path).await;
+    assert_eq!(revalidated.status, 200);
+    assert!(
+        revalidated
+            .cache_status()
+            .starts_with("edgeward; fwd=stale; fwd-status=304"),
+        "{}",
+        revalidated.cache_status()
+    );
+    assert_eq!(
+        revalidated.n(),
+        1,
+        "the stored body, confirmed by the origin"
+    );
+    assert_eq!(
+        origin
+            .last_request_headers()
+            .get("if-none-match")
+            .map(String::as_str),
+        Some("\"v1\""),
+        "the origin was asked conditionally"
+    );
+    // Refreshed: fresh again without asking the origin.
+    let hit = get(&proxy, path).await;
+    assert!(
+        hit.cache_status().starts_with("edgeward; hit"),
+        "{}",
+        hit.cache_status()
+    );
+    assert_eq!(origin.hits_for("/cache/etag"), 2);
+
+    // A new version replaces the stored one.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let changed = "/cache/changed?h=cache-control:max-age=1";
+    get(&proxy, changed).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let refetched = get(&proxy, changed).await;
+    assert_eq!(refetched.cache_status(), "edgeward; fwd=stale; stored");
+    assert_eq!(refetched.n(), 2);
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_stale_once_then_fresh() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "stale_while_revalidate: 30s", "").await;
+    let path = "/cache/swr?h=cache-control:max-age=1";
+    assert_eq!(get(&proxy, path).await.n(), 1);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let stale = get(&proxy, path).await;
+    assert!(
+        stale
+            .cache_status()
+            .contains("detail=stale-while-revalidate"),
+        "{}",
+        stale.cache_status()
+    );
+    assert_eq!(stale.n(), 1, "served stale at once");
+    // The background refresh lands; then the fresh copy is served.
+    let fresh = eventually("the refreshed object", || async {
+        let answer = get(&proxy, path).await;
+        (answer.n() == 2).then_some(answer)
+    })
+    .await;
+    assert!(
+        fresh.cache_status().starts_with("edgeward; hit"),
+        "{}",
+        fresh.cache_status()
+    );
+    assert_eq!(origin.hits_for("/cache/swr"), 2);
+}
+
+#[tokio::test]
+async fn stale_if_error_serves_stale_while_the_origin_fails() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "stale_if_error: 300s", "").await;
+    let path = "/cache/sie?h=cache-control:max-age=1";
+    get(&proxy, path).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    // The origin answers 503: the stale copy is served.
+    origin.set_failure(Some(503));
+    let stale = get(&proxy, path).await;
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.n(), 1);
+    assert!(
+        stale
+            .cache_status()
+            .starts_with("edgeward; fwd=stale; fwd-status=503"),
+        "{}",
+        stale.cache_status()
+    );
+    assert!(stale.cache_status().ends_with("detail=stale-if-error"));
+
+    // The origin is gone altogether: still served.
+    drop(origin);
+    let stale = get(&proxy, path).await;
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.n(), 1);
+    assert!(
+        stale.cache_status().contains("detail=stale-if-error"),
+        "{}",
+        stale.cache_status()
+    );
+
+    // Without stale-if-error, an error is an error.
+    let strict_origin = Origin::start("origin").await;
+    let strict = caching_proxy(&strict_origin, "enabled: true", "").await;
+    get(&strict, path).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    strict_origin.set_failure(Some(503));
+    assert_eq!(get(&strict, path).await.status, 503);
+}
+
+#[tokio::test]
+async fn concurrent_misses_make_one_origin_request() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "").await;
+    let path = "/cache/herd?h=cache-control:max-age=60&delay=500";
+    let requests: Vec<_> = (0..50).map(|_| get(&proxy, path)).collect();
+    let answers = futures_util::future::join_all(requests).await;
+    for answer in &answers {
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.n(), 1);
+    }
+    assert_eq!(origin.hits_for("/cache/herd"), 1);
+}
+
+#[tokio::test]
+async fn memory_stays_within_its_bound_while_filling_four_times_over() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "memory: 4MiB, max_object: 1MiB").await;
+    // 16 MiB of 256 KiB objects into a 4 MiB cache.
+    for i in 0..64 {
+        let path = format!("/cache/fill-{i}?h=cache-control:max-age=600&size=262144");
+        let answer = get(&proxy, &path).await;
+        assert_eq!(answer.body.len(), 262_144);
+        let stored = metric(&proxy, "edgeward_cache_bytes{tier=\"memory\"}").await;
+        assert!(stored <= 4.0 * 1024.0 * 1024.0, "{stored} bytes stored");
+    }
+    let evictions = metric(&proxy, "edgeward_cache_evictions_total{tier=\"memory\"}").await;
+    assert!(evictions >= 40.0, "{evictions} evictions");
+    // The most recent objects are still there; the first ones are gone.
+    let recent = get(
+        &proxy,
+        "/cache/fill-63?h=cache-control:max-age=600&size=262144",
+    )
+    .await;
+    assert!(
+        recent.cache_status().contains("hit"),
+        "{}",
+        recent.cache_status()
+    );
+    let evicted = get(
+        &proxy,
+        "/cache/fill-0?h=cache-control:max-age=600&size=262144",
+    )
+    .await;
+    assert!(
+        evicted.cache_status().contains("fwd=miss"),
+        "{}",
+        evicted.cache_status()
+    );
+
+    // Larger than max_object, with or without a length: streamed whole, not stored.
+    for (name, chunked) in [("big", ""), ("big-chunked", "&chunked=1")] {
+        let path = format!("/cache/{name}?h=cache-control:max-age=600&size=3000000{chunked}");
+        for _ in 0..2 {
+            let answer = get(&proxy, &path).await;
+            assert_eq!(answer.body.len(), 3_000_000);
+            assert_eq!(sha256_hex(&answer.body), expected_bytes_sha256(3_000_000));
+            assert!(
+                answer.cache_status().contains("fwd=miss"),
+                "{}",
+                answer.cache_status()
+            );
+        }
+        assert_eq!(origin.hits_for(&format!("/cache/{name}")), 2, "{name}");
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// The value of a metric line (exact name with labels) on the admin listener.
+async fn metric(proxy: &Proxy, series: &str) -> f64 {
+    let text = client::http1()
+        .get(format!(
+            "http://{}/metrics",
+            proxy.placeholder_addr("admin")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn ranges_are_served_from_the_stored_object() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "").await;
+    let path = "/cache/ranged?h=cache-control:max-age=60&size=10000";
+    let full = get(&proxy, path).await;
+    let ranged = request(&proxy, "GET", path, &[("range", "bytes=100-199")]).await;
+    assert_eq!(ranged.status, 206);
+    assert_eq!(ranged.header("content-range"), Some("bytes 100-199/10000"));
+    assert_eq!(&ranged.body[..], &full.body[100..200]);
+    assert!(
+        ranged.cache_status().contains("hit"),
+        "{}",
+        ranged.cache_status()
+    );
+    assert_eq!(origin.hits_for("/cache/ranged"), 1);
+}
+
+#[tokio::test]
+async fn bypass_rules_and_other_methods_skip_the_cache() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(
+        &origin,
+        "enabled: true, bypass: {headers: [authorization], cookies: [session]}",
+        "",
+    )
+    .await;
+    let path = "/cache/bypass?h=cache-control:public,max-age=60";
+    get(&proxy, path).await;
+    let with_auth = request(&proxy, "GET", path, &[("authorization", "Bearer x")]).await;
+    assert_eq!(
+        with_auth.cache_status(),
+        "edgeward; fwd=bypass; detail=header"
+    );
+    let with_session = request(&proxy, "GET", path, &[("cookie", "a=1; session=abc")]).await;
+    assert_eq!(
+        with_session.cache_status(),
+        "edgeward; fwd=bypass; detail=cookie"
+    );
+    let other_cookie = request(&proxy, "GET", path, &[("cookie", "theme=dark")]).await;
+    assert!(other_cookie.cache_status().contains("hit"));
+    assert_eq!(origin.hits_for("/cache/bypass"), 3);
+
+    // PUT and DELETE pass through untouched and invalidate the URL's stored responses.
+    let put = request(&proxy, "PUT", path, &[]).await;
+    assert_eq!(put.status, 200);
+    assert_eq!(put.cache_status(), "edgeward; fwd=bypass; detail=method");
+    let after_put = get(&proxy, path).await;
+    assert!(
+        after_put.cache_status().contains("fwd=miss"),
+        "{}",
+        after_put.cache_status()
+    );
+    assert!(get(&proxy, path).await.cache_status().contains("hit"));
+    request(&proxy, "DELETE", path, &[]).await;
+    assert!(get(&proxy, path).await.cache_status().contains("fwd=miss"));
+}
+
+#[tokio::test]
+async fn purges_by_url_and_surrogate_key() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "purge_allowed_from: [127.0.0.1]").await;
+    let tagged = |name: &str, tags: &str| {
+        format!("/cache/{name}?h=cache-control:max-age=600&h=surrogate-key:{tags}")
+    };
+    let a = tagged("a", "product-1+all");
+    let b = tagged("b", "product-2+all");
+    let vary = "/cache/v?h=cache-control:max-age=600&h=vary:accept-language";
+    for path in [&a, &b] {
+        get(&proxy, path).await;
+    }
+    request(&proxy, "GET", vary, &[("accept-language", "en")]).await;
+    request(&proxy, "GET", vary, &[("accept-language", "fr")]).await;
+    let cached = |answer: &Answer| answer.cache_status().contains("hit");
+
+    // PURGE of a URL removes every variant.
+    let purge = request(&proxy, "PURGE", vary, &[]).await;
+    assert_eq!(purge.status, 200);
+    assert_eq!(
+        purge.json(),
+        serde_json::json!({"purged": 2, "mode": "hard"})
+    );
+    assert!(!cached(
+        &request(&proxy, "GET", vary, &[("accept-language", "en")]).await
+    ));
+
+    // The admin API purges by surrogate key.
+    let purged = admin_purge(&proxy, serde_json::json!({"surrogate_key": "product-1"})).await;
+    assert_eq!(purged, serde_json::json!({"purged": 1, "mode": "hard"}));
+    assert!(!cached(&get(&proxy, &a).await));
+    assert!(cached(&get(&proxy, &b).await));
+    let purged = admin_purge(&proxy, serde_json::json!({"surrogate_key": "all"})).await;
+    assert_eq!(purged["purged"], 2);
+
+    // ... and by URL, absolute or a bare path.
+    get(&proxy, &a).await;
+    let host = format!("http://{}{a}", proxy.addr());
+    assert_eq!(
+        admin_purge(&proxy, serde_json::json!({"url": host})).await["purged"],
+        1
+    );
+    get(&proxy, &a).await;
+    assert_eq!(
+        admin_purge(&proxy, serde_json::json!({"url": a})).await["purged"],
+        1
+    );
+
+    // A soft purge marks stale: the next request revalidates instead of refetching.
+    let etagged = "/cache/soft?h=cache-control:max-age=600&etag=s1";
+    get(&proxy, etagged).await;
+    let soft = request(&proxy, "PURGE", etagged, &[("soft-purge", "1")]).await;
+    assert_eq!(
+        soft.json(),
+        serde_json::json!({"purged": 1, "mode": "soft"})
+    );
+    let revalidated = get(&proxy, etagged).await;
+    assert!(
+        revalidated
+            .cache_status()
+            .starts_with("edgeward; fwd=stale; fwd-status=304"),
+        "{}",
+        revalidated.cache_status()
+    );
+    assert_eq!(origin.hits_for("/cache/soft"), 2);
+
+    let metrics = metric(
+        &proxy,
+        "edgeward_cache_purged_objects_total{how=\"surrogate_key\",mode=\"hard\"}",
+    )
+    .await;
+    assert_eq!(metrics, 3.0);
+}
+
+async fn admin_purge(proxy: &Proxy, body: Value) -> Value {
+    let response = client::http1()
+        .post(format!(
+            "http://{}/cache/purge",
+            proxy.placeholder_addr("admin")
+        ))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn purge_is_refused_from_other_addresses() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "purge_allowed_from: [10.0.0.0/8]").await;
+    let path = "/cache/kept?h=cache-control:max-age=600";
+    get(&proxy, path).await;
+    let refused = request(&proxy, "PURGE", path, &[]).await;
+    assert_eq!(refused.status, 403);
+    assert_eq!(refused.json()["error"], "purge_forbidden");
+    assert!(get(&proxy, path).await.cache_status().contains("hit"));
+    // The admin listener is trusted: it purges regardless.
+    let bad = client::http1()
+        .post(format!(
+            "http://{}/cache/purge",
+            proxy.placeholder_addr("admin")
+        ))
+        .body("{\"nonsense\": 1}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    assert_eq!(
+        admin_purge(&proxy, serde_json::json!({"url": path})).await["purged"],
+        1
+    );
+}
+
+/// A proxy with filters around a caching route: `chain` names them, `filters` defines them.
+async fn filtered_proxy(origin: &Origin, filters: &str, chain: &str) -> Proxy {
+    start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+upstreams:
+  origin: {endpoints: ["$origin"]}
+filters:
+$filters
+routes:
+  - {upstream: origin, filters: [$chain], cache: {enabled: true}}
+"#,
+        &[
+            ("origin", origin.addr().to_string()),
+            ("filters", filters.to_string()),
+            ("chain", chain.to_string()),
+        ],
+    ))
+    .await
+}
+
+#[tokio::test]
+async fn response_filters_run_on_hits_and_never_change_what_is_stored() {
+    let origin = Origin::start("origin").await;
+    let filters = config(
+        r#"
+  per-client:
+    module: $add_headers
+    config: {response: {set: {x-for: "${request.headers.x-user}"}}}
+  stored:
+    module: $add_headers
+    response_phase: before_cache
+    config: {response: {set: {x-first: "${request.headers.x-user}"}}}
+"#,
+        &[("add_headers", filters::ADD_HEADERS.to_string())],
+    );
+    let proxy = filtered_proxy(&origin, &filters, "per-client, stored").await;
+    let path = "/cache/filtered?h=cache-control:max-age=60";
+    let alice = request(&proxy, "GET", path, &[("x-user", "alice")]).await;
+    assert_eq!(alice.header("x-for"), Some("alice"));
+    assert_eq!(alice.header("x-first"), Some("alice"));
+    let bob = request(&proxy, "GET", path, &[("x-user", "bob")]).await;
+    assert!(bob.cache_status().contains("hit"), "{}", bob.cache_status());
+    // After the cache: run for bob on his hit. Before it: alice's response, as stored.
+    assert_eq!(bob.header("x-for"), Some("bob"));
+    assert_eq!(bob.header("x-first"), Some("alice"));
+    assert_eq!(origin.hits_for("/cache/filtered"), 1);
+}
+
+#[tokio::test]
+async fn body_filters_see_whole_bodies_on_misses_hits_and_revalidations() {
+    let origin = Origin::start("origin").await;
+    let rewrite = |phase: &str| {
+        format!(
+            "    module: {}\n    response_phase: {phase}\n    config: {{response: {{find: \"\\\"origin\\\"\", replace: \"\\\"{phase}\\\"\"}}}}\n",
+            filters::BODY_REWRITER
+        )
+    };
+    let filters = format!(
+        "  after:\n{}  before:\n{}",
+        rewrite("after_cache"),
+        rewrite("before_cache")
+    );
+    // `before` rewrites `"origin"` in the stored body to `"before_cache"`. `after` buffers
+    // every body until its end before letting it out (finding nothing left to rewrite): a
+    // complete JSON body proves that both filters saw the whole body and its end.
+    let proxy = filtered_proxy(&origin, &filters, "after, before").await;
+    let path = "/cache/rewritten?h=cache-control:max-age=1&etag=r1";
+    let expect_whole = |answer: &Answer, what: &str| {
+        let json = answer.json();
+        assert_eq!(json["before_cache"], "before_cache", "{what}: {json}");
+        assert_eq!(json["n"], 1, "{what}: {json}");
+    };
+    let miss = get(&proxy, path).await;
+    assert!(
+        miss.cache_status().contains("fwd=miss"),
+        "{}",
+        miss.cache_status()
+    );
+    expect_whole(&miss, "miss");
+    let hit = get(&proxy, path).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    expect_whole(&hit, "hit");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let revalidated = get(&proxy, path).await;
+    assert!(
+        revalidated.cache_status().contains("fwd-status=304"),
+        "{}",
+        revalidated.cache_status()
+    );
+    expect_whole(&revalidated, "revalidation");
+}
+
+#[tokio::test]
+async fn a_jwt_protected_cached_route_still_rejects_requests_without_a_token() {
+    use base64::Engine as _;
+    let origin = Origin::start("origin").await;
+    let secret = b"a-secret-for-the-cache-test-0123";
+    let jwks = serde_json::json!({"keys": [{
+        "kty": "oct", "kid": "k1", "alg": "HS256",
+        "k": base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret),
+    }]});
+    let jwt_config = serde_json::json!({
+        "providers": [{"issuer": "https://issuer.test", "audiences": ["edge"], "jwks": jwks}],
+    });
+    let filters = config(
+        "  jwt: {module: $module, config: $config}\n",
+        &[
+            ("module", filters::JWT_AUTH.to_string()),
+            ("config", jwt_config.to_string()),
+        ],
+    );
+    let proxy = filtered_proxy(&origin, &filters, "jwt").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some("k1".into());
+    let claims = serde_json::json!({"iss": "https://issuer.test", "aud": "edge", "exp": now + 600});
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap();
+    let bearer = format!("Bearer {token}");
+    // The route's cache has no bypass rule for Authorization: the origin marks it public.
+    let path = "/cache/private-data?h=cache-control:public,max-age=60";
+    let authorized = [("authorization", bearer.as_str())];
+    assert_eq!(request(&proxy, "GET", path, &authorized).await.status, 200);
+    let hit = request(&proxy, "GET", path, &authorized).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+
+    let anonymous = get(&proxy, path).await;
+    assert_eq!(anonymous.status, 401);
+    assert_eq!(
+        anonymous.header("cache-status"),
+        None,
+        "never reached the cache"
+    );
+    let forged = request(
+        &proxy,
+        "GET",
+        path,
+        &[("authorization", "Bearer not.a.token")],
+    )
+    .await;
+    assert_eq!(forged.status, 401);
+    assert_eq!(origin.hits_for("/cache/private-data"), 1);
+}
