@@ -15,7 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::access_log::AccessLogger;
 use crate::admin::{AdminServer, Readiness};
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheError};
 use crate::config::Config;
 use crate::edge::Edge;
 use crate::geo::{Geo, GeoError};
@@ -36,6 +36,8 @@ pub enum ServerError {
     Filters(#[from] WasmError),
     #[error(transparent)]
     Geo(#[from] GeoError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
     #[error("cannot open the access log: {0}")]
     AccessLog(std::io::Error),
 }
@@ -58,10 +60,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         draining: AtomicBool::new(false),
         unavailable_filters: Box::new(filters.unavailable_filters()),
     });
-    let cache = config
-        .cache
-        .as_ref()
-        .map(|settings| Arc::new(Cache::new(settings)));
+    let cache = match &config.cache {
+        Some(settings) => Some(Arc::new(Cache::open(settings)?)),
+        None => None,
+    };
     let admin = match &config.admin {
         Some(admin) => Some(
             AdminServer::bind(admin.address, readiness.clone(), cache.clone()).map_err(

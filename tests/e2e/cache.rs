@@ -763,3 +763,170 @@ async fn a_jwt_protected_cached_route_still_rejects_requests_without_a_token() {
     assert_eq!(forged.status, 401);
     assert_eq!(origin.hits_for("/cache/private-data"), 1);
 }
+
+/// A proxy with a 4 MiB memory tier and a disk tier of `disk_size` in `folder`.
+async fn disk_caching_proxy(origin: &Origin, folder: &std::path::Path, disk_size: &str) -> Proxy {
+    let cache = format!(
+        "memory: 4MiB, max_object: 1MiB, disk: {{path: '{}', size: {disk_size}}}",
+        folder.display()
+    );
+    caching_proxy(origin, "enabled: true", &cache).await
+}
+
+fn quarter_mebibyte(i: usize) -> String {
+    format!("/cache/disk-{i}?h=cache-control:max-age=600&size=262144")
+}
+
+/// A hit on object `i` of [`quarter_mebibyte`], with its whole body.
+fn assert_whole_hit(answer: &Answer, i: usize) {
+    let status = answer.cache_status();
+    assert!(status.contains("hit"), "object {i}: {status}");
+    assert_eq!(
+        sha256_hex(&answer.body),
+        expected_bytes_sha256(262_144),
+        "object {i}"
+    );
+}
+
+/// Waits until the disk tier holds `objects` objects.
+async fn wait_for_disk_objects(proxy: &Proxy, objects: f64) {
+    eventually(&format!("{objects} objects on disk"), || async {
+        let stored = metric(proxy, "edgeward_cache_objects{tier=\"disk\"}").await;
+        (stored == objects).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_disk_tier_holds_more_than_memory_and_survives_a_restart() {
+    let origin = Origin::start("origin").await;
+    let folder = tempfile::tempdir().unwrap();
+    let proxy = disk_caching_proxy(&origin, folder.path(), "64MiB").await;
+    // 8 MiB of objects: twice the memory tier.
+    for i in 0..32 {
+        assert!(get(&proxy, &quarter_mebibyte(i))
+            .await
+            .cache_status()
+            .contains("fwd=miss"));
+    }
+    wait_for_disk_objects(&proxy, 32.0).await;
+    let memory = metric(&proxy, "edgeward_cache_bytes{tier=\"memory\"}").await;
+    assert!(memory <= 4.0 * 1024.0 * 1024.0, "{memory} bytes in memory");
+    // The first objects left memory long ago: they come back from disk.
+    for i in 0..4 {
+        assert_whole_hit(&get(&proxy, &quarter_mebibyte(i)).await, i);
+    }
+
+    // Another process cannot share the folder: it refuses to start, naming it.
+    let second = edgeward_testkit::run_edgeward(
+        &["run", "--config", "{dir}/edgeward.yaml"],
+        &[(
+            "edgeward.yaml",
+            &format!(
+                "listeners: [{{address: '127.0.0.1:1'}}]\nupstreams: {{o: {{endpoints: ['{}']}}}}\n\
+                 routes: [{{upstream: o}}]\ncache: {{disk: {{path: '{}', size: 64MiB}}}}\n",
+                origin.addr(),
+                folder.path().display()
+            ),
+        )],
+    );
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("in use by another edgeward process"),
+        "{stderr}"
+    );
+
+    drop(proxy);
+    let proxy = disk_caching_proxy(&origin, folder.path(), "64MiB").await;
+    wait_for_disk_objects(&proxy, 32.0).await;
+    for i in 0..32 {
+        let answer = get(&proxy, &quarter_mebibyte(i)).await;
+        assert_whole_hit(&answer, i);
+        assert!(answer.header("age").is_some());
+        assert_eq!(origin.hits_for(&format!("/cache/disk-{i}")), 1, "{i}");
+    }
+}
+
+#[tokio::test]
+async fn damaged_files_are_never_served() {
+    let origin = Origin::start("origin").await;
+    let folder = tempfile::tempdir().unwrap();
+    let proxy = disk_caching_proxy(&origin, folder.path(), "64MiB").await;
+    for i in 0..8 {
+        get(&proxy, &quarter_mebibyte(i)).await;
+    }
+    wait_for_disk_objects(&proxy, 8.0).await;
+    drop(proxy);
+
+    // Truncate one file (found at start-up) and flip a body byte of another (found on read).
+    let mut files: Vec<std::path::PathBuf> = walk(folder.path())
+        .into_iter()
+        .filter(|p| p.file_name().is_some_and(|n| n != "lock"))
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 8, "{files:?}");
+    let bytes = std::fs::read(&files[0]).unwrap();
+    std::fs::write(&files[0], &bytes[..bytes.len() / 2]).unwrap();
+    let mut bytes = std::fs::read(&files[1]).unwrap();
+    let middle = bytes.len() - 1000;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&files[1], &bytes).unwrap();
+
+    let proxy = disk_caching_proxy(&origin, folder.path(), "64MiB").await;
+    wait_for_disk_objects(&proxy, 7.0).await;
+    let mut misses = 0;
+    for i in 0..8 {
+        let answer = get(&proxy, &quarter_mebibyte(i)).await;
+        assert_eq!(
+            sha256_hex(&answer.body),
+            expected_bytes_sha256(262_144),
+            "{i}"
+        );
+        misses += usize::from(answer.cache_status().contains("fwd=miss"));
+    }
+    assert_eq!(misses, 2, "the two damaged objects are fetched again");
+    let corrupt = metric(
+        &proxy,
+        "edgeward_cache_disk_errors_total{operation=\"corrupt\"}",
+    )
+    .await;
+    assert_eq!(corrupt, 1.0);
+}
+
+#[tokio::test]
+async fn the_disk_tier_stays_within_its_size() {
+    let origin = Origin::start("origin").await;
+    let folder = tempfile::tempdir().unwrap();
+    let proxy = disk_caching_proxy(&origin, folder.path(), "2MiB").await;
+    for i in 0..24 {
+        get(&proxy, &quarter_mebibyte(i)).await;
+        let on_disk = metric(&proxy, "edgeward_cache_bytes{tier=\"disk\"}").await;
+        assert!(on_disk <= 2.0 * 1024.0 * 1024.0, "{on_disk} bytes on disk");
+    }
+    eventually("disk evictions", || async {
+        let evicted = metric(&proxy, "edgeward_cache_evictions_total{tier=\"disk\"}").await;
+        (evicted >= 10.0).then_some(())
+    })
+    .await;
+    let on_disk: u64 = walk(folder.path())
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
+    assert!(on_disk <= 2 << 20, "{on_disk} bytes of files");
+}
+
+/// Every file under `dir`.
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}

@@ -3,6 +3,8 @@
 //! long (`policy`), under which key (`key`), where it lives (`store`), and what the client is
 //! told about it (`status`).
 
+mod disk;
+mod index;
 pub mod key;
 pub mod policy;
 mod status;
@@ -44,6 +46,12 @@ Vary: Accept-Encoding\r\nContent-Encoding: gzip\r\nContent-Encoding: br\r\n\
 Accept-Ranges: bytes\r\nAccess-Control-Allow-Origin: *\r\nX-Content-Type-Options: nosniff\r\n\
 Strict-Transport-Security: max-age=31536000; includeSubDomains\r\nConnection: keep-alive\r\n";
 
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
+}
+
 /// The process-wide cache. Pingora wants its parts `'static`; there is one per process.
 pub struct Cache {
     store: &'static Store,
@@ -66,12 +74,15 @@ pub enum PurgeTarget {
 }
 
 impl Cache {
-    pub fn new(settings: &CacheSettings) -> Cache {
+    /// Opens the cache; with a disk tier, takes over what its folder holds.
+    pub fn open(settings: &CacheSettings) -> Result<Cache, CacheError> {
         // Only the first call sets it (one cache per process).
         pingora::cache::set_compression_dict_content(Cow::Borrowed(HEADER_DICTIONARY));
         let lock: Box<CacheKeyLockImpl> = CacheLock::new_boxed(settings.lock_timeout);
-        Cache {
-            store: Box::leak(Box::new(Store::new(settings.memory, settings.max_object))),
+        let disk = settings.disk.as_ref().map(|d| (d.path.as_path(), d.size));
+        let store = Store::open(settings.memory, settings.max_object, disk)?;
+        Ok(Cache {
+            store,
             lock: Box::leak(lock),
             predictor: Box::leak(Box::new(Predictor::new(
                 PREDICTOR_SHARD_CAPACITY,
@@ -80,7 +91,7 @@ impl Cache {
             lock_timeout: settings.lock_timeout,
             max_object: settings.max_object,
             purge_allowed_from: settings.purge_allowed_from.clone(),
-        }
+        })
     }
 
     /// Turns the cache on for one request.

@@ -1,20 +1,24 @@
-//! Where cached objects live: a memory tier bounded in bytes (least recently used objects make
-//! room), indexed by URL and surrogate key for purges. Implements Pingora's `Storage`, so the
-//! proxy's cache machinery (lookups, the cache lock, revalidation) drives it.
+//! Where cached objects live: a memory tier bounded in bytes and, optionally, a disk tier
+//! bounded in bytes that survives restarts. Implements Pingora's `Storage`, so the proxy's
+//! cache machinery (lookups, the cache lock, revalidation) drives it.
 //!
 //! Objects are stored whole: a response becomes visible once its last byte arrived (Pingora
 //! then feeds the client straight from the origin, and the cache lock holds concurrent misses
 //! until the object is complete). Bytes of responses still arriving are reserved in the
-//! memory budget as they come, so the tier never holds more than its limit.
+//! memory budget as they come, so the memory tier never holds more than its limit.
+//!
+//! Stored objects are written to disk by one writer thread, in commit order, so a purge or a
+//! replacement can never be overtaken by an older write. A lookup that misses memory reads
+//! the object's file (off the async threads) and keeps it in memory again.
 
 use std::any::Any;
-use std::collections::HashMap;
+use std::path::Path;
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use lru::LruCache;
 use pingora::cache::key::{CacheHashKey, CompactCacheKey, HashBinary};
 use pingora::cache::storage::{
     HandleHit, HandleMiss, HitHandler, MissFinishType, MissHandler, PurgeOutcome, PurgeTarget,
@@ -24,16 +28,17 @@ use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
 
+use super::disk::{DiskError, DiskObject, Folder};
+use super::index::{DiskCopy, DiskJob, Index, Object, ObjectId, Resident};
 use super::key::ObjectUrl;
 use crate::metrics;
-
-/// An object's identity: the hash of its key, variance included.
-pub type ObjectId = HashBinary;
 
 /// Bookkeeping per object beyond its bytes (index entries, LRU links, allocations).
 const OBJECT_OVERHEAD: u64 = 256;
 /// More surrogate keys than this on one response are ignored.
 const MAX_SURROGATE_KEYS: usize = 256;
+/// Bodies waiting for the disk writer; beyond this, new objects stay in memory only.
+const MAX_QUEUED_BYTES: u64 = 64 << 20;
 
 /// What a purge does to the objects it finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,33 +62,45 @@ pub struct Store {
     state: Mutex<State>,
     memory_limit: u64,
     max_object: u64,
+    disk: Option<Disk>,
 }
 
 struct State {
-    objects: HashMap<ObjectId, Object>,
-    /// Least recently used first out.
-    lru: LruCache<ObjectId, ()>,
-    /// Bytes charged for stored objects.
-    stored: u64,
-    /// Bytes reserved by responses still arriving.
-    reserved: u64,
-    by_primary: HashMap<HashBinary, Vec<ObjectId>>,
-    by_path: HashMap<String, Vec<ObjectId>>,
-    by_tag: HashMap<String, Vec<ObjectId>>,
+    index: Index,
+    /// Body bytes of objects queued for the disk writer.
+    queued: u64,
 }
 
-struct Object {
-    primary: HashBinary,
-    url: ObjectUrl,
-    tags: Vec<String>,
-    meta: SerializedMeta,
-    body: Bytes,
-    charge: u64,
+/// The disk tier: its folder, its bound, and the writer's queue.
+struct Disk {
+    folder: Arc<Folder>,
+    capacity: u64,
+    jobs: Sender<Job>,
+}
+
+/// Work for the disk writer.
+enum Job {
+    Write {
+        generation: u64,
+        object: DiskObject,
+    },
+    /// Replace a stored object's meta (after a revalidation or a soft purge).
+    Rewrite {
+        id: ObjectId,
+        generation: u64,
+        change: MetaChange,
+    },
+    Remove(ObjectId),
+}
+
+enum MetaChange {
+    Replace(SerializedMeta),
+    ExpireAt(SystemTime),
 }
 
 /// `CacheMeta` is not `Clone`; each hit deserializes its own copy.
 #[derive(Clone)]
-struct SerializedMeta {
+pub struct SerializedMeta {
     internal: Arc<[u8]>,
     header: Arc<[u8]>,
 }
@@ -104,23 +121,76 @@ impl SerializedMeta {
     fn len(&self) -> u64 {
         (self.internal.len() + self.header.len()) as u64
     }
+
+    #[cfg(test)]
+    pub fn empty() -> Self {
+        SerializedMeta {
+            internal: Arc::from(&[][..]),
+            header: Arc::from(&[][..]),
+        }
+    }
 }
 
 impl Store {
-    pub fn new(memory_limit: u64, max_object: u64) -> Store {
-        Store {
-            state: Mutex::new(State {
-                objects: HashMap::new(),
-                lru: LruCache::unbounded(),
-                stored: 0,
-                reserved: 0,
-                by_primary: HashMap::new(),
-                by_path: HashMap::new(),
-                by_tag: HashMap::new(),
-            }),
+    /// A store with a memory tier of `memory_limit` bytes and, with `disk` (folder, bytes), a
+    /// disk tier holding what the folder already has. Lives for the rest of the process.
+    pub fn open(
+        memory_limit: u64,
+        max_object: u64,
+        disk: Option<(&Path, u64)>,
+    ) -> std::result::Result<&'static Store, DiskError> {
+        let mut index = Index::default();
+        let mut disk_tier = None;
+        let mut receiver = None;
+        if let Some((path, capacity)) = disk {
+            let folder = Arc::new(Folder::open(path)?);
+            let found = folder.scan();
+            let count = found.len();
+            for file in found {
+                let object = Object {
+                    generation: index.next_generation(),
+                    primary: file.primary,
+                    url: file.url,
+                    tags: file.tags,
+                    resident: None,
+                    disk: DiskCopy::Stored(file.file_size),
+                };
+                index.insert(file.id, object);
+            }
+            for DiskJob::Remove(id) in index.evict_from_disk(capacity) {
+                folder.remove(&id);
+            }
+            log::info!(
+                "cache: {count} objects ({} MiB) on disk in `{}`",
+                index.disk_stored >> 20,
+                folder.path().display()
+            );
+            let (jobs, jobs_receiver) = mpsc::channel();
+            receiver = Some(jobs_receiver);
+            disk_tier = Some(Disk {
+                folder,
+                capacity,
+                jobs,
+            });
+        }
+        index.report();
+        let store: &'static Store = Box::leak(Box::new(Store {
+            state: Mutex::new(State { index, queued: 0 }),
             memory_limit,
             max_object,
+            disk: disk_tier,
+        }));
+        if let (Some(disk), Some(receiver)) = (&store.disk, receiver) {
+            let folder = disk.folder.clone();
+            std::thread::Builder::new()
+                .name("cache-disk".into())
+                .spawn(move || store.write_to_disk(&folder, receiver))
+                .map_err(|source| DiskError::Folder {
+                    path: disk.folder.path().to_path_buf(),
+                    source,
+                })?;
         }
+        Ok(store)
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -128,50 +198,117 @@ impl Store {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Hands file work to the disk writer, in order.
+    fn send(&self, jobs: Vec<DiskJob>) {
+        let Some(disk) = &self.disk else { return };
+        for DiskJob::Remove(id) in jobs {
+            let _ = disk.jobs.send(Job::Remove(id));
+        }
+    }
+
     /// Reserves `bytes` of the memory budget, evicting least recently used objects as needed;
     /// false (nothing reserved) when even evicting everything would not make room.
     fn reserve(&self, bytes: u64) -> bool {
         let mut state = self.state();
-        while state.stored + state.reserved + bytes > self.memory_limit {
-            if !state.evict_one() {
-                return false;
+        let mut jobs = Vec::new();
+        let reserved = loop {
+            let index = &mut state.index;
+            if index.memory_stored + index.memory_reserved + bytes <= self.memory_limit {
+                index.memory_reserved += bytes;
+                break true;
             }
-        }
-        state.reserved += bytes;
-        true
+            let (evicted, removed) = index.evict_from_memory();
+            jobs.extend(removed);
+            if !evicted {
+                break false;
+            }
+        };
+        state.index.report();
+        self.send(jobs);
+        reserved
     }
 
     fn release(&self, bytes: u64) {
         let mut state = self.state();
-        state.reserved = state.reserved.saturating_sub(bytes);
+        state.index.memory_reserved = state.index.memory_reserved.saturating_sub(bytes);
     }
 
     /// Purges every object fetched for `path_and_query`, on `host` or (None) any host.
     pub fn purge_url(&self, host: Option<&str>, path_and_query: &str, mode: PurgeMode) -> usize {
-        let mut state = self.state();
-        let ids: Vec<ObjectId> = state
-            .by_path
-            .get(path_and_query)
-            .into_iter()
-            .flatten()
-            .filter(|id| {
-                host.is_none_or(|host| {
-                    state
-                        .objects
-                        .get(*id)
-                        .is_some_and(|o| o.url.host.eq_ignore_ascii_case(host))
-                })
-            })
-            .copied()
-            .collect();
-        state.purge(&ids, mode)
+        let ids = self.state().index.by_url(host, path_and_query);
+        self.purge(&ids, mode)
     }
 
     /// Purges every object tagged with surrogate key `tag`.
     pub fn purge_tag(&self, tag: &str, mode: PurgeMode) -> usize {
+        let ids = self.state().index.by_tag(tag);
+        self.purge(&ids, mode)
+    }
+
+    fn purge(&self, ids: &[ObjectId], mode: PurgeMode) -> usize {
         let mut state = self.state();
-        let ids = state.by_tag.get(tag).cloned().unwrap_or_default();
-        state.purge(&ids, mode)
+        let mut purged = 0;
+        let mut jobs = Vec::new();
+        for id in ids {
+            let done = match mode {
+                PurgeMode::Hard => {
+                    let found = state.index.objects.contains_key(id);
+                    jobs.extend(state.index.remove(id).into_iter().map(remove_job));
+                    found
+                }
+                PurgeMode::Soft => self.expire(&mut state, id, &mut jobs),
+            };
+            purged += usize::from(done);
+        }
+        state.index.report();
+        drop(state);
+        if let Some(disk) = &self.disk {
+            for job in jobs {
+                let _ = disk.jobs.send(job);
+            }
+        }
+        purged
+    }
+
+    /// Marks an object stale as of now, keeping its stale-serving windows.
+    fn expire(&self, state: &mut State, id: &ObjectId, jobs: &mut Vec<Job>) -> bool {
+        let now = SystemTime::now();
+        let Some(object) = state.index.objects.get_mut(id) else {
+            return false;
+        };
+        let generation = object.generation;
+        let on_disk = object.disk != DiskCopy::Absent;
+        let Some(resident) = &mut object.resident else {
+            // Only on disk: the writer marks the stored meta.
+            jobs.push(Job::Rewrite {
+                id: *id,
+                generation,
+                change: MetaChange::ExpireAt(now),
+            });
+            return true;
+        };
+        let expired = resident.meta.meta().and_then(|mut meta| {
+            meta.expire_at(now);
+            SerializedMeta::of(&meta)
+        });
+        match expired {
+            Ok(meta) => {
+                resident.meta = meta.clone();
+                if on_disk {
+                    jobs.push(Job::Rewrite {
+                        id: *id,
+                        generation,
+                        change: MetaChange::Replace(meta),
+                    });
+                }
+                true
+            }
+            Err(e) => {
+                log::warn!("cache: cannot mark an object stale ({e}); removing it instead");
+                jobs.extend(state.index.remove(id).into_iter().map(remove_job));
+                true
+            }
+        }
     }
 
     fn commit(&self, fill: &mut Fill) {
@@ -185,119 +322,214 @@ impl Store {
                 Bytes::from(joined)
             }
         };
+        let mut state = self.state();
+        let generation = state.index.next_generation();
+        let to_disk = self.disk.is_some() && state.queued + body.len() as u64 <= MAX_QUEUED_BYTES;
+        if self.disk.is_some() && !to_disk {
+            metrics::global()
+                .cache_disk_errors
+                .with_label_values(&["queue_full"])
+                .inc();
+        }
+        let write = to_disk.then(|| DiskObject {
+            id: fill.id,
+            primary: fill.primary,
+            url: fill.url.clone(),
+            tags: fill.tags.clone(),
+            meta_internal: fill.meta.internal.to_vec(),
+            meta_header: fill.meta.header.to_vec(),
+            body: body.clone(),
+        });
         let object = Object {
+            generation,
             primary: fill.primary,
             url: std::mem::take(&mut fill.url),
             tags: std::mem::take(&mut fill.tags),
-            meta: fill.meta.clone(),
-            charge: fill.reserved,
-            body,
+            resident: Some(Resident {
+                meta: fill.meta.clone(),
+                body,
+                charge: fill.reserved,
+            }),
+            disk: if to_disk {
+                DiskCopy::Writing
+            } else {
+                DiskCopy::Absent
+            },
         };
-        let mut state = self.state();
-        state.remove(&fill.id);
-        state.reserved = state.reserved.saturating_sub(fill.reserved);
+        state.index.memory_reserved = state.index.memory_reserved.saturating_sub(fill.reserved);
         fill.reserved = 0;
-        state.insert(fill.id, object);
+        let jobs = state.index.insert(fill.id, object);
+        state.index.report();
         metrics::global().cache_stores.inc();
-        state.report();
-    }
-}
-
-impl State {
-    fn insert(&mut self, id: ObjectId, object: Object) {
-        self.stored += object.charge;
-        self.by_primary.entry(object.primary).or_default().push(id);
-        self.by_path
-            .entry(object.url.path_and_query.clone())
-            .or_default()
-            .push(id);
-        for tag in &object.tags {
-            self.by_tag.entry(tag.clone()).or_default().push(id);
+        // Sent under the lock, so that the writer sees writes in commit order.
+        self.send(jobs);
+        if let (Some(disk), Some(object)) = (&self.disk, write) {
+            state.queued += object.body.len() as u64;
+            let _ = disk.jobs.send(Job::Write { generation, object });
         }
-        self.lru.push(id, ());
-        self.objects.insert(id, object);
     }
 
-    fn remove(&mut self, id: &ObjectId) -> Option<Object> {
-        let object = self.objects.remove(id)?;
-        self.lru.pop(id);
-        self.stored = self.stored.saturating_sub(object.charge);
-        unindex(&mut self.by_primary, &object.primary, id);
-        unindex(&mut self.by_path, &object.url.path_and_query, id);
-        for tag in &object.tags {
-            unindex(&mut self.by_tag, tag, id);
+    /// The disk writer: runs jobs in order for as long as the process lives.
+    fn write_to_disk(&self, folder: &Folder, jobs: Receiver<Job>) {
+        let capacity = self.disk.as_ref().map_or(0, |d| d.capacity);
+        for job in jobs {
+            match job {
+                Job::Write { generation, object } => {
+                    let result = folder.write(&object);
+                    let mut state = self.state();
+                    state.queued = state.queued.saturating_sub(object.body.len() as u64);
+                    let removals = match result {
+                        Ok(size) => {
+                            state.index.disk_written(&object.id, generation, size);
+                            state.index.evict_from_disk(capacity)
+                        }
+                        Err(e) => {
+                            log::warn!("cache: cannot write to `{}`: {e}", folder.path().display());
+                            disk_error("write");
+                            state.index.disk_failed(&object.id, generation)
+                        }
+                    };
+                    state.index.report();
+                    drop(state);
+                    for DiskJob::Remove(id) in removals {
+                        folder.remove(&id);
+                    }
+                }
+                Job::Rewrite {
+                    id,
+                    generation,
+                    change,
+                } => self.rewrite(folder, id, generation, change, capacity),
+                Job::Remove(id) => folder.remove(&id),
+            }
         }
-        Some(object)
     }
 
-    /// Drops the least recently used object; false when there is none.
-    fn evict_one(&mut self) -> bool {
-        let Some((id, ())) = self.lru.pop_lru() else {
-            return false;
-        };
-        self.remove(&id);
-        metrics::global()
-            .cache_evictions
-            .with_label_values(&["memory"])
-            .inc();
-        self.report();
-        true
-    }
-
-    fn purge(&mut self, ids: &[ObjectId], mode: PurgeMode) -> usize {
-        let mut purged = 0;
-        for id in ids {
-            let done = match mode {
-                PurgeMode::Hard => self.remove(id).is_some(),
-                PurgeMode::Soft => self.expire(id),
-            };
-            purged += usize::from(done);
-        }
-        self.report();
-        purged
-    }
-
-    /// Marks an object stale as of now, keeping its stale-serving windows.
-    fn expire(&mut self, id: &ObjectId) -> bool {
-        let Some(object) = self.objects.get_mut(id) else {
-            return false;
-        };
-        let expired = object.meta.meta().and_then(|mut meta| {
-            meta.expire_at(SystemTime::now());
-            SerializedMeta::of(&meta)
-        });
-        match expired {
-            Ok(meta) => {
-                object.meta = meta;
-                true
+    fn rewrite(
+        &self,
+        folder: &Folder,
+        id: ObjectId,
+        generation: u64,
+        change: MetaChange,
+        capacity: u64,
+    ) {
+        let rewritten = folder
+            .read(&id)
+            .map_err(|e| e.to_string())
+            .and_then(|mut object| {
+                let meta = match change {
+                    MetaChange::Replace(meta) => meta,
+                    MetaChange::ExpireAt(at) => {
+                        let mut meta =
+                            CacheMeta::deserialize(&object.meta_internal, &object.meta_header)
+                                .map_err(|e| e.to_string())?;
+                        meta.expire_at(at);
+                        SerializedMeta::of(&meta).map_err(|e| e.to_string())?
+                    }
+                };
+                object.meta_internal = meta.internal.to_vec();
+                object.meta_header = meta.header.to_vec();
+                folder.write(&object).map_err(|e| e.to_string())
+            });
+        let mut state = self.state();
+        let removals = match rewritten {
+            Ok(size) => {
+                state.index.disk_written(&id, generation, size);
+                state.index.evict_from_disk(capacity)
             }
             Err(e) => {
-                log::warn!("cache: cannot mark an object stale ({e}); removing it instead");
-                self.remove(id).is_some()
+                log::warn!("cache: cannot update a stored object: {e}");
+                disk_error("write");
+                state.index.disk_failed(&id, generation)
             }
+        };
+        state.index.report();
+        drop(state);
+        for DiskJob::Remove(id) in removals {
+            folder.remove(&id);
         }
     }
 
-    fn report(&self) {
-        let metrics = metrics::global();
-        metrics
-            .cache_bytes
-            .with_label_values(&["memory"])
-            .set(i64::try_from(self.stored).unwrap_or(i64::MAX));
-        metrics
-            .cache_objects
-            .with_label_values(&["memory"])
-            .set(i64::try_from(self.objects.len()).unwrap_or(i64::MAX));
+    /// Reads an object only on disk back into memory; `None` when its file turns out damaged
+    /// or gone (it is then forgotten).
+    async fn read_from_disk(
+        &'static self,
+        id: ObjectId,
+        generation: u64,
+    ) -> Option<(SerializedMeta, Bytes)> {
+        let disk = self.disk.as_ref()?;
+        let folder = disk.folder.clone();
+        let read = tokio::task::spawn_blocking(move || folder.read(&id)).await;
+        let object = match read {
+            Ok(Ok(object)) => object,
+            Ok(Err(e)) => {
+                log::warn!("cache: dropping a stored object: {e}");
+                disk_error(if matches!(e, super::disk::FileError::Damaged(_)) {
+                    "corrupt"
+                } else {
+                    "read"
+                });
+                let jobs = {
+                    let mut state = self.state();
+                    let jobs = state.index.disk_failed(&id, generation);
+                    state.index.report();
+                    jobs
+                };
+                self.send(jobs);
+                return None;
+            }
+            Err(e) => {
+                log::warn!("cache: a disk read did not finish: {e}");
+                return None;
+            }
+        };
+        let meta = SerializedMeta {
+            internal: object.meta_internal.into(),
+            header: object.meta_header.into(),
+        };
+        let charge = OBJECT_OVERHEAD + meta.len() + object.body.len() as u64;
+        if self.reserve(charge) {
+            let mut state = self.state();
+            state.index.memory_reserved = state.index.memory_reserved.saturating_sub(charge);
+            let resident = Resident {
+                meta: meta.clone(),
+                body: object.body.clone(),
+                charge,
+            };
+            let current = state
+                .index
+                .objects
+                .get(&id)
+                .is_some_and(|o| o.generation == generation);
+            if current {
+                state.index.make_resident(&id, resident);
+            }
+            state.index.report();
+        }
+        Some((meta, object.body))
+    }
+
+    /// The objects a purge of `key` means: the object itself, and when `key` names a primary
+    /// slot (no variance), every variant stored under it.
+    fn targets(&self, key: &CompactCacheKey) -> Vec<ObjectId> {
+        match key.variance_bin() {
+            Some(_) => vec![key.combined_bin()],
+            None => self.state().index.by_primary(&key.primary_bin()),
+        }
     }
 }
 
-fn unindex<K: std::hash::Hash + Eq>(index: &mut HashMap<K, Vec<ObjectId>>, key: &K, id: &ObjectId) {
-    if let Some(ids) = index.get_mut(key) {
-        ids.retain(|other| other != id);
-        if ids.is_empty() {
-            index.remove(key);
-        }
+fn remove_job(job: DiskJob) -> Job {
+    match job {
+        DiskJob::Remove(id) => Job::Remove(id),
     }
+}
+
+fn disk_error(operation: &str) {
+    metrics::global()
+        .cache_disk_errors
+        .with_label_values(&[operation])
+        .inc();
 }
 
 /// Surrogate keys the origin tagged a response with: `Surrogate-Key: a b c` (Fastly) and
@@ -330,6 +562,12 @@ fn storage_error(context: &'static str, detail: impl Into<String>) -> Box<Error>
     Error::explain(ErrorType::Custom(context), detail.into())
 }
 
+/// Where a looked-up object is.
+enum Found {
+    Memory(SerializedMeta, Bytes),
+    Disk { generation: u64 },
+}
+
 #[async_trait]
 impl Storage for Store {
     async fn lookup(
@@ -340,17 +578,30 @@ impl Storage for Store {
         let id = key.combined_bin();
         let found = {
             let mut state = self.state();
-            state.lru.get(&id);
+            state.index.touch(&id);
             state
+                .index
                 .objects
                 .get(&id)
-                .map(|o| (o.meta.clone(), o.body.clone()))
+                .and_then(|o| match (&o.resident, o.disk) {
+                    (Some(resident), _) => {
+                        Some(Found::Memory(resident.meta.clone(), resident.body.clone()))
+                    }
+                    (None, DiskCopy::Stored(_)) => Some(Found::Disk {
+                        generation: o.generation,
+                    }),
+                    (None, _) => None,
+                })
         };
-        let Some((meta, body)) = found else {
-            return Ok(None);
+        let (meta, body) = match found {
+            None => return Ok(None),
+            Some(Found::Memory(meta, body)) => (meta, body),
+            Some(Found::Disk { generation }) => match self.read_from_disk(id, generation).await {
+                Some(read) => read,
+                None => return Ok(None),
+            },
         };
-        let meta = meta.meta()?;
-        Ok(Some((meta, Box::new(BodyReader::new(body)))))
+        Ok(Some((meta.meta()?, Box::new(BodyReader::new(body)))))
     }
 
     async fn get_miss_handler(
@@ -393,7 +644,7 @@ impl Storage for Store {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let ids = self.targets(target.key());
-        let purged = self.state().purge(&ids, PurgeMode::Hard);
+        let purged = Store::purge(self, &ids, PurgeMode::Hard);
         Ok(if purged > 0 {
             PurgeOutcome::Purged(None)
         } else {
@@ -407,7 +658,7 @@ impl Storage for Store {
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let ids = self.targets(target.key());
-        let expired = self.state().purge(&ids, PurgeMode::Soft);
+        let expired = Store::purge(self, &ids, PurgeMode::Soft);
         Ok(if expired > 0 {
             PurgeOutcome::Expired
         } else {
@@ -422,35 +673,32 @@ impl Storage for Store {
         _trace: &SpanHandle,
     ) -> Result<bool> {
         let meta = SerializedMeta::of(meta)?;
+        let id = key.combined_bin();
         let mut state = self.state();
-        let Some(object) = state.objects.get_mut(&key.combined_bin()) else {
+        let State { index, .. } = &mut *state;
+        let Some(object) = index.objects.get_mut(&id) else {
             return Ok(false);
         };
-        let grown = meta.len().saturating_sub(object.meta.len());
-        object.meta = meta;
-        object.charge += grown;
-        state.stored += grown;
+        let generation = object.generation;
+        let on_disk = object.disk != DiskCopy::Absent;
+        if let Some(resident) = &mut object.resident {
+            let grown = meta.len().saturating_sub(resident.meta.len());
+            resident.meta = meta.clone();
+            resident.charge += grown;
+            index.memory_stored += grown;
+        }
+        if let (Some(disk), true) = (&self.disk, on_disk) {
+            let _ = disk.jobs.send(Job::Rewrite {
+                id,
+                generation,
+                change: MetaChange::Replace(meta),
+            });
+        }
         Ok(true)
     }
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
-    }
-}
-
-impl Store {
-    /// The objects a purge of `key` means: the object itself, and when `key` names a primary
-    /// slot (no variance), every variant stored under it.
-    fn targets(&self, key: &CompactCacheKey) -> Vec<ObjectId> {
-        let state = self.state();
-        match key.variance_bin() {
-            Some(_) => vec![key.combined_bin()],
-            None => state
-                .by_primary
-                .get(&key.primary_bin())
-                .cloned()
-                .unwrap_or_default(),
-        }
     }
 }
 
