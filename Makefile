@@ -15,7 +15,7 @@ FILTERS_TARGET_DIR := $(CURDIR)/filters/target
 # Signed with the demo HMAC key of config/edgeward.yaml; expires in 2100.
 DEMO_TOKEN := eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8ifQ.eyJpc3MiOiJodHRwczovL2RlbW8uZWRnZXdhcmQuZXhhbXBsZSIsImF1ZCI6ImVkZ2UtYXBpIiwic3ViIjoiZGVtby11c2VyIiwiZW1haWwiOiJkZW1vQGV4YW1wbGUuY29tIiwiaWF0IjoxNzY0MDAwMDAwLCJleHAiOjQxMDI0NDQ4MDB9.-uXvDZjqRwtuqjy467BmqXqH8cQKXiA57vZFKPTozmE
 
-.PHONY: run test bench setup build filters check-format lint unit-and-e2e
+.PHONY: run test bench bench-proxy bench-host bench-setup setup build filters check-format lint unit-and-e2e
 
 run: build
 	@echo
@@ -33,9 +33,22 @@ run: build
 
 test: setup check-format unit-and-e2e lint
 
-# In-process costs of the filter host (instance creation, per-request overhead); see README.
-bench: setup
+# edgeward against nginx on this machine (bench/run.py; docs/benchmarks.md), then the
+# in-process costs of the filter host. BENCH_SECONDS, BENCH_ROUNDS and BENCH_ONLY tune the first.
+bench: bench-proxy bench-host
+
+bench-proxy: build bench-setup
+	python3 bench/run.py
+
+bench-host: setup
 	$(CARGO) bench --locked -p edgeward --bench filter_host
+
+# The benchmark's reference proxy, load generators and taskset.
+bench-setup:
+	@command -v nginx >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 || { \
+		echo "installing nginx, wrk and h2load for the benchmark"; \
+		$(SUDO) apt-get install -y nginx wrk nghttp2-client || { $(SUDO) apt-get update && $(SUDO) apt-get install -y nginx wrk nghttp2-client; }; }
+	@command -v taskset >/dev/null 2>&1 || $(SUDO) apt-get install -y util-linux
 
 build: setup filters
 	$(CARGO) build --release --locked -p edgeward

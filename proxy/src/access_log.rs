@@ -1,14 +1,16 @@
-//! One structured line per request: JSON on stdout (or stderr, or a file).
+//! One structured line per request: JSON on stdout (or stderr, or a file), written in batches.
 
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
-use std::io::{LineWriter, Write};
+use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::config::AccessLog;
+use crate::metrics;
 
 /// What one access-log line says.
 #[derive(Debug, Serialize)]
@@ -34,52 +36,120 @@ pub struct Entry<'a> {
     pub error: Option<&'a str>,
 }
 
-pub enum AccessLogger {
-    Off,
+/// Where lines go. Requests append to a shared buffer (no system call on the request path); a
+/// background thread writes it out every [`FLUSH_INTERVAL`], so a crash loses at most that much.
+#[derive(Clone, Default)]
+pub struct AccessLogger(Option<Arc<Sink>>);
+
+/// How often buffered lines are written.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+/// Buffered bytes beyond which lines are dropped (and counted) rather than held: the target
+/// is not keeping up, and memory must stay bounded.
+const MAX_PENDING: usize = 8 << 20;
+
+struct Sink {
+    pending: Mutex<Vec<u8>>,
+    /// Held while writing, so that a shutdown flush and the writer thread keep lines in order.
+    target: Mutex<Target>,
+}
+
+enum Target {
     Stdout,
     Stderr,
-    File(Mutex<LineWriter<File>>),
+    File(File),
+}
+
+thread_local! {
+    /// Each worker thread encodes its lines here, outside the shared buffer's lock.
+    static LINE: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 impl AccessLogger {
+    /// Opens the target and starts the writer thread.
     pub fn open(target: &AccessLog) -> std::io::Result<Self> {
-        Ok(match target {
-            AccessLog::Off => AccessLogger::Off,
-            AccessLog::Stdout => AccessLogger::Stdout,
-            AccessLog::Stderr => AccessLogger::Stderr,
-            AccessLog::File(path) => AccessLogger::File(Mutex::new(LineWriter::new(
-                OpenOptions::new().create(true).append(true).open(path)?,
-            ))),
-        })
+        let target = match target {
+            AccessLog::Off => return Ok(AccessLogger(None)),
+            AccessLog::Stdout => Target::Stdout,
+            AccessLog::Stderr => Target::Stderr,
+            AccessLog::File(path) => {
+                Target::File(OpenOptions::new().create(true).append(true).open(path)?)
+            }
+        };
+        let sink = Arc::new(Sink {
+            pending: Mutex::new(Vec::with_capacity(64 << 10)),
+            target: Mutex::new(target),
+        });
+        let writer = sink.clone();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || loop {
+                std::thread::sleep(FLUSH_INTERVAL);
+                writer.flush();
+            })?;
+        Ok(AccessLogger(Some(sink)))
     }
 
     pub fn is_on(&self) -> bool {
-        !matches!(self, AccessLogger::Off)
+        self.0.is_some()
     }
 
-    /// Writes the line in one call, so lines from concurrent requests never interleave.
+    /// Queues one line; lines from concurrent requests never interleave.
     pub fn write(&self, entry: &Entry<'_>) {
-        let mut line = match serde_json::to_vec(entry) {
-            Ok(line) => line,
-            Err(e) => {
+        let Some(sink) = &self.0 else { return };
+        LINE.with_borrow_mut(|line| {
+            line.clear();
+            if let Err(e) = serde_json::to_writer(&mut *line, entry) {
                 log::error!("cannot encode access log entry: {e}");
                 return;
             }
-        };
-        line.push(b'\n');
-        let result = match self {
-            AccessLogger::Off => Ok(()),
-            AccessLogger::Stdout => std::io::stdout().lock().write_all(&line),
-            AccessLogger::Stderr => std::io::stderr().lock().write_all(&line),
-            AccessLogger::File(file) => match file.lock() {
-                Ok(mut file) => file.write_all(&line),
-                Err(_) => Ok(()),
-            },
+            line.push(b'\n');
+            let mut pending = lock(&sink.pending);
+            if pending.len() + line.len() > MAX_PENDING {
+                metrics::global().access_log_dropped.inc();
+                return;
+            }
+            pending.extend_from_slice(line);
+        });
+    }
+
+    /// Writes out what is buffered (at shutdown; the writer thread does it otherwise).
+    pub fn flush(&self) {
+        if let Some(sink) = &self.0 {
+            sink.flush();
+        }
+    }
+}
+
+impl Sink {
+    fn flush(&self) {
+        let mut target = lock(&self.target);
+        let lines = std::mem::take(&mut *lock(&self.pending));
+        if lines.is_empty() {
+            return;
+        }
+        let result = match &mut *target {
+            Target::Stdout => std::io::stdout().lock().write_all(&lines),
+            Target::Stderr => std::io::stderr().lock().write_all(&lines),
+            Target::File(file) => file.write_all(&lines),
         };
         if let Err(e) = result {
             log::warn!("cannot write access log: {e}");
         }
+        // Keep the allocation for the next round, unless a burst made it large.
+        let mut pending = lock(&self.pending);
+        if pending.is_empty() && lines.capacity() <= 1 << 20 {
+            let mut lines = lines;
+            lines.clear();
+            *pending = lines;
+        }
     }
+}
+
+/// The buffers stay consistent across a panic elsewhere (appends are single calls).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// RFC 3339 UTC time with milliseconds, e.g. `2026-11-24T03:17:05.123Z`.

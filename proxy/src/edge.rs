@@ -18,6 +18,7 @@ use pingora::upstreams::peer::Peer;
 use pingora::{ErrorSource, ErrorType};
 
 use crate::access_log::{self, AccessLogger};
+use crate::body_length::{DeclaredLength, LengthMismatch};
 use crate::cache::{self, Cache, Outcome, PurgeMode, PurgeTarget};
 use crate::config::{ResponsePhase, Route, RouteCache, UpstreamId};
 use crate::geo::Geo;
@@ -53,6 +54,8 @@ pub struct RequestCtx {
     chain: Option<FilterChain>,
     /// Whether the request has a body for the filters to see.
     request_has_body: bool,
+    /// The length the upstream request head announced, which the filtered body must keep.
+    request_length: DeclaredLength,
     /// The response body as the filters of each phase see it.
     before_cache: BodyPhase,
     after_cache: BodyPhase,
@@ -87,6 +90,8 @@ struct BodyPhase {
     replacement: Option<Bytes>,
     /// These filters were told the body ended.
     ended: bool,
+    /// The length the head announced, which the filtered body must keep.
+    length: DeclaredLength,
 }
 
 /// A response edgeward writes instead of the upstream's.
@@ -317,12 +322,14 @@ impl Edge {
         let answer = match verdict {
             Verdict::Continue => {
                 if body.has_body {
-                    // Filters may change the body's length: HTTP/2 frames it, HTTP/1.1 chunks
-                    // it (Pingora chunks an upstream response without a length itself).
-                    resp.remove_header(&header::CONTENT_LENGTH);
-                    let to_client_h1 = phase == ResponsePhase::AfterCache
-                        && session.req_header().version != Version::HTTP_2;
-                    if to_client_h1 {
+                    body.length = DeclaredLength::announce(&resp.headers);
+                    // A filter that removed the length gets the body chunked (HTTP/1.1) or
+                    // framed (HTTP/2).
+                    let unframed_h1 = phase == ResponsePhase::AfterCache
+                        && session.req_header().version != Version::HTTP_2
+                        && !resp.headers.contains_key(header::CONTENT_LENGTH)
+                        && !resp.headers.contains_key(header::TRANSFER_ENCODING);
+                    if unframed_h1 {
                         resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
                     }
                 }
@@ -371,9 +378,16 @@ impl Edge {
         state.ended = end_of_stream;
         let (data, verdict) =
             chain.on_response_body(phase, session.req_header_mut(), body.take(), end_of_stream);
+        let length_kept = state.length.pass(data.len(), end_of_stream);
         *body = Some(data);
         match verdict {
-            Verdict::Continue => Ok(()),
+            Verdict::Continue => length_kept.or_else(|mismatch| {
+                // Answered in `fail_to_proxy` if the head has not left yet, else cut off.
+                let failure = length_changed(ctx, &mismatch, "response");
+                ctx.filter_error = Some(LENGTH_CHANGED);
+                ctx.pending_answer = Some(Answer::FilterFailed(failure));
+                Error::e_explain(ErrorType::HTTPStatus(500), "response body length changed")
+            }),
             // The head is gone: the only honest ending is to cut the response short.
             Verdict::Close => Err(closed_by_filter()),
             Verdict::Respond(_) | Verdict::Fail(_) => {
@@ -430,6 +444,7 @@ impl ProxyHttp for Edge {
             refusal: None,
             chain: None,
             request_has_body: false,
+            request_length: DeclaredLength::default(),
             before_cache: BodyPhase::default(),
             after_cache: BodyPhase::default(),
             pending_answer: None,
@@ -574,8 +589,7 @@ impl ProxyHttp for Edge {
             upstream_request.insert_header(header::HOST, host.clone())?;
         }
         if ctx.chain.is_some() && ctx.request_has_body {
-            // Filters may change the body's length: send it chunked (HTTP/1.1) or framed (h2).
-            upstream_request.remove_header(&header::CONTENT_LENGTH);
+            ctx.request_length = DeclaredLength::announce(&upstream_request.headers);
         }
         add_forwarding_headers(session, upstream_request)
     }
@@ -594,9 +608,13 @@ impl ProxyHttp for Edge {
         let (data, verdict) = chain
             .on_request_body(session.req_header_mut(), body.take(), end_of_stream)
             .await;
+        let length_kept = ctx.request_length.pass(data.len(), end_of_stream);
         *body = Some(data);
         let answer = match verdict {
-            Verdict::Continue => return Ok(()),
+            Verdict::Continue => match length_kept {
+                Ok(()) => return Ok(()),
+                Err(mismatch) => Answer::FilterFailed(length_changed(ctx, &mismatch, "request")),
+            },
             Verdict::Close => return Err(closed_by_filter()),
             Verdict::Respond(response) => Answer::Local(response),
             Verdict::Fail(failure) => Answer::FilterFailed(failure),
@@ -946,6 +964,27 @@ async fn write_json(
 /// `PURGE`, the method CDNs take for removing a URL from the cache.
 fn is_purge(req: &RequestHeader) -> bool {
     req.method.as_str().eq_ignore_ascii_case("PURGE")
+}
+
+/// The access log's error code for a body whose length a filter changed under its head.
+const LENGTH_CHANGED: &str = "body_length_changed";
+
+/// Logs and explains a filtered body that broke its head's `Content-Length`: the message
+/// cannot be finished honestly, so it ends (with a 500 if its head has not left yet).
+fn length_changed(ctx: &RequestCtx, mismatch: &LengthMismatch, direction: &str) -> FilterFailure {
+    let route_name = ctx.route.as_deref().map_or("", |r| r.name.as_str());
+    let filters = ctx
+        .chain
+        .as_ref()
+        .map(FilterChain::filter_names)
+        .unwrap_or_default();
+    log::warn!("route `{route_name}` (filters {filters}): the {direction} is cut off: {mismatch}");
+    FilterFailure {
+        filter: filters,
+        status: 500,
+        code: LENGTH_CHANGED,
+        message: format!("the {direction} body: {mismatch}"),
+    }
 }
 
 fn closed_by_filter() -> Box<Error> {

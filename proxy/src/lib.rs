@@ -5,6 +5,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod body_length;
 pub mod cache;
 pub mod config;
 pub mod edge;

@@ -38,6 +38,7 @@ pub struct Metrics {
     pub cache_objects: IntGaugeVec,
     pub cache_purged: IntCounterVec,
     pub cache_disk_errors: IntCounterVec,
+    pub access_log_dropped: IntCounter,
     custom: Mutex<Custom>,
 }
 
@@ -186,9 +187,14 @@ impl Metrics {
             ),
             cache_disk_errors: counter(
                 "edgeward_cache_disk_errors_total",
-                "Disk tier failures, by operation (read, write, corrupt).",
+                "Disk tier failures, by operation (read, write, corrupt, queue_full).",
                 &["operation"],
             ),
+            access_log_dropped: IntCounter::new(
+                "edgeward_access_log_dropped_total",
+                "Access log lines dropped because the log target did not keep up.",
+            )
+            .unwrap_or_else(|e| unreachable_metric("edgeward_access_log_dropped_total", e)),
             custom: Mutex::new(Custom::default()),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -212,6 +218,7 @@ impl Metrics {
             Box::new(metrics.cache_objects.clone()),
             Box::new(metrics.cache_purged.clone()),
             Box::new(metrics.cache_disk_errors.clone()),
+            Box::new(metrics.access_log_dropped.clone()),
         ];
         for collector in collectors {
             if let Err(e) = metrics.registry.register(collector) {

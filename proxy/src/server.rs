@@ -95,12 +95,13 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         filters,
         geo,
         cache,
-        access_log,
+        access_log.clone(),
     );
     let drain = GracefulSignals {
         inflight: edge.inflight(),
         timeout: config.shutdown_timeout,
         readiness,
+        access_log,
     };
 
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
@@ -165,6 +166,7 @@ struct GracefulSignals {
     inflight: Arc<AtomicUsize>,
     timeout: Duration,
     readiness: Arc<Readiness>,
+    access_log: AccessLogger,
 }
 
 #[async_trait]
@@ -190,15 +192,18 @@ impl ShutdownSignalWatch for GracefulSignals {
             self.timeout,
             self.inflight.load(Ordering::Acquire)
         );
+        let access_log = self.access_log.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = term.recv() => {},
                 _ = int.recv() => {},
             }
             log::warn!("second signal: exiting without waiting for in-flight requests");
+            access_log.flush();
             std::process::exit(1);
         });
         let inflight = self.inflight.clone();
+        let access_log = self.access_log.clone();
         std::thread::spawn(move || {
             // Let Pingora close the listeners before judging that nothing is left.
             std::thread::sleep(Duration::from_millis(100));
@@ -206,6 +211,7 @@ impl ShutdownSignalWatch for GracefulSignals {
                 std::thread::sleep(Duration::from_millis(20));
             }
             log::info!("all requests finished; exiting");
+            access_log.flush();
             std::process::exit(0);
         });
         ShutdownSignal::GracefulTerminate

@@ -147,6 +147,86 @@ async fn bodies_are_buffered_and_replaced_both_ways() {
 }
 
 #[tokio::test]
+async fn heads_keep_their_length_and_a_careless_rewrite_is_cut_off_not_misframed() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        r#"
+  headers:
+    module: $rewriter
+    config: {response: {set: {x-seen: "1"}}}
+  careless:
+    module: $body
+    config:
+      keep_length: true
+      request: {find: secret, replace: "[redacted]"}
+      response: {find: '"POST"', replace: '"REWRITTEN"'}
+"#,
+        &[
+            ("rewriter", filters::HEADER_REWRITER.to_string()),
+            ("body", filters::BODY_REWRITER.to_string()),
+        ],
+    );
+    let proxy = proxy_with(&origin, &yaml, "headers", "").await;
+    // A filter that leaves bodies alone leaves their framing alone.
+    let response = client::http1()
+        .get(proxy.url("/bytes/1000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header_values(&response, "content-length"), ["1000"]);
+    assert!(response.headers().get("transfer-encoding").is_none());
+    assert_eq!(response.bytes().await.unwrap().len(), 1000);
+    drop(proxy);
+
+    // A filter that changes a length it left in the head: the request never reaches the
+    // origin whole, the response is cut off instead of framed wrong, and both say why.
+    let proxy = proxy_with(&origin, &yaml, "careless", "").await;
+    let before = origin.hits();
+    let response = client::http1()
+        .post(proxy.url("/upload"))
+        .body("a secret")
+        .send()
+        .await
+        .unwrap();
+    assert_length_changed(response).await;
+    for client in [client::http1(), client::h2c()] {
+        let response = client
+            .post(proxy.url("/upload"))
+            .body("plain")
+            .send()
+            .await
+            .unwrap();
+        match response.status().as_u16() {
+            // The head had not left when the body was rewritten.
+            500 => assert_length_changed(response).await,
+            // It had: the body is cut off.
+            200 => assert!(
+                response.bytes().await.is_err(),
+                "the body must not complete"
+            ),
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    // The proxy goes on serving, on the same connection pool.
+    let response = client::http1()
+        .get(proxy.url("/fine"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(origin.hits() > before);
+}
+
+/// A 500 that names a body length changed under its Content-Length.
+async fn assert_length_changed(response: reqwest::Response) {
+    assert_eq!(response.status(), 500);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "body_length_changed", "{body}");
+    let message = body["message"].as_str().unwrap();
+    assert!(message.contains("content-length"), "{body}");
+}
+
+#[tokio::test]
 async fn bodies_stream_through_filters_that_do_not_pause_in_constant_memory() {
     let origin = Origin::start("origin").await;
     let yaml = config(

@@ -197,6 +197,16 @@ impl FilterChain {
         (data, Verdict::Continue)
     }
 
+    /// The chain's filters in order, for messages: `a, b`.
+    pub fn filter_names(&self) -> String {
+        let names: Vec<&str> = self
+            .entries
+            .iter()
+            .map(|e| e.plugin.info.name.as_str())
+            .collect();
+        names.join(", ")
+    }
+
     /// Whether any filter's response callbacks run in `phase`.
     pub fn has_response_phase(&self, phase: ResponsePhase) -> bool {
         self.entries.iter().any(|e| e.in_phase(phase))

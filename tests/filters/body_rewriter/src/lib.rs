@@ -10,10 +10,12 @@
 //! ```
 //!
 //! No config (or `{}`) rewrites nothing. `find` must not be empty; unknown fields fail the
-//! configuration. The match is on raw bytes, so bodies need not be UTF-8.
+//! configuration. The match is on raw bytes, so bodies need not be UTF-8. With
+//! `"keep_length": true` the filter forgets to remove `content-length` (a careless filter).
 //!
 //! For each configured direction:
-//! - headers: removes `content-length` (the rewritten body may change size), `Continue`;
+//! - headers: removes `content-length` (the rewritten body may change size) unless
+//!   `keep_length`, `Continue`;
 //! - body: returns `Pause` until `end_of_stream`, so the host buffers the body; at the end
 //!   it reads the whole buffered body (`proxy_get_buffer_bytes(0, body_size)`), replaces
 //!   every non-overlapping occurrence left to right, writes it back over the whole buffer
@@ -38,6 +40,7 @@ proxy_wasm::main! {{
 struct Config {
     request: Option<Replacement>,
     response: Option<Replacement>,
+    keep_length: bool,
 }
 
 #[derive(Deserialize)]
@@ -103,7 +106,7 @@ impl Context for BodyRewriter {}
 
 impl HttpContext for BodyRewriter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.config.request.is_some() {
+        if self.config.request.is_some() && !self.config.keep_length {
             self.set_http_request_header("content-length", None);
         }
         Action::Continue
@@ -123,7 +126,7 @@ impl HttpContext for BodyRewriter {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if self.config.response.is_some() {
+        if self.config.response.is_some() && !self.config.keep_length {
             self.set_http_response_header("content-length", None);
         }
         Action::Continue

@@ -1,0 +1,667 @@
+#!/usr/bin/env python3
+"""edgeward against nginx, side by side on this machine (`make bench`; see docs/benchmarks.md).
+
+Starts a fast local origin (nginx serving fixed bodies), then, scenario by scenario, starts
+each contender (edgeward and nginx configured equivalently, or edgeward configurations
+against each other), and drives them with wrk (HTTP/1.1) or h2load (h2c) on loopback, in
+alternating rounds. Prints one Markdown table of medians, ratios from the same run, and the
+targets of issue 7 with their verdicts.
+
+The proxies under test share the first half of the cores; the load generator and the origin
+get the other half. Both proxies get the same number of workers (one per core of their half).
+Every configuration used is written to the run folder, printed at the start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+EDGEWARD = ROOT / "target" / "release" / "edgeward"
+FILTERS = ROOT / "filters" / "target" / "wasm32-wasip1" / "release"
+GEO_DATABASE = ROOT / "config" / "geo" / "demo.mmdb"
+DEMO_CONFIG = ROOT / "config" / "edgeward.yaml"
+# Signed with the demo HMAC key of config/edgeward.yaml (also in the Makefile); expires in 2100.
+DEMO_TOKEN = (
+    "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8ifQ."
+    "eyJpc3MiOiJodHRwczovL2RlbW8uZWRnZXdhcmQuZXhhbXBsZSIsImF1ZCI6ImVkZ2UtYXBpIiwic3ViIjoiZGVtby11c2VyIiwiZW1haWwiOiJkZW1vQGV4YW1wbGUuY29tIiwiaWF0IjoxNzY0MDAwMDAwLCJleHAiOjQxMDI0NDQ4MDB9."
+    "-uXvDZjqRwtuqjy467BmqXqH8cQKXiA57vZFKPTozmE"
+)
+# A client the demo geo database places in Germany: geo-router sends it to `origin-eu`.
+CLIENT_IN_GERMANY = "198.51.100.7"
+CONNECTIONS = 64
+H2_STREAMS_PER_CONNECTION = 10
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes and what they cost
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (nginx's master and workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, []))
+    return tree
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User plus system CPU time of the processes (all their threads)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / CLOCK_TICKS
+
+
+def status_kib(pids: list[int], key: str) -> int:
+    """Sum of a /proc/PID/status field (VmRSS, VmHWM) in KiB."""
+    total = 0
+    for pid in pids:
+        try:
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith(key + ":"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+class Ports:
+    """Loopback ports below the ephemeral range, checked free before use."""
+
+    def __init__(self, start: int) -> None:
+        self.next = start
+
+    def take(self) -> int:
+        while not port_is_free(self.next):
+            self.next += 1
+        self.next += 1
+        return self.next - 1
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, headers: dict[str, str], what: str) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited with status {process.returncode} while starting")
+        try:
+            request = urllib.request.Request(url, headers=headers)
+            with urllib.request.urlopen(request, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{what} did not answer 200 at {url} within 30 s")
+
+
+@dataclass
+class Cores:
+    """The proxies' cores and the load side's cores (the same set when there is one core)."""
+
+    proxy: list[int]
+    load: list[int]
+
+    @staticmethod
+    def split() -> "Cores":
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            return Cores(cores, cores)
+        half = len(cores) // 2
+        return Cores(cores[:half], cores[half:])
+
+    def pin(self, which: list[int]) -> list[str]:
+        return ["taskset", "-c", ",".join(map(str, which))] if shutil.which("taskset") else []
+
+
+# ---------------------------------------------------------------------------------------------
+# The origin and the contenders
+
+
+def origin_bodies(folder: Path) -> None:
+    """Files the origin serves: /1k and /cache/1k, /cache/100k (cacheable)."""
+    www = folder / "www"
+    (www / "cache").mkdir(parents=True, exist_ok=True)
+    for name, size in [("1k", 1024), ("cache/1k", 1024), ("cache/100k", 102400)]:
+        (www / name).write_bytes(bytes((i * 7 + 13) % 251 for i in range(size)))
+
+
+def nginx_origin_config(folder: Path, port: int) -> str:
+    return f"""# The benchmark origin: fixed bodies from memory, as fast as nginx serves.
+worker_processes 1;
+daemon off;
+pid {folder}/origin.pid;
+error_log {folder}/origin-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    default_type application/octet-stream;
+    open_file_cache max=100;
+    keepalive_requests 1000000;
+    server {{
+        listen 127.0.0.1:{port} reuseport backlog=4096;
+        root {folder}/www;
+        location = /1k {{
+            # Answers any method (POST included) with the file's bytes.
+            error_page 405 =200 $uri;
+        }}
+        location /cache/ {{
+            add_header Cache-Control "public, max-age=3600";
+        }}
+    }}
+}}
+"""
+
+
+def nginx_proxy_config(folder: Path, cache_dir: Path, port: int, h2_port: int, origin: int, workers: int) -> str:
+    return f"""# nginx as the reference reverse proxy and cache, configured like edgeward.
+worker_processes {workers};
+daemon off;
+pid {folder}/nginx.pid;
+error_log {folder}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log {folder}/nginx-access.log;
+    keepalive_requests 1000000;
+    client_body_buffer_size 64k;
+    upstream origin {{
+        server 127.0.0.1:{origin};
+        keepalive 128;
+    }}
+    proxy_cache_path {cache_dir} levels=1:2 keys_zone=edge:16m max_size=256m inactive=1h use_temp_path=off;
+    server {{
+        listen 127.0.0.1:{port} reuseport backlog=4096;
+        listen 127.0.0.1:{h2_port} http2 reuseport backlog=4096;
+        proxy_http_version 1.1;
+        proxy_set_header Connection "";
+        location / {{
+            proxy_pass http://origin;
+        }}
+        location /cache/ {{
+            proxy_pass http://origin;
+            proxy_cache edge;
+            proxy_cache_lock on;
+            proxy_cache_use_stale updating error timeout;
+            add_header Cache-Status $upstream_cache_status;
+        }}
+    }}
+}}
+"""
+
+
+FILTER_CONFIGS = {
+    "headers": f"""
+    module: {FILTERS}/add_headers.wasm
+    isolation: $isolation
+    config:
+      request: {{set: {{x-edge: "1"}}, remove: [x-internal-secret]}}
+      response: {{set: {{x-served-by: edgeward, x-edge-country: "${{geo.country_code:-XX}}"}}, remove: [x-powered-by]}}""",
+    "jwt": f"""
+    module: {FILTERS}/jwt_auth.wasm
+    isolation: $isolation
+    config:
+      providers:
+        - issuer: https://demo.edgeward.example
+          audiences: [edge-api]
+          jwks: {{keys: [{{kty: oct, kid: demo, alg: HS256, k: ZWRnZXdhcmQtZGVtby1zZWNyZXQtZG8tbm90LXVzZS1pbi1wcm9kdWN0aW9u}}]}}
+      forward_claims: {{sub: x-user-id, email: x-user-email}}""",
+    "geo": f"""
+    module: {FILTERS}/geo_router.wasm
+    isolation: $isolation
+    config:
+      countries: {{JP: origin-apac, DE: origin-eu, FR: origin-eu}}""",
+}
+
+
+def edgeward_config(
+    folder: Path, name: str, port: int, origin: int, workers: int, chain: list[str], isolation: str
+) -> str:
+    """The same origin under every upstream name; `chain` runs on every route."""
+    filters = "".join(
+        f"\n  {f}:" + FILTER_CONFIGS[f].replace("$isolation", isolation) for f in chain
+    )
+    chain_yaml = f"[{', '.join(chain)}]"
+    return f"""# edgeward under benchmark: {name}
+listeners: [{{address: "127.0.0.1:{port}"}}]
+workers: {workers}
+access_log: {folder}/edgeward-{name}-access.log
+geo: {{database: {GEO_DATABASE}, trusted_proxies: [127.0.0.1/32]}}
+cache: {{memory: 256MiB}}
+upstreams:
+  origin: {{endpoints: ["127.0.0.1:{origin}"]}}
+  origin-eu: {{endpoints: ["127.0.0.1:{origin}"]}}
+  origin-apac: {{endpoints: ["127.0.0.1:{origin}"]}}
+filters:{filters or " {}"}
+routes:
+  - {{match: {{path_prefix: /cache/}}, upstream: origin, cache: {{enabled: true}}, filters: {chain_yaml}}}
+  - {{match: {{path_prefix: /}}, upstream: origin, filters: {chain_yaml}}}
+"""
+
+
+@dataclass
+class Contender:
+    """One proxy configuration: how to start it, where to send load."""
+
+    name: str
+    kind: str  # "edgeward" or "nginx"
+    command: list[str]
+    port: int
+    h2_port: int | None = None
+    process: subprocess.Popen | None = None
+    pids: list[int] = field(default_factory=list)
+
+    def start(self, cores: Cores, folder: Path, headers: dict[str, str]) -> None:
+        log = open(folder / f"{self.name}.out", "wb")
+        self.process = subprocess.Popen(
+            cores.pin(cores.proxy) + self.command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_until_serving(f"http://127.0.0.1:{self.port}/1k", self.process, headers, self.name)
+        # taskset execs the proxy: the pid is the proxy's own.
+        self.pids = process_tree(self.process.pid)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+    def peak_rss_mib(self) -> float:
+        return status_kib(self.pids, "VmHWM") / 1024
+
+
+# ---------------------------------------------------------------------------------------------
+# Load and its results
+
+
+@dataclass
+class Run:
+    requests: int
+    seconds: float
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_s: float
+
+    @property
+    def cpu_per_10k(self) -> float:
+        return self.cpu_s / self.requests * 10_000 if self.requests else float("nan")
+
+
+@dataclass
+class Load:
+    """What a scenario sends: path, method/body (a wrk Lua script), headers, protocol."""
+
+    path: str
+    headers: dict[str, str] = field(default_factory=dict)
+    script: Path | None = None
+    h2: bool = False
+
+    def command(self, port: int, seconds: float, threads: int, log: Path) -> list[str]:
+        url = f"http://127.0.0.1:{port}{self.path}"
+        header_args = [a for name, value in self.headers.items() for a in ("-H", f"{name}: {value}")]
+        if self.h2:
+            return [
+                "h2load", "-c", str(CONNECTIONS), "-m", str(H2_STREAMS_PER_CONNECTION),
+                "-t", str(threads), "-D", str(max(1, round(seconds))), "--log-file", str(log),
+                *header_args, url,
+            ]  # fmt: skip
+        script = ["-s", str(self.script)] if self.script else []
+        return [
+            "wrk", "-t", str(threads), "-c", str(CONNECTIONS), "-d", f"{max(1, round(seconds))}s",
+            "--latency", *script, *header_args, url,
+        ]  # fmt: skip
+
+
+def parse_duration_ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def parse_wrk(output: str) -> tuple[int, float, float, float]:
+    """(requests, seconds, p50 ms, p99 ms); refuses runs with errors or non-2xx answers."""
+    if "Non-2xx or 3xx responses" in output:
+        raise RuntimeError("some responses were not 2xx/3xx:\n" + output)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    if errors and any(int(n) for n in errors.groups()):
+        raise RuntimeError("socket errors:\n" + output)
+    done = re.search(r"(\d+) requests in ([\d.]+)(ms|s|m)", output)
+    p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
+    p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
+    if not (done and p50 and p99):
+        raise RuntimeError("unexpected wrk output:\n" + output)
+    seconds = parse_duration_ms(done.group(2) + done.group(3)) / 1000
+    return int(done.group(1)), seconds, parse_duration_ms(p50.group(1)), parse_duration_ms(p99.group(1))
+
+
+def parse_h2load(output: str, log: Path) -> tuple[int, float, float, float]:
+    done = re.search(r"finished in ([\d.]+)(ms|s|m)", output)
+    status = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", output)
+    requests = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", output)
+    if not (done and status and requests):
+        raise RuntimeError("unexpected h2load output:\n" + output)
+    if int(status.group(3)) or int(status.group(4)) or int(requests.group(3)) or int(requests.group(4)):
+        raise RuntimeError("failed requests:\n" + output)
+    latencies = sorted(int(line.split("\t")[2]) for line in log.read_text().splitlines() if line.count("\t") >= 2)
+    if not latencies:
+        raise RuntimeError("h2load logged no requests:\n" + output)
+    def percentile(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] / 1000
+
+    seconds = parse_duration_ms(done.group(1) + done.group(2)) / 1000
+    return int(requests.group(2)), seconds, percentile(0.50), percentile(0.99)
+
+
+def drive(contender: Contender, load: Load, seconds: float, cores: Cores, folder: Path) -> Run:
+    log = folder / "h2load.log"
+    command = cores.pin(cores.load) + load.command(contender.h2_port if load.h2 else contender.port, seconds, len(cores.load), log)
+    before = cpu_seconds(contender.pids)
+    output = subprocess.run(command, capture_output=True, text=True, check=False)
+    used = cpu_seconds(contender.pids) - before
+    if output.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed: {output.stderr}{output.stdout}")
+    if load.h2:
+        requests, elapsed, p50, p99 = parse_h2load(output.stdout, log)
+        log.unlink()
+    else:
+        requests, elapsed, p50, p99 = parse_wrk(output.stdout)
+    return Run(requests, elapsed, requests / elapsed, p50, p99, used)
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+
+@dataclass
+class Scenario:
+    title: str
+    load: Load
+    contenders: list[str]
+    # How the table compares: against `nginx`, or against the first contender.
+    versus: str
+
+
+def scenarios(post_script: Path) -> list[Scenario]:
+    auth = {"Authorization": f"Bearer {DEMO_TOKEN}", "X-Forwarded-For": CLIENT_IN_GERMANY}
+    return [
+        Scenario("1. proxy, 1 KiB GET", Load("/1k"), ["edgeward", "nginx"], "nginx"),
+        Scenario("1b. proxy, 1 KiB GET, h2c", Load("/1k", h2=True), ["edgeward", "nginx"], "nginx"),
+        Scenario("2. proxy, 10 KiB POST", Load("/1k", script=post_script), ["edgeward", "nginx"], "nginx"),
+        Scenario("3a. cache hit, 1 KiB", Load("/cache/1k"), ["edgeward", "nginx"], "nginx"),
+        Scenario("3b. cache hit, 100 KiB", Load("/cache/100k"), ["edgeward", "nginx"], "nginx"),
+        Scenario(
+            "4. filters, 1 KiB GET",
+            Load("/1k", headers=auth),
+            ["edgeward", "edgeward+headers", "edgeward+3 filters"],
+            "first",
+        ),
+        Scenario(
+            "5. isolation, header filter",
+            Load("/1k", headers=auth),
+            ["edgeward+headers", "edgeward+headers (request)"],
+            "first",
+        ),
+    ]
+
+
+def contenders(folder: Path, cache_dir: Path, ports: Ports, origin: int, workers: int) -> dict[str, Contender]:
+    made: dict[str, Contender] = {}
+    for name, chain, isolation in [
+        ("edgeward", [], "shared"),
+        ("edgeward+headers", ["headers"], "shared"),
+        ("edgeward+headers (request)", ["headers"], "request"),
+        ("edgeward+3 filters", ["jwt", "geo", "headers"], "shared"),
+    ]:
+        port = ports.take()
+        file_name = re.sub(r"[^a-z0-9]+", "-", name).strip("-")
+        path = folder / f"{file_name}.yaml"
+        path.write_text(edgeward_config(folder, file_name, port, origin, workers, chain, isolation))
+        made[name] = Contender(name, "edgeward", [str(EDGEWARD), "run", "--config", str(path)], port, port)
+    port, h2_port = ports.take(), ports.take()
+    path = folder / "nginx.conf"
+    path.write_text(nginx_proxy_config(folder, cache_dir, port, h2_port, origin, workers))
+    made["nginx"] = Contender("nginx", "nginx", ["nginx", "-c", str(path), "-e", str(folder / "nginx-error.log")], port, h2_port)
+    return made
+
+
+# ---------------------------------------------------------------------------------------------
+# Idle memory of the demo
+
+
+def demo_idle_rss(folder: Path, ports: Ports, cores: Cores) -> tuple[float, float]:
+    """RSS of `config/edgeward.yaml` (moved to free ports) right after start and after 2000
+    requests over its routes followed by two idle seconds, in MiB."""
+    port, admin = ports.take(), ports.take()
+    text = DEMO_CONFIG.read_text()
+    for old, new in [
+        ("127.0.0.1:8080", f"127.0.0.1:{port}"),
+        ("127.0.0.1:9901", f"127.0.0.1:{admin}"),
+        ("../filters/", f"{ROOT}/filters/"),
+        ("geo/demo.mmdb", str(GEO_DATABASE)),
+    ]:
+        if old not in text:
+            raise SystemExit(f"config/edgeward.yaml no longer contains `{old}`: update bench/run.py")
+        text = text.replace(old, new)
+    path = folder / "demo.yaml"
+    path.write_text(text)
+    demo = Contender("demo", "edgeward", [str(EDGEWARD), "run", "--config", str(path)], port)
+    try:
+        demo.start(cores, folder, {})
+        time.sleep(1)
+        started = status_kib(demo.pids, "VmRSS") / 1024
+        headers = {"Authorization": f"Bearer {DEMO_TOKEN}"}
+        for i in range(500):
+            for route in ["/hello", "/api/orders", f"/static/{i % 50}.js", "/"]:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}{route}", headers=headers)
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    response.read()
+        time.sleep(2)
+        return started, status_kib(demo.pids, "VmRSS") / 1024
+    finally:
+        demo.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 10)), help="length of each measured run")
+    parser.add_argument("--warmup", type=float, default=2, help="unmeasured load before each run")
+    parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 3)), help="alternating runs per contender")
+    parser.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""), help="run scenarios whose title contains this")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+
+    for tool in ["nginx", "wrk", "h2load"]:
+        if not shutil.which(tool):
+            raise SystemExit(f"`{tool}` is missing: `make bench` installs it (apt-get install nginx wrk nghttp2-client)")
+    for needed in [EDGEWARD, FILTERS / "add_headers.wasm", GEO_DATABASE]:
+        if not needed.exists():
+            raise SystemExit(f"{needed} is missing: run `make bench` (it builds edgeward and the filters)")
+
+    cores = Cores.split()
+    workers = len(cores.proxy)
+    folder = ROOT / "target" / "bench" / time.strftime("%Y%m%d-%H%M%S")
+    folder.mkdir(parents=True)
+    ports = Ports(21000)
+    post_script = folder / "post-10k.lua"
+    post_script.write_text('wrk.method = "POST"\nwrk.body = string.rep("x", 10240)\n'
+                           'wrk.headers["Content-Type"] = "application/octet-stream"\n')
+    origin_bodies(folder)
+    origin_port = ports.take()
+    (folder / "origin.conf").write_text(nginx_origin_config(folder, origin_port))
+    print(f"# edgeward vs nginx, {time.strftime('%Y-%m-%d')}", flush=True)
+    print(f"machine: {machine()}; proxies on cores {cores.proxy} with {workers} worker(s) each, "
+          f"load generator and origin on cores {cores.load}; {CONNECTIONS} connections; "
+          f"{args.rounds} rounds of {args.seconds:g} s (after {args.warmup:g} s warm-up), medians")
+    print(f"configurations and logs: {folder}\n", flush=True)
+
+    origin = subprocess.Popen(
+        cores.pin(cores.load) + ["nginx", "-c", str(folder / "origin.conf"), "-e", str(folder / "origin-error.log")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    # nginx caches in files: in memory (tmpfs) where the machine has one, as edgeward does.
+    nginx_cache = Path(tempfile.mkdtemp(prefix="edgeward-bench-nginx-cache-", dir="/dev/shm" if Path("/dev/shm").is_dir() else folder))
+    all_contenders = contenders(folder, nginx_cache, ports, origin_port, workers)
+    results: dict[str, dict[str, list[Run]]] = {}
+    peak: dict[str, float] = {}
+    try:
+        wait_until_serving(f"http://127.0.0.1:{origin_port}/1k", origin, {}, "the origin")
+        for scenario in scenarios(post_script):
+            if args.only and args.only not in scenario.title:
+                continue
+            print(f"{scenario.title} ...", file=sys.stderr, flush=True)
+            results[scenario.title] = run_scenario(scenario, all_contenders, cores, folder, args, peak)
+        idle = demo_idle_rss(folder, ports, cores) if not args.only else None
+    finally:
+        for contender in all_contenders.values():
+            contender.stop()
+        os.killpg(origin.pid, signal.SIGTERM)
+        origin.wait()
+        shutil.rmtree(nginx_cache, ignore_errors=True)
+
+    print(table(results, peak))
+    print(targets(results, idle))
+    if args.json:
+        args.json.write_text(json.dumps({s: {c: [run.__dict__ for run in runs] for c, runs in r.items()} for s, r in results.items()}, indent=1))
+
+
+def run_scenario(scenario: Scenario, all_contenders: dict[str, Contender], cores: Cores, folder: Path, args, peak: dict[str, float]) -> dict[str, list[Run]]:
+    taking_part = [all_contenders[name] for name in scenario.contenders]
+    runs: dict[str, list[Run]] = {c.name: [] for c in taking_part}
+    for contender in taking_part:
+        if contender.process is None:
+            contender.start(cores, folder, scenario.load.headers)
+    for round_number in range(args.rounds):
+        # Alternate who goes first, so that neither side always runs on a warmer machine.
+        order = taking_part[round_number % len(taking_part):] + taking_part[: round_number % len(taking_part)]
+        for contender in order:
+            drive(contender, scenario.load, args.warmup, cores, folder)
+            run = drive(contender, scenario.load, args.seconds, cores, folder)
+            runs[contender.name].append(run)
+            print(f"  {contender.name}: {run.rps:,.0f} req/s, p99 {run.p99_ms:.2f} ms", file=sys.stderr, flush=True)
+    for contender in taking_part:
+        peak[contender.name] = max(peak.get(contender.name, 0), contender.peak_rss_mib())
+    return runs
+
+
+def table(results: dict[str, dict[str, list[Run]]], peak: dict[str, float]) -> str:
+    lines = [
+        "| Scenario | Proxy | req/s | p50 ms | p99 ms | CPU s / 10k req | peak RSS MiB | req/s ratio | p99 ratio |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for title, runs in results.items():
+        names = list(runs)
+        reference = "nginx" if "nginx" in runs else names[0]
+        for name in names:
+            mine = runs[name]
+            if name == reference:
+                ratio, p99_ratio = "", ""
+            else:
+                # Ratios per round (the two ran back to back), then their median.
+                ratio = f"{median([a.rps / b.rps for a, b in zip(mine, runs[reference])]):.2f}"
+                p99_ratio = f"{median([a.p99_ms / b.p99_ms for a, b in zip(mine, runs[reference])]):.2f}"
+            lines.append(
+                f"| {title} | {name} | {median([r.rps for r in mine]):,.0f} | {median([r.p50_ms for r in mine]):.2f} "
+                f"| {median([r.p99_ms for r in mine]):.2f} | {median([r.cpu_per_10k for r in mine]):.2f} "
+                f"| {peak.get(name, float('nan')):.0f} | {ratio} | {p99_ratio} |"
+            )
+    return "\n".join(lines) + "\n\nRatios are edgeward / nginx, or against the scenario's first row when nginx is not in it.\n"
+
+
+def targets(results: dict[str, dict[str, list[Run]]], idle: tuple[float, float] | None) -> str:
+    checks: list[tuple[str, str, bool]] = []
+
+    def paired(title: str, a: str, b: str, metric) -> float | None:
+        runs = results.get(title)
+        if not runs or a not in runs or b not in runs:
+            return None
+        return median([metric(x) / metric(y) for x, y in zip(runs[a], runs[b])])
+
+    for title in ["1. proxy, 1 KiB GET", "1b. proxy, 1 KiB GET, h2c", "2. proxy, 10 KiB POST", "3a. cache hit, 1 KiB", "3b. cache hit, 100 KiB"]:
+        rps = paired(title, "edgeward", "nginx", lambda r: r.rps)
+        p99 = paired(title, "edgeward", "nginx", lambda r: r.p99_ms)
+        if rps is not None:
+            checks.append((f"{title}: req/s ≥ nginx, p99 ≤ nginx", f"req/s ×{rps:.2f}, p99 ×{p99:.2f}", rps >= 1 and p99 <= 1))
+    filters = paired("4. filters, 1 KiB GET", "edgeward+3 filters", "edgeward", lambda r: r.rps)
+    if filters is not None:
+        checks.append(("three chained filters cost ≤ 15% of the no-filter throughput", f"cost {1 - filters:.0%}", 1 - filters <= 0.15))
+    isolation = paired("5. isolation, header filter", "edgeward+headers (request)", "edgeward+headers", lambda r: r.cpu_per_10k)
+    if isolation is not None:
+        checks.append(("`isolation: request` ≤ 25% more CPU per request than `shared`", f"+{isolation - 1:.0%}", isolation - 1 <= 0.25))
+    if idle is not None:
+        checks.append(("idle RSS of the demo configuration ≤ 64 MiB", f"{idle[1]:.0f} MiB after 2000 requests ({idle[0]:.0f} MiB at start)", idle[1] <= 64))
+    lines = ["| Target | Measured | Met |", "|---|---|---|"]
+    lines += [f"| {what} | {measured} | {'yes' if met else '**no**'} |" for what, measured, met in checks]
+    return "\n".join(lines)
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    kernel = os.uname().release
+    nginx = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip().replace("nginx version: ", "")
+    return f"{os.cpu_count()} × {model}, Linux {kernel}, {nginx}, edgeward {git_commit()}"
+
+
+def git_commit() -> str:
+    result = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return result.stdout.strip() or "unknown"
+
+
+if __name__ == "__main__":
+    main()
