@@ -2,9 +2,15 @@
 //! to look up, which is the peer, or, behind trusted proxies, the right-most
 //! `X-Forwarded-For` entry that is not itself a trusted proxy.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::num::NonZeroUsize;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use lru::LruCache;
 
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -17,8 +23,18 @@ pub struct GeoError {
 }
 
 pub struct Geo {
+    /// Tells databases apart in the per-thread cache of answers.
+    id: u64,
     reader: maxminddb::Reader<Vec<u8>>,
     trusted_proxies: Vec<IpNet>,
+}
+
+/// Answers kept per worker thread: clients come back, and a database lookup decodes a record.
+const RECENT_PER_THREAD: usize = 4096;
+
+thread_local! {
+    static RECENT: RefCell<LruCache<(u64, IpAddr), Arc<GeoInfo>>> =
+        RefCell::new(LruCache::new(NonZeroUsize::MIN.saturating_add(RECENT_PER_THREAD - 1)));
 }
 
 impl std::fmt::Debug for Geo {
@@ -92,7 +108,9 @@ impl Geo {
             path: database.display().to_string(),
             message: e.to_string(),
         })?;
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(Geo {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             reader,
             trusted_proxies,
         })
@@ -133,7 +151,19 @@ impl Geo {
         client
     }
 
-    pub fn lookup(&self, ip: IpAddr) -> GeoInfo {
+    /// What the database knows about `ip` (answers are kept per thread; the database never
+    /// changes while edgeward runs).
+    pub fn lookup(&self, ip: IpAddr) -> Arc<GeoInfo> {
+        let key = (self.id, ip);
+        if let Some(known) = RECENT.with_borrow_mut(|recent| recent.get(&key).cloned()) {
+            return known;
+        }
+        let info = Arc::new(self.decode(ip));
+        RECENT.with_borrow_mut(|recent| recent.put(key, info.clone()));
+        info
+    }
+
+    fn decode(&self, ip: IpAddr) -> GeoInfo {
         let found = self
             .reader
             .lookup(canonical(ip))
@@ -221,6 +251,20 @@ mod tests {
     }
 
     #[test]
+    fn answers_are_kept_per_database() {
+        let (first, second) = (geo_with(&[]), geo_with(&[]));
+        let tokyo = first.lookup(ip("192.0.2.10"));
+        assert_eq!(tokyo.country_code.as_deref(), Some("JP"));
+        assert!(Arc::ptr_eq(&tokyo, &first.lookup(ip("192.0.2.10"))), "kept");
+        let other = second.lookup(ip("192.0.2.10"));
+        assert!(
+            !Arc::ptr_eq(&tokyo, &other),
+            "another database has its own answers"
+        );
+        assert_eq!(*other, *tokyo);
+    }
+
+    #[test]
     fn the_client_is_the_first_untrusted_hop_from_the_right() {
         let geo = geo_with(&["127.0.0.1/32", "10.0.0.0/8"]);
         // An untrusted peer's X-Forwarded-For is not believed.
@@ -276,6 +320,6 @@ mod tests {
         let sydney = geo.lookup(ip("2001:db8:8000::1"));
         assert_eq!(sydney.country_code.as_deref(), Some("AU"));
         assert_eq!(sydney.continent_code.as_deref(), Some("OC"));
-        assert_eq!(geo.lookup(ip("8.8.8.8")), GeoInfo::default());
+        assert_eq!(*geo.lookup(ip("8.8.8.8")), GeoInfo::default());
     }
 }

@@ -227,7 +227,7 @@ pub struct StreamInfo {
     /// forwarded client), and the database, looked up at most once, when a filter asks.
     pub effective_address: Option<std::net::IpAddr>,
     pub geo: Option<Arc<Geo>>,
-    pub geo_info: OnceLock<GeoInfo>,
+    pub geo_info: OnceLock<Arc<GeoInfo>>,
     /// The upstream a filter chose with `route.upstream` instead of the route's.
     pub upstream_override: Option<UpstreamId>,
 }
@@ -236,7 +236,7 @@ impl StreamInfo {
     /// The geolocation of the effective client address (looked up once).
     pub fn geo_info(&self) -> Option<&GeoInfo> {
         let (geo, address) = (self.geo.as_ref()?, self.effective_address?);
-        Some(self.geo_info.get_or_init(|| geo.lookup(address)))
+        Some(self.geo_info.get_or_init(|| geo.lookup(address)).as_ref())
     }
 }
 
