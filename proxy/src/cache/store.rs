@@ -375,25 +375,13 @@ impl Store {
         for job in jobs {
             match job {
                 Job::Write { generation, object } => {
-                    let result = folder.write(&object);
+                    let written = folder
+                        .write(&object)
+                        .map_err(|e| format!("cannot write to `{}`: {e}", folder.path().display()));
                     let mut state = self.state();
                     state.queued = state.queued.saturating_sub(object.body.len() as u64);
-                    let removals = match result {
-                        Ok(size) => {
-                            state.index.disk_written(&object.id, generation, size);
-                            state.index.evict_from_disk(capacity)
-                        }
-                        Err(e) => {
-                            log::warn!("cache: cannot write to `{}`: {e}", folder.path().display());
-                            disk_error("write");
-                            state.index.disk_failed(&object.id, generation)
-                        }
-                    };
-                    state.index.report();
                     drop(state);
-                    for DiskJob::Remove(id) in removals {
-                        folder.remove(&id);
-                    }
+                    self.record_write(folder, object.id, generation, written, capacity);
                 }
                 Job::Rewrite {
                     id,
@@ -431,14 +419,28 @@ impl Store {
                 object.meta_header = meta.header.to_vec();
                 folder.write(&object).map_err(|e| e.to_string())
             });
+        let rewritten = rewritten.map_err(|e| format!("cannot update a stored object: {e}"));
+        self.record_write(folder, id, generation, rewritten, capacity);
+    }
+
+    /// Brings the index up to date with a file write (`Ok(size)`), evicting from disk as
+    /// needed, or forgets the disk copy of an object whose file could not be written.
+    fn record_write(
+        &self,
+        folder: &Folder,
+        id: ObjectId,
+        generation: u64,
+        written: std::result::Result<u64, String>,
+        capacity: u64,
+    ) {
         let mut state = self.state();
-        let removals = match rewritten {
+        let removals = match written {
             Ok(size) => {
                 state.index.disk_written(&id, generation, size);
                 state.index.evict_from_disk(capacity)
             }
             Err(e) => {
-                log::warn!("cache: cannot update a stored object: {e}");
+                log::warn!("cache: {e}");
                 disk_error("write");
                 state.index.disk_failed(&id, generation)
             }
