@@ -134,7 +134,7 @@ fn main() {
             chain
                 .on_response_headers(ResponsePhase::AfterCache, &mut req, &mut resp, true)
                 .await;
-            chain.finish(&mut req, Some(&resp));
+            chain.finish(&mut req, Some(resp.clone()));
         }
         // Let the reaper finish dropping the instances it was given.
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -159,7 +159,7 @@ fn main() {
             chain
                 .on_response_headers(ResponsePhase::AfterCache, &mut req, &mut resp, true)
                 .await;
-            chain.finish(&mut req, Some(&resp));
+            chain.finish(&mut req, Some(resp.clone()));
             let elapsed = started.elapsed();
             assert_eq!(
                 resp.headers.get("x-served-by").map(|v| v.as_bytes()),

@@ -883,7 +883,7 @@ impl ProxyHttp for Edge {
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         if let Some(chain) = ctx.chain.as_mut() {
             let response = session.response_written().cloned();
-            chain.finish(session.req_header_mut(), response.as_ref());
+            chain.finish(session.req_header_mut(), response);
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route.as_deref().map_or("", |r| r.name.as_str());

@@ -1,10 +1,11 @@
 //! One wasmtime engine for every filter: pooling allocator with copy-on-write memory images,
-//! epoch interruption driven by a 1 ms ticker, and compiled modules cached on disk.
+//! epoch interruption driven by a ticker, and compiled modules cached on disk.
 
 use std::fs;
 use std::hash::{Hash, Hasher};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
@@ -14,8 +15,24 @@ use wasmtime::{
 
 use super::WasmError;
 
+/// The epoch advances every tenth of the smallest CPU limit (a guest overruns its limit by
+/// at most a tenth), but never more often than every millisecond nor less often than every
+/// 10 ms: each tick wakes a thread, which on a busy machine takes a core from a worker.
+const FINEST_TICK: Duration = Duration::from_millis(1);
+const COARSEST_TICK: Duration = Duration::from_millis(10);
+
+/// The current tick in nanoseconds; one engine per process sets it.
+static EPOCH_TICK_NANOS: AtomicU64 = AtomicU64::new(1_000_000);
+
 /// How often the epoch advances: the granularity of CPU deadlines.
-pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+pub fn epoch_tick() -> Duration {
+    Duration::from_nanos(EPOCH_TICK_NANOS.load(Ordering::Relaxed))
+}
+
+/// The tick for filters whose smallest CPU limit is `smallest_cpu_limit`.
+fn tick_for(smallest_cpu_limit: Duration) -> Duration {
+    (smallest_cpu_limit / 10).clamp(FINEST_TICK, COARSEST_TICK)
+}
 
 pub struct WasmEngine {
     engine: Engine,
@@ -24,10 +41,11 @@ pub struct WasmEngine {
 
 impl WasmEngine {
     /// `instances` bounds the instances alive at once; `max_memory` is the largest memory
-    /// limit of any filter.
+    /// limit of any filter, `smallest_cpu_limit` the smallest CPU limit.
     pub fn new(
         instances: u32,
         max_memory: u64,
+        smallest_cpu_limit: Duration,
         module_cache: Option<PathBuf>,
     ) -> Result<Self, WasmError> {
         let mut pool = PoolingAllocationConfig::default();
@@ -47,7 +65,7 @@ impl WasmEngine {
             .cranelift_opt_level(OptLevel::Speed)
             .parallel_compilation(true);
         let engine = Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
-        spawn_epoch_ticker(&engine)
+        spawn_epoch_ticker(&engine, tick_for(smallest_cpu_limit))
             .map_err(|e| WasmError::Engine(format!("cannot start the epoch ticker: {e}")))?;
         let module_cache = module_cache.and_then(|dir| match prepare_cache_dir(&dir) {
             Ok(()) => Some(dir),
@@ -159,18 +177,38 @@ fn prepare_cache_dir(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Advances the epoch every millisecond for as long as the engine lives; without it no CPU
+/// Advances the epoch every `tick` for as long as the engine lives; without it no CPU
 /// deadline would ever expire.
-fn spawn_epoch_ticker(engine: &Engine) -> std::io::Result<()> {
+fn spawn_epoch_ticker(engine: &Engine, tick: Duration) -> std::io::Result<()> {
+    EPOCH_TICK_NANOS.store(
+        u64::try_from(tick.as_nanos()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
     let weak = engine.weak();
     std::thread::Builder::new()
         .name("wasm-epoch".into())
         .spawn(move || loop {
-            std::thread::sleep(EPOCH_TICK);
+            std::thread::sleep(tick);
             match weak.upgrade() {
                 Some(engine) => engine.increment_epoch(),
                 None => return,
             }
         })
         .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_tick_is_a_tenth_of_the_smallest_cpu_limit_within_bounds() {
+        assert_eq!(
+            tick_for(Duration::from_millis(50)),
+            Duration::from_millis(5)
+        );
+        assert_eq!(tick_for(Duration::from_millis(2)), FINEST_TICK);
+        assert_eq!(tick_for(Duration::ZERO), FINEST_TICK);
+        assert_eq!(tick_for(Duration::from_secs(5)), COARSEST_TICK);
+    }
 }

@@ -11,7 +11,7 @@ use wasmtime::{
 
 use super::cpu::CpuMeter;
 use super::dispatch::HostServices;
-use super::engine::EPOCH_TICK;
+use super::engine::epoch_tick;
 use super::state::{
     classify, Call, CalloutAnswer, CpuDeadline, Fault, HostState, HttpData, LocalResponse, Phase,
     PluginInfo, Resumption,
@@ -645,7 +645,7 @@ fn check_cpu(store: StoreContextMut<'_, HostState>) -> wasmtime::Result<UpdateDe
 
 /// Epoch ticks for a CPU budget: at least one, rounded up.
 fn ticks(budget: Duration) -> u64 {
-    let tick = EPOCH_TICK.as_nanos().max(1);
+    let tick = epoch_tick().as_nanos().max(1);
     (budget.as_nanos().div_ceil(tick) as u64).max(1)
 }
 

@@ -88,7 +88,18 @@ impl FilterHost {
             .map(|f| f.limits.memory)
             .max()
             .unwrap_or(1 << 20);
-        let engine = WasmEngine::new(instances, max_memory, config.wasm.module_cache.clone())?;
+        let smallest_cpu_limit = config
+            .filters
+            .iter()
+            .map(|f| f.limits.cpu)
+            .min()
+            .unwrap_or_default();
+        let engine = WasmEngine::new(
+            instances,
+            max_memory,
+            smallest_cpu_limit,
+            config.wasm.module_cache.clone(),
+        )?;
         let mut linker = Linker::new(engine.engine());
         abi::add_to_linker(&mut linker).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
         let reaper = spawn_reaper()
@@ -205,22 +216,34 @@ impl<S: BackgroundService + Send + Sync> BackgroundService for Shared<S> {
 }
 
 /// Drops per-request instances on a thread of its own: resetting an instance's memory takes
-/// microseconds that no request should wait for. The thread collects them every millisecond
-/// rather than being woken for each one (a wake-up costs more than the drop).
+/// microseconds that no request should wait for. The thread sleeps while there is nothing
+/// to drop; once woken it collects what arrives within a millisecond rather than being woken
+/// for each instance (a wake-up costs more than the drop).
 fn spawn_reaper() -> std::io::Result<Reaper> {
     let reaper = Reaper::default();
     let pending = reaper.pending.clone();
     std::thread::Builder::new()
         .name("wasm-reaper".into())
         .spawn(move || loop {
+            let (queue, arrived) = &*pending;
+            let mut waiting = lock(queue);
+            while waiting.is_empty() {
+                waiting = arrived.wait(waiting).unwrap_or_else(|p| p.into_inner());
+            }
+            drop(waiting);
             std::thread::sleep(REAP_INTERVAL);
-            let batch = std::mem::take(&mut *pending.lock().unwrap_or_else(|p| p.into_inner()));
+            let batch = std::mem::take(&mut *lock(queue));
             drop(batch);
         })?;
     Ok(reaper)
 }
 
 const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// Locks a mutex whose guarded state stays consistent even if a holder panicked.
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// What every plugin shares: the tick driver, the instance reaper, and the host services
 /// (shared data, queues, callouts).
@@ -234,14 +257,17 @@ pub struct Services {
 /// Where finished per-request instances wait for the reaper thread.
 #[derive(Clone, Default)]
 pub struct Reaper {
-    pending: Arc<std::sync::Mutex<Vec<SharedInstance>>>,
+    pending: Arc<(std::sync::Mutex<Vec<SharedInstance>>, std::sync::Condvar)>,
 }
 
 impl Reaper {
     pub fn reap(&self, instance: SharedInstance) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(instance);
+        let (queue, arrived) = &*self.pending;
+        let mut waiting = lock(queue);
+        waiting.push(instance);
+        // Only the first of a batch wakes the thread; it is sleeping out its interval.
+        if waiting.len() == 1 {
+            arrived.notify_one();
+        }
     }
 }

@@ -10,13 +10,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use prometheus::{Histogram, IntCounter};
 use wasmtime::{Linker, Module};
 
 use super::engine::WasmEngine;
 use super::instance::{Instance, StartUp, Template};
 use super::preinit;
-use super::state::{Fault, HostState, PluginInfo};
-use super::{Services, WasmError};
+use super::state::{Fault, HostState, Phase, PluginInfo};
+use super::{lock, Services, WasmError};
 use crate::config::{self, FailurePolicy, Isolation};
 use crate::metrics;
 
@@ -41,6 +42,56 @@ pub struct Plugin {
     slots: Vec<Mutex<Option<SharedInstance>>>,
     crashes: Mutex<Crashes>,
     services: Services,
+    pub call_metrics: CallMetrics,
+}
+
+/// A filter's callback counters and duration histogram, looked up by label once rather
+/// than on every callback.
+pub struct CallMetrics {
+    filter: String,
+    request_headers: IntCounter,
+    request_body: IntCounter,
+    response_headers: IntCounter,
+    response_body: IntCounter,
+    call_response: IntCounter,
+    duration: Histogram,
+}
+
+impl CallMetrics {
+    fn new(filter: &str) -> Self {
+        let metrics = metrics::global();
+        let calls = |phase: Phase| {
+            metrics
+                .filter_calls
+                .with_label_values(&[filter, phase.name()])
+        };
+        CallMetrics {
+            filter: filter.to_owned(),
+            request_headers: calls(Phase::RequestHeaders),
+            request_body: calls(Phase::RequestBody),
+            response_headers: calls(Phase::ResponseHeaders),
+            response_body: calls(Phase::ResponseBody),
+            call_response: calls(Phase::CallResponse),
+            duration: metrics.filter_duration.with_label_values(&[filter]),
+        }
+    }
+
+    /// Counts one callback in `phase` that ran for `elapsed`.
+    pub fn record(&self, phase: Phase, elapsed: Duration) {
+        match phase {
+            Phase::RequestHeaders => self.request_headers.inc(),
+            Phase::RequestBody => self.request_body.inc(),
+            Phase::ResponseHeaders => self.response_headers.inc(),
+            Phase::ResponseBody => self.response_body.inc(),
+            Phase::CallResponse => self.call_response.inc(),
+            // Not a request's phase: rare enough to look up.
+            other => metrics::global()
+                .filter_calls
+                .with_label_values(&[self.filter.as_str(), other.name()])
+                .inc(),
+        }
+        self.duration.observe(elapsed.as_secs_f64());
+    }
 }
 
 #[derive(Default)]
@@ -116,6 +167,7 @@ impl Plugin {
             slots: (0..slot_count).map(|_| Mutex::new(None)).collect(),
             crashes: Mutex::new(Crashes::default()),
             services,
+            call_metrics: CallMetrics::new(&filter.name),
         };
         // The canary: a filter that cannot start fails the load, not the first request.
         let canary = plugin.start_instance().map_err(fail)?;
@@ -313,12 +365,6 @@ pub fn count_fault(filter: &str, fault: &Fault) {
             .with_label_values(&[filter, "unavailable"])
             .inc(),
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A small stable number per worker thread, so that a worker keeps using "its" instance.

@@ -292,9 +292,9 @@ impl FilterChain {
 
     /// `on_log`, `on_done`, `on_delete` for every filter that saw the request, then gives
     /// the instances back. `response` is what the client got (for `response.code`).
-    pub fn finish(&mut self, req: &mut RequestHeader, response: Option<&ResponseHeader>) {
-        if let Some(response) = response {
-            self.scratch.response = Some(response.clone());
+    pub fn finish(&mut self, req: &mut RequestHeader, response: Option<ResponseHeader>) {
+        if response.is_some() {
+            self.scratch.response = response;
         }
         for i in 0..self.entries.len() {
             let entry = &mut self.entries[i];
@@ -396,21 +396,11 @@ impl FilterChain {
             budget.saturating_sub(cpu.used()),
         );
         entry.cpu_used += cpu.used();
-        let elapsed = started.elapsed();
-        let name = entry.plugin.info.name.as_str();
-        let metrics = metrics::global();
         let (phase, wait_if_paused) = match purpose {
             Purpose::Callback(phase) => (phase, true),
             Purpose::CallResponse => (Phase::CallResponse, false),
         };
-        metrics
-            .filter_calls
-            .with_label_values(&[name, phase.name()])
-            .inc();
-        metrics
-            .filter_duration
-            .with_label_values(&[name])
-            .observe(elapsed.as_secs_f64());
+        entry.plugin.call_metrics.record(phase, started.elapsed());
         let body = match data {
             Some(data) => self.scratch.put_back(req, resp.live(), data),
             None => {
