@@ -669,6 +669,10 @@ fn bad_modules_fail_the_load_with_a_message_naming_the_file() {
         (filters::NO_ABI_MARKER, "not a proxy-wasm module"),
         (filters::UNKNOWN_IMPORT, "env.proxy_does_not_exist"),
         (filters::CONFIGURE_FAILS, "on_configure returned false"),
+        (
+            filters::WRONG_CALLBACK_SIGNATURE,
+            "export `proxy_on_response_headers` has the wrong signature",
+        ),
     ] {
         let yaml = format!(
             "listeners: [{{address: 127.0.0.1:1}}]\nupstreams: {{u: {{builtin: echo}}}}\nfilters: {{bad: {{module: {module}}}}}\nroutes: [{{upstream: u, filters: [bad]}}]\n"

@@ -153,21 +153,28 @@ fn typed_export<P: WasmParams, R: WasmResults>(
         .map_err(|e| format!("export `{name}` has the wrong signature: {e}"))
 }
 
-/// The guest's exports, resolved once per instance. Every callback is optional.
+/// The guest's callbacks. Every callback is optional.
 struct Exports {
-    context_create: Option<TypedFunc<(u32, u32), ()>>,
-    vm_start: Option<TypedFunc<(u32, u32), u32>>,
-    configure: Option<TypedFunc<(u32, u32), u32>>,
-    request_headers: Option<HttpFunc>,
-    request_body: Option<HttpFunc>,
-    response_headers: Option<HttpFunc>,
-    response_body: Option<HttpFunc>,
-    log: Option<TypedFunc<u32, ()>>,
-    http_call_response: Option<CallResponseFunc>,
-    queue_ready: Option<TypedFunc<(u32, u32), ()>>,
-    done: Option<TypedFunc<u32, u32>>,
-    delete: Option<TypedFunc<u32, ()>>,
-    tick: Option<TypedFunc<u32, ()>>,
+    context_create: Callback<TypedFunc<(u32, u32), ()>>,
+    vm_start: Callback<TypedFunc<(u32, u32), u32>>,
+    configure: Callback<TypedFunc<(u32, u32), u32>>,
+    request_headers: Callback<HttpFunc>,
+    request_body: Callback<HttpFunc>,
+    response_headers: Callback<HttpFunc>,
+    response_body: Callback<HttpFunc>,
+    log: Callback<TypedFunc<u32, ()>>,
+    http_call_response: Callback<CallResponseFunc>,
+    queue_ready: Callback<TypedFunc<(u32, u32), ()>>,
+    done: Callback<TypedFunc<u32, u32>>,
+    delete: Callback<TypedFunc<u32, ()>>,
+    tick: Callback<TypedFunc<u32, ()>>,
+}
+
+/// A callback export, typed on first use: an instance made for one request calls only a few
+/// of its callbacks, and typing one costs about as much as a short callback.
+enum Callback<F> {
+    Unresolved(Option<ModuleExport>, &'static str),
+    Resolved(Option<F>),
 }
 
 pub struct Instance {
@@ -235,7 +242,7 @@ impl Instance {
 
         macro_rules! export {
             ($field:ident, $name:literal) => {
-                typed_export(&instance, &mut store, &exports.$field, $name)?
+                Callback::Unresolved(exports.$field, $name)
             };
         }
         let callbacks = Exports {
@@ -270,14 +277,54 @@ impl Instance {
                 break;
             }
         }
-        Ok(Instance {
+        let mut instance = Instance {
             store,
             handle: instance,
             exports: callbacks,
             next_context_id: ROOT_ID + 1,
             poisoned: None,
             ticking: false,
-        })
+        };
+        // Instances that run the start-up (the load's canary among them) check every
+        // callback's signature now, so that a module with a wrong one fails at load.
+        if template.startup == StartUp::Run {
+            instance
+                .resolve_callbacks()
+                .map_err(|fault| fault.to_string())?;
+        }
+        Ok(instance)
+    }
+
+    fn resolve_callbacks(&mut self) -> Result<(), Fault> {
+        self.callback(|e| &mut e.context_create)?;
+        self.callback(|e| &mut e.vm_start)?;
+        self.callback(|e| &mut e.configure)?;
+        self.callback(|e| &mut e.request_headers)?;
+        self.callback(|e| &mut e.request_body)?;
+        self.callback(|e| &mut e.response_headers)?;
+        self.callback(|e| &mut e.response_body)?;
+        self.callback(|e| &mut e.log)?;
+        self.callback(|e| &mut e.http_call_response)?;
+        self.callback(|e| &mut e.queue_ready)?;
+        self.callback(|e| &mut e.done)?;
+        self.callback(|e| &mut e.delete)?;
+        self.callback(|e| &mut e.tick)?;
+        Ok(())
+    }
+
+    /// The callback `pick` names, typed on first use; `None` when the module lacks it.
+    fn callback<P: WasmParams, R: WasmResults>(
+        &mut self,
+        pick: fn(&mut Exports) -> &mut Callback<TypedFunc<P, R>>,
+    ) -> Result<Option<TypedFunc<P, R>>, Fault> {
+        let (index, name) = match pick(&mut self.exports) {
+            Callback::Resolved(func) => return Ok(func.clone()),
+            Callback::Unresolved(index, name) => (*index, *name),
+        };
+        let func =
+            typed_export(&self.handle, &mut self.store, &index, name).map_err(Fault::Trap)?;
+        *pick(&mut self.exports) = Callback::Resolved(func.clone());
+        Ok(func)
     }
 
     /// `on_context_create(root, 0)`, `on_vm_start`, `on_configure`; either returning false
@@ -285,17 +332,26 @@ impl Instance {
     fn root_calls(&mut self, budget: Duration) -> Result<(), String> {
         let vm_config_len = self.store.data().plugin.vm_config.len() as u32;
         let config_len = self.store.data().plugin.config.len() as u32;
-        if let Some(create) = self.exports.context_create.clone() {
+        if let Some(create) = self
+            .callback(|e| &mut e.context_create)
+            .map_err(|f| f.to_string())?
+        {
             self.root_call(create, (ROOT_ID, 0), Phase::ContextCreate, budget)?;
         }
-        if let Some(vm_start) = self.exports.vm_start.clone() {
+        if let Some(vm_start) = self
+            .callback(|e| &mut e.vm_start)
+            .map_err(|f| f.to_string())?
+        {
             if self.root_call(vm_start, (ROOT_ID, vm_config_len), Phase::VmStart, budget)? == 0 {
                 return Err(
                     "on_vm_start returned false (the filter rejected its vm_config)".into(),
                 );
             }
         }
-        if let Some(configure) = self.exports.configure.clone() {
+        if let Some(configure) = self
+            .callback(|e| &mut e.configure)
+            .map_err(|f| f.to_string())?
+        {
             if self.root_call(configure, (ROOT_ID, config_len), Phase::Configure, budget)? == 0 {
                 return Err("on_configure returned false (the filter rejected its config)".into());
             }
@@ -383,7 +439,7 @@ impl Instance {
         self.next_context_id = self.next_context_id.wrapping_add(1).max(ROOT_ID + 1);
         self.store.data_mut().live_contexts.insert(id);
         self.store.data_mut().call = Call::root(id, Phase::ContextCreate);
-        if let Some(create) = self.exports.context_create.clone() {
+        if let Some(create) = self.callback(|e| &mut e.context_create)? {
             self.call(create, (id, ROOT_ID), budget)?;
         }
         Ok(id)
@@ -400,30 +456,32 @@ impl Instance {
     ) -> (Option<HttpData>, Result<Outcome, Fault>) {
         let (func, args) = match callback {
             HttpCallback::RequestHeaders { end_of_stream } => (
-                self.exports.request_headers.clone(),
+                self.callback(|e| &mut e.request_headers),
                 (context_id, header_count(&data, true), end_of_stream.into()),
             ),
             HttpCallback::RequestBody {
                 size,
                 end_of_stream,
             } => (
-                self.exports.request_body.clone(),
+                self.callback(|e| &mut e.request_body),
                 (context_id, size, end_of_stream.into()),
             ),
             HttpCallback::ResponseHeaders { end_of_stream } => (
-                self.exports.response_headers.clone(),
+                self.callback(|e| &mut e.response_headers),
                 (context_id, header_count(&data, false), end_of_stream.into()),
             ),
             HttpCallback::ResponseBody {
                 size,
                 end_of_stream,
             } => (
-                self.exports.response_body.clone(),
+                self.callback(|e| &mut e.response_body),
                 (context_id, size, end_of_stream.into()),
             ),
         };
-        let Some(func) = func else {
-            return (Some(data), Ok(Outcome::Continue));
+        let func = match func {
+            Ok(Some(func)) => func,
+            Ok(None) => return (Some(data), Ok(Outcome::Continue)),
+            Err(fault) => return (Some(data), Err(fault)),
         };
         self.store.data_mut().call = Call::http(context_id, callback.phase(), data);
         let result = self.call(func, args, budget);
@@ -447,8 +505,10 @@ impl Instance {
         answer: CalloutAnswer,
         budget: Duration,
     ) -> (Option<HttpData>, Result<Outcome, Fault>) {
-        let Some(func) = self.exports.http_call_response.clone() else {
-            return (data, Ok(Outcome::Pause));
+        let func = match self.callback(|e| &mut e.http_call_response) {
+            Ok(Some(func)) => func,
+            Ok(None) => return (data, Ok(Outcome::Pause)),
+            Err(fault) => return (data, Err(fault)),
         };
         let (headers, trailers) = (answer.headers.len() as u32, answer.trailers.len() as u32);
         let body = answer.body.len() as u32;
@@ -497,8 +557,10 @@ impl Instance {
 
     /// `on_queue_ready` for a queue the root context registered.
     pub fn queue_ready(&mut self, root_id: u32, queue_id: u32) {
-        let Some(func) = self.exports.queue_ready.clone() else {
-            return;
+        let func = match self.callback(|e| &mut e.queue_ready) {
+            Ok(Some(func)) => func,
+            Ok(None) => return,
+            Err(fault) => return self.report_background_fault("on_queue_ready", &fault),
         };
         self.store.data_mut().call = Call::root(root_id, Phase::QueueReady);
         let budget = self.store.data().plugin.limits.cpu;
@@ -538,12 +600,26 @@ impl Instance {
         let remaining = |budget: Duration| budget.saturating_sub(cpu.used());
         let mut data = data;
         let steps = [
-            (self.exports.log.clone().map(Step::Log), Phase::Log),
-            (self.exports.done.clone().map(Step::Done), Phase::Done),
-            (self.exports.delete.clone().map(Step::Delete), Phase::Delete),
+            (
+                self.callback(|e| &mut e.log).map(|f| f.map(Step::Log)),
+                Phase::Log,
+            ),
+            (
+                self.callback(|e| &mut e.done).map(|f| f.map(Step::Done)),
+                Phase::Done,
+            ),
+            (
+                self.callback(|e| &mut e.delete)
+                    .map(|f| f.map(Step::Delete)),
+                Phase::Delete,
+            ),
         ];
         for (step, phase) in steps {
-            let Some(step) = step else { continue };
+            let step = match step {
+                Ok(Some(step)) => step,
+                Ok(None) => continue,
+                Err(fault) => return (data, Err(fault)),
+            };
             self.store.data_mut().call = match data.take() {
                 Some(d) => Call::http(context_id, phase, d),
                 None => Call::root(context_id, phase),
@@ -578,7 +654,7 @@ impl Instance {
 
     /// The root context's `on_tick`.
     pub fn tick(&mut self, budget: Duration) -> Result<(), Fault> {
-        let Some(tick) = self.exports.tick.clone() else {
+        let Some(tick) = self.callback(|e| &mut e.tick)? else {
             return Ok(());
         };
         self.store.data_mut().call = Call::root(ROOT_ID, Phase::Tick);

@@ -51,6 +51,7 @@ mod tests {
             ("no_abi_marker", NO_ABI_MARKER),
             ("unknown_import", UNKNOWN_IMPORT),
             ("configure_fails", CONFIGURE_FAILS),
+            ("wrong_callback_signature", WRONG_CALLBACK_SIGNATURE),
             ("jwt-auth", JWT_AUTH),
             ("add-headers", ADD_HEADERS),
             ("geo-router", GEO_ROUTER),
