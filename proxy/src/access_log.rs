@@ -4,13 +4,14 @@ use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
 use crate::config::AccessLog;
 use crate::metrics;
+use crate::sync::lock;
 
 /// What one access-log line says.
 #[derive(Debug, Serialize)]
@@ -143,13 +144,6 @@ impl Sink {
             *pending = lines;
         }
     }
-}
-
-/// The buffers stay consistent across a panic elsewhere (appends are single calls).
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// RFC 3339 UTC time with milliseconds, e.g. `2026-11-24T03:17:05.123Z`.

@@ -14,5 +14,6 @@ pub mod local_http;
 pub mod metrics;
 pub mod routing;
 pub mod server;
+pub mod sync;
 pub mod upstream;
 pub mod wasm;

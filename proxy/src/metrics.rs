@@ -11,6 +11,8 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry,
 };
 
+use crate::sync::lock;
+
 /// Seconds, from 100 µs to about 26 s, doubling.
 fn latency_buckets() -> Vec<f64> {
     exponential_buckets(0.0001, 2.0, 19).unwrap_or_default()
@@ -243,7 +245,7 @@ impl Metrics {
         kind: CustomKind,
         name: &str,
     ) -> Result<u32, MetricError> {
-        let mut custom = self.custom.lock().unwrap_or_else(|p| p.into_inner());
+        let mut custom = lock(&self.custom);
         if let Some(id) = custom.ids.get(&(filter.to_string(), name.to_string())) {
             let same_kind = matches!(
                 (custom.metrics.get(*id as usize), kind),
@@ -316,7 +318,7 @@ impl Metrics {
 
     /// A filter metric by id.
     pub fn custom(&self, id: u32) -> Option<CustomMetric> {
-        let custom = self.custom.lock().unwrap_or_else(|p| p.into_inner());
+        let custom = lock(&self.custom);
         custom.metrics.get(id as usize).cloned()
     }
 }

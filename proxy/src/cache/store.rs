@@ -32,6 +32,7 @@ use super::disk::{DiskError, DiskObject, Folder};
 use super::index::{DiskCopy, DiskJob, Index, Object, ObjectId, Resident};
 use super::key::ObjectUrl;
 use crate::metrics;
+use crate::sync::lock;
 
 /// Bookkeeping per object beyond its bytes (index entries, LRU links, allocations).
 const OBJECT_OVERHEAD: u64 = 256;
@@ -195,7 +196,7 @@ impl Store {
 
     fn state(&self) -> MutexGuard<'_, State> {
         // The state is consistent between statements; a panic elsewhere cannot break it.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.state)
     }
 
     /// Hands file work to the disk writer, in order.

@@ -17,6 +17,7 @@ use super::shared::{QueueOwner, Queues, SharedData};
 use super::state::{CalloutAnswer, InstanceCell, PluginInfo};
 use crate::config::UpstreamId;
 use crate::metrics;
+use crate::sync::lock;
 use crate::upstream::Upstreams;
 
 /// The largest callout response body kept; a bigger one is a failed callout.
@@ -143,7 +144,7 @@ async fn run_callout(client: Arc<CalloutClient>, job: Callout) {
     // Delivering runs guest code: not on the async runtime's worker.
     tokio::task::spawn_blocking(move || {
         if let Some(instance) = job.cell.get().and_then(Weak::upgrade) {
-            let mut instance = instance.lock().unwrap_or_else(|p| p.into_inner());
+            let mut instance = lock(&instance);
             instance.deliver_callout(job.context_id, job.token, answer, job.plugin.limits.cpu);
         }
     });
@@ -167,7 +168,7 @@ fn failed(job: &Callout, reason: &'static str, detail: String) -> CalloutAnswer 
 
 fn queue_ready(owner: QueueOwner, queue_id: u32) {
     if let Some(instance) = owner.cell.get().and_then(Weak::upgrade) {
-        let mut instance = instance.lock().unwrap_or_else(|p| p.into_inner());
+        let mut instance = lock(&instance);
         instance.queue_ready(owner.root_id, queue_id);
     }
 }

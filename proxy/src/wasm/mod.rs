@@ -33,6 +33,7 @@ use pingora::services::ServiceWithDependents;
 use wasmtime::Linker;
 
 use crate::config::{Config, Isolation, Route};
+use crate::sync::lock;
 use dispatch::{Dispatcher, HostServices};
 use engine::WasmEngine;
 use plugin::{Plugin, SharedInstance};
@@ -239,11 +240,6 @@ fn spawn_reaper() -> std::io::Result<Reaper> {
 }
 
 const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
-
-/// Locks a mutex whose guarded state stays consistent even if a holder panicked.
-fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// What every plugin shares: the tick driver, the instance reaper, and the host services
 /// (shared data, queues, callouts).

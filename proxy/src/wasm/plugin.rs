@@ -17,9 +17,10 @@ use super::engine::WasmEngine;
 use super::instance::{Instance, StartUp, Template};
 use super::preinit;
 use super::state::{Fault, HostState, Phase, PluginInfo};
-use super::{lock, Services, WasmError};
+use super::{Services, WasmError};
 use crate::config::{self, FailurePolicy, Isolation};
 use crate::metrics;
+use crate::sync::lock;
 
 /// The ABI versions this host speaks, marked by an exported function of that name.
 const ABI_MARKERS: [&str; 2] = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0"];

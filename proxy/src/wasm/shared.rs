@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard, RwLock};
 
 use super::abi::Status;
 use super::state::InstanceCell;
+use crate::sync::lock;
 
 /// Largest value one key may hold.
 pub const MAX_VALUE_BYTES: usize = 1 << 20;
@@ -103,7 +104,7 @@ struct Queue {
 
 impl Queues {
     fn lock(&self) -> MutexGuard<'_, QueuesInner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.inner)
     }
 
     /// Registers (or re-registers, keeping its items) queue `name` of `vm_id`; its owner is

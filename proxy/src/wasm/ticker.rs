@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 
 use super::instance::Instance;
 use super::state::PluginInfo;
+use crate::sync::lock;
 
 type Watched = (Weak<Mutex<Instance>>, Arc<PluginInfo>);
 
@@ -58,7 +59,7 @@ async fn tick(instance: Weak<Mutex<Instance>>, plugin: Arc<PluginInfo>) {
             let Some(instance) = instance.upgrade() else {
                 return;
             };
-            let guard = instance.lock().unwrap_or_else(|p| p.into_inner());
+            let guard = lock(&instance);
             match (guard.poisoned(), guard.tick_period()) {
                 (None, Some(period)) => period,
                 _ => return,
@@ -68,7 +69,7 @@ async fn tick(instance: Weak<Mutex<Instance>>, plugin: Arc<PluginInfo>) {
         let Some(instance) = instance.upgrade() else {
             return;
         };
-        let mut guard = instance.lock().unwrap_or_else(|p| p.into_inner());
+        let mut guard = lock(&instance);
         if let Err(fault) = guard.tick(plugin.limits.cpu) {
             log::error!(
                 "filter `{}` {fault} in on_tick; this instance stops ticking",
