@@ -751,6 +751,65 @@ async fn the_token_may_come_from_the_query_or_a_cookie() {
         .assert_invalid("signature invalid", "query");
 }
 
+#[tokio::test]
+async fn a_token_from_the_cache_of_verified_tokens_still_expires() {
+    let origin = Origin::start("origin").await;
+    let jwt = json!({
+        "providers": [{"issuer": ISSUER, "audiences": [AUDIENCE], "jwks": keys().jwks()}],
+        "forward_claims": {"sub": "x-user-id"},
+        "clock_skew": 0,
+        "token_cache": 10,
+    });
+    // One worker, so one instance: the token's later requests meet the cache it entered.
+    let proxy = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+workers: 1
+upstreams:
+  origin: {endpoints: ["$origin"]}
+filters:
+  jwt: {module: "$module", config: $jwt}
+routes: [{upstream: origin, filters: [jwt]}]
+"#,
+        &[
+            ("origin", origin.addr().to_string()),
+            ("module", filters::JWT_AUTH.to_string()),
+            ("jwt", jwt.to_string()),
+        ],
+    ))
+    .await;
+    // A first request readies the instance, so that the short-lived token's two requests
+    // below take milliseconds, well inside its lifetime of 2 to 3 s.
+    assert_eq!(
+        get_with_token(&proxy, "/", &token("warm-up")).await.status,
+        200
+    );
+
+    let exp = now() + 3;
+    let short_lived = keys().sign(
+        Algorithm::ES256,
+        Some("ec256-1"),
+        &claims_with("short-lived", json!({"exp": exp})),
+    );
+    for what in ["validated", "from the cache"] {
+        let answer = get_with_token(&proxy, "/", &short_lived).await;
+        assert_eq!(
+            answer.origin_header("x-user-id").as_deref(),
+            Some("short-lived"),
+            "{what}"
+        );
+    }
+    // Past `exp` (the clock skew is 0), the cached token is refused like any expired one.
+    let expires = UNIX_EPOCH + Duration::from_secs(u64::try_from(exp).unwrap());
+    if let Ok(left) = expires.duration_since(SystemTime::now()) {
+        tokio::time::sleep(left + Duration::from_millis(100)).await;
+    }
+    get_with_token(&proxy, "/", &short_lived)
+        .await
+        .assert_invalid("token expired", "a cached token past its exp");
+    assert_eq!(origin.hits(), 3);
+}
+
 // ---------------------------------------------------------------------------------------
 // Scenarios: keys from a JWKS upstream
 

@@ -16,6 +16,11 @@ pub const DEFAULT_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_JWKS_PATH: &str = "/.well-known/jwks.json";
 /// The shortest `refresh` accepted.
 pub const MIN_REFRESH: Duration = Duration::from_millis(100);
+/// Verified tokens kept per instance unless configured (Envoy's default too).
+pub const DEFAULT_TOKEN_CACHE: usize = 100;
+/// The largest `token_cache`: at most 4 KiB per entry (see `cache`), about 40 MiB, well
+/// inside the default `limits.memory` of 128 MiB.
+pub const MAX_TOKEN_CACHE: usize = 10_000;
 
 #[derive(Debug)]
 pub struct Config {
@@ -25,6 +30,8 @@ pub struct Config {
     pub forward_claims: Vec<(String, String)>,
     pub clock_skew: Duration,
     pub allow_missing: bool,
+    /// How many verified tokens an instance keeps (0: none).
+    pub token_cache: usize,
 }
 
 #[derive(Debug)]
@@ -87,6 +94,9 @@ struct RawConfig {
     clock_skew: Option<RawDuration>,
     #[serde(default)]
     allow_missing: bool,
+    /// Any JSON value, so that a wrong one gets an error naming the field.
+    #[serde(default)]
+    token_cache: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -236,12 +246,26 @@ impl RawConfig {
             Some(skew) => skew.get("clock_skew")?,
             None => DEFAULT_CLOCK_SKEW,
         };
+        let token_cache = match self.token_cache {
+            None => DEFAULT_TOKEN_CACHE,
+            Some(value) => value
+                .as_u64()
+                .and_then(|n| usize::try_from(n).ok())
+                .filter(|n| *n <= MAX_TOKEN_CACHE)
+                .ok_or_else(|| {
+                    format!(
+                        "`token_cache`: {value} is not a number of tokens from 0 (no cache) \
+                         to {MAX_TOKEN_CACHE}"
+                    )
+                })?,
+        };
         Ok(Config {
             providers,
             token_from,
             forward_claims,
             clock_skew,
             allow_missing: self.allow_missing,
+            token_cache,
         })
     }
 }
@@ -395,6 +419,7 @@ mod tests {
             "forward_claims": {"sub": "x-user-id", "email": "X-User-Email"},
             "clock_skew": "60s",
             "allow_missing": false,
+            "token_cache": 100,
         }))
         .unwrap();
         assert_eq!(config.providers.len(), 2);
@@ -432,6 +457,7 @@ mod tests {
             ]
         );
         assert_eq!(config.clock_skew, Duration::from_secs(60));
+        assert_eq!(config.token_cache, 100);
         assert_eq!(config.provider_for("https://idp.example.com"), Some(1));
         assert_eq!(config.provider_for("https://idp.example.com/"), None);
     }
@@ -453,6 +479,7 @@ mod tests {
         assert!(config.forward_claims.is_empty());
         assert_eq!(config.clock_skew, DEFAULT_CLOCK_SKEW);
         assert!(!config.allow_missing);
+        assert_eq!(config.token_cache, DEFAULT_TOKEN_CACHE);
         assert_eq!(config.providers[0].audiences, ["one"]);
         let KeysFrom::Upstream(upstream) = &config.providers[0].keys else {
             panic!("an upstream provider")
@@ -487,6 +514,23 @@ mod tests {
             panic!("an upstream provider")
         };
         assert_eq!(upstream.refresh, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn token_cache_sizes() {
+        let with = |size: Value| {
+            parse(
+                json!({"providers": [{"issuer": "i", "jwks": inline_jwks()}],
+                         "token_cache": size}),
+            )
+            .map(|config| config.token_cache)
+        };
+        assert_eq!(with(json!(0)), Ok(0));
+        assert_eq!(with(json!(1)), Ok(1));
+        assert_eq!(with(json!(MAX_TOKEN_CACHE)), Ok(MAX_TOKEN_CACHE));
+        assert!(with(json!(MAX_TOKEN_CACHE + 1)).is_err());
+        // Like every optional key, null is the default.
+        assert_eq!(with(json!(null)), Ok(DEFAULT_TOKEN_CACHE));
     }
 
     #[test]
@@ -571,6 +615,22 @@ mod tests {
             (
                 json!({"providers": [{"issuer": "i", "jwks": jwks}], "extra": 1}),
                 "unknown field `extra`",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": jwks}], "token_cache": -1}),
+                "`token_cache`: -1 is not a number of tokens from 0 (no cache) to 10000",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": jwks}], "token_cache": 10_001}),
+                "`token_cache`: 10001 is not",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": jwks}], "token_cache": 1.5}),
+                "`token_cache`: 1.5 is not",
+            ),
+            (
+                json!({"providers": [{"issuer": "i", "jwks": jwks}], "token_cache": "100"}),
+                "`token_cache`: \"100\" is not",
             ),
         ];
         for (config, expected) in cases {

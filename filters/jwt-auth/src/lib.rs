@@ -25,6 +25,8 @@
 //!   forward_claims: { sub: x-user-id, email: x-user-email }   # claim -> request header
 //!   clock_skew: 60s                         # default 60s (`500ms`, `30s`, `5m`, `1h`, or seconds)
 //!   allow_missing: false                    # default false
+//!   token_cache: 100                        # default 100: valid tokens kept per instance;
+//!                                           #   0 to 10000, 0 turns the cache off
 //! ```
 //!
 //! Per request (`on_http_request_headers`):
@@ -32,7 +34,10 @@
 //! 2. The token is taken from the first `token_from` source that has one. None: `401` with
 //!    `WWW-Authenticate: Bearer` and `{"error":"missing_token"}`, unless `allow_missing`
 //!    (then the request goes on, without claim headers).
-//! 3. The token must be a compact JWS with `alg` one of RS256/384/512, PS256/384/512,
+//! 3. A token found valid lately is taken from the cache of verified tokens (see below), with
+//!    the claim headers it had, if its provider's keys are still those that verified it and
+//!    its time claims still hold (with `clock_skew`); then step 5.
+//! 4. Otherwise the token must be a compact JWS with `alg` one of RS256/384/512, PS256/384/512,
 //!    ES256, ES384, EdDSA (Ed25519), HS256/384/512 (`none` never is) and no `crit`; its
 //!    `iss` picks the provider; with a `kid` the key is the provider's key with that `kid`,
 //!    without one every key is tried. A key is used only for the algorithms of its type (HS*
@@ -42,9 +47,10 @@
 //!    and `aud` must name one of the provider's `audiences`. A failure is `401` with
 //!    `WWW-Authenticate: Bearer error="invalid_token", error_description="<reason>"` and
 //!    `{"error":"invalid_token","error_description":"<reason>"}` (see [`Rejection`]).
-//! 4. A valid token: each `forward_claims` claim present in it is set as its header (strings
+//! 5. A valid token: each `forward_claims` claim present in it is set as its header (strings
 //!    as they are, other values as JSON text; a value with control characters is skipped),
-//!    the token's header (`Authorization`) is left as it is, and the request goes on.
+//!    the token's header (`Authorization`) is left as it is, and the request goes on. A token
+//!    validated in step 4 enters the cache.
 //!
 //! JWKS from an upstream: the root context fetches `GET <path>` in `on_configure` (unless
 //! shared data holds one fetched less than `refresh` ago) and again every `refresh`, driven by
@@ -67,13 +73,22 @@
 //! - With `isolation: request` instances never tick: each takes the keys from shared data
 //!   and, when they are older than `refresh`, fetches anew and lets its request wait for that
 //!   fetch (which refreshes shared data for the next ones).
+//! - The cache of verified tokens (as Envoy's `jwt_cache_config`) spares a client's repeated
+//!   token the parsing and signature check. It holds only tokens found valid (so junk cannot
+//!   push them out), up to `token_cache` of them, the oldest dropped first; a token plus its
+//!   claim headers over 4 KiB is not cached, so it takes at most `token_cache` × 4 KiB (and a
+//!   little per entry). An entry is dropped when its time claims stop holding or when its
+//!   provider's keys change (any JWKS fetched or taken from shared data, even an identical
+//!   one, so a withdrawn key stops accepting at once). Each instance has its own: with
+//!   `isolation: request` every instance starts empty and the cache does nothing.
 //! - Costs per verification in the guest, roughly: HS*/EdDSA 0.1 ms, ES256/RS256 (2048-bit)
-//!   1-2 ms, ES384 5 ms.
+//!   1-2 ms, ES384 5 ms; a token from the cache costs a hash lookup.
 //!
 //! The JWT and JWKS logic lives in modules that never call the SDK (`jwt`, `jwk`, `verify`,
-//! `validate`, `extract`, `config`, `response`, `state`), tested natively; `filter` is the
+//! `validate`, `extract`, `config`, `response`, `cache`, `state`), tested natively; `filter` is the
 //! thin SDK glue, exercised by the end-to-end tests (tests/e2e/jwt.rs).
 
+pub mod cache;
 pub mod config;
 pub mod extract;
 pub mod jwk;

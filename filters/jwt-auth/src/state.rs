@@ -1,7 +1,8 @@
 //! The filter's state, shared by the root context and the HTTP contexts of one instance: the
-//! configuration, each provider's keys, the JWKS fetches (when, which is in flight, failures)
-//! and the requests waiting for a provider's first JWKS. No SDK calls here: the SDK glue
-//! (`filter`) does the I/O and feeds the results in, so all of it runs in native tests.
+//! configuration, each provider's keys, the JWKS fetches (when, which is in flight, failures),
+//! the requests waiting for a provider's first JWKS and the tokens found valid lately. No SDK
+//! calls here: the SDK glue (`filter`) does the I/O and feeds the results in, so all of it
+//! runs in native tests.
 //!
 //! Shared data (one store per VM id, shared by every instance on every worker and surviving
 //! instance crashes) holds each fetched JWKS under `jwt-auth.jwks.<issuer>` as
@@ -11,10 +12,11 @@
 use std::rc::Rc;
 use std::time::Duration;
 
+use crate::cache::VerifiedTokens;
 use crate::config::{Config, JwksUpstream, KeysFrom};
 use crate::jwk::{self, KeySet};
 use crate::response::claim_headers;
-use crate::validate::validate;
+use crate::validate::{validate, TimeWindow};
 use crate::{jwt, Rejection};
 
 /// Largest JWKS accepted from an upstream (shared data holds at most 1 MiB per value).
@@ -112,6 +114,7 @@ pub struct State {
     /// Whether the root context has had a tick: instances with `isolation: request` never
     /// do, nor does a shared one in its first moments.
     pub ticked: bool,
+    verified: VerifiedTokens,
 }
 
 impl State {
@@ -130,10 +133,12 @@ impl State {
                 KeysFrom::Upstream(_) => ProviderState::default(),
             })
             .collect();
+        let verified = VerifiedTokens::new(config.token_cache);
         let mut state = State {
             config,
             providers,
             ticked: false,
+            verified,
         };
         for p in 0..state.providers.len() {
             if let Some(upstream) = state.upstream(p) {
@@ -168,6 +173,17 @@ impl State {
 
     /// Decides on a request carrying `raw` (see [`Decision`]).
     pub fn decide(&mut self, raw: &str, now_ms: u64, store: &dyn SharedStore) -> Decision {
+        let providers = &self.providers;
+        let cached = self.verified.get(raw, seconds(now_ms), |p| {
+            providers.get(p).and_then(|provider| provider.keys.as_ref())
+        });
+        if let Some((p, headers)) = cached {
+            // Unless its keys are due for a refresh that only a waiting request brings about:
+            // then it goes the normal way, and waits.
+            if !self.refreshes_only_by_waiting(p, now_ms) {
+                return Decision::Accept { headers };
+            }
+        }
         let token = match jwt::parse(raw) {
             Ok(token) => token,
             Err(rejection) => return Decision::Reject(rejection),
@@ -185,20 +201,22 @@ impl State {
                 headers,
             };
         }
-        match self.check(p, &token, now_ms) {
-            Some(Ok(())) => Decision::Accept { headers },
-            Some(Err(Rejection::UnknownKeyId)) if self.upstream(p).is_some() => {
-                // The issuer may have rotated its keys: another instance may have the new
-                // JWKS already; otherwise fetch it sooner.
-                if self.adopt_shared(p, store) {
-                    return match self.check(p, &token, now_ms) {
-                        Some(Ok(())) => Decision::Accept { headers },
-                        Some(Err(rejection)) => Decision::Reject(rejection),
-                        None => Decision::Unavailable,
-                    };
-                }
+        let mut checked = self.check(p, &token, now_ms);
+        if matches!(checked, Some(Err(Rejection::UnknownKeyId))) && self.upstream(p).is_some() {
+            // The issuer may have rotated its keys: another instance may have the new JWKS
+            // already; otherwise fetch it sooner.
+            if self.adopt_shared(p, store) {
+                checked = self.check(p, &token, now_ms);
+            } else {
                 self.bring_fetch_forward(p, now_ms);
-                Decision::Reject(Rejection::UnknownKeyId)
+            }
+        }
+        match checked {
+            Some(Ok(window)) => {
+                if let Some(keys) = &self.providers[p].keys {
+                    self.verified.insert(raw, p, keys, window, &headers);
+                }
+                Decision::Accept { headers }
             }
             Some(Err(rejection)) => Decision::Reject(rejection),
             None if self.providers[p].in_flight.is_some() => Decision::Wait {
@@ -227,13 +245,14 @@ impl State {
                 .is_some_and(|at| at.saturating_add(refresh) <= now_ms)
     }
 
-    /// Validates `token` with provider `p`'s keys; `None` if it has none.
+    /// Validates `token` with provider `p`'s keys (a valid token's time window); `None` if
+    /// it has none.
     fn check(
         &self,
         p: usize,
         token: &jwt::Token<'_>,
         now_ms: u64,
-    ) -> Option<Result<(), Rejection>> {
+    ) -> Option<Result<TimeWindow, Rejection>> {
         let keys = self.providers[p].keys.as_ref()?;
         let provider = &self.config.providers[p];
         Some(validate(
@@ -241,7 +260,7 @@ impl State {
             keys,
             &provider.audiences,
             self.config.clock_skew,
-            now_ms as f64 / 1000.0,
+            seconds(now_ms),
         ))
     }
 
@@ -373,7 +392,7 @@ impl State {
                 let resolution =
                     match jwt::parse(&waiter.token).map(|token| self.check(p, &token, now_ms)) {
                         Err(rejection) | Ok(Some(Err(rejection))) => Resolution::Reject(rejection),
-                        Ok(Some(Ok(()))) => Resolution::Resume,
+                        Ok(Some(Ok(_))) => Resolution::Resume,
                         Ok(None) => Resolution::Unavailable,
                     };
                 (waiter.context_id, resolution)
@@ -429,6 +448,11 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// A time in milliseconds since the epoch as the seconds the claims are compared with.
+fn seconds(now_ms: u64) -> f64 {
+    now_ms as f64 / 1000.0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,17 +478,20 @@ mod tests {
     const ISSUER: &str = "https://idp";
     const INLINE: &str = "https://inline";
 
-    fn config() -> Config {
+    fn config_json() -> Value {
         let keys = test_keys::get();
-        let config = json!({
+        json!({
             "providers": [
                 {"issuer": INLINE, "jwks": {"keys": [keys.hmac_jwk("h", None)]}},
                 {"issuer": ISSUER, "audiences": ["api"],
                  "jwks_upstream": {"upstream": "idp", "refresh": "10s"}},
             ],
             "forward_claims": {"sub": "x-user-id"},
-        });
-        Config::parse(config.to_string().as_bytes()).unwrap()
+        })
+    }
+
+    fn config() -> Config {
+        Config::parse(config_json().to_string().as_bytes()).unwrap()
     }
 
     fn jwks() -> Vec<u8> {
@@ -786,6 +813,179 @@ mod tests {
         assert_eq!(
             state.decide(&sign(Algorithm::HS256, None, &claims), T0, &store),
             Decision::Reject(Rejection::IssuerNotAccepted)
+        );
+    }
+
+    /// A token of the inline provider for user u1, with `claims` added.
+    fn inline_token(claims: Value) -> String {
+        let mut all = json!({"iss": INLINE, "sub": "u1"});
+        for (name, value) in claims.as_object().unwrap() {
+            all[name] = value.clone();
+        }
+        sign(Algorithm::HS256, None, &all)
+    }
+
+    #[test]
+    fn a_repeated_token_is_accepted_from_the_cache_without_validating_it_again() {
+        let store = Store::default();
+        let mut state = State::new(config(), T0, &store);
+        let raw = inline_token(json!({"aud": "api"}));
+        let accepted = Decision::Accept {
+            headers: user_header(),
+        };
+        assert_eq!(state.decide(&raw, T0, &store), accepted);
+        assert_eq!(state.verified.len(), 1);
+        // Were the token validated again, its audience would now be refused.
+        state.config.providers[0].audiences = vec!["elsewhere".to_owned()];
+        assert_eq!(state.decide(&raw, T0 + 1000, &store), accepted);
+        let other = inline_token(json!({"aud": "api", "jti": "2"}));
+        assert_eq!(
+            state.decide(&other, T0, &store),
+            Decision::Reject(Rejection::AudienceNotAccepted)
+        );
+    }
+
+    #[test]
+    fn a_cached_token_is_rejected_as_expired_once_it_is() {
+        let store = Store::default();
+        let mut state = State::new(config(), T0, &store);
+        // Valid until exp + the default clock skew of 60 s.
+        let raw = inline_token(json!({"exp": T0 / 1000 + 10}));
+        assert!(matches!(
+            state.decide(&raw, T0, &store),
+            Decision::Accept { .. }
+        ));
+        assert!(matches!(
+            state.decide(&raw, T0 + 69_999, &store),
+            Decision::Accept { .. }
+        ));
+        assert_eq!(
+            state.decide(&raw, T0 + 70_000, &store),
+            Decision::Reject(Rejection::Expired)
+        );
+        assert!(state.verified.is_empty());
+    }
+
+    #[test]
+    fn new_keys_turn_cached_tokens_into_misses() {
+        let store = Store::default();
+        let mut state = State::new(config(), T0, &store);
+        state.fetch_started(1, 1, T0);
+        state.fetch_succeeded(1, &jwks(), T0, &store).unwrap();
+        let good = token("r1", Algorithm::RS256);
+        assert!(matches!(
+            state.decide(&good, T0, &store),
+            Decision::Accept { .. }
+        ));
+        assert_eq!(state.verified.len(), 1);
+        // Even the same JWKS fetched again makes new keys, so the token is validated anew
+        // (as the audience, changed here for the test, shows), then cached again.
+        state.fetch_started(1, 2, T0 + 10_000);
+        state
+            .fetch_succeeded(1, &jwks(), T0 + 10_000, &store)
+            .unwrap();
+        state.config.providers[1].audiences = vec!["elsewhere".to_owned()];
+        assert_eq!(
+            state.decide(&good, T0 + 10_000, &store),
+            Decision::Reject(Rejection::AudienceNotAccepted)
+        );
+        state.config.providers[1].audiences = vec!["api".to_owned()];
+        assert!(matches!(
+            state.decide(&good, T0 + 10_000, &store),
+            Decision::Accept { .. }
+        ));
+        assert_eq!(state.verified.len(), 1);
+        // The issuer replaced the key behind `r1`: the cached token no longer passes.
+        let other = test_keys::other();
+        let rotated = json!({"keys": [other.rsa_jwk("r1", None)]}).to_string();
+        state.fetch_started(1, 3, T0 + 20_000);
+        state
+            .fetch_succeeded(1, rotated.as_bytes(), T0 + 20_000, &store)
+            .unwrap();
+        assert_eq!(
+            state.decide(&good, T0 + 20_000, &store),
+            Decision::Reject(Rejection::SignatureInvalid)
+        );
+        assert!(state.verified.is_empty());
+    }
+
+    #[test]
+    fn only_accepted_tokens_are_cached() {
+        let store = Store::default();
+        let mut state = State::new(config(), T0, &store);
+        let forged = test_keys::sign_with(
+            test_keys::other(),
+            Algorithm::HS256,
+            None,
+            &json!({"iss": INLINE, "sub": "u1"}),
+        );
+        let expired = inline_token(json!({"exp": T0 / 1000 - 3600}));
+        for rejected in ["garbage", &forged, &expired] {
+            assert!(matches!(
+                state.decide(rejected, T0, &store),
+                Decision::Reject(_)
+            ));
+        }
+        assert!(state.verified.is_empty());
+        // Nor is a token that waits for its keys, when the fetch settles it.
+        let good = token("r1", Algorithm::RS256);
+        state.fetch_started(1, 1, T0);
+        assert!(matches!(
+            state.decide(&good, T0, &store),
+            Decision::Wait { .. }
+        ));
+        state.wait(1, 100, good.clone());
+        let fetched = state.fetch_succeeded(1, &jwks(), T0, &store).unwrap();
+        assert_eq!(fetched.settled, [(100, Resolution::Resume)]);
+        assert!(state.verified.is_empty());
+        // Its next request validates it and caches it.
+        assert!(matches!(
+            state.decide(&good, T0, &store),
+            Decision::Accept { .. }
+        ));
+        assert_eq!(state.verified.len(), 1);
+    }
+
+    #[test]
+    fn a_cached_token_still_waits_for_a_refresh_only_waiting_brings() {
+        let store = Store::default();
+        store.set(&shared_key(ISSUER), &encode_shared(T0, &jwks()));
+        // An instance that never ticks (`isolation: request`) with fresh shared keys.
+        let mut state = State::new(config(), T0, &store);
+        let good = token("r1", Algorithm::RS256);
+        assert!(matches!(
+            state.decide(&good, T0, &store),
+            Decision::Accept { .. }
+        ));
+        // The keys grew older than `refresh` and a fetch is under way: wait for it.
+        state.fetch_started(1, 1, T0 + 10_000);
+        assert_eq!(
+            state.decide(&good, T0 + 10_000, &store),
+            Decision::Wait {
+                provider: 1,
+                headers: user_header()
+            }
+        );
+    }
+
+    #[test]
+    fn a_token_cache_of_zero_caches_nothing() {
+        let store = Store::default();
+        let mut config = config_json();
+        config["token_cache"] = json!(0);
+        let config = Config::parse(config.to_string().as_bytes()).unwrap();
+        let mut state = State::new(config, T0, &store);
+        let raw = inline_token(json!({"aud": "api"}));
+        assert!(matches!(
+            state.decide(&raw, T0, &store),
+            Decision::Accept { .. }
+        ));
+        assert!(state.verified.is_empty());
+        // Every request is validated.
+        state.config.providers[0].audiences = vec!["elsewhere".to_owned()];
+        assert_eq!(
+            state.decide(&raw, T0, &store),
+            Decision::Reject(Rejection::AudienceNotAccepted)
         );
     }
 

@@ -11,7 +11,8 @@ use crate::verify::verify;
 use crate::Rejection;
 
 /// Validates `token` with `keys`, at `now` (seconds since the epoch), allowing `skew` of clock
-/// difference, requiring one of `audiences` in `aud` unless `audiences` is empty.
+/// difference, requiring one of `audiences` in `aud` unless `audiences` is empty. A valid
+/// token's [`TimeWindow`] says until when it stays valid (for the cache of verified tokens).
 ///
 /// Keys: with a `kid` in the token only the keys with that `kid` are candidates (none:
 /// [`Rejection::UnknownKeyId`]); without one, every key. Of those, only the keys that fit the
@@ -24,10 +25,55 @@ pub fn validate(
     audiences: &[String],
     skew: Duration,
     now: f64,
-) -> Result<(), Rejection> {
+) -> Result<TimeWindow, Rejection> {
     check_signature(token, keys)?;
-    check_times(token, skew.as_secs_f64(), now)?;
-    check_audience(token, audiences)
+    let window = time_window(token, skew)?;
+    window.check(now)?;
+    check_audience(token, audiences)?;
+    Ok(window)
+}
+
+/// When a token's time claims hold: its `exp`, `nbf` and `iat` (each optional: absent claims
+/// do not bound it) and the clock skew allowed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TimeWindow {
+    exp: Option<f64>,
+    nbf: Option<f64>,
+    iat: Option<f64>,
+    skew: f64,
+}
+
+/// The time claims of `token`, which must be numbers if present, with `skew` of leeway.
+pub fn time_window(token: &Token<'_>, skew: Duration) -> Result<TimeWindow, Rejection> {
+    Ok(TimeWindow {
+        exp: numeric_date(token, "exp")?,
+        nbf: numeric_date(token, "nbf")?,
+        iat: numeric_date(token, "iat")?,
+        skew: skew.as_secs_f64(),
+    })
+}
+
+impl TimeWindow {
+    /// Whether the claims hold at `now` (seconds since the epoch), and if not, why.
+    pub fn check(&self, now: f64) -> Result<(), Rejection> {
+        if let Some(exp) = self.exp {
+            // The token is valid strictly before `exp` (RFC 7519 §4.1.4).
+            if now >= exp + self.skew {
+                return Err(Rejection::Expired);
+            }
+        }
+        if let Some(nbf) = self.nbf {
+            if now + self.skew < nbf {
+                return Err(Rejection::NotYetValid);
+            }
+        }
+        if let Some(iat) = self.iat {
+            if iat > now + self.skew {
+                return Err(Rejection::IssuedInFuture);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn check_signature(token: &Token<'_>, keys: &KeySet) -> Result<(), Rejection> {
@@ -55,26 +101,6 @@ fn check_signature(token: &Token<'_>, keys: &KeySet) -> Result<(), Rejection> {
     } else {
         Err(Rejection::SignatureInvalid)
     }
-}
-
-fn check_times(token: &Token<'_>, skew: f64, now: f64) -> Result<(), Rejection> {
-    if let Some(exp) = numeric_date(token, "exp")? {
-        // The token is valid strictly before `exp` (RFC 7519 §4.1.4).
-        if now >= exp + skew {
-            return Err(Rejection::Expired);
-        }
-    }
-    if let Some(nbf) = numeric_date(token, "nbf")? {
-        if now + skew < nbf {
-            return Err(Rejection::NotYetValid);
-        }
-    }
-    if let Some(iat) = numeric_date(token, "iat")? {
-        if iat > now + skew {
-            return Err(Rejection::IssuedInFuture);
-        }
-    }
-    Ok(())
 }
 
 /// A NumericDate claim: absent, or a (possibly fractional) number of seconds.
@@ -143,7 +169,7 @@ mod tests {
 
     fn check(raw: &str, keys: &KeySet) -> Result<(), Rejection> {
         let token = jwt::parse(raw)?;
-        validate(&token, keys, &["edge-api".to_owned()], SKEW, NOW as f64)
+        validate(&token, keys, &["edge-api".to_owned()], SKEW, NOW as f64).map(|_| ())
     }
 
     fn kid_for(alg: Algorithm) -> &'static str {
@@ -332,14 +358,30 @@ mod tests {
         let raw = sign(Algorithm::HS256, None, &json!({"exp": NOW + 1}));
         let token = jwt::parse(&raw).unwrap();
         let keys = all_keys();
-        assert_eq!(
-            validate(&token, &keys, &[], Duration::ZERO, NOW as f64),
-            Ok(())
-        );
+        assert!(validate(&token, &keys, &[], Duration::ZERO, NOW as f64).is_ok());
         assert_eq!(
             validate(&token, &keys, &[], Duration::ZERO, (NOW + 1) as f64),
             Err(Rejection::Expired)
         );
+    }
+
+    #[test]
+    fn the_window_of_a_valid_token_holds_as_long_as_its_claims() {
+        let raw = sign(Algorithm::HS256, None, &claims());
+        let token = jwt::parse(&raw).unwrap();
+        let window = validate(&token, &all_keys(), &[], SKEW, NOW as f64).unwrap();
+        assert_eq!(window, time_window(&token, SKEW).unwrap());
+        // exp is NOW + 300: valid until exp + skew, exclusive.
+        assert_eq!(window.check((NOW + 359) as f64), Ok(()));
+        assert_eq!(window.check((NOW + 360) as f64), Err(Rejection::Expired));
+        // nbf and iat are NOW: valid from skew before them.
+        assert_eq!(window.check((NOW - 60) as f64), Ok(()));
+        assert_eq!(window.check((NOW - 61) as f64), Err(Rejection::NotYetValid));
+        // Without time claims it never ends.
+        let raw = sign(Algorithm::HS256, None, &json!({"sub": "forever"}));
+        let window = time_window(&jwt::parse(&raw).unwrap(), Duration::ZERO).unwrap();
+        assert_eq!(window.check(f64::MAX), Ok(()));
+        assert_eq!(window.check(0.0), Ok(()));
     }
 
     #[test]
@@ -374,7 +416,7 @@ mod tests {
         // No audiences configured: aud is not looked at.
         let token = sign(Algorithm::ES256, None, &json!({"aud": "anything"}));
         let token = jwt::parse(&token).unwrap();
-        assert_eq!(validate(&token, &keys, &[], SKEW, NOW as f64), Ok(()));
+        assert!(validate(&token, &keys, &[], SKEW, NOW as f64).is_ok());
     }
 
     #[test]
