@@ -85,12 +85,19 @@ impl CpuMeter {
     /// CPU time to account for the work: wall time for short work, where it is nearly exact
     /// and free, else [`CpuMeter::used_at_least`].
     pub fn used(&self) -> Duration {
+        self.elapsed_and_used().1
+    }
+
+    /// The wall time since [`CpuMeter::start`] and [`CpuMeter::used`], from one reading of
+    /// the clock for short work.
+    pub fn elapsed_and_used(&self) -> (Duration, Duration) {
         let wall = self.started.elapsed();
-        if wall < PRECISE_AFTER {
+        let used = if wall < PRECISE_AFTER {
             wall
         } else {
             self.used_at_least()
-        }
+        };
+        (wall, used)
     }
 }
 

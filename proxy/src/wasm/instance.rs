@@ -170,6 +170,9 @@ struct Exports {
     tick: Callback<TypedFunc<u32, ()>>,
 }
 
+/// Names one callback slot of [`Exports`].
+type Pick<P, R> = fn(&mut Exports) -> &mut Callback<TypedFunc<P, R>>;
+
 /// A callback export, typed on first use: an instance made for one request calls only a few
 /// of its callbacks, and typing one costs about as much as a short callback.
 enum Callback<F> {
@@ -296,35 +299,32 @@ impl Instance {
     }
 
     fn resolve_callbacks(&mut self) -> Result<(), Fault> {
-        self.callback(|e| &mut e.context_create)?;
-        self.callback(|e| &mut e.vm_start)?;
-        self.callback(|e| &mut e.configure)?;
-        self.callback(|e| &mut e.request_headers)?;
-        self.callback(|e| &mut e.request_body)?;
-        self.callback(|e| &mut e.response_headers)?;
-        self.callback(|e| &mut e.response_body)?;
-        self.callback(|e| &mut e.log)?;
-        self.callback(|e| &mut e.http_call_response)?;
-        self.callback(|e| &mut e.queue_ready)?;
-        self.callback(|e| &mut e.done)?;
-        self.callback(|e| &mut e.delete)?;
-        self.callback(|e| &mut e.tick)?;
+        self.resolve(|e| &mut e.context_create)?;
+        self.resolve(|e| &mut e.vm_start)?;
+        self.resolve(|e| &mut e.configure)?;
+        self.resolve(|e| &mut e.request_headers)?;
+        self.resolve(|e| &mut e.request_body)?;
+        self.resolve(|e| &mut e.response_headers)?;
+        self.resolve(|e| &mut e.response_body)?;
+        self.resolve(|e| &mut e.log)?;
+        self.resolve(|e| &mut e.http_call_response)?;
+        self.resolve(|e| &mut e.queue_ready)?;
+        self.resolve(|e| &mut e.done)?;
+        self.resolve(|e| &mut e.delete)?;
+        self.resolve(|e| &mut e.tick)?;
         Ok(())
     }
 
-    /// The callback `pick` names, typed on first use; `None` when the module lacks it.
-    fn callback<P: WasmParams, R: WasmResults>(
-        &mut self,
-        pick: fn(&mut Exports) -> &mut Callback<TypedFunc<P, R>>,
-    ) -> Result<Option<TypedFunc<P, R>>, Fault> {
+    /// Types the callback `pick` names, unless done before; a wrong signature is a fault.
+    fn resolve<P: WasmParams, R: WasmResults>(&mut self, pick: Pick<P, R>) -> Result<(), Fault> {
         let (index, name) = match pick(&mut self.exports) {
-            Callback::Resolved(func) => return Ok(func.clone()),
+            Callback::Resolved(_) => return Ok(()),
             Callback::Unresolved(index, name) => (*index, *name),
         };
         let func =
             typed_export(&self.handle, &mut self.store, &index, name).map_err(Fault::Trap)?;
-        *pick(&mut self.exports) = Callback::Resolved(func.clone());
-        Ok(func)
+        *pick(&mut self.exports) = Callback::Resolved(func);
+        Ok(())
     }
 
     /// `on_context_create(root, 0)`, `on_vm_start`, `on_configure`; either returning false
@@ -332,59 +332,51 @@ impl Instance {
     fn root_calls(&mut self, budget: Duration) -> Result<(), String> {
         let vm_config_len = self.store.data().plugin.vm_config.len() as u32;
         let config_len = self.store.data().plugin.config.len() as u32;
-        if let Some(create) = self
-            .callback(|e| &mut e.context_create)
-            .map_err(|f| f.to_string())?
-        {
-            self.root_call(create, (ROOT_ID, 0), Phase::ContextCreate, budget)?;
+        let create: Pick<_, _> = |e| &mut e.context_create;
+        self.root_call(create, (ROOT_ID, 0), Phase::ContextCreate, budget)?;
+        let vm_start: Pick<_, _> = |e| &mut e.vm_start;
+        if self.root_call(vm_start, (ROOT_ID, vm_config_len), Phase::VmStart, budget)? == Some(0) {
+            return Err("on_vm_start returned false (the filter rejected its vm_config)".into());
         }
-        if let Some(vm_start) = self
-            .callback(|e| &mut e.vm_start)
-            .map_err(|f| f.to_string())?
-        {
-            if self.root_call(vm_start, (ROOT_ID, vm_config_len), Phase::VmStart, budget)? == 0 {
-                return Err(
-                    "on_vm_start returned false (the filter rejected its vm_config)".into(),
-                );
-            }
-        }
-        if let Some(configure) = self
-            .callback(|e| &mut e.configure)
-            .map_err(|f| f.to_string())?
-        {
-            if self.root_call(configure, (ROOT_ID, config_len), Phase::Configure, budget)? == 0 {
-                return Err("on_configure returned false (the filter rejected its config)".into());
-            }
+        let configure: Pick<_, _> = |e| &mut e.configure;
+        if self.root_call(configure, (ROOT_ID, config_len), Phase::Configure, budget)? == Some(0) {
+            return Err("on_configure returned false (the filter rejected its config)".into());
         }
         Ok(())
     }
 
     fn root_call<P: WasmParams, R: WasmResults>(
         &mut self,
-        func: TypedFunc<P, R>,
+        pick: Pick<P, R>,
         args: P,
         phase: Phase,
         budget: Duration,
-    ) -> Result<R, String> {
+    ) -> Result<Option<R>, String> {
         self.store.data_mut().call = Call::root(ROOT_ID, phase);
-        self.call(func, args, budget)
+        self.call(pick, args, budget)
             .map_err(|fault| format!("{} {fault}", phase.name()))
     }
 
-    /// The one place guest code runs: under the CPU deadline, classifying failures.
+    /// The one place guest code runs: the callback `pick` names (`None` when the module lacks
+    /// it), under the CPU deadline, classifying failures. The typed function is called where
+    /// it is kept: cloning one costs several atomic reference counts.
     fn call<P: WasmParams, R: WasmResults>(
         &mut self,
-        func: TypedFunc<P, R>,
+        pick: Pick<P, R>,
         args: P,
         budget: Duration,
-    ) -> Result<R, Fault> {
+    ) -> Result<Option<R>, Fault> {
         if let Some(fault) = &self.poisoned {
             return Err(fault.clone());
         }
+        self.resolve(pick)?;
+        let Callback::Resolved(Some(func)) = pick(&mut self.exports) else {
+            return Ok(None);
+        };
         start_cpu_deadline(&mut self.store, budget);
         let result = func.call(&mut self.store, args);
         super::abi::wasi::flush_output(self.store.data_mut());
-        result.map_err(|e| {
+        result.map(Some).map_err(|e| {
             let fault = classify(&e, self.store.data().limiter.hit);
             if let Fault::Trap(_) = fault {
                 log::debug!("guest trap: {e:?}");
@@ -439,9 +431,7 @@ impl Instance {
         self.next_context_id = self.next_context_id.wrapping_add(1).max(ROOT_ID + 1);
         self.store.data_mut().live_contexts.insert(id);
         self.store.data_mut().call = Call::root(id, Phase::ContextCreate);
-        if let Some(create) = self.callback(|e| &mut e.context_create)? {
-            self.call(create, (id, ROOT_ID), budget)?;
-        }
+        self.call(|e| &mut e.context_create, (id, ROOT_ID), budget)?;
         Ok(id)
     }
 
@@ -451,46 +441,45 @@ impl Instance {
         &mut self,
         context_id: u32,
         callback: HttpCallback,
-        data: HttpData,
+        data: Box<HttpData>,
         budget: Duration,
-    ) -> (Option<HttpData>, Result<Outcome, Fault>) {
-        let (func, args) = match callback {
+    ) -> (Option<Box<HttpData>>, Result<Outcome, Fault>) {
+        let (pick, args): (Pick<_, _>, _) = match callback {
             HttpCallback::RequestHeaders { end_of_stream } => (
-                self.callback(|e| &mut e.request_headers),
+                |e| &mut e.request_headers,
                 (context_id, header_count(&data, true), end_of_stream.into()),
             ),
             HttpCallback::RequestBody {
                 size,
                 end_of_stream,
             } => (
-                self.callback(|e| &mut e.request_body),
+                |e| &mut e.request_body,
                 (context_id, size, end_of_stream.into()),
             ),
             HttpCallback::ResponseHeaders { end_of_stream } => (
-                self.callback(|e| &mut e.response_headers),
+                |e| &mut e.response_headers,
                 (context_id, header_count(&data, false), end_of_stream.into()),
             ),
             HttpCallback::ResponseBody {
                 size,
                 end_of_stream,
             } => (
-                self.callback(|e| &mut e.response_body),
+                |e| &mut e.response_body,
                 (context_id, size, end_of_stream.into()),
             ),
         };
-        let func = match func {
-            Ok(Some(func)) => func,
-            Ok(None) => return (Some(data), Ok(Outcome::Continue)),
-            Err(fault) => return (Some(data), Err(fault)),
-        };
         self.store.data_mut().call = Call::http(context_id, callback.phase(), data);
-        let result = self.call(func, args, budget);
+        let result = self.call(pick, args, budget);
         let mut call = std::mem::replace(
             &mut self.store.data_mut().call,
             Call::root(ROOT_ID, Phase::Startup),
         );
         let http = call.http.take();
-        (http, result.map(|action| outcome(call, action == 0)))
+        let outcome = result.map(|action| match action {
+            Some(action) => outcome(call, action == 0),
+            None => Outcome::Continue,
+        });
+        (http, outcome)
     }
 
     /// Runs `on_http_call_response` for a callout `context_id` made. With `data`, the request
@@ -500,16 +489,11 @@ impl Instance {
         &mut self,
         context_id: u32,
         phase: Phase,
-        data: Option<HttpData>,
+        data: Option<Box<HttpData>>,
         token: u32,
         answer: CalloutAnswer,
         budget: Duration,
-    ) -> (Option<HttpData>, Result<Outcome, Fault>) {
-        let func = match self.callback(|e| &mut e.http_call_response) {
-            Ok(Some(func)) => func,
-            Ok(None) => return (data, Ok(Outcome::Pause)),
-            Err(fault) => return (data, Err(fault)),
-        };
+    ) -> (Option<Box<HttpData>>, Result<Outcome, Fault>) {
         let (headers, trailers) = (answer.headers.len() as u32, answer.trailers.len() as u32);
         let body = answer.body.len() as u32;
         let mut call = match data {
@@ -518,13 +502,18 @@ impl Instance {
         };
         call.callout = Some(answer);
         self.store.data_mut().call = call;
-        let result = self.call(func, (ROOT_ID, token, headers, body, trailers), budget);
+        let args = (ROOT_ID, token, headers, body, trailers);
+        let result = self.call(|e| &mut e.http_call_response, args, budget);
         let mut call = std::mem::replace(
             &mut self.store.data_mut().call,
             Call::root(ROOT_ID, Phase::Startup),
         );
         let http = call.http.take();
-        (http, result.map(|()| outcome(call, false)))
+        // Without the callback the request stays paused, as after one that does nothing.
+        (
+            http,
+            result.map(|ran| ran.map_or(Outcome::Pause, |()| outcome(call, false))),
+        )
     }
 
     /// A callout's answer arrived: the paused request that made it handles it; otherwise the
@@ -557,14 +546,9 @@ impl Instance {
 
     /// `on_queue_ready` for a queue the root context registered.
     pub fn queue_ready(&mut self, root_id: u32, queue_id: u32) {
-        let func = match self.callback(|e| &mut e.queue_ready) {
-            Ok(Some(func)) => func,
-            Ok(None) => return,
-            Err(fault) => return self.report_background_fault("on_queue_ready", &fault),
-        };
         self.store.data_mut().call = Call::root(root_id, Phase::QueueReady);
         let budget = self.store.data().plugin.limits.cpu;
-        if let Err(fault) = self.call(func, (root_id, queue_id), budget) {
+        if let Err(fault) = self.call(|e| &mut e.queue_ready, (root_id, queue_id), budget) {
             self.report_background_fault("on_queue_ready", &fault);
         }
     }
@@ -581,9 +565,9 @@ impl Instance {
     pub fn finish_http_context(
         &mut self,
         context_id: u32,
-        data: Option<HttpData>,
+        data: Option<Box<HttpData>>,
         budget: Duration,
-    ) -> (Option<HttpData>, Result<(), Fault>) {
+    ) -> (Option<Box<HttpData>>, Result<(), Fault>) {
         self.store.data_mut().waiters.remove(&context_id);
         let result = self.final_calls(context_id, data, budget);
         self.store.data_mut().live_contexts.remove(&context_id);
@@ -593,40 +577,22 @@ impl Instance {
     fn final_calls(
         &mut self,
         context_id: u32,
-        data: Option<HttpData>,
+        data: Option<Box<HttpData>>,
         budget: Duration,
-    ) -> (Option<HttpData>, Result<(), Fault>) {
+    ) -> (Option<Box<HttpData>>, Result<(), Fault>) {
         let cpu = CpuMeter::start();
         let remaining = |budget: Duration| budget.saturating_sub(cpu.used());
         let mut data = data;
-        let steps = [
-            (
-                self.callback(|e| &mut e.log).map(|f| f.map(Step::Log)),
-                Phase::Log,
-            ),
-            (
-                self.callback(|e| &mut e.done).map(|f| f.map(Step::Done)),
-                Phase::Done,
-            ),
-            (
-                self.callback(|e| &mut e.delete)
-                    .map(|f| f.map(Step::Delete)),
-                Phase::Delete,
-            ),
-        ];
-        for (step, phase) in steps {
-            let step = match step {
-                Ok(Some(step)) => step,
-                Ok(None) => continue,
-                Err(fault) => return (data, Err(fault)),
-            };
+        for phase in [Phase::Log, Phase::Done, Phase::Delete] {
             self.store.data_mut().call = match data.take() {
                 Some(d) => Call::http(context_id, phase, d),
                 None => Call::root(context_id, phase),
             };
-            let result = match step {
-                Step::Log(f) | Step::Delete(f) => self.call(f, context_id, remaining(budget)),
-                Step::Done(f) => self.call(f, context_id, remaining(budget)).map(drop),
+            let budget = remaining(budget);
+            let result = match phase {
+                Phase::Done => self.call(|e| &mut e.done, context_id, budget).map(drop),
+                Phase::Log => self.call(|e| &mut e.log, context_id, budget).map(drop),
+                _ => self.call(|e| &mut e.delete, context_id, budget).map(drop),
             };
             data = std::mem::replace(
                 &mut self.store.data_mut().call,
@@ -654,11 +620,8 @@ impl Instance {
 
     /// The root context's `on_tick`.
     pub fn tick(&mut self, budget: Duration) -> Result<(), Fault> {
-        let Some(tick) = self.callback(|e| &mut e.tick)? else {
-            return Ok(());
-        };
         self.store.data_mut().call = Call::root(ROOT_ID, Phase::Tick);
-        self.call(tick, ROOT_ID, budget)
+        self.call(|e| &mut e.tick, ROOT_ID, budget).map(drop)
     }
 }
 
@@ -683,12 +646,6 @@ fn outcome(call: Call, proceed: bool) -> Outcome {
     } else {
         Outcome::Pause
     }
-}
-
-enum Step {
-    Log(TypedFunc<u32, ()>),
-    Done(TypedFunc<u32, u32>),
-    Delete(TypedFunc<u32, ()>),
 }
 
 /// Headers the callback is told about: the map's entries including pseudo-headers.

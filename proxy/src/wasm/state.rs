@@ -123,7 +123,7 @@ pub struct Call {
     pub effective_context: u32,
     pub phase: Phase,
     /// The request being served, while an HTTP callback runs.
-    pub http: Option<HttpData>,
+    pub http: Option<Box<HttpData>>,
     pub local_response: Option<LocalResponse>,
     pub continue_requested: bool,
     pub close_requested: bool,
@@ -145,7 +145,7 @@ impl Call {
         }
     }
 
-    pub fn http(context_id: u32, phase: Phase, data: HttpData) -> Self {
+    pub fn http(context_id: u32, phase: Phase, data: Box<HttpData>) -> Self {
         Call {
             http: Some(data),
             ..Call::root(context_id, phase)
@@ -197,7 +197,8 @@ impl Phase {
     }
 }
 
-/// The request a filter is looking at, moved into the store for one callback.
+/// The request a filter is looking at, moved into the store for one callback (boxed, so
+/// that moving it in and out of the store around every callback copies a pointer).
 pub struct HttpData {
     pub request: RequestHeader,
     /// The response head, once there is one.

@@ -49,9 +49,10 @@ pub struct FilterChain {
 
 /// What moves in and out of the instances around each call.
 struct Scratch {
-    info: Option<StreamInfo>,
-    /// Stand-ins left in Pingora's place while the real heads are inside a filter call.
-    spare_request: Option<RequestHeader>,
+    /// The call data, boxed once per request. Between calls it keeps the stream info and a
+    /// stand-in request head, swapped with Pingora's real one around each call.
+    data: Option<Box<HttpData>>,
+    /// Stand-in left in Pingora's place while the live response head is inside a call.
     spare_response: Option<ResponseHeader>,
     /// The response head as the filters left it, for the body and log phases.
     response: Option<ResponseHeader>,
@@ -115,8 +116,12 @@ impl FilterChain {
         FilterChain {
             entries: plugins.into_iter().map(Entry::new).collect(),
             scratch: Scratch {
-                info: Some(info),
-                spare_request: None,
+                data: Some(Box::new(HttpData {
+                    request: stand_in_request(),
+                    response: None,
+                    body: BytesMut::new(),
+                    stream: info,
+                })),
                 spare_response: None,
                 response: None,
             },
@@ -127,13 +132,13 @@ impl FilterChain {
     /// The upstream a filter chose for this request (`route.upstream`), if any.
     pub fn upstream_override(&self) -> Option<crate::config::UpstreamId> {
         self.scratch
-            .info
+            .data
             .as_ref()
-            .and_then(|info| info.upstream_override)
+            .and_then(|data| data.stream.upstream_override)
     }
 
     pub fn set_upstream_address(&mut self, address: std::net::SocketAddr) {
-        if let Some(info) = &mut self.scratch.info {
+        if let Some(info) = self.scratch.info_mut() {
             info.upstream_address = Some(address);
         }
     }
@@ -165,7 +170,7 @@ impl FilterChain {
         end_of_stream: bool,
     ) -> (Bytes, Verdict) {
         let mut data = chunk.unwrap_or_default();
-        if let Some(info) = &mut self.scratch.info {
+        if let Some(info) = self.scratch.info_mut() {
             info.request_body_bytes += data.len() as u64;
         }
         for i in 0..self.entries.len() {
@@ -256,7 +261,7 @@ impl FilterChain {
         let mut data = chunk.unwrap_or_default();
         if phase == ResponsePhase::AfterCache {
             // What the client gets, for `response.size`-like properties.
-            if let Some(info) = &mut self.scratch.info {
+            if let Some(info) = self.scratch.info_mut() {
                 info.response_body_bytes += data.len() as u64;
             }
         }
@@ -355,9 +360,9 @@ impl FilterChain {
         guest: impl FnOnce(
             &mut Instance,
             u32,
-            HttpData,
+            Box<HttpData>,
             Duration,
-        ) -> (Option<HttpData>, Result<Outcome, Fault>),
+        ) -> (Option<Box<HttpData>>, Result<Outcome, Fault>),
     ) -> (BytesMut, Invoked) {
         let entry = &mut self.entries[i];
         if !entry.active {
@@ -376,31 +381,30 @@ impl FilterChain {
         if budget.is_zero() {
             return (body, Invoked::Fault(Fault::CpuLimit));
         }
-        let started = Instant::now();
         let mut instance = lease.lock();
-        // CPU is counted from here: waiting for a shared instance costs the guest nothing.
+        // Counted from here: waiting for a shared instance costs the guest nothing.
         let cpu = CpuMeter::start();
 
-        let context_id = match entry.context_id {
-            Some(id) => id,
+        let (context_id, budget) = match entry.context_id {
+            Some(id) => (id, budget),
             None => match instance.create_http_context(budget) {
-                Ok(id) => *entry.context_id.insert(id),
+                // What creating the context used is gone from the callback's budget.
+                Ok(id) => (
+                    *entry.context_id.insert(id),
+                    budget.saturating_sub(cpu.used()),
+                ),
                 Err(fault) => return (body, Invoked::Fault(fault)),
             },
         };
         let data = self.scratch.take_in(req, resp.live(), body);
-        let (data, result) = guest(
-            &mut instance,
-            context_id,
-            data,
-            budget.saturating_sub(cpu.used()),
-        );
-        entry.cpu_used += cpu.used();
+        let (data, result) = guest(&mut instance, context_id, data, budget);
+        let (elapsed, used) = cpu.elapsed_and_used();
+        entry.cpu_used += used;
         let (phase, wait_if_paused) = match purpose {
             Purpose::Callback(phase) => (phase, true),
             Purpose::CallResponse => (Phase::CallResponse, false),
         };
-        entry.plugin.call_metrics.record(phase, started.elapsed());
+        entry.plugin.call_metrics.record(phase, elapsed);
         let body = match data {
             Some(data) => self.scratch.put_back(req, resp.live(), data),
             None => {
@@ -627,30 +631,36 @@ impl FilterChain {
 }
 
 impl Scratch {
+    fn info_mut(&mut self) -> Option<&mut StreamInfo> {
+        self.data.as_mut().map(|data| &mut data.stream)
+    }
+
     /// Moves the request (and the live or kept response) into call data, leaving stand-ins.
     fn take_in(
         &mut self,
         req: &mut RequestHeader,
         live: Option<&mut ResponseHeader>,
         body: BytesMut,
-    ) -> HttpData {
-        let request = std::mem::replace(
-            req,
-            self.spare_request.take().unwrap_or_else(stand_in_request),
-        );
-        let response = match live {
+    ) -> Box<HttpData> {
+        // Only a call that lost the data (a fault) leaves no box: start afresh.
+        let mut data = self.data.take().unwrap_or_else(|| {
+            Box::new(HttpData {
+                request: stand_in_request(),
+                response: None,
+                body: BytesMut::new(),
+                stream: StreamInfo::default(),
+            })
+        });
+        std::mem::swap(&mut data.request, req);
+        data.response = match live {
             Some(resp) => Some(std::mem::replace(
                 resp,
                 self.spare_response.take().unwrap_or_else(stand_in_response),
             )),
             None => self.response.take(),
         };
-        HttpData {
-            request,
-            response,
-            body,
-            stream: self.info.take().unwrap_or_default(),
-        }
+        data.body = body;
+        data
     }
 
     /// Puts the heads back where they came from; returns the body buffer.
@@ -658,18 +668,19 @@ impl Scratch {
         &mut self,
         req: &mut RequestHeader,
         live: Option<&mut ResponseHeader>,
-        data: HttpData,
+        mut data: Box<HttpData>,
     ) -> BytesMut {
-        self.spare_request = Some(std::mem::replace(req, data.request));
-        match (live, data.response) {
+        std::mem::swap(&mut data.request, req);
+        match (live, data.response.take()) {
             (Some(resp), Some(response)) => {
                 self.spare_response = Some(std::mem::replace(resp, response))
             }
             (None, response) => self.response = response,
             (Some(_), None) => {}
         }
-        self.info = Some(data.stream);
-        data.body
+        let body = std::mem::take(&mut data.body);
+        self.data = Some(data);
+        body
     }
 }
 
