@@ -1,6 +1,7 @@
 //! The Pingora `ProxyHttp` implementation: a thin conductor. Each hook asks a room (routing,
 //! upstream, access log) what to do and applies the answer; nothing clever happens here.
 
+use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -23,11 +24,11 @@ use crate::cache::{self, Cache, Outcome, PurgeMode, PurgeTarget};
 use crate::config::{ResponsePhase, Route, RouteCache, UpstreamId};
 use crate::geo::Geo;
 use crate::metrics;
+use crate::request_buffering::RequestBuffer;
 use crate::routing::{request_host, RouteTable};
 use crate::upstream::Upstreams;
 use crate::wasm::{FilterChain, FilterFailure, FilterHost, LocalResponse, StreamInfo, Verdict};
 
-const VIA_NAME: &str = "edgeward";
 const REQUEST_ID: &str = "x-request-id";
 
 pub struct Edge {
@@ -54,6 +55,8 @@ pub struct RequestCtx {
     chain: Option<FilterChain>,
     /// Whether the request has a body for the filters to see.
     request_has_body: bool,
+    /// A small request body, held until complete.
+    request_buffer: RequestBuffer,
     /// The length the upstream request head announced, which the filtered body must keep.
     request_length: DeclaredLength,
     /// The response body as the filters of each phase see it.
@@ -444,6 +447,7 @@ impl ProxyHttp for Edge {
             refusal: None,
             chain: None,
             request_has_body: false,
+            request_buffer: RequestBuffer::default(),
             request_length: DeclaredLength::default(),
             before_cache: BodyPhase::default(),
             after_cache: BodyPhase::default(),
@@ -477,6 +481,7 @@ impl ProxyHttp for Edge {
             Some(route) => {
                 ctx.route = Some(route.clone());
                 ctx.upstream = Some(route.upstream);
+                ctx.request_buffer = RequestBuffer::for_request(&session.req_header().headers);
                 if let Some(route_cache) = &route.cache {
                     ctx.cache_bypass = cache::bypass_reason(session.req_header(), route_cache);
                     ctx.caching = ctx.cache_bypass.is_none() && self.cache.is_some();
@@ -601,6 +606,11 @@ impl ProxyHttp for Edge {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // A small body goes on (to the filters and upstream) once complete.
+        *body = ctx.request_buffer.pass(body.take(), end_of_stream);
+        if !end_of_stream && body.as_ref().is_some_and(Bytes::is_empty) {
+            return Ok(());
+        }
         let Some(chain) = ctx.chain.as_mut().filter(|_| ctx.request_has_body) else {
             return Ok(());
         };
@@ -1089,8 +1099,15 @@ fn new_request_id() -> HeaderValue {
         counter.set(n.wrapping_add(2));
         (keys.hash_one(n), keys.hash_one(n + 1))
     });
-    // 32 hex digits are always a valid header value.
-    HeaderValue::from_str(&format!("{a:016x}{b:016x}")).unwrap_or(HeaderValue::from_static("0"))
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&a.to_be_bytes());
+    raw[8..].copy_from_slice(&b.to_be_bytes());
+    let mut id = [0u8; 32];
+    // 32 hex digits (of a slice exactly twice as long) are always a valid header value.
+    match hex::encode_to_slice(raw, &mut id) {
+        Ok(()) => HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0")),
+        Err(_) => HeaderValue::from_static("0"),
+    }
 }
 
 fn protocol_name(version: Version) -> &'static str {
@@ -1124,15 +1141,15 @@ fn strip_path_prefix(uri: &http::Uri, prefix: &str) -> http::Uri {
 fn add_forwarding_headers(session: &Session, upstream_request: &mut RequestHeader) -> Result<()> {
     let downstream = session.req_header();
     if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
-        let mut chain: Vec<&str> = downstream
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        let ip = client.ip().to_string();
-        chain.push(&ip);
-        upstream_request.insert_header("x-forwarded-for", chain.join(", "))?;
+        let mut chain = String::with_capacity(48);
+        let earlier = downstream.headers.get_all("x-forwarded-for");
+        for hop in earlier.iter().filter_map(|v| v.to_str().ok()) {
+            chain.push_str(hop);
+            chain.push_str(", ");
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(chain, "{}", client.ip());
+        upstream_request.insert_header("x-forwarded-for", chain)?;
     }
     upstream_request.insert_header("x-forwarded-proto", "http")?;
     let original_host = match downstream.uri.authority() {
@@ -1149,18 +1166,17 @@ fn add_forwarding_headers(session: &Session, upstream_request: &mut RequestHeade
 
 /// `existing` Via with this hop appended, e.g. `1.1 cdn, 1.1 edgeward`.
 fn via(existing: Option<&HeaderValue>, version: Version) -> HeaderValue {
-    let hop = match version {
-        Version::HTTP_10 => "1.0",
-        Version::HTTP_2 => "2",
-        Version::HTTP_3 => "3",
-        _ => "1.1",
+    // Static values: most requests and responses carry no Via, and need no formatting.
+    let ours = match version {
+        Version::HTTP_10 => "1.0 edgeward",
+        Version::HTTP_2 => "2 edgeward",
+        Version::HTTP_3 => "3 edgeward",
+        _ => "1.1 edgeward",
     };
-    let ours = format!("{hop} {VIA_NAME}");
     existing
         .and_then(|v| v.to_str().ok())
         .and_then(|existing| HeaderValue::from_str(&format!("{existing}, {ours}")).ok())
-        .or_else(|| HeaderValue::from_str(&ours).ok())
-        .unwrap_or(HeaderValue::from_static(VIA_NAME))
+        .unwrap_or(HeaderValue::from_static(ours))
 }
 
 /// Hop-by-hop response fields belong to the upstream connection, not the client's
@@ -1216,6 +1232,14 @@ mod tests {
         let b = new_request_id();
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
+        assert!(a.as_bytes().iter().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn via_appends_this_hop() {
+        assert_eq!(via(None, Version::HTTP_2), "2 edgeward");
+        let cdn = HeaderValue::from_static("1.0 cdn");
+        assert_eq!(via(Some(&cdn), Version::HTTP_11), "1.0 cdn, 1.1 edgeward");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod edge;
 pub mod geo;
 pub mod local_http;
 pub mod metrics;
+pub mod request_buffering;
 pub mod routing;
 pub mod server;
 pub mod sync;

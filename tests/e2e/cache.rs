@@ -7,7 +7,7 @@ use std::time::Duration;
 use edgeward_testkit::{client, expected_bytes_sha256, filters, reqwest, Origin, Proxy};
 use serde_json::Value;
 
-use crate::support::{config, eventually, start_proxy};
+use crate::support::{config, eventually, metric, start_proxy};
 
 /// What came back: status, headers, body.
 struct Answer {
@@ -418,24 +418,6 @@ async fn memory_stays_within_its_bound_while_filling_four_times_over() {
 fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;
     format!("{:x}", sha2::Sha256::digest(bytes))
-}
-
-/// The value of a metric line (exact name with labels) on the admin listener.
-async fn metric(proxy: &Proxy, series: &str) -> f64 {
-    let text = client::http1()
-        .get(format!(
-            "http://{}/metrics",
-            proxy.placeholder_addr("admin")
-        ))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -1,6 +1,6 @@
 //! Shared helpers for the scenarios.
 
-use edgeward_testkit::{set_default_binary, Proxy};
+use edgeward_testkit::{client, set_default_binary, Proxy};
 
 /// Starts the edgeward binary built for these tests with `yaml`; see [`Proxy::start`].
 pub async fn start_proxy(yaml: &str) -> Proxy {
@@ -61,4 +61,22 @@ where
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+}
+
+/// The value of a metric line (exact name with labels) on the admin listener.
+pub async fn metric(proxy: &Proxy, series: &str) -> f64 {
+    let text = client::http1()
+        .get(format!(
+            "http://{}/metrics",
+            proxy.placeholder_addr("admin")
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
 }
