@@ -194,14 +194,22 @@ http {{
 
 
 def nginx_proxy_config(folder: Path, cache_dir: Path, port: int, h2_port: int, origin: int, workers: int) -> str:
-    return f"""# nginx as the reference reverse proxy and cache, configured like edgeward.
+    return f"""# nginx as the reference reverse proxy and cache, configured like edgeward: the same
+# per-request work (a request id, the forwarding headers, Via both ways, one JSON access-log
+# line with the same fields).
 worker_processes {workers};
 daemon off;
 pid {folder}/nginx.pid;
 error_log {folder}/nginx-error.log warn;
 events {{ worker_connections 4096; }}
 http {{
-    access_log {folder}/nginx-access.log;
+    log_format edge escape=json '{{"time":"$time_iso8601","request_id":"$request_id",'
+        '"client":"$remote_addr:$remote_port","protocol":"$server_protocol",'
+        '"method":"$request_method","host":"$host","path":"$request_uri","status":$status,'
+        '"bytes_sent":$body_bytes_sent,"bytes_received":$request_length,"upstream":"origin",'
+        '"endpoint":"$upstream_addr","duration_s":$request_time}}';
+    # Written in batches, as edgeward writes its log.
+    access_log {folder}/nginx-access.log edge buffer=64k flush=10ms;
     keepalive_requests 1000000;
     client_body_buffer_size 64k;
     upstream origin {{
@@ -214,8 +222,15 @@ http {{
         listen 127.0.0.1:{h2_port} http2 reuseport backlog=4096;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
+        proxy_set_header Host $host;
+        proxy_set_header X-Request-Id $request_id;
+        proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+        proxy_set_header X-Forwarded-Proto $scheme;
+        proxy_set_header X-Forwarded-Host $host;
+        proxy_set_header Via "1.1 edgeward";
         location / {{
             proxy_pass http://origin;
+            add_header Via "1.1 edgeward";
         }}
         location /cache/ {{
             proxy_pass http://origin;
@@ -223,6 +238,7 @@ http {{
             proxy_cache_lock on;
             proxy_cache_use_stale updating error timeout;
             add_header Cache-Status $upstream_cache_status;
+            add_header Via "1.1 edgeward";
         }}
     }}
 }}
