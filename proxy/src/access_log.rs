@@ -7,16 +7,14 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-
 use crate::config::AccessLog;
 use crate::metrics;
 use crate::sync::lock;
 
 /// What one access-log line says.
-#[derive(Debug, Serialize)]
+#[derive(Debug)]
 pub struct Entry<'a> {
-    pub time: String,
+    pub time: SystemTime,
     pub request_id: &'a str,
     pub client: Option<SocketAddr>,
     pub protocol: &'a str,
@@ -31,9 +29,9 @@ pub struct Entry<'a> {
     pub route: Option<&'a str>,
     pub upstream: Option<&'a str>,
     pub endpoint: Option<SocketAddr>,
-    pub duration_ms: f64,
+    /// Written as `duration_ms`, in milliseconds with microsecond precision.
+    pub duration: Duration,
     /// Why the request failed, when edgeward answered with an error.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
 }
 
@@ -99,10 +97,7 @@ impl AccessLogger {
         let Some(sink) = &self.0 else { return };
         LINE.with_borrow_mut(|line| {
             line.clear();
-            if let Err(e) = serde_json::to_writer(&mut *line, entry) {
-                log::error!("cannot encode access log entry: {e}");
-                return;
-            }
+            entry.encode(line);
             line.push(b'\n');
             let mut pending = lock(&sink.pending);
             if pending.len() + line.len() > MAX_PENDING {
@@ -146,31 +141,178 @@ impl Sink {
     }
 }
 
+/// A value in an access-log line.
+enum Field<'a> {
+    Str(&'a str),
+    OptStr(Option<&'a str>),
+    Addr(Option<SocketAddr>),
+    Int(u64),
+}
+
+impl Entry<'_> {
+    /// Appends the entry as one JSON object. Written by hand rather than through serde: this
+    /// runs for every request, and serde_json's generic path (maps, `Display` for addresses,
+    /// shortest-float formatting) cost about five times as much.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(b"{\"time\":\"");
+        write_rfc3339(out, self.time);
+        out.push(b'"');
+        let fields = [
+            ("request_id", Field::Str(self.request_id)),
+            ("client", Field::Addr(self.client)),
+            ("protocol", Field::Str(self.protocol)),
+            ("method", Field::Str(self.method)),
+            ("host", Field::Str(self.host)),
+            ("path", Field::Str(self.path)),
+            ("status", Field::Int(u64::from(self.status))),
+            ("bytes_sent", Field::Int(self.bytes_sent as u64)),
+            ("bytes_received", Field::Int(self.bytes_received as u64)),
+            ("route", Field::OptStr(self.route)),
+            ("upstream", Field::OptStr(self.upstream)),
+            ("endpoint", Field::Addr(self.endpoint)),
+        ];
+        for (name, value) in fields {
+            write_key(out, name);
+            match value {
+                Field::Str(text) => write_str(out, text),
+                Field::OptStr(Some(text)) => write_str(out, text),
+                Field::OptStr(None) | Field::Addr(None) => out.extend_from_slice(b"null"),
+                Field::Addr(Some(addr)) => write_addr(out, addr),
+                Field::Int(value) => write_int(out, value),
+            }
+        }
+        write_key(out, "duration_ms");
+        let micros = self.duration.as_micros();
+        write_int(out, u64::try_from(micros / 1000).unwrap_or(u64::MAX));
+        out.push(b'.');
+        write_digits(out, (micros % 1000) as u32, 3);
+        if let Some(error) = self.error {
+            write_key(out, "error");
+            write_str(out, error);
+        }
+        out.push(b'}');
+    }
+}
+
+/// `,"name":` (names need no escaping).
+fn write_key(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+/// A JSON string: quotes, backslashes and control characters escaped, everything else
+/// (UTF-8 included) as it is.
+fn write_str(out: &mut Vec<u8>, text: &str) {
+    out.push(b'"');
+    let bytes = text.as_bytes();
+    let mut plain_from = 0;
+    for (i, &byte) in bytes.iter().enumerate() {
+        let escape: &[u8] = match byte {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[plain_from..i]);
+        plain_from = i + 1;
+        if escape.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(byte >> 4)]);
+            out.push(HEX[usize::from(byte & 0xf)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+    }
+    out.extend_from_slice(&bytes[plain_from..]);
+    out.push(b'"');
+}
+
+/// `"192.0.2.1:443"` or `"[2001:db8::1]:443"`.
+fn write_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(v4) => {
+            out.push(b'"');
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                write_int(out, u64::from(octet));
+            }
+            out.push(b':');
+            write_int(out, u64::from(v4.port()));
+            out.push(b'"');
+        }
+        // Rare enough on the hot path to go through `Display`.
+        SocketAddr::V6(v6) => {
+            let _ = write!(out, "\"{v6}\"");
+        }
+    }
+}
+
+fn write_int(out: &mut Vec<u8>, value: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut rest = value;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
+/// `value` in exactly `width` digits, zero-padded (the higher digits dropped).
+fn write_digits(out: &mut Vec<u8>, value: u32, width: usize) {
+    let mut rest = value;
+    let start = out.len();
+    out.resize(start + width, b'0');
+    for slot in out[start..].iter_mut().rev() {
+        *slot = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+}
+
+thread_local! {
+    /// The second last formatted on this thread and its `YYYY-MM-DDTHH:MM:SS.` text: lines
+    /// of the same second only add their milliseconds.
+    static SECOND: std::cell::Cell<(u64, [u8; 20])> = const { std::cell::Cell::new((u64::MAX, [0; 20])) };
+}
+
 /// RFC 3339 UTC time with milliseconds, e.g. `2026-11-24T03:17:05.123Z`.
-pub fn rfc3339(time: SystemTime) -> String {
+fn write_rfc3339(out: &mut Vec<u8>, time: SystemTime) {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
     let secs = since_epoch.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    // Digit by digit: this runs for every access-log line, where `format!` cost ten times more.
-    let mut out = String::with_capacity(24);
-    let fields = [
-        (year.clamp(0, 9999) as u32, 4, '-'),
-        (month, 2, '-'),
-        (day, 2, 'T'),
-        ((rem / 3600) as u32, 2, ':'),
-        ((rem % 3600 / 60) as u32, 2, ':'),
-        ((rem % 60) as u32, 2, '.'),
-        (since_epoch.subsec_millis(), 3, 'Z'),
-    ];
-    for (value, width, then) in fields {
-        for place in (0..width).rev() {
-            let digit = (value / 10u32.pow(place) % 10) as u8;
-            out.push(char::from(b'0' + digit));
+    let (cached_secs, mut prefix) = SECOND.get();
+    if cached_secs != secs {
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (year, month, day) = civil_from_days(days as i64);
+        let mut text = Vec::with_capacity(20);
+        let fields = [
+            (year.clamp(0, 9999) as u32, 4, b'-'),
+            (month, 2, b'-'),
+            (day, 2, b'T'),
+            ((rem / 3600) as u32, 2, b':'),
+            ((rem % 3600 / 60) as u32, 2, b':'),
+            ((rem % 60) as u32, 2, b'.'),
+        ];
+        for (value, width, then) in fields {
+            write_digits(&mut text, value, width);
+            text.push(then);
         }
-        out.push(then);
+        prefix.copy_from_slice(&text);
+        SECOND.set((secs, prefix));
     }
-    out
+    out.extend_from_slice(&prefix);
+    write_digits(out, since_epoch.subsec_millis(), 3);
+    out.push(b'Z');
 }
 
 /// Days since 1970-01-01 → (year, month, day), after Howard Hinnant's `civil_from_days`.
@@ -191,12 +333,93 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
 
+    fn rfc3339(time: SystemTime) -> String {
+        let mut out = Vec::new();
+        write_rfc3339(&mut out, time);
+        String::from_utf8(out).unwrap()
+    }
+
     #[test]
     fn formats_rfc3339() {
         assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_795_916_225_123);
         assert_eq!(rfc3339(t), "2026-11-29T01:37:05.123Z");
+        // The same second again comes from the cached prefix.
+        let later = UNIX_EPOCH + Duration::from_millis(1_795_916_225_987);
+        assert_eq!(rfc3339(later), "2026-11-29T01:37:05.987Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(rfc3339(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    fn entry<'a>() -> Entry<'a> {
+        Entry {
+            time: UNIX_EPOCH + Duration::from_millis(1_795_916_225_123),
+            request_id: "0123456789abcdef",
+            client: Some("192.0.2.7:50123".parse().unwrap()),
+            protocol: "HTTP/1.1",
+            method: "GET",
+            host: "example.com",
+            path: "/a?b=c",
+            status: 200,
+            bytes_sent: 1024,
+            bytes_received: 0,
+            route: Some("demo"),
+            upstream: None,
+            endpoint: Some("[2001:db8::1]:8080".parse().unwrap()),
+            duration: Duration::from_micros(12_034),
+            error: None,
+        }
+    }
+
+    fn decoded(entry: &Entry<'_>) -> serde_json::Value {
+        let mut line = Vec::new();
+        entry.encode(&mut line);
+        serde_json::from_slice(&line).unwrap()
+    }
+
+    #[test]
+    fn an_entry_is_one_json_object_with_every_field() {
+        let json = decoded(&entry());
+        assert_eq!(
+            json,
+            serde_json::json!({
+                "time": "2026-11-29T01:37:05.123Z",
+                "request_id": "0123456789abcdef",
+                "client": "192.0.2.7:50123",
+                "protocol": "HTTP/1.1",
+                "method": "GET",
+                "host": "example.com",
+                "path": "/a?b=c",
+                "status": 200,
+                "bytes_sent": 1024,
+                "bytes_received": 0,
+                "route": "demo",
+                "upstream": null,
+                "endpoint": "[2001:db8::1]:8080",
+                "duration_ms": 12.034,
+            })
+        );
+        let failed = Entry {
+            error: Some("upstream_unavailable"),
+            client: None,
+            duration: Duration::from_nanos(999),
+            ..entry()
+        };
+        let json = decoded(&failed);
+        assert_eq!(json["error"], "upstream_unavailable");
+        assert_eq!(json["client"], serde_json::Value::Null);
+        assert_eq!(json["duration_ms"], 0.0);
+    }
+
+    #[test]
+    fn strings_from_the_client_are_escaped() {
+        let nasty = "/\"quoted\"\\back\nline\r\t\u{1}\u{1f}\u{7f}é日本";
+        let json = decoded(&Entry {
+            path: nasty,
+            host: "\"",
+            ..entry()
+        });
+        assert_eq!(json["path"], nasty);
+        assert_eq!(json["host"], "\"");
     }
 }

@@ -892,11 +892,15 @@ impl ProxyHttp for Edge {
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         if let Some(chain) = ctx.chain.as_mut() {
-            let response = session.response_written().cloned();
-            chain.finish(session.req_header_mut(), response);
+            let sent = chain
+                .needs_sent_response()
+                .then(|| session.response_written().cloned())
+                .flatten();
+            chain.finish(session.req_header_mut(), sent);
         }
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let route = ctx.route.as_deref().map_or("", |r| r.name.as_str());
+        let duration = ctx.started.elapsed();
         let metrics = metrics::global();
         if let Some(outcome) = ctx.cache_outcome {
             metrics
@@ -911,14 +915,14 @@ impl ProxyHttp for Edge {
         metrics
             .request_duration
             .with_label_values(&[route])
-            .observe(ctx.started.elapsed().as_secs_f64());
+            .observe(duration.as_secs_f64());
         if !self.access_log.is_on() {
             return;
         }
         let req = session.req_header();
         let route = ctx.route.as_deref();
         self.access_log.write(&access_log::Entry {
-            time: access_log::rfc3339(SystemTime::now()),
+            time: SystemTime::now(),
             request_id: ctx.request_id.to_str().unwrap_or_default(),
             client: session.client_addr().and_then(|a| a.as_inet()).copied(),
             protocol: protocol_name(req.version),
@@ -931,7 +935,7 @@ impl ProxyHttp for Edge {
             route: route.map(|r| r.name.as_str()),
             upstream: self.upstream_name(ctx),
             endpoint: ctx.endpoint,
-            duration_ms: ctx.started.elapsed().as_secs_f64() * 1000.0,
+            duration,
             error: ctx.refusal.map(Refusal::code).or(ctx.filter_error),
         });
     }

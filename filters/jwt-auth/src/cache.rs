@@ -10,7 +10,9 @@
 //! is validated anew (and rejected with the right reason). At most `capacity` entries of at
 //! most [`MAX_ENTRY_BYTES`] each; when full, the oldest one goes.
 
+use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
 use std::rc::{Rc, Weak};
 
 use crate::jwk::KeySet;
@@ -20,17 +22,23 @@ use crate::validate::TimeWindow;
 /// tokens are far smaller; the bound caps the cache's memory at `capacity` × this.
 pub const MAX_ENTRY_BYTES: usize = 4 * 1024;
 
-/// Tokens found valid, by their text.
+/// Tokens found valid, by a keyed hash of their text. Entries keep the text and a lookup
+/// compares it eight bytes at a time: keyed by the text itself, the map compared it with
+/// wasm's byte-by-byte `memcmp`, which cost more than the rest of a cache hit.
 #[derive(Debug)]
 pub struct VerifiedTokens {
     capacity: usize,
-    entries: HashMap<Rc<str>, Verified>,
+    hasher: RandomState,
+    entries: HashMap<u64, Verified>,
     /// The keys of `entries`, oldest insertion first.
-    order: VecDeque<Rc<str>>,
+    order: VecDeque<u64>,
 }
 
 #[derive(Debug)]
 struct Verified {
+    /// The token. Another token with the same hash (never seen in practice) is a miss, and
+    /// its insertion replaces this one.
+    token: Box<str>,
     provider: usize,
     /// The provider's keys that verified the token. Weak, so that the cache does not keep
     /// replaced key sets alive; while it exists their allocation is not freed, so no later
@@ -45,6 +53,7 @@ impl VerifiedTokens {
     pub fn new(capacity: usize) -> VerifiedTokens {
         VerifiedTokens {
             capacity,
+            hasher: RandomState::new(),
             entries: HashMap::new(),
             order: VecDeque::new(),
         }
@@ -59,13 +68,17 @@ impl VerifiedTokens {
         now: f64,
         current_keys: impl FnOnce(usize) -> Option<&'k Rc<KeySet>>,
     ) -> Option<(usize, Vec<(String, String)>)> {
-        let verified = self.entries.get(raw)?;
+        let key = self.hasher.hash_one(raw);
+        let verified = self.entries.get(&key)?;
+        if !same_text(&verified.token, raw) {
+            return None;
+        }
         let same_keys = current_keys(verified.provider)
             .is_some_and(|keys| std::ptr::eq(verified.keys.as_ptr(), Rc::as_ptr(keys)));
         if same_keys && verified.window.check(now).is_ok() {
             return Some((verified.provider, verified.headers.clone()));
         }
-        self.remove(raw);
+        self.remove(key);
         None
     }
 
@@ -87,13 +100,15 @@ impl VerifiedTokens {
         if self.capacity == 0 || raw.len().saturating_add(header_bytes) > MAX_ENTRY_BYTES {
             return;
         }
+        let key = self.hasher.hash_one(raw);
         let verified = Verified {
+            token: raw.into(),
             provider,
             keys: Rc::downgrade(keys),
             window,
             headers: headers.to_vec(),
         };
-        if let Some(entry) = self.entries.get_mut(raw) {
+        if let Some(entry) = self.entries.get_mut(&key) {
             *entry = verified;
             return;
         }
@@ -102,8 +117,7 @@ impl VerifiedTokens {
                 self.entries.remove(&oldest);
             }
         }
-        let key: Rc<str> = Rc::from(raw);
-        self.order.push_back(Rc::clone(&key));
+        self.order.push_back(key);
         self.entries.insert(key, verified);
     }
 
@@ -115,15 +129,30 @@ impl VerifiedTokens {
         self.entries.is_empty()
     }
 
-    fn remove(&mut self, raw: &str) {
-        if let Some((key, _)) = self.entries.remove_entry(raw) {
+    fn remove(&mut self, key: u64) {
+        if self.entries.remove(&key).is_some() {
             // A linear search, but only once per entry that went stale, which is far rarer
             // than lookups and much cheaper than the validation it stands for.
-            if let Some(position) = self.order.iter().position(|k| Rc::ptr_eq(k, &key)) {
+            if let Some(position) = self.order.iter().position(|k| *k == key) {
                 self.order.remove(position);
             }
         }
     }
+}
+
+/// `a == b`, eight bytes at a time.
+fn same_text(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |chunk: &[u8]| u64::from_le_bytes(chunk.try_into().unwrap_or_default());
+    let (mut words_a, mut words_b) = (a.chunks_exact(8), b.chunks_exact(8));
+    let words_equal = words_a
+        .by_ref()
+        .zip(words_b.by_ref())
+        .all(|(x, y)| word(x) == word(y));
+    words_equal && words_a.remainder() == words_b.remainder()
 }
 
 #[cfg(test)]
@@ -243,6 +272,21 @@ mod tests {
         assert_eq!(cache.order.len(), 2);
         assert!(get(&mut cache, "c", &keys, NOW).is_some());
         assert!(get(&mut cache, "d", &keys, NOW).is_some());
+    }
+
+    #[test]
+    fn texts_are_compared_whole() {
+        let token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2lnbmF0dXJl";
+        assert!(same_text(token, token));
+        assert!(same_text("", ""));
+        for i in 0..token.len() {
+            let mut other = token.as_bytes().to_vec();
+            other[i] ^= 1;
+            let other = String::from_utf8(other).unwrap();
+            assert!(!same_text(token, &other), "byte {i} differs");
+        }
+        assert!(!same_text(token, &token[..token.len() - 1]));
+        assert!(!same_text("abcdefgh", "abcdefghi"));
     }
 
     #[test]

@@ -56,6 +56,8 @@ struct Scratch {
     spare_response: Option<ResponseHeader>,
     /// The response head as the filters left it, for the body and log phases.
     response: Option<ResponseHeader>,
+    /// Whether `response` is the head the client got: the after-cache filters let it go.
+    response_sent: bool,
 }
 
 struct Entry {
@@ -124,6 +126,7 @@ impl FilterChain {
                 })),
                 spare_response: None,
                 response: None,
+                response_sent: false,
             },
             deadline,
         }
@@ -225,6 +228,7 @@ impl FilterChain {
         resp: &mut ResponseHeader,
         end_of_stream: bool,
     ) -> Verdict {
+        self.scratch.response_sent = false;
         for i in (0..self.entries.len()).rev() {
             if !self.entries[i].in_phase(phase) {
                 continue;
@@ -246,6 +250,7 @@ impl FilterChain {
             }
         }
         self.scratch.response = Some(resp.clone());
+        self.scratch.response_sent = phase == ResponsePhase::AfterCache;
         Verdict::Continue
     }
 
@@ -295,11 +300,19 @@ impl FilterChain {
         (data, Verdict::Continue)
     }
 
+    /// Whether [`FilterChain::finish`] needs the head the client got: the chain holds it
+    /// already when the after-cache filters let it go (copying it costs as much as a filter's
+    /// header edits).
+    pub fn needs_sent_response(&self) -> bool {
+        !self.scratch.response_sent
+    }
+
     /// `on_log`, `on_done`, `on_delete` for every filter that saw the request, then gives
-    /// the instances back. `response` is what the client got (for `response.code`).
-    pub fn finish(&mut self, req: &mut RequestHeader, response: Option<ResponseHeader>) {
-        if response.is_some() {
-            self.scratch.response = response;
+    /// the instances back. `sent` is the head the client got (for `response.code`), if
+    /// [`FilterChain::needs_sent_response`].
+    pub fn finish(&mut self, req: &mut RequestHeader, sent: Option<ResponseHeader>) {
+        if sent.is_some() {
+            self.scratch.response = sent;
         }
         for i in 0..self.entries.len() {
             let entry = &mut self.entries[i];

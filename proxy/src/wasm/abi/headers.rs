@@ -389,13 +389,25 @@ fn set_origin_form(r: &mut RequestHeader, path: &[u8]) -> Result<(), Status> {
     r.set_raw_path(path).map_err(|_| Status::BadArgument)
 }
 
+/// The name `key` stands for; `from_bytes` lowercases it.
 fn header_name(key: &[u8]) -> Result<HeaderName, Status> {
-    HeaderName::from_bytes(&key.to_ascii_lowercase()).map_err(|_| Status::BadArgument)
+    HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_from_guests_are_lowercased_and_checked() {
+        assert_eq!(header_name(b"X-Edge-Country").unwrap(), "x-edge-country");
+        assert_eq!(
+            header_name(b"Content-Type").unwrap(),
+            http::header::CONTENT_TYPE
+        );
+        assert!(header_name(b"bad name").is_err());
+        assert!(header_name(b"").is_err());
+    }
 
     #[test]
     fn request_maps_carry_pseudo_headers_and_hide_host() {
