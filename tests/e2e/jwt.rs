@@ -716,6 +716,19 @@ async fn spoofed_claim_headers_are_stripped() {
     // ... and with a valid token it forwards the claims.
     let answer = get_with_token(&proxy, "/open", &token("user-9")).await;
     assert_eq!(answer.origin_header("x-user-id").as_deref(), Some("user-9"));
+    // A copy that is not UTF-8 is removed as well.
+    let response = client::http1()
+        .get(proxy.url("/open"))
+        .header(
+            "x-user-id",
+            reqwest::header::HeaderValue::from_bytes(b"adm\xefn").unwrap(),
+        )
+        .send()
+        .await
+        .expect("request through the proxy");
+    assert_eq!(response.status(), 200);
+    let echoed: Value = response.json().await.expect("the origin's echo");
+    assert_eq!(echoed["headers"].get("x-user-id"), None, "{echoed}");
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@ use crate::config::TokenSource;
 /// The first token found by `sources`, in order, among the request's `headers` (lower-case
 /// names, pseudo-headers included, a repeated header once per value). A source that finds
 /// an empty value finds nothing.
-pub fn find_token(sources: &[TokenSource], headers: &[(String, String)]) -> Option<String> {
+pub fn find_token(sources: &[TokenSource], headers: &[(&str, &str)]) -> Option<String> {
     sources.iter().find_map(|source| match source {
         TokenSource::Header { name, prefix } => values(headers, name)
             .find_map(|value| strip_prefix(value, prefix))
@@ -18,11 +18,11 @@ pub fn find_token(sources: &[TokenSource], headers: &[(String, String)]) -> Opti
     })
 }
 
-fn values<'a>(headers: &'a [(String, String)], name: &'a str) -> impl Iterator<Item = &'a str> {
+fn values<'a>(headers: &'a [(&'a str, &'a str)], name: &'a str) -> impl Iterator<Item = &'a str> {
     headers
         .iter()
         .filter(move |(key, _)| key.eq_ignore_ascii_case(name))
-        .map(|(_, value)| value.as_str())
+        .map(|(_, value)| *value)
 }
 
 /// The token after `prefix` (matched case-insensitively), without surrounding whitespace.
@@ -96,11 +96,8 @@ fn percent_decode(text: &str) -> Option<String> {
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-            .collect()
+    fn headers<'a>(pairs: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+        pairs.to_vec()
     }
 
     fn bearer() -> TokenSource {

@@ -11,6 +11,7 @@ use proxy_wasm::types::{Action, ContextType, Status};
 
 use crate::config::Config;
 use crate::extract::find_token;
+use crate::header_map::HeaderMap;
 use crate::response::{invalid_token, jwks_unavailable, missing_token, LocalResponse};
 use crate::state::{Decision, Resolution, Settled, SharedStore, State, MAX_JWKS_BYTES};
 
@@ -303,7 +304,8 @@ impl Context for Request {
 
 impl HttpContext for Request {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let headers = self.get_http_request_headers();
+        let header_map = HeaderMap::request();
+        let headers = header_map.pairs();
         let (token, allow_missing, spoofed) = {
             let state = self.state.borrow();
             let config = &state.config;

@@ -91,6 +91,7 @@
 pub mod cache;
 pub mod config;
 pub mod extract;
+pub mod header_map;
 pub mod jwk;
 pub mod jwt;
 pub mod response;
