@@ -797,7 +797,7 @@ impl ProxyHttp for Edge {
             upstream_response.headers.get(header::VIA),
             session.req_header().version,
         );
-        upstream_response.insert_header(header::VIA, via)?;
+        upstream_response.insert_header("via", via)?;
         if ctx.route.as_ref().is_some_and(|r| r.cache.is_some()) && self.cache.is_some() {
             cache::strip_cdn_fields(upstream_response);
             let outcome = match ctx.cache_bypass {
@@ -1155,7 +1155,7 @@ fn add_forwarding_headers(session: &Session, upstream_request: &mut RequestHeade
         let _ = write!(chain, "{}", client.ip());
         upstream_request.insert_header("x-forwarded-for", chain)?;
     }
-    upstream_request.insert_header("x-forwarded-proto", "http")?;
+    upstream_request.insert_header("x-forwarded-proto", HeaderValue::from_static("http"))?;
     let original_host = match downstream.uri.authority() {
         Some(authority) => Some(HeaderValue::from_str(authority.as_str()).ok()),
         None => Some(downstream.headers.get(header::HOST).cloned()),
@@ -1165,7 +1165,8 @@ fn add_forwarding_headers(session: &Session, upstream_request: &mut RequestHeade
         upstream_request.insert_header("x-forwarded-host", host)?;
     }
     let via = via(downstream.headers.get(header::VIA), downstream.version);
-    upstream_request.insert_header(header::VIA, via)
+    // Names as `&'static str`: a `HeaderName` makes Pingora copy its case, then parse it back.
+    upstream_request.insert_header("via", via)
 }
 
 /// `existing` Via with this hop appended, e.g. `1.1 cdn, 1.1 edgeward`.
