@@ -107,7 +107,7 @@ fn main() {
             let mut req = request();
             let started = Instant::now();
             let mut chain = host
-                .chain(&route, StreamInfo::default(), started)
+                .chain(&route, StreamInfo::default, started)
                 .expect("chain");
             let verdict = chain.on_request_headers(&mut req, true).await;
             let elapsed = started.elapsed();
@@ -128,7 +128,7 @@ fn main() {
             let mut req = request();
             let mut resp = response();
             let mut chain = host
-                .chain(&route, StreamInfo::default(), Instant::now())
+                .chain(&route, StreamInfo::default, Instant::now())
                 .expect("chain");
             chain.on_request_headers(&mut req, true).await;
             chain
@@ -153,7 +153,7 @@ fn main() {
             let mut resp = response();
             let started = Instant::now();
             let mut chain = host
-                .chain(&route, StreamInfo::default(), started)
+                .chain(&route, StreamInfo::default, started)
                 .expect("chain");
             chain.on_request_headers(&mut req, true).await;
             chain

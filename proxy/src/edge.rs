@@ -486,7 +486,7 @@ impl ProxyHttp for Edge {
                     ctx.cache_bypass = cache::bypass_reason(session.req_header(), route_cache);
                     ctx.caching = ctx.cache_bypass.is_none() && self.cache.is_some();
                 }
-                let info = self.stream_info(session, ctx, route);
+                let info = || self.stream_info(session, ctx, route);
                 let Some(mut chain) = self.filters.chain(route, info, ctx.started) else {
                     return Ok(false);
                 };

@@ -759,3 +759,36 @@ routes: [{upstream: origin, filters: [one, two]}]
     let response = client::http1().get(third.url("/x")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 }
+
+#[tokio::test]
+async fn perf_map_names_the_filters_compiled_functions_for_profilers() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+wasm: {perf_map: true}
+upstreams: {origin: {endpoints: ["$origin"]}}
+filters:
+  rewriter: {module: $module, config: {name: one}}
+routes: [{upstream: origin, filters: [rewriter]}]
+"#,
+        &[
+            ("origin", origin.addr().to_string()),
+            ("module", filters::HEADER_REWRITER.to_string()),
+        ],
+    );
+    let proxy = start_proxy(&yaml).await;
+    let response = client::http1().get(proxy.url("/x")).send().await.unwrap();
+    assert_eq!(header_values(&response, "x-chain"), vec!["one"]);
+    // perf's convention: `/tmp/perf-<pid>.map`, one `address size name` line per function.
+    let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", proxy.pid()));
+    let text = std::fs::read_to_string(&map).unwrap_or_default();
+    drop(proxy);
+    let _ = std::fs::remove_file(&map);
+    assert!(
+        text.lines()
+            .any(|line| line.split(' ').nth(2) == Some("proxy_on_request_headers")),
+        "no proxy_on_request_headers in {}:\n{text}",
+        map.display()
+    );
+}

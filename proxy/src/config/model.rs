@@ -101,6 +101,8 @@ pub struct WasmSettings {
     pub module_cache: Option<PathBuf>,
     /// Instances that may exist at once (all filters, both isolation modes).
     pub max_instances: u32,
+    /// Whether filters' compiled functions are listed in `/tmp/perf-<pid>.map` for profilers.
+    pub perf_map: bool,
 }
 
 /// Index of a filter in [`Config::filters`].

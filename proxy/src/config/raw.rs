@@ -109,6 +109,7 @@ pub struct RawAdmin {
 pub struct RawWasm {
     pub module_cache: Option<Located<String>>,
     pub max_instances: Option<Located<String>>,
+    pub perf_map: Option<Located<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -286,6 +286,9 @@ impl<'a> Validator<'a> {
         WasmSettings {
             module_cache,
             max_instances,
+            perf_map: raw
+                .and_then(|w| w.perf_map.as_deref().copied())
+                .unwrap_or(false),
         }
     }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, Module, OptLevel, PoolingAllocationConfig,
+    ProfilingStrategy,
 };
 
 use super::WasmError;
@@ -41,12 +42,14 @@ pub struct WasmEngine {
 
 impl WasmEngine {
     /// `instances` bounds the instances alive at once; `max_memory` is the largest memory
-    /// limit of any filter, `smallest_cpu_limit` the smallest CPU limit.
+    /// limit of any filter, `smallest_cpu_limit` the smallest CPU limit; `perf_map` lists
+    /// compiled functions in `/tmp/perf-<pid>.map`, where `perf` finds their names.
     pub fn new(
         instances: u32,
         max_memory: u64,
         smallest_cpu_limit: Duration,
         module_cache: Option<PathBuf>,
+        perf_map: bool,
     ) -> Result<Self, WasmError> {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_core_instances(instances)
@@ -64,6 +67,9 @@ impl WasmEngine {
             .epoch_interruption(true)
             .cranelift_opt_level(OptLevel::Speed)
             .parallel_compilation(true);
+        if perf_map {
+            config.profiler(ProfilingStrategy::PerfMap);
+        }
         let engine = Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
         spawn_epoch_ticker(&engine, tick_for(smallest_cpu_limit))
             .map_err(|e| WasmError::Engine(format!("cannot start the epoch ticker: {e}")))?;

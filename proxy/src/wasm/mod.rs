@@ -100,6 +100,7 @@ impl FilterHost {
             max_memory,
             smallest_cpu_limit,
             config.wasm.module_cache.clone(),
+            config.wasm.perf_map,
         )?;
         let mut linker = Linker::new(engine.engine());
         abi::add_to_linker(&mut linker).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
@@ -161,8 +162,14 @@ impl FilterHost {
         })
     }
 
-    /// The filter chain for a request on `route`, or `None` when the route has no filters.
-    pub fn chain(&self, route: &Route, info: StreamInfo, started: Instant) -> Option<FilterChain> {
+    /// The filter chain for a request on `route`, or `None` when the route has no filters;
+    /// `info` is only built when there is a chain (plain requests skip its allocations).
+    pub fn chain(
+        &self,
+        route: &Route,
+        info: impl FnOnce() -> StreamInfo,
+        started: Instant,
+    ) -> Option<FilterChain> {
         if route.filters.is_empty() {
             return None;
         }
@@ -171,7 +178,7 @@ impl FilterHost {
             .iter()
             .filter_map(|id| self.plugins.get(id.0).cloned())
             .collect();
-        Some(FilterChain::new(plugins, info, started + route.timeout))
+        Some(FilterChain::new(plugins, info(), started + route.timeout))
     }
 
     /// Names the filters that cannot start instances right now (for readiness).
