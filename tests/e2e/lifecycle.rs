@@ -1,4 +1,4 @@
-//! The access log, and graceful shutdown on SIGTERM and SIGINT.
+//! The access log, the workers' runtimes, and graceful shutdown on SIGTERM and SIGINT.
 
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,38 @@ routes: [{name: everything, upstream: demo}]
     assert!(entry["client"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(entry["duration_ms"].as_f64().unwrap() >= 0.0);
     assert!(entry["time"].as_str().unwrap().ends_with('Z'));
+}
+
+/// Both runtime modes serve concurrent HTTP/1.1 and h2c requests on two workers: a runtime
+/// per worker (the default) and one shared work-stealing runtime.
+#[tokio::test]
+async fn both_runtime_modes_serve_concurrent_requests_on_two_workers() {
+    for stealing in [false, true] {
+        let proxy = start_proxy(&format!(
+            r#"
+listeners: [{{address: "{{{{listen}}}}"}}]
+workers: 2
+work_stealing: {stealing}
+upstreams: {{demo: {{builtin: echo}}}}
+routes: [{{upstream: demo}}]
+"#
+        ))
+        .await;
+        let (http1, h2c) = (client::http1(), client::h2c());
+        let requests = (0..40).map(|i| {
+            let client = if i % 2 == 0 { &http1 } else { &h2c };
+            client.get(proxy.url(&format!("/n/{i}"))).send()
+        });
+        let statuses: Vec<u16> = futures_util::future::join_all(requests)
+            .await
+            .into_iter()
+            .map(|r| r.map_or(0, |r| r.status().as_u16()))
+            .collect();
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "work_stealing: {stealing}: {statuses:?}"
+        );
+    }
 }
 
 async fn in_flight_request_survives(signal: &str) {

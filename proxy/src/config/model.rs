@@ -14,6 +14,9 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Worker threads serving the listeners.
     pub workers: usize,
+    /// Whether idle workers take tasks from busy ones (one shared tokio runtime) rather than
+    /// each worker running its own connections to completion (one runtime per worker).
+    pub work_stealing: bool,
     pub access_log: AccessLog,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_timeout: Duration,

@@ -45,6 +45,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub listeners: Located<Vec<RawListener>>,
     pub workers: Option<Located<String>>,
+    pub work_stealing: Option<Located<bool>>,
     pub access_log: Option<Located<String>>,
     pub shutdown_timeout: Option<Located<String>>,
     #[serde(default)]
