@@ -143,9 +143,9 @@ fn server_conf(config: &Config) -> ServerConf {
     let pid = std::process::id();
     ServerConf {
         threads: config.workers,
-        // Off by default: a runtime per worker serves its tasks in order. With one shared
-        // stealing runtime, the most recently woken task jumps the queue (tokio's LIFO
-        // slot), which tripled the h2c p99 (640 streams on one worker: 115 ms against 60).
+        // A trade (docs/configuration.md): the shared stealing runtime runs the most recently
+        // woken task next (tokio's LIFO slot), faster while its data is in cache but unfair
+        // under many concurrent streams; a runtime per worker serves its tasks in order.
         work_stealing: config.work_stealing,
         // Pingora sleeps out the whole grace period; GracefulSignals exits as soon as the
         // last request is done, so this is only the upper bound.

@@ -45,8 +45,8 @@ routes: [{name: everything, upstream: demo}]
     assert!(entry["time"].as_str().unwrap().ends_with('Z'));
 }
 
-/// Both runtime modes serve concurrent HTTP/1.1 and h2c requests on two workers: a runtime
-/// per worker (the default) and one shared work-stealing runtime.
+/// Both runtime modes serve concurrent HTTP/1.1 and h2c requests on two workers: one shared
+/// work-stealing runtime (the default) and a runtime per worker.
 #[tokio::test]
 async fn both_runtime_modes_serve_concurrent_requests_on_two_workers() {
     for stealing in [false, true] {

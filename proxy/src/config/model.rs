@@ -14,8 +14,8 @@ pub struct Config {
     pub listeners: Vec<Listener>,
     /// Worker threads serving the listeners.
     pub workers: usize,
-    /// Whether idle workers take tasks from busy ones (one shared tokio runtime) rather than
-    /// each worker running its own connections to completion (one runtime per worker).
+    /// Whether the workers share one work-stealing tokio runtime (throughput) rather than each
+    /// running a runtime of its own that serves its tasks in order (tail latency).
     pub work_stealing: bool,
     pub access_log: AccessLog,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.

@@ -174,7 +174,7 @@ impl<'a> Validator<'a> {
             source: source.to_path_buf(),
             listeners,
             workers,
-            work_stealing: raw.work_stealing.as_deref().copied().unwrap_or(false),
+            work_stealing: raw.work_stealing.as_deref().copied().unwrap_or(true),
             access_log,
             shutdown_timeout,
             upstreams,
