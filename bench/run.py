@@ -579,6 +579,7 @@ def main() -> None:
                 continue
             print(f"{scenario.title} ...", file=sys.stderr, flush=True)
             results[scenario.title] = run_scenario(scenario, all_contenders, cores, folder, args, peak)
+            empty_access_logs(folder)
         idle = demo_idle_rss(folder, ports, cores) if not args.only else None
     finally:
         for contender in all_contenders.values():
@@ -586,11 +587,20 @@ def main() -> None:
         os.killpg(origin.pid, signal.SIGTERM)
         origin.wait()
         shutil.rmtree(nginx_cache, ignore_errors=True)
+        for log in folder.glob("*access.log"):
+            log.unlink(missing_ok=True)
 
     print(table(results, peak))
     print(targets(results, idle))
     if args.json:
         args.json.write_text(json.dumps({s: {c: [run.__dict__ for run in runs] for c, runs in r.items()} for s, r in results.items()}, indent=1))
+
+
+def empty_access_logs(folder: Path) -> None:
+    """The access logs are written only because writing them is per-request work both proxies
+    do; kept, they would fill gigabytes per run. Truncated in place: both proxies append."""
+    for log in folder.glob("*access.log"):
+        os.truncate(log, 0)
 
 
 def run_scenario(scenario: Scenario, all_contenders: dict[str, Contender], cores: Cores, folder: Path, args, peak: dict[str, float]) -> dict[str, list[Run]]:
