@@ -589,6 +589,88 @@ async fn failing_filters_are_skipped_fail_open() {
 }
 
 #[tokio::test]
+async fn a_crash_back_off_ends_even_while_requests_keep_coming() {
+    let origin = Origin::start("origin").await;
+    let proxy = hostile_proxy(&origin, "fail_closed", "shared").await;
+    // Crash after crash until the filter waits out a back-off: it is refused, not run.
+    let mut refused = false;
+    for _ in 0..30 {
+        let (status, body) = status_and_body(&proxy, "/trap").await;
+        if status == 503 {
+            assert_eq!(body["error"], "unavailable", "{body}");
+            refused = true;
+            break;
+        }
+        assert_eq!((status, &body["error"]), (500, &"trap".into()), "{body}");
+    }
+    assert!(refused, "30 crashes in a row and no back-off");
+    // Requests refused during the back-off do not prolong it: it ends (10 s at most) although
+    // requests keep arriving every 20 ms.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, body) = status_and_body(&proxy, "/ok").await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(body["error"], "unavailable", "{body}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the back-off never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_full_instance_pool_answers_503_without_counting_as_crashes() {
+    let origin = Origin::start("origin").await;
+    let proxy = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+workers: 1
+wasm: {max_instances: 2}
+upstreams:
+  origin: {endpoints: ["$origin"]}
+filters:
+  hostile: {module: $hostile, isolation: request}
+routes:
+  - {upstream: origin, filters: [hostile]}
+"#,
+        &[
+            ("origin", origin.addr().to_string()),
+            ("hostile", filters::HOSTILE.to_string()),
+        ],
+    ))
+    .await;
+    // Two slow requests hold both instances until the origin answers.
+    let slow: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(client::http1().get(proxy.url("/delay/1500")).send()))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while origin.hits() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "slow requests lost");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // More refusals than the crashes that start a back-off.
+    for _ in 0..8 {
+        let (status, body) = status_and_body(&proxy, "/ok").await;
+        assert_eq!(status, 503, "{body}");
+        assert_eq!(body["error"], "unavailable", "{body}");
+        assert!(
+            body["message"].as_str().unwrap().contains("max_instances"),
+            "{body}"
+        );
+    }
+    for request in slow {
+        assert_eq!(request.await.unwrap().unwrap().status(), 200);
+    }
+    // Once instances are free again the filter serves at once: no back-off was started.
+    let (status, body) = status_and_body(&proxy, "/ok").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(origin.hits(), 3);
+}
+
+#[tokio::test]
 async fn bad_pointers_and_absurd_sizes_get_status_codes_not_crashes() {
     let origin = Origin::start("origin").await;
     let proxy = hostile_proxy(&origin, "fail_closed", "shared").await;

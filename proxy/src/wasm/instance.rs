@@ -153,6 +153,36 @@ fn typed_export<P: WasmParams, R: WasmResults>(
         .map_err(|e| format!("export `{name}` has the wrong signature: {e}"))
 }
 
+/// Why an instance could not be started.
+#[derive(Debug)]
+pub enum StartError {
+    /// Every instance the pool allows (`wasm.max_instances`) is in use.
+    PoolFull,
+    /// Instantiation or a step of the start-up failed; the text says which.
+    Failed(String),
+}
+
+impl From<String> for StartError {
+    fn from(why: String) -> Self {
+        StartError::Failed(why)
+    }
+}
+
+impl From<&str> for StartError {
+    fn from(why: &str) -> Self {
+        StartError::Failed(why.to_string())
+    }
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::PoolFull => f.write_str("all instances are in use (`wasm.max_instances`)"),
+            StartError::Failed(why) => f.write_str(why),
+        }
+    }
+}
+
 /// The guest's callbacks. Every callback is optional.
 struct Exports {
     context_create: Callback<TypedFunc<(u32, u32), ()>>,
@@ -199,7 +229,7 @@ impl Instance {
         plugin: Arc<PluginInfo>,
         services: Arc<HostServices>,
         budget: Duration,
-    ) -> Result<Instance, String> {
+    ) -> Result<Instance, StartError> {
         let mut instance = Self::instantiate(template, plugin, services, budget)?;
         crate::metrics::global()
             .filter_instances
@@ -217,16 +247,19 @@ impl Instance {
         plugin: Arc<PluginInfo>,
         services: Arc<HostServices>,
         budget: Duration,
-    ) -> Result<Instance, String> {
+    ) -> Result<Instance, StartError> {
         let exports = &template.exports;
         let mut store = Store::new(&template.engine, HostState::new(plugin, ROOT_ID, services));
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_callback(check_cpu);
         start_cpu_deadline(&mut store, budget);
-        let instance = template
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| describe(&e, &store))?;
+        let instance = template.pre.instantiate(&mut store).map_err(|e| {
+            if e.is::<wasmtime::PoolConcurrencyLimitError>() {
+                StartError::PoolFull
+            } else {
+                StartError::Failed(describe(&e, &store))
+            }
+        })?;
         let memory = exports
             .memory
             .as_ref()
@@ -275,7 +308,9 @@ impl Instance {
                 match init.call(&mut store, ()) {
                     Ok(()) => {}
                     Err(e) if exit_ok && classify(&e, false) == Fault::Exit(0) => {}
-                    Err(e) => return Err(format!("`{name}` failed: {}", describe(&e, &store))),
+                    Err(e) => {
+                        return Err(format!("`{name}` failed: {}", describe(&e, &store)).into())
+                    }
                 }
                 break;
             }

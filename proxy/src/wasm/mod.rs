@@ -273,4 +273,11 @@ impl Reaper {
             arrived.notify_one();
         }
     }
+
+    /// Drops the instances waiting for the thread on the calling thread, which frees their
+    /// pool slots at once.
+    pub fn drop_pending(&self) {
+        let batch = std::mem::take(&mut *lock(&self.pending.0));
+        drop(batch);
+    }
 }

@@ -14,7 +14,7 @@ use prometheus::{Histogram, IntCounter};
 use wasmtime::{Linker, Module};
 
 use super::engine::WasmEngine;
-use super::instance::{Instance, StartUp, Template};
+use super::instance::{Instance, StartError, StartUp, Template};
 use super::preinit;
 use super::state::{Fault, HostState, Phase, PluginInfo};
 use super::{Services, WasmError};
@@ -171,7 +171,7 @@ impl Plugin {
             call_metrics: CallMetrics::new(&filter.name),
         };
         // The canary: a filter that cannot start fails the load, not the first request.
-        let canary = plugin.start_instance().map_err(fail)?;
+        let canary = plugin.start_instance().map_err(|e| fail(e.to_string()))?;
         if plugin.isolation == Isolation::Request {
             plugin
                 .preinitialize(engine, linker, &filter.module, wasm)
@@ -229,7 +229,7 @@ impl Plugin {
             .map_err(|e| format!("{e:#}"))?;
         self.template = Template::new(engine.engine(), pre, &module, StartUp::Snapshot);
         // Prove the image starts before any request depends on it.
-        let canary = self.start_instance()?;
+        let canary = self.start_instance().map_err(|e| e.to_string())?;
         self.release(Lease {
             instance: self.place(canary),
         });
@@ -240,7 +240,7 @@ impl Plugin {
         Ok(())
     }
 
-    fn start_instance(&self) -> Result<Instance, String> {
+    fn start_instance(&self) -> Result<Instance, StartError> {
         let instance = Instance::start(
             &self.template,
             self.info.clone(),
@@ -300,19 +300,30 @@ impl Plugin {
         Ok(Lease { instance })
     }
 
+    /// A fresh instance, unless the filter is waiting out a crash back-off or the pool is
+    /// full. The caller records the fault ([`Plugin::record_fault`]).
     fn start_or_backoff(&self) -> Result<Instance, Fault> {
-        if let Some(next) = lock(&self.crashes).next_start {
-            if Instant::now() < next {
-                return Err(Fault::Unavailable(
-                    "restarting after repeated crashes".into(),
-                ));
-            }
+        if self.is_backing_off() {
+            return Err(Fault::BackingOff);
         }
-        self.start_instance().map_err(|e| {
-            log::error!("filter `{}` cannot start an instance: {e}", self.info.name);
-            let fault = Fault::Unavailable(e);
-            self.record_fault(&fault);
-            fault
+        let started = match self.start_instance() {
+            // Finished per-request instances keep their slots until the reaper drops them:
+            // drop them here and now rather than refuse the request.
+            Err(StartError::PoolFull) => {
+                self.services.reaper.drop_pending();
+                self.start_instance()
+            }
+            started => started,
+        };
+        started.map_err(|e| match e {
+            StartError::PoolFull => Fault::NoFreeInstance,
+            StartError::Failed(why) => {
+                log::error!(
+                    "filter `{}` cannot start an instance: {why}",
+                    self.info.name
+                );
+                Fault::Unavailable(why)
+            }
         })
     }
 
@@ -323,9 +334,12 @@ impl Plugin {
             .is_some_and(|next| Instant::now() < next)
     }
 
-    /// Counts and logs a fault, and schedules the back-off when crashes keep coming.
+    /// Counts a fault and, for crashes, schedules the back-off when they keep coming.
     pub fn record_fault(&self, fault: &Fault) {
         count_fault(&self.info.name, fault);
+        if !fault.is_crash() {
+            return;
+        }
         let now = Instant::now();
         let mut crashes = lock(&self.crashes);
         let recent = crashes
@@ -361,9 +375,13 @@ pub fn count_fault(filter: &str, fault: &Fault) {
             .filter_limit_hits
             .with_label_values(&[filter, "memory"])
             .inc(),
-        Fault::Unavailable(_) => metrics
+        Fault::Unavailable(_) | Fault::BackingOff => metrics
             .filter_limit_hits
             .with_label_values(&[filter, "unavailable"])
+            .inc(),
+        Fault::NoFreeInstance => metrics
+            .filter_limit_hits
+            .with_label_values(&[filter, "instances"])
             .inc(),
     }
 }

@@ -43,7 +43,8 @@ pub fn preinitialize(
         .instantiate_pre(&module)
         .map_err(|e| format!("{e:#}"))?;
     let template = Template::new(engine.engine(), pre, &module, StartUp::Run);
-    let mut instance = Instance::start(&template, plugin, services, budget)?;
+    let mut instance =
+        Instance::start(&template, plugin, services, budget).map_err(|e| e.to_string())?;
     if instance.has_lasting_effects() {
         return Err("its start-up asked for ticks, made callouts or registered queues".into());
     }

@@ -339,8 +339,12 @@ pub enum Fault {
     Trap(String),
     /// The guest called `proc_exit`.
     Exit(i32),
-    /// No instance could be had (start-up failed, back-off after crashes, pool exhausted).
+    /// Starting an instance failed (instantiation or the start-up); says why.
     Unavailable(String),
+    /// The filter is waiting out its crash back-off, so no instance is started.
+    BackingOff,
+    /// Every instance the pool allows (`wasm.max_instances`) is in use.
+    NoFreeInstance,
 }
 
 impl Fault {
@@ -348,8 +352,19 @@ impl Fault {
     pub fn is_resource_limit(&self) -> bool {
         matches!(
             self,
-            Fault::CpuLimit | Fault::MemoryLimit | Fault::Unavailable(_)
+            Fault::CpuLimit
+                | Fault::MemoryLimit
+                | Fault::Unavailable(_)
+                | Fault::BackingOff
+                | Fault::NoFreeInstance
         )
+    }
+
+    /// Whether the filter itself failed, which counts towards its crash back-off. Being
+    /// refused an instance (back-off, full pool) does not: counting it would prolong the
+    /// back-off for as long as requests keep coming.
+    pub fn is_crash(&self) -> bool {
+        !matches!(self, Fault::BackingOff | Fault::NoFreeInstance)
     }
 
     pub fn code(&self) -> &'static str {
@@ -357,7 +372,7 @@ impl Fault {
             Fault::CpuLimit => "cpu_limit",
             Fault::MemoryLimit => "memory_limit",
             Fault::Trap(_) | Fault::Exit(_) => "trap",
-            Fault::Unavailable(_) => "unavailable",
+            Fault::Unavailable(_) | Fault::BackingOff | Fault::NoFreeInstance => "unavailable",
         }
     }
 }
@@ -370,6 +385,10 @@ impl std::fmt::Display for Fault {
             Fault::Trap(message) => write!(f, "crashed: {message}"),
             Fault::Exit(code) => write!(f, "exited with code {code}"),
             Fault::Unavailable(why) => write!(f, "is unavailable: {why}"),
+            Fault::BackingOff => f.write_str("is unavailable: restarting after repeated crashes"),
+            Fault::NoFreeInstance => {
+                f.write_str("is unavailable: all instances are in use (`wasm.max_instances`)")
+            }
         }
     }
 }
