@@ -644,7 +644,7 @@ routes:
     .await;
     // Two slow requests hold both instances until the origin answers.
     let slow: Vec<_> = (0..2)
-        .map(|_| tokio::spawn(client::http1().get(proxy.url("/delay/1500")).send()))
+        .map(|_| tokio::spawn(client::http1().get(proxy.url("/delay/3000")).send()))
         .collect();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while origin.hits() < 2 {
@@ -664,10 +664,31 @@ routes:
     for request in slow {
         assert_eq!(request.await.unwrap().unwrap().status(), 200);
     }
-    // Once instances are free again the filter serves at once: no back-off was started.
-    let (status, body) = status_and_body(&proxy, "/ok").await;
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(origin.hits(), 3);
+    // Refusals are logged once a second at most, not once per request.
+    let logged = proxy
+        .stderr_lines()
+        .iter()
+        .filter(|l| l.contains("all instances are in use"))
+        .count();
+    assert!(
+        (1..8).contains(&logged),
+        "{logged} log lines for 8 refusals"
+    );
+    // Once the slow requests have finished (just after their responses) the filter serves
+    // again: no back-off was started, which would have lasted 10 s.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let (status, body) = status_and_body(&proxy, "/ok").await;
+        if status == 200 {
+            break;
+        }
+        assert!(
+            body["message"].as_str().unwrap().contains("max_instances"),
+            "{body}"
+        );
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }
 
 #[tokio::test]

@@ -30,6 +30,9 @@ const BACKOFF_START: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// A crash this long after the previous one starts a new count.
 const CRASH_MEMORY: Duration = Duration::from_secs(60);
+/// Refusals (back-off, full pool) are logged at most this often per filter: they come with
+/// every request while they last.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
 pub type SharedInstance = Arc<Mutex<Instance>>;
 
@@ -42,6 +45,7 @@ pub struct Plugin {
     /// `isolation: shared`: one instance slot per worker.
     slots: Vec<Mutex<Option<SharedInstance>>>,
     crashes: Mutex<Crashes>,
+    refusals: Mutex<RefusalLog>,
     services: Services,
     pub call_metrics: CallMetrics,
 }
@@ -100,6 +104,13 @@ struct Crashes {
     in_a_row: u32,
     last: Option<Instant>,
     next_start: Option<Instant>,
+}
+
+/// When a refusal was last logged, and how many came since.
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    unlogged: u64,
 }
 
 /// An instance a request holds for its whole life.
@@ -167,6 +178,7 @@ impl Plugin {
             template: Template::new(engine.engine(), pre, module, StartUp::Run),
             slots: (0..slot_count).map(|_| Mutex::new(None)).collect(),
             crashes: Mutex::new(Crashes::default()),
+            refusals: Mutex::new(RefusalLog::default()),
             services,
             call_metrics: CallMetrics::new(&filter.name),
         };
@@ -325,6 +337,22 @@ impl Plugin {
                 Fault::Unavailable(why)
             }
         })
+    }
+
+    /// Whether a refused request should be logged now (`Some` with the count of refusals
+    /// not logged since the last line) or only counted.
+    pub fn refusal_to_log(&self) -> Option<u64> {
+        let now = Instant::now();
+        let mut log = lock(&self.refusals);
+        if log
+            .last
+            .is_some_and(|last| now.duration_since(last) < REFUSAL_LOG_EVERY)
+        {
+            log.unlogged += 1;
+            return None;
+        }
+        log.last = Some(now);
+        Some(std::mem::take(&mut log.unlogged))
     }
 
     /// Whether the filter is waiting out a crash back-off (it cannot start instances now).

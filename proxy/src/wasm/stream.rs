@@ -551,14 +551,20 @@ impl FilterChain {
             entry.plugin.release(lease);
         }
         let fail_open = entry.plugin.on_error == FailurePolicy::FailOpen;
-        log::error!(
-            "filter `{name}` {fault}; {}",
-            if fail_open {
-                "skipping it for this request (fail_open)"
-            } else {
-                "failing the request (fail_closed)"
-            }
-        );
+        let policy = if fail_open {
+            "skipping it for this request (fail_open)"
+        } else {
+            "failing the request (fail_closed)"
+        };
+        if fault.is_crash() {
+            log::error!("filter `{name}` {fault}; {policy}");
+        } else if let Some(unlogged) = entry.plugin.refusal_to_log() {
+            let since = match unlogged {
+                0 => String::new(),
+                n => format!(" ({n} more requests refused since the last report)"),
+            };
+            log::error!("filter `{name}` {fault}; {policy}{since}");
+        }
         (!fail_open).then(|| {
             Verdict::Fail(FilterFailure {
                 status: if fault.is_resource_limit() { 503 } else { 500 },
