@@ -9,7 +9,7 @@ use edgeward_testkit::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::support::{config, start_proxy, use_built_binary};
+use crate::support::{config, metric, start_proxy, use_built_binary};
 
 /// A proxy with one route to `origin` through `chain`, the filters defined by `filters_yaml`.
 async fn proxy_with(origin: &Origin, filters_yaml: &str, chain: &str, extra: &str) -> Proxy {
@@ -627,6 +627,7 @@ async fn a_full_instance_pool_answers_503_without_counting_as_crashes() {
     let proxy = start_proxy(&config(
         r#"
 listeners: [{address: "{{listen}}"}]
+admin: {address: "{{admin}}"}
 workers: 1
 wasm: {max_instances: 2}
 upstreams:
@@ -674,6 +675,8 @@ routes:
         (1..8).contains(&logged),
         "{logged} log lines for 8 refusals"
     );
+    let refusals = r#"edgeward_filter_limit_hits_total{filter="hostile",limit="instances"}"#;
+    assert_eq!(metric(&proxy, refusals).await, 8.0);
     // Once the slow requests have finished (just after their responses) the filter serves
     // again: no back-off was started, which would have lasted 10 s.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
