@@ -22,6 +22,7 @@ use crate::access_log::{self, AccessLogger};
 use crate::body_length::{DeclaredLength, LengthMismatch};
 use crate::cache::{self, Cache, Outcome, PurgeMode, PurgeTarget};
 use crate::config::{ResponsePhase, Route, RouteCache, UpstreamId};
+use crate::fields;
 use crate::geo::Geo;
 use crate::metrics;
 use crate::request_buffering::RequestBuffer;
@@ -1187,6 +1188,13 @@ fn via(existing: Option<&HeaderValue>, version: Version) -> HeaderValue {
 /// Hop-by-hop response fields belong to the upstream connection, not the client's
 /// (RFC 9110 §7.6.1). Pingora frames the downstream response itself.
 fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    const HOP_BY_HOP: [&str; 5] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "proxy-authenticate",
+    ];
     if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
         return;
     }
@@ -1196,27 +1204,19 @@ fn strip_hop_by_hop(resp: &mut ResponseHeader) {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
+        .map(str::trim)
         .filter(|t| {
             !t.is_empty()
-                && t != "close"
-                && t != "keep-alive"
-                && t != "transfer-encoding"
-                && t != "content-length"
+                && !["close", "keep-alive", "transfer-encoding", "content-length"]
+                    .iter()
+                    .any(|kept| t.eq_ignore_ascii_case(kept))
         })
+        .map(str::to_ascii_lowercase)
         .collect();
     for name in nominated {
         resp.remove_header(&name);
     }
-    for name in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "upgrade",
-        "proxy-authenticate",
-    ] {
-        resp.remove_header(name);
-    }
+    fields::remove_fields(resp, &HOP_BY_HOP);
 }
 
 #[cfg(test)]

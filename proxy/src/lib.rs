@@ -9,6 +9,7 @@ pub mod body_length;
 pub mod cache;
 pub mod config;
 pub mod edge;
+pub mod fields;
 pub mod geo;
 pub mod local_http;
 pub mod metrics;

@@ -208,9 +208,7 @@ fn secs(duration: Duration) -> u32 {
 
 /// Removes the fields that speak to this cache from a response going to a client.
 pub fn strip_cdn_fields(response: &mut ResponseHeader) {
-    for name in CDN_ONLY_FIELDS {
-        response.remove_header(name);
-    }
+    crate::fields::remove_fields(response, &CDN_ONLY_FIELDS);
 }
 
 /// Whether a stored response's body reader (on a request served from the cache) has handed
