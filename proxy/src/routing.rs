@@ -31,17 +31,18 @@ pub fn request_host(req: &Parts) -> Option<&str> {
         Some(authority) => authority.as_str(),
         None => req.headers.get(http::header::HOST)?.to_str().ok()?,
     };
-    let without_userinfo = raw.rsplit('@').next().unwrap_or(raw);
+    // Byte searches: this runs several times per request, and the separators are ASCII, so
+    // every index found is a character boundary.
+    let last = |text: &str, byte: u8| text.bytes().rposition(|b| b == byte);
+    let without_userinfo = last(raw, b'@').map_or(raw, |at| &raw[at + 1..]);
     let host = if without_userinfo.starts_with('[') {
         // IPv6 literal: keep the brackets, drop a port after them.
-        match without_userinfo.find(']') {
+        match without_userinfo.bytes().position(|b| b == b']') {
             Some(end) => &without_userinfo[..=end],
             None => without_userinfo,
         }
     } else {
-        without_userinfo
-            .rsplit_once(':')
-            .map_or(without_userinfo, |(h, _port)| h)
+        last(without_userinfo, b':').map_or(without_userinfo, |colon| &without_userinfo[..colon])
     };
     Some(host.strip_suffix('.').unwrap_or(host))
 }
@@ -176,8 +177,21 @@ mod tests {
     }
 
     #[test]
-    fn ipv6_host_literals() {
-        let p = head("GET", "/", &[("host", "[::1]:8080")]);
-        assert_eq!(request_host(&p), Some("[::1]"));
+    fn hosts_lose_userinfo_port_and_trailing_dot() {
+        for (host, expected) in [
+            ("example.com", "example.com"),
+            ("example.com:8080", "example.com"),
+            ("example.com.", "example.com"),
+            ("user:pw@example.com:8080", "example.com"),
+            ("[::1]:8080", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("", ""),
+        ] {
+            let p = head("GET", "/", &[("host", host)]);
+            assert_eq!(request_host(&p), Some(expected), "{host}");
+        }
+        // The authority of an absolute-form request wins over Host.
+        let p = head("GET", "http://a.example:81/", &[("host", "b.example")]);
+        assert_eq!(request_host(&p), Some("a.example"));
     }
 }
