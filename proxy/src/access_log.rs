@@ -149,6 +149,13 @@ enum Field<'a> {
     Int(u64),
 }
 
+/// `,"name":` as one literal (names need no escaping): one copy per key.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":")
+    };
+}
+
 impl Entry<'_> {
     /// Appends the entry as one JSON object. Written by hand rather than through serde: this
     /// runs for every request, and serde_json's generic path (maps, `Display` for addresses,
@@ -158,21 +165,24 @@ impl Entry<'_> {
         write_rfc3339(out, self.time);
         out.push(b'"');
         let fields = [
-            ("request_id", Field::Str(self.request_id)),
-            ("client", Field::Addr(self.client)),
-            ("protocol", Field::Str(self.protocol)),
-            ("method", Field::Str(self.method)),
-            ("host", Field::Str(self.host)),
-            ("path", Field::Str(self.path)),
-            ("status", Field::Int(u64::from(self.status))),
-            ("bytes_sent", Field::Int(self.bytes_sent as u64)),
-            ("bytes_received", Field::Int(self.bytes_received as u64)),
-            ("route", Field::OptStr(self.route)),
-            ("upstream", Field::OptStr(self.upstream)),
-            ("endpoint", Field::Addr(self.endpoint)),
+            (key!("request_id"), Field::Str(self.request_id)),
+            (key!("client"), Field::Addr(self.client)),
+            (key!("protocol"), Field::Str(self.protocol)),
+            (key!("method"), Field::Str(self.method)),
+            (key!("host"), Field::Str(self.host)),
+            (key!("path"), Field::Str(self.path)),
+            (key!("status"), Field::Int(u64::from(self.status))),
+            (key!("bytes_sent"), Field::Int(self.bytes_sent as u64)),
+            (
+                key!("bytes_received"),
+                Field::Int(self.bytes_received as u64),
+            ),
+            (key!("route"), Field::OptStr(self.route)),
+            (key!("upstream"), Field::OptStr(self.upstream)),
+            (key!("endpoint"), Field::Addr(self.endpoint)),
         ];
-        for (name, value) in fields {
-            write_key(out, name);
+        for (key, value) in fields {
+            out.extend_from_slice(key.as_bytes());
             match value {
                 Field::Str(text) => write_str(out, text),
                 Field::OptStr(Some(text)) => write_str(out, text),
@@ -181,24 +191,17 @@ impl Entry<'_> {
                 Field::Int(value) => write_int(out, value),
             }
         }
-        write_key(out, "duration_ms");
+        out.extend_from_slice(key!("duration_ms").as_bytes());
         let micros = self.duration.as_micros();
         write_int(out, u64::try_from(micros / 1000).unwrap_or(u64::MAX));
         out.push(b'.');
         write_digits(out, (micros % 1000) as u32, 3);
         if let Some(error) = self.error {
-            write_key(out, "error");
+            out.extend_from_slice(key!("error").as_bytes());
             write_str(out, error);
         }
         out.push(b'}');
     }
-}
-
-/// `,"name":` (names need no escaping).
-fn write_key(out: &mut Vec<u8>, name: &str) {
-    out.extend_from_slice(b",\"");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\":");
 }
 
 /// A JSON string: quotes, backslashes and control characters escaped, everything else

@@ -743,6 +743,9 @@ impl ProxyHttp for Edge {
                 .with_label_values(&[upstream])
                 .observe(started.elapsed().as_secs_f64());
         }
+        // Not stored with the response either (RFC 9111 §3.1), so cache hits have none to
+        // remove; `response_filter` strips again for heads stored before.
+        strip_hop_by_hop(upstream_response);
         let req = session.req_header();
         if let Some(cache) = &self.cache {
             // RFC 9111 §4.4: a successful unsafe request makes stored responses for its URL

@@ -116,6 +116,27 @@ async fn a_second_request_is_a_hit_and_the_origin_is_not_asked_again() {
 }
 
 #[tokio::test]
+async fn hop_by_hop_and_cdn_fields_reach_no_client_miss_or_hit() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "").await;
+    let path = "/cache/hop?h=cache-control:max-age=60&h=connection:x-hop&h=x-hop:1\
+                &h=keep-alive:5&h=surrogate-key:k1&h=x-kept:yes";
+    for outcome in ["fwd=miss", "hit"] {
+        let answer = get(&proxy, path).await;
+        assert!(
+            answer.cache_status().contains(outcome),
+            "{}",
+            answer.cache_status()
+        );
+        for field in ["x-hop", "keep-alive", "surrogate-key"] {
+            assert_eq!(answer.header(field), None, "{outcome}: {field}");
+        }
+        assert_eq!(answer.header("x-kept"), Some("yes"), "{outcome}");
+    }
+    assert_eq!(origin.hits_for("/cache/hop"), 1);
+}
+
+#[tokio::test]
 async fn uncacheable_responses_are_not_stored() {
     let origin = Origin::start("origin").await;
     let proxy = caching_proxy(&origin, "default_ttl: 60s", "").await;
