@@ -743,8 +743,7 @@ impl ProxyHttp for Edge {
                 .with_label_values(&[upstream])
                 .observe(started.elapsed().as_secs_f64());
         }
-        // Not stored with the response either (RFC 9111 §3.1), so cache hits have none to
-        // remove; `response_filter` strips again for heads stored before.
+        // Before the cache (RFC 9111 §3.1) and the filters: no one past this point sees them.
         strip_hop_by_hop(upstream_response);
         let req = session.req_header();
         if let Some(cache) = &self.cache {
@@ -796,13 +795,15 @@ impl ProxyHttp for Edge {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        strip_hop_by_hop(upstream_response);
         let via = via(
             upstream_response.headers.get(header::VIA),
             session.req_header().version,
         );
         upstream_response.insert_header("via", via)?;
         if ctx.route.as_ref().is_some_and(|r| r.cache.is_some()) && self.cache.is_some() {
+            // Heads from the origin lost their hop-by-hop fields in `upstream_response_filter`;
+            // a head from the cache may have been stored before that was done.
+            strip_hop_by_hop(upstream_response);
             cache::strip_cdn_fields(upstream_response);
             let outcome = match ctx.cache_bypass {
                 Some(detail) => Outcome::Bypass { detail },

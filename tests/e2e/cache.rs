@@ -134,6 +134,23 @@ async fn hop_by_hop_and_cdn_fields_reach_no_client_miss_or_hit() {
         assert_eq!(answer.header("x-kept"), Some("yes"), "{outcome}");
     }
     assert_eq!(origin.hits_for("/cache/hop"), 1);
+
+    // The same on a route that does not cache.
+    let plain = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+upstreams: {origin: {endpoints: ["$origin"]}}
+routes: [{upstream: origin}]
+"#,
+        &[("origin", origin.addr().to_string())],
+    ))
+    .await;
+    let answer = get(&plain, path).await;
+    assert_eq!(answer.status, 200);
+    for field in ["x-hop", "keep-alive"] {
+        assert_eq!(answer.header(field), None, "plain route: {field}");
+    }
+    assert_eq!(answer.header("x-kept"), Some("yes"));
 }
 
 #[tokio::test]
