@@ -9,7 +9,6 @@ use wasmtime::{
     WasmParams, WasmResults,
 };
 
-use super::cpu::CpuMeter;
 use super::dispatch::HostServices;
 use super::engine::epoch_tick;
 use super::state::{
@@ -252,7 +251,7 @@ impl Instance {
         let mut store = Store::new(&template.engine, HostState::new(plugin, ROOT_ID, services));
         store.limiter(|state| &mut state.limiter);
         store.epoch_deadline_callback(check_cpu);
-        start_cpu_deadline(&mut store, budget);
+        start_cpu_deadline(&mut store, CpuDeadline::start(budget));
         let instance = template.pre.instantiate(&mut store).map_err(|e| {
             if e.is::<wasmtime::PoolConcurrencyLimitError>() {
                 StartError::PoolFull
@@ -388,18 +387,18 @@ impl Instance {
         budget: Duration,
     ) -> Result<Option<R>, String> {
         self.store.data_mut().call = Call::root(ROOT_ID, phase);
-        self.call(pick, args, budget)
+        self.call(pick, args, CpuDeadline::start(budget))
             .map_err(|fault| format!("{} {fault}", phase.name()))
     }
 
     /// The one place guest code runs: the callback `pick` names (`None` when the module lacks
-    /// it), under the CPU deadline, classifying failures. The typed function is called where
+    /// it), under the CPU `deadline`, classifying failures. The typed function is called where
     /// it is kept: cloning one costs several atomic reference counts.
     fn call<P: WasmParams, R: WasmResults>(
         &mut self,
         pick: Pick<P, R>,
         args: P,
-        budget: Duration,
+        deadline: CpuDeadline,
     ) -> Result<Option<R>, Fault> {
         if let Some(fault) = &self.poisoned {
             return Err(fault.clone());
@@ -408,7 +407,7 @@ impl Instance {
         let Callback::Resolved(Some(func)) = pick(&mut self.exports) else {
             return Ok(None);
         };
-        start_cpu_deadline(&mut self.store, budget);
+        start_cpu_deadline(&mut self.store, deadline);
         let result = func.call(&mut self.store, args);
         super::abi::wasi::flush_output(self.store.data_mut());
         result.map(Some).map_err(|e| {
@@ -461,12 +460,12 @@ impl Instance {
     }
 
     /// Creates an HTTP context under the root: `on_context_create(id, root)`.
-    pub fn create_http_context(&mut self, budget: Duration) -> Result<u32, Fault> {
+    pub fn create_http_context(&mut self, deadline: CpuDeadline) -> Result<u32, Fault> {
         let id = self.next_context_id;
         self.next_context_id = self.next_context_id.wrapping_add(1).max(ROOT_ID + 1);
         self.store.data_mut().live_contexts.insert(id);
         self.store.data_mut().call = Call::root(id, Phase::ContextCreate);
-        self.call(|e| &mut e.context_create, (id, ROOT_ID), budget)?;
+        self.call(|e| &mut e.context_create, (id, ROOT_ID), deadline)?;
         Ok(id)
     }
 
@@ -477,7 +476,7 @@ impl Instance {
         context_id: u32,
         callback: HttpCallback,
         data: Box<HttpData>,
-        budget: Duration,
+        deadline: CpuDeadline,
     ) -> (Option<Box<HttpData>>, Result<Outcome, Fault>) {
         let (pick, args): (Pick<_, _>, _) = match callback {
             HttpCallback::RequestHeaders { end_of_stream } => (
@@ -504,7 +503,7 @@ impl Instance {
             ),
         };
         self.store.data_mut().call = Call::http(context_id, callback.phase(), data);
-        let result = self.call(pick, args, budget);
+        let result = self.call(pick, args, deadline);
         let mut call = std::mem::replace(
             &mut self.store.data_mut().call,
             Call::root(ROOT_ID, Phase::Startup),
@@ -527,7 +526,7 @@ impl Instance {
         data: Option<Box<HttpData>>,
         token: u32,
         answer: CalloutAnswer,
-        budget: Duration,
+        deadline: CpuDeadline,
     ) -> (Option<Box<HttpData>>, Result<Outcome, Fault>) {
         let (headers, trailers) = (answer.headers.len() as u32, answer.trailers.len() as u32);
         let body = answer.body.len() as u32;
@@ -538,7 +537,7 @@ impl Instance {
         call.callout = Some(answer);
         self.store.data_mut().call = call;
         let args = (ROOT_ID, token, headers, body, trailers);
-        let result = self.call(|e| &mut e.http_call_response, args, budget);
+        let result = self.call(|e| &mut e.http_call_response, args, deadline);
         let mut call = std::mem::replace(
             &mut self.store.data_mut().call,
             Call::root(ROOT_ID, Phase::Startup),
@@ -572,9 +571,15 @@ impl Instance {
             },
             None => answer,
         };
-        if let (_, Err(fault)) =
-            self.http_call_response(context_id, Phase::CallResponse, None, token, answer, budget)
-        {
+        let deadline = CpuDeadline::start(budget);
+        if let (_, Err(fault)) = self.http_call_response(
+            context_id,
+            Phase::CallResponse,
+            None,
+            token,
+            answer,
+            deadline,
+        ) {
             self.report_background_fault("on_http_call_response", &fault);
         }
     }
@@ -583,7 +588,8 @@ impl Instance {
     pub fn queue_ready(&mut self, root_id: u32, queue_id: u32) {
         self.store.data_mut().call = Call::root(root_id, Phase::QueueReady);
         let budget = self.store.data().plugin.limits.cpu;
-        if let Err(fault) = self.call(|e| &mut e.queue_ready, (root_id, queue_id), budget) {
+        let deadline = CpuDeadline::start(budget);
+        if let Err(fault) = self.call(|e| &mut e.queue_ready, (root_id, queue_id), deadline) {
             self.report_background_fault("on_queue_ready", &fault);
         }
     }
@@ -601,33 +607,36 @@ impl Instance {
         &mut self,
         context_id: u32,
         data: Option<Box<HttpData>>,
-        budget: Duration,
+        deadline: CpuDeadline,
     ) -> (Option<Box<HttpData>>, Result<(), Fault>) {
         self.store.data_mut().waiters.remove(&context_id);
-        let result = self.final_calls(context_id, data, budget);
+        let result = self.final_calls(context_id, data, deadline);
         self.store.data_mut().live_contexts.remove(&context_id);
         result
     }
 
+    /// The three calls share `deadline`'s budget; each after the first is metered from its
+    /// own start, with what the ones before left.
     fn final_calls(
         &mut self,
         context_id: u32,
         data: Option<Box<HttpData>>,
-        budget: Duration,
+        deadline: CpuDeadline,
     ) -> (Option<Box<HttpData>>, Result<(), Fault>) {
-        let cpu = CpuMeter::start();
-        let remaining = |budget: Duration| budget.saturating_sub(cpu.used());
         let mut data = data;
         for phase in [Phase::Log, Phase::Done, Phase::Delete] {
             self.store.data_mut().call = match data.take() {
                 Some(d) => Call::http(context_id, phase, d),
                 None => Call::root(context_id, phase),
             };
-            let budget = remaining(budget);
+            let deadline = match phase {
+                Phase::Log => deadline,
+                _ => deadline.rest(),
+            };
             let result = match phase {
-                Phase::Done => self.call(|e| &mut e.done, context_id, budget).map(drop),
-                Phase::Log => self.call(|e| &mut e.log, context_id, budget).map(drop),
-                _ => self.call(|e| &mut e.delete, context_id, budget).map(drop),
+                Phase::Done => self.call(|e| &mut e.done, context_id, deadline).map(drop),
+                Phase::Log => self.call(|e| &mut e.log, context_id, deadline).map(drop),
+                _ => self.call(|e| &mut e.delete, context_id, deadline).map(drop),
             };
             data = std::mem::replace(
                 &mut self.store.data_mut().call,
@@ -656,7 +665,8 @@ impl Instance {
     /// The root context's `on_tick`.
     pub fn tick(&mut self, budget: Duration) -> Result<(), Fault> {
         self.store.data_mut().call = Call::root(ROOT_ID, Phase::Tick);
-        self.call(|e| &mut e.tick, ROOT_ID, budget).map(drop)
+        self.call(|e| &mut e.tick, ROOT_ID, CpuDeadline::start(budget))
+            .map(drop)
     }
 }
 
@@ -694,10 +704,12 @@ fn header_count(data: &HttpData, request: bool) -> u32 {
 }
 
 /// Arms the CPU deadline of the guest call about to run. The epoch deadline first fires
-/// when `budget` of wall time has passed; [`check_cpu`] then decides.
-fn start_cpu_deadline(store: &mut Store<HostState>, budget: Duration) {
-    store.data_mut().cpu = CpuDeadline::start(budget);
-    store.set_epoch_deadline(ticks(budget));
+/// when the budget's worth of wall time has passed; [`check_cpu`] then decides. The
+/// deadline's meter must have started just before (host work only), or the epoch deadline
+/// fires late by the difference.
+fn start_cpu_deadline(store: &mut Store<HostState>, deadline: CpuDeadline) {
+    store.data_mut().cpu = deadline;
+    store.set_epoch_deadline(ticks(deadline.budget));
 }
 
 /// At an epoch deadline: stops the guest if it used its CPU budget, or else (its thread was

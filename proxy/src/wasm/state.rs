@@ -77,6 +77,11 @@ impl CpuDeadline {
             budget,
         }
     }
+
+    /// What is left of the budget, metered from now.
+    pub fn rest(&self) -> Self {
+        CpuDeadline::start(self.budget.saturating_sub(self.meter.used()))
+    }
 }
 
 /// The slot an instance is placed in once started; filled exactly once.

@@ -14,10 +14,9 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use tokio::sync::mpsc;
 
-use super::cpu::CpuMeter;
 use super::instance::{HttpCallback, Instance, Outcome};
 use super::plugin::{Lease, Plugin};
-use super::state::{Fault, HttpData, LocalResponse, Phase, Resumption, StreamInfo};
+use super::state::{CpuDeadline, Fault, HttpData, LocalResponse, Phase, Resumption, StreamInfo};
 use crate::config::{FailurePolicy, ResponsePhase};
 use crate::metrics;
 
@@ -322,9 +321,11 @@ impl FilterChain {
             };
             let budget = entry.plugin.info.limits.cpu.saturating_sub(entry.cpu_used);
             let data = self.scratch.take_in(req, None, BytesMut::new());
-            let (data, result) = lease
-                .lock()
-                .finish_http_context(context_id, Some(data), budget);
+            let (data, result) = lease.lock().finish_http_context(
+                context_id,
+                Some(data),
+                CpuDeadline::start(budget),
+            );
             if let Some(data) = data {
                 self.scratch.put_back(req, None, data);
             }
@@ -355,8 +356,8 @@ impl FilterChain {
             resp,
             body,
             Purpose::Callback(callback.phase()),
-            |instance, context_id, data, budget| {
-                instance.http_callback(context_id, callback, data, budget)
+            |instance, context_id, data, deadline| {
+                instance.http_callback(context_id, callback, data, deadline)
             },
         )
     }
@@ -374,7 +375,7 @@ impl FilterChain {
             &mut Instance,
             u32,
             Box<HttpData>,
-            Duration,
+            CpuDeadline,
         ) -> (Option<Box<HttpData>>, Result<Outcome, Fault>),
     ) -> (BytesMut, Invoked) {
         let entry = &mut self.entries[i];
@@ -395,23 +396,20 @@ impl FilterChain {
             return (body, Invoked::Fault(Fault::CpuLimit));
         }
         let mut instance = lease.lock();
-        // Counted from here: waiting for a shared instance costs the guest nothing.
-        let cpu = CpuMeter::start();
-
-        let (context_id, budget) = match entry.context_id {
-            Some(id) => (id, budget),
-            None => match instance.create_http_context(budget) {
+        // Counted from here: waiting for a shared instance costs the guest nothing. One
+        // meter serves the accounting and the guest call's deadline.
+        let deadline = CpuDeadline::start(budget);
+        let (context_id, guest_deadline) = match entry.context_id {
+            Some(id) => (id, deadline),
+            None => match instance.create_http_context(deadline) {
                 // What creating the context used is gone from the callback's budget.
-                Ok(id) => (
-                    *entry.context_id.insert(id),
-                    budget.saturating_sub(cpu.used()),
-                ),
+                Ok(id) => (*entry.context_id.insert(id), deadline.rest()),
                 Err(fault) => return (body, Invoked::Fault(fault)),
             },
         };
         let data = self.scratch.take_in(req, resp.live(), body);
-        let (data, result) = guest(&mut instance, context_id, data, budget);
-        let (elapsed, used) = cpu.elapsed_and_used();
+        let (data, result) = guest(&mut instance, context_id, data, guest_deadline);
+        let (elapsed, used) = deadline.meter.elapsed_and_used();
         entry.cpu_used += used;
         let (phase, wait_if_paused) = match purpose {
             Purpose::Callback(phase) => (phase, true),
@@ -486,14 +484,14 @@ impl FilterChain {
                         live,
                         BytesMut::new(),
                         Purpose::CallResponse,
-                        |instance, context_id, data, budget| {
+                        |instance, context_id, data, deadline| {
                             instance.http_call_response(
                                 context_id,
                                 phase,
                                 Some(data),
                                 token,
                                 answer,
-                                budget,
+                                deadline,
                             )
                         },
                     );
@@ -744,8 +742,8 @@ impl Drop for FilterChain {
     fn drop(&mut self) {
         for entry in &mut self.entries {
             if let (Some(lease), Some(context_id)) = (entry.lease.take(), entry.context_id.take()) {
-                let budget = entry.plugin.info.limits.cpu;
-                let _ = lease.lock().finish_http_context(context_id, None, budget);
+                let deadline = CpuDeadline::start(entry.plugin.info.limits.cpu);
+                let _ = lease.lock().finish_http_context(context_id, None, deadline);
                 entry.plugin.release(lease);
             }
         }
