@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::AccessLog;
@@ -35,12 +35,13 @@ pub struct Entry<'a> {
     pub error: Option<&'a str>,
 }
 
-/// Where lines go. Requests append to a shared buffer (no system call on the request path); a
-/// background thread writes it out every [`FLUSH_INTERVAL`], so a crash loses at most that much.
+/// Where lines go. Requests append to a shared buffer; a background thread writes it out
+/// [`FLUSH_INTERVAL`] after its first line, so a crash loses at most that much. The thread
+/// sleeps while nothing is buffered: an idle proxy does not wake it.
 #[derive(Clone, Default)]
 pub struct AccessLogger(Option<Arc<Sink>>);
 
-/// How often buffered lines are written.
+/// How long the first buffered line waits for others to join it in one write.
 pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 /// Buffered bytes beyond which lines are dropped (and counted) rather than held: the target
 /// is not keeping up, and memory must stay bounded.
@@ -48,6 +49,8 @@ const MAX_PENDING: usize = 8 << 20;
 
 struct Sink {
     pending: Mutex<Vec<u8>>,
+    /// Signalled when `pending` gets its first line, waking the writer.
+    queued: Condvar,
     /// Held while writing, so that a shutdown flush and the writer thread keep lines in order.
     target: Mutex<Target>,
 }
@@ -76,12 +79,14 @@ impl AccessLogger {
         };
         let sink = Arc::new(Sink {
             pending: Mutex::new(Vec::with_capacity(64 << 10)),
+            queued: Condvar::new(),
             target: Mutex::new(target),
         });
         let writer = sink.clone();
         std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || loop {
+                writer.wait_for_lines();
                 std::thread::sleep(FLUSH_INTERVAL);
                 writer.flush();
             })?;
@@ -104,7 +109,13 @@ impl AccessLogger {
                 metrics::global().access_log_dropped.inc();
                 return;
             }
+            let first = pending.is_empty();
             pending.extend_from_slice(line);
+            drop(pending);
+            // One wake-up per batch: later lines find the writer already gathering.
+            if first {
+                sink.queued.notify_one();
+            }
         });
     }
 
@@ -117,6 +128,16 @@ impl AccessLogger {
 }
 
 impl Sink {
+    fn wait_for_lines(&self) {
+        let mut pending = lock(&self.pending);
+        while pending.is_empty() {
+            pending = self
+                .queued
+                .wait(pending)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+
     fn flush(&self) {
         let mut target = lock(&self.target);
         let lines = std::mem::take(&mut *lock(&self.pending));

@@ -43,6 +43,19 @@ routes: [{name: everything, upstream: demo}]
     assert!(entry["client"].as_str().unwrap().starts_with("127.0.0.1:"));
     assert!(entry["duration_ms"].as_f64().unwrap() >= 0.0);
     assert!(entry["time"].as_str().unwrap().ends_with('Z'));
+
+    // The writer sleeps once the buffer is written out; a later request wakes it again.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let later = client::http1()
+        .get(proxy.url("/later"))
+        .header("x-request-id", "log-me-later")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(later.status(), 200);
+    proxy
+        .wait_for_stdout("log-me-later", Duration::from_secs(10))
+        .await;
 }
 
 /// Both runtime modes serve concurrent HTTP/1.1 and h2c requests on two workers: one shared
