@@ -231,7 +231,8 @@ fn write_str(out: &mut Vec<u8>, text: &str) {
     out.push(b'"');
     let bytes = text.as_bytes();
     let mut plain_from = 0;
-    for (i, &byte) in bytes.iter().enumerate() {
+    let first = first_to_escape(bytes);
+    for (i, &byte) in bytes.iter().enumerate().skip(first) {
         let escape: &[u8] = match byte {
             b'"' => b"\\\"",
             b'\\' => b"\\\\",
@@ -254,6 +255,33 @@ fn write_str(out: &mut Vec<u8>, text: &str) {
     }
     out.extend_from_slice(&bytes[plain_from..]);
     out.push(b'"');
+}
+
+/// Where the first byte that JSON must escape (a control character, `"` or `\`) is, or the
+/// length: eight bytes at a time, since most values need no escape at all.
+fn first_to_escape(bytes: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    // A byte's high bit in the result is set where the byte is zero (exact for "any").
+    let zero_at = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS;
+    let mut words = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let below_space = word.wrapping_sub(ONES * 0x20) & !word & HIGHS;
+        let quote = zero_at(word ^ (ONES * u64::from(b'"')));
+        let backslash = zero_at(word ^ (ONES * u64::from(b'\\')));
+        if below_space | quote | backslash != 0 {
+            break;
+        }
+        words += 1;
+    }
+    let from = words * 8;
+    bytes[from..]
+        .iter()
+        .position(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\')
+        .map_or(bytes.len(), |at| from + at)
 }
 
 /// `"192.0.2.1:443"` or `"[2001:db8::1]:443"`.
@@ -445,5 +473,21 @@ mod tests {
         });
         assert_eq!(json["path"], nasty);
         assert_eq!(json["host"], "\"");
+    }
+
+    #[test]
+    fn escapes_are_found_wherever_they_fall_in_a_word() {
+        for special in ['"', '\\', '\n', '\u{0}', '\u{1f}'] {
+            for at in 0..20 {
+                let mut text: String = "abcdefghijklmnopqrstuvwx".chars().take(at).collect();
+                text.push(special);
+                text.push_str("é~\u{7f}tail");
+                let mut out = Vec::new();
+                write_str(&mut out, &text);
+                let back: String = serde_json::from_slice(&out).unwrap();
+                assert_eq!(back, text, "{special:?} at {at}");
+            }
+        }
+        assert_eq!(first_to_escape(b"plain ascii, no escapes \x7f\xff"), 26);
     }
 }
