@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::AccessLog;
 use crate::metrics;
-use crate::sync::lock;
+use crate::sync::{lock, wait_until};
 
 /// What one access-log line says.
 #[derive(Debug)]
@@ -129,13 +129,9 @@ impl AccessLogger {
 
 impl Sink {
     fn wait_for_lines(&self) {
-        let mut pending = lock(&self.pending);
-        while pending.is_empty() {
-            pending = self
-                .queued
-                .wait(pending)
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-        }
+        drop(wait_until(&self.queued, lock(&self.pending), |lines| {
+            !lines.is_empty()
+        }));
     }
 
     fn flush(&self) {

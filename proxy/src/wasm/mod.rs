@@ -33,7 +33,7 @@ use pingora::services::ServiceWithDependents;
 use wasmtime::Linker;
 
 use crate::config::{Config, Isolation, Route};
-use crate::sync::lock;
+use crate::sync::{lock, wait_until};
 use dispatch::{Dispatcher, HostServices};
 use engine::WasmEngine;
 use plugin::{Plugin, SharedInstance};
@@ -234,11 +234,9 @@ fn spawn_reaper() -> std::io::Result<Reaper> {
         .name("wasm-reaper".into())
         .spawn(move || loop {
             let (queue, arrived) = &*pending;
-            let mut waiting = lock(queue);
-            while waiting.is_empty() {
-                waiting = arrived.wait(waiting).unwrap_or_else(|p| p.into_inner());
-            }
-            drop(waiting);
+            drop(wait_until(arrived, lock(queue), |waiting| {
+                !waiting.is_empty()
+            }));
             std::thread::sleep(REAP_INTERVAL);
             let batch = std::mem::take(&mut *lock(queue));
             drop(batch);
