@@ -13,7 +13,7 @@ use super::dispatch::HostServices;
 use super::engine::epoch_tick;
 use super::state::{
     classify, Call, CalloutAnswer, CpuDeadline, Fault, HostState, HttpData, LocalResponse, Phase,
-    PluginInfo, Resumption,
+    PluginInfo, Resumption, NO_FREE_INSTANCE,
 };
 use std::sync::Arc;
 
@@ -176,7 +176,7 @@ impl From<&str> for StartError {
 impl std::fmt::Display for StartError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StartError::PoolFull => f.write_str("all instances are in use (`wasm.max_instances`)"),
+            StartError::PoolFull => f.write_str(NO_FREE_INSTANCE),
             StartError::Failed(why) => f.write_str(why),
         }
     }

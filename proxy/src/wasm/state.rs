@@ -352,6 +352,9 @@ pub enum Fault {
     NoFreeInstance,
 }
 
+/// Why a full pool refuses an instance, in [`Fault::NoFreeInstance`] and at start-up.
+pub const NO_FREE_INSTANCE: &str = "all instances are in use (`wasm.max_instances`)";
+
 impl Fault {
     /// Resource limits answer 503; crashes 500.
     pub fn is_resource_limit(&self) -> bool {
@@ -391,9 +394,7 @@ impl std::fmt::Display for Fault {
             Fault::Exit(code) => write!(f, "exited with code {code}"),
             Fault::Unavailable(why) => write!(f, "is unavailable: {why}"),
             Fault::BackingOff => f.write_str("is unavailable: restarting after repeated crashes"),
-            Fault::NoFreeInstance => {
-                f.write_str("is unavailable: all instances are in use (`wasm.max_instances`)")
-            }
+            Fault::NoFreeInstance => write!(f, "is unavailable: {NO_FREE_INSTANCE}"),
         }
     }
 }
