@@ -346,6 +346,25 @@ async fn admin_text(proxy: &Proxy, path: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
+/// Waits until `/metrics` shows every expected line. A request's counters (and its filters'
+/// `on_log`) are updated just after its response reached the client, so a test must wait.
+async fn metrics_showing(proxy: &Proxy, expected: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, text) = admin_text(proxy, "/metrics").await;
+        assert_eq!(status, 200);
+        let missing: Vec<_> = expected.iter().filter(|e| !text.contains(*e)).collect();
+        if missing.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "metrics never showed {missing:?}:\n{text}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn filter_metrics_and_proxy_metrics_are_on_the_admin_listener() {
     let origin = Origin::start("origin").await;
@@ -382,20 +401,7 @@ routes: [{name: web, upstream: origin, filters: [counted]}]
         "edgeward_filter_instances{filter=\"counted\"}",
         "edgeward_requests_in_flight 0",
     ];
-    // The last request's on_log and counters run just after its response reached us.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, text) = admin_text(&proxy, "/metrics").await;
-        assert_eq!(status, 200);
-        if expected.iter().all(|e| text.contains(e)) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "metrics never showed {expected:?}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    metrics_showing(&proxy, &expected).await;
     assert_eq!(
         admin_text(&proxy, "/healthz").await,
         (200, "ok\n".to_string())
@@ -435,19 +441,16 @@ routes:
     assert_eq!(get(&proxy, "/crash", &[]).await.status(), 500);
     assert_eq!(get(&proxy, "/callout", &[]).await.status(), 503);
     assert_eq!(get(&proxy, "/down", &[]).await.status(), 502);
-    let text = eventually("failure metrics", || async {
-        let (_, text) = admin_text(&proxy, "/metrics").await;
-        text.contains("edgeward_filter_callout_failures_total{filter=\"refused\",reason=\"refused\",upstream=\"dead\"} 1")
-            .then_some(text)
-    })
+    metrics_showing(
+        &proxy,
+        &[
+            "edgeward_filter_callout_failures_total{filter=\"refused\",reason=\"refused\",upstream=\"dead\"} 1",
+            "edgeward_filter_traps_total{filter=\"keep\"} 1",
+            "edgeward_filter_callouts_total{filter=\"refused\",upstream=\"dead\"} 1",
+            "edgeward_upstream_failures_total{reason=\"upstream_unavailable\",upstream=\"dead\"} 1",
+            "edgeward_requests_total{route=\"route-1\",status=\"503\"} 1",
+            "edgeward_requests_total{route=\"route-3\",status=\"500\"} 1",
+        ],
+    )
     .await;
-    for expected in [
-        "edgeward_filter_traps_total{filter=\"keep\"} 1",
-        "edgeward_filter_callouts_total{filter=\"refused\",upstream=\"dead\"} 1",
-        "edgeward_upstream_failures_total{reason=\"upstream_unavailable\",upstream=\"dead\"} 1",
-        "edgeward_requests_total{route=\"route-1\",status=\"503\"} 1",
-        "edgeward_requests_total{route=\"route-3\",status=\"500\"} 1",
-    ] {
-        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
-    }
 }
