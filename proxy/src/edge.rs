@@ -13,6 +13,7 @@ use http::{header, HeaderValue, Version};
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, RangeType};
 use pingora::upstreams::peer::Peer;
@@ -435,6 +436,11 @@ impl Edge {
 #[async_trait]
 impl ProxyHttp for Edge {
     type CTX = RequestCtx;
+
+    /// None. Pingora's default adds a response-compression module at level 0, there for
+    /// proxies that turn compression on per request; edgeward never does, and the idle module
+    /// cost an allocation and five dynamic calls per request.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
         self.inflight.fetch_add(1, Ordering::AcqRel);
