@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use edgeward_testkit::{client, filters, DeadEndpoint, Origin, Proxy};
 
-use crate::support::{config, eventually, start_proxy};
+use crate::support::{config, eventually, eventually_explained, start_proxy};
 
 async fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut request = client::http1().get(proxy.url(path));
@@ -350,20 +350,17 @@ async fn admin_text(proxy: &Proxy, path: &str) -> (u16, String) {
 /// Waits until `/metrics` shows every expected line. A request's counters (and its filters'
 /// `on_log`) are updated just after its response reached the client, so a test must wait.
 async fn metrics_showing(proxy: &Proxy, expected: &[&str]) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
+    eventually_explained("metrics", || async {
         let (status, text) = admin_text(proxy, "/metrics").await;
         assert_eq!(status, 200);
         let missing: Vec<_> = expected.iter().filter(|e| !text.contains(*e)).collect();
         if missing.is_empty() {
-            return;
+            Ok(())
+        } else {
+            Err(format!("{missing:?} missing in:\n{text}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "metrics never showed {missing:?}:\n{text}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]

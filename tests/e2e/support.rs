@@ -50,14 +50,34 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
+    eventually_explained(what, || {
+        let answer = check();
+        async move { answer.await.ok_or_else(String::new) }
+    })
+    .await
+}
+
+/// [`eventually`] for checks that can say what is still missing: the last explanation is
+/// part of the failure message.
+pub async fn eventually_explained<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(40);
     loop {
-        if let Some(value) = check().await {
-            return value;
-        }
+        let missing = match check().await {
+            Ok(value) => return value,
+            Err(missing) => missing,
+        };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
+            "timed out waiting for {what}{}",
+            if missing.is_empty() {
+                String::new()
+            } else {
+                format!(": {missing}")
+            }
         );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
