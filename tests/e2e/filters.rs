@@ -9,7 +9,9 @@ use edgeward_testkit::{
 };
 use sha2::{Digest, Sha256};
 
-use crate::support::{config, metric, start_proxy, use_built_binary};
+use crate::support::{
+    config, eventually, eventually_explained, metric, start_proxy, use_built_binary, within,
+};
 
 /// A proxy with one route to `origin` through `chain`, the filters defined by `filters_yaml`.
 async fn proxy_with(origin: &Origin, filters_yaml: &str, chain: &str, extra: &str) -> Proxy {
@@ -458,22 +460,14 @@ async fn properties_read_back_through_response_headers_and_on_log_sees_the_final
 }
 
 async fn wait_for_stderr(proxy: &Proxy, needle: &str) -> String {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(line) = proxy
-            .stderr_lines()
-            .into_iter()
-            .find(|l| l.contains(needle))
-        {
-            return line;
+    eventually_explained(&format!("a log line with {needle:?}"), || async {
+        let lines = proxy.stderr_lines();
+        match lines.iter().find(|l| l.contains(needle)) {
+            Some(line) => Ok(line.clone()),
+            None => Err(format!("the log so far:\n{}", lines.join("\n"))),
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no log line with {needle:?}:\n{}",
-            proxy.stderr_lines().join("\n")
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 async fn counts(proxy: &Proxy, n: usize) -> Vec<u64> {
@@ -588,6 +582,24 @@ async fn failing_filters_are_skipped_fail_open() {
     }
 }
 
+/// Polls `/ok` until the filter serves it again, failing after `limit`; every refusal
+/// meanwhile must pass `check_refusal`.
+async fn serves_again_within(
+    proxy: &Proxy,
+    limit: Duration,
+    check_refusal: impl Fn(&serde_json::Value),
+) {
+    within(limit, "the filter to serve again", || async {
+        let (status, body) = status_and_body(proxy, "/ok").await;
+        if status == 200 {
+            return Ok(());
+        }
+        check_refusal(&body);
+        Err(body.to_string())
+    })
+    .await
+}
+
 #[tokio::test]
 async fn a_crash_back_off_ends_even_while_requests_keep_coming() {
     let origin = Origin::start("origin").await;
@@ -606,19 +618,10 @@ async fn a_crash_back_off_ends_even_while_requests_keep_coming() {
     assert!(refused, "30 crashes in a row and no back-off");
     // Requests refused during the back-off do not prolong it: it ends (10 s at most) although
     // requests keep arriving every 20 ms.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let (status, body) = status_and_body(&proxy, "/ok").await;
-        if status == 200 {
-            break;
-        }
-        assert_eq!(body["error"], "unavailable", "{body}");
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the back-off never ended"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    serves_again_within(&proxy, Duration::from_secs(15), |refusal| {
+        assert_eq!(refusal["error"], "unavailable", "{refusal}");
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -647,11 +650,10 @@ routes:
     let slow: Vec<_> = (0..2)
         .map(|_| tokio::spawn(client::http1().get(proxy.url("/delay/3000")).send()))
         .collect();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while origin.hits() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "slow requests lost");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("both slow requests at the origin", || async {
+        (origin.hits() >= 2).then_some(())
+    })
+    .await;
     // More refusals than the crashes that start a back-off.
     for _ in 0..8 {
         let (status, body) = status_and_body(&proxy, "/ok").await;
@@ -679,19 +681,11 @@ routes:
     assert_eq!(metric(&proxy, refusals).await, 8.0);
     // Once the slow requests have finished (just after their responses) the filter serves
     // again: no back-off was started, which would have lasted 10 s.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
-    loop {
-        let (status, body) = status_and_body(&proxy, "/ok").await;
-        if status == 200 {
-            break;
-        }
-        assert!(
-            body["message"].as_str().unwrap().contains("max_instances"),
-            "{body}"
-        );
-        assert!(tokio::time::Instant::now() < deadline, "{body}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    serves_again_within(&proxy, Duration::from_secs(3), |refusal| {
+        let message = refusal["message"].as_str().unwrap();
+        assert!(message.contains("max_instances"), "{refusal}");
+    })
+    .await;
 }
 
 #[tokio::test]

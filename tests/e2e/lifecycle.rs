@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use edgeward_testkit::{client, Origin};
 
-use crate::support::{config, start_proxy};
+use crate::support::{config, eventually, start_proxy};
 
 #[tokio::test]
 async fn every_request_gets_a_json_access_log_line() {
@@ -105,14 +105,10 @@ routes: [{upstream: slow}]
     let url = proxy.url("/delay/1500");
     let in_flight = tokio::spawn(async move { client::http1().get(url).send().await });
     // Let the request reach the origin before signalling.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while slow.hits() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the request never reached the origin"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    eventually("the request at the origin", || async {
+        (slow.hits() > 0).then_some(())
+    })
+    .await;
     let signalled = Instant::now();
     let status = proxy.signal_and_wait(signal, Duration::from_secs(15)).await;
     assert!(status.success(), "exit status after SIG{signal}: {status}");

@@ -43,8 +43,11 @@ pub async fn get_json(
     (status, json)
 }
 
-/// Polls `check` until it yields a value; fails the test after 40 s (generous: CI machines are
-/// slow and shared, and the conditions polled for are background work such as JWKS refreshes).
+/// How long [`eventually`] waits: generous, since CI machines are slow and shared and the
+/// conditions polled for are background work such as JWKS refreshes.
+const EVENTUALLY: std::time::Duration = std::time::Duration::from_secs(40);
+
+/// Polls `check` until it yields a value; fails the test after [`EVENTUALLY`].
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
 where
     F: FnMut() -> Fut,
@@ -59,12 +62,23 @@ where
 
 /// [`eventually`] for checks that can say what is still missing: the last explanation is
 /// part of the failure message.
-pub async fn eventually_explained<T, F, Fut>(what: &str, mut check: F) -> T
+pub async fn eventually_explained<T, F, Fut>(what: &str, check: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(40);
+    within(EVENTUALLY, what, check).await
+}
+
+/// Polls `check` until it yields a value, failing the test once `limit` has passed: for
+/// scenarios where how soon is part of what is asserted. The check's last explanation is part
+/// of the failure message.
+pub async fn within<T, F, Fut>(limit: std::time::Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
     loop {
         let missing = match check().await {
             Ok(value) => return value,
@@ -72,14 +86,14 @@ where
         };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}{}",
+            "timed out after {limit:?} waiting for {what}{}",
             if missing.is_empty() {
                 String::new()
             } else {
                 format!(": {missing}")
             }
         );
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
 

@@ -624,30 +624,45 @@ impl Instance {
         deadline: CpuDeadline,
     ) -> (Option<Box<HttpData>>, Result<(), Fault>) {
         let mut data = data;
-        for phase in [Phase::Log, Phase::Done, Phase::Delete] {
-            self.store.data_mut().call = match data.take() {
-                Some(d) => Call::http(context_id, phase, d),
-                None => Call::root(context_id, phase),
-            };
-            let deadline = match phase {
-                Phase::Log => deadline,
-                _ => deadline.rest(),
-            };
-            let result = match phase {
-                Phase::Done => self.call(|e| &mut e.done, context_id, deadline).map(drop),
-                Phase::Log => self.call(|e| &mut e.log, context_id, deadline).map(drop),
-                _ => self.call(|e| &mut e.delete, context_id, deadline).map(drop),
-            };
-            data = std::mem::replace(
-                &mut self.store.data_mut().call,
-                Call::root(ROOT_ID, Phase::Startup),
-            )
-            .http;
-            if let Err(fault) = result {
-                return (data, Err(fault));
-            }
-        }
-        (data, Ok(()))
+        let result = self
+            .final_call(|e| &mut e.log, Phase::Log, context_id, &mut data, deadline)
+            .and_then(|()| {
+                let rest = deadline.rest();
+                self.final_call(|e| &mut e.done, Phase::Done, context_id, &mut data, rest)
+            })
+            .and_then(|()| {
+                let rest = deadline.rest();
+                self.final_call(
+                    |e| &mut e.delete,
+                    Phase::Delete,
+                    context_id,
+                    &mut data,
+                    rest,
+                )
+            });
+        (data, result)
+    }
+
+    /// One of the final callbacks, with the request's data (if any) lent to it.
+    fn final_call<R: WasmResults>(
+        &mut self,
+        pick: Pick<u32, R>,
+        phase: Phase,
+        context_id: u32,
+        data: &mut Option<Box<HttpData>>,
+        deadline: CpuDeadline,
+    ) -> Result<(), Fault> {
+        self.store.data_mut().call = match data.take() {
+            Some(d) => Call::http(context_id, phase, d),
+            None => Call::root(context_id, phase),
+        };
+        let result = self.call(pick, context_id, deadline).map(drop);
+        *data = std::mem::replace(
+            &mut self.store.data_mut().call,
+            Call::root(ROOT_ID, Phase::Startup),
+        )
+        .http;
+        result
     }
 
     /// Lets the request paused in `context_id` wait for `proxy_continue_stream`, callout
