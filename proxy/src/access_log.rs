@@ -4,12 +4,12 @@ use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::config::AccessLog;
 use crate::metrics;
-use crate::sync::{lock, wait_until};
+use crate::sync::{lock, Batches};
 
 /// What one access-log line says.
 #[derive(Debug)]
@@ -48,9 +48,7 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 const MAX_PENDING: usize = 8 << 20;
 
 struct Sink {
-    pending: Mutex<Vec<u8>>,
-    /// Signalled when `pending` gets its first line, waking the writer.
-    queued: Condvar,
+    pending: Arc<Batches<u8>>,
     /// Held while writing, so that a shutdown flush and the writer thread keep lines in order.
     target: Mutex<Target>,
 }
@@ -78,18 +76,12 @@ impl AccessLogger {
             }
         };
         let sink = Arc::new(Sink {
-            pending: Mutex::new(Vec::with_capacity(64 << 10)),
-            queued: Condvar::new(),
+            pending: Batches::new(Vec::with_capacity(64 << 10)),
             target: Mutex::new(target),
         });
         let writer = sink.clone();
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || loop {
-                writer.wait_for_lines();
-                std::thread::sleep(FLUSH_INTERVAL);
-                writer.flush();
-            })?;
+        sink.pending
+            .spawn_handler("access-log", FLUSH_INTERVAL, move |_| writer.flush())?;
         Ok(AccessLogger(Some(sink)))
     }
 
@@ -104,17 +96,15 @@ impl AccessLogger {
             line.clear();
             entry.encode(line);
             line.push(b'\n');
-            let mut pending = lock(&sink.pending);
-            if pending.len() + line.len() > MAX_PENDING {
+            let kept = sink.pending.add(|pending| {
+                let fits = pending.len() + line.len() <= MAX_PENDING;
+                if fits {
+                    pending.extend_from_slice(line);
+                }
+                fits
+            });
+            if !kept {
                 metrics::global().access_log_dropped.inc();
-                return;
-            }
-            let first = pending.is_empty();
-            pending.extend_from_slice(line);
-            drop(pending);
-            // One wake-up per batch: later lines find the writer already gathering.
-            if first {
-                sink.queued.notify_one();
             }
         });
     }
@@ -128,15 +118,9 @@ impl AccessLogger {
 }
 
 impl Sink {
-    fn wait_for_lines(&self) {
-        drop(wait_until(&self.queued, lock(&self.pending), |lines| {
-            !lines.is_empty()
-        }));
-    }
-
     fn flush(&self) {
         let mut target = lock(&self.target);
-        let lines = std::mem::take(&mut *lock(&self.pending));
+        let lines = self.pending.take();
         if lines.is_empty() {
             return;
         }
@@ -149,11 +133,8 @@ impl Sink {
             log::warn!("cannot write access log: {e}");
         }
         // Keep the allocation for the next round, unless a burst made it large.
-        let mut pending = lock(&self.pending);
-        if pending.is_empty() && lines.capacity() <= 1 << 20 {
-            let mut lines = lines;
-            lines.clear();
-            *pending = lines;
+        if lines.capacity() <= 1 << 20 {
+            self.pending.recycle(lines);
         }
     }
 }

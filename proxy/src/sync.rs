@@ -1,6 +1,7 @@
-//! Locking shared by every room.
+//! Locking, and batches for background threads, shared by every room.
 
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 /// Locks `mutex` even if a thread panicked while holding it. For state that stays consistent
 /// between statements (every caller's case): failing every later request because one panicked
@@ -21,4 +22,106 @@ pub fn wait_until<'a, T>(
     condvar
         .wait_while(guard, |value| !ready(value))
         .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Items handed to a background thread in batches. The first item of a batch wakes the
+/// thread, which lets others join it for a while before dealing with them all: a wake-up per
+/// item would cost more than the work. The thread sleeps while nothing is queued, so an idle
+/// proxy does not wake it.
+pub struct Batches<T> {
+    pending: Mutex<Vec<T>>,
+    arrived: Condvar,
+}
+
+impl<T: Send + 'static> Batches<T> {
+    pub fn new(pending: Vec<T>) -> Arc<Self> {
+        Arc::new(Batches {
+            pending: Mutex::new(pending),
+            arrived: Condvar::new(),
+        })
+    }
+
+    /// Changes the current batch with `add`, waking the thread if that started a batch.
+    pub fn add<R>(&self, add: impl FnOnce(&mut Vec<T>) -> R) -> R {
+        let mut pending = lock(&self.pending);
+        let was_empty = pending.is_empty();
+        let result = add(&mut pending);
+        let started = was_empty && !pending.is_empty();
+        drop(pending);
+        if started {
+            self.arrived.notify_one();
+        }
+        result
+    }
+
+    /// The current batch; an empty one takes its place.
+    pub fn take(&self) -> Vec<T> {
+        std::mem::take(&mut *lock(&self.pending))
+    }
+
+    /// Keeps a spent batch's allocation for the next batch, unless one has started already.
+    pub fn recycle(&self, mut spent: Vec<T>) {
+        spent.clear();
+        let mut pending = lock(&self.pending);
+        if pending.is_empty() {
+            *pending = spent;
+        }
+    }
+
+    /// Starts the thread `name`: once an item arrives, it waits `gather` for more, then
+    /// calls `handle`, which takes the batch (through [`Batches::take`]) and deals with it.
+    pub fn spawn_handler(
+        self: &Arc<Self>,
+        name: &str,
+        gather: Duration,
+        mut handle: impl FnMut(&Batches<T>) + Send + 'static,
+    ) -> std::io::Result<()> {
+        let batches = self.clone();
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || loop {
+                drop(wait_until(
+                    &batches.arrived,
+                    lock(&batches.pending),
+                    |pending| !pending.is_empty(),
+                ));
+                std::thread::sleep(gather);
+                handle(&batches);
+            })
+            .map(drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_handler_wakes_for_a_batch_and_gets_every_item() {
+        let batches = Batches::new(Vec::new());
+        let (handled, received) = std::sync::mpsc::channel();
+        batches
+            .spawn_handler("test-batches", Duration::from_millis(5), move |batches| {
+                let _ = handled.send(batches.take());
+            })
+            .unwrap();
+        for item in 0..3 {
+            batches.add(|pending| pending.push(item));
+        }
+        let mut items = Vec::new();
+        while items.len() < 3 {
+            items.extend(received.recv_timeout(Duration::from_secs(30)).unwrap());
+        }
+        assert_eq!(items, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_spent_batch_is_reused_only_while_no_new_one_has_started() {
+        let batches: Arc<Batches<u8>> = Batches::new(Vec::new());
+        batches.recycle(Vec::with_capacity(100));
+        assert!(batches.take().capacity() >= 100);
+        batches.add(|pending| pending.push(1));
+        batches.recycle(vec![9; 100]);
+        assert_eq!(batches.take(), [1]);
+    }
 }

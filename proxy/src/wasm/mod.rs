@@ -33,7 +33,7 @@ use pingora::services::ServiceWithDependents;
 use wasmtime::Linker;
 
 use crate::config::{Config, Isolation, Route};
-use crate::sync::{lock, wait_until};
+use crate::sync::Batches;
 use dispatch::{Dispatcher, HostServices};
 use engine::WasmEngine;
 use plugin::{Plugin, SharedInstance};
@@ -224,26 +224,14 @@ impl<S: BackgroundService + Send + Sync> BackgroundService for Shared<S> {
 }
 
 /// Drops per-request instances on a thread of its own: resetting an instance's memory takes
-/// microseconds that no request should wait for. The thread sleeps while there is nothing
-/// to drop; once woken it collects what arrives within a millisecond rather than being woken
-/// for each instance (a wake-up costs more than the drop).
+/// microseconds that no request should wait for.
 fn spawn_reaper() -> std::io::Result<Reaper> {
-    let reaper = Reaper::default();
-    let pending = reaper.pending.clone();
-    std::thread::Builder::new()
-        .name("wasm-reaper".into())
-        .spawn(move || loop {
-            let (queue, arrived) = &*pending;
-            drop(wait_until(arrived, lock(queue), |waiting| {
-                !waiting.is_empty()
-            }));
-            std::thread::sleep(REAP_INTERVAL);
-            let batch = std::mem::take(&mut *lock(queue));
-            drop(batch);
-        })?;
-    Ok(reaper)
+    let pending = Batches::new(Vec::new());
+    pending.spawn_handler("wasm-reaper", REAP_INTERVAL, |batches| drop(batches.take()))?;
+    Ok(Reaper { pending })
 }
 
+/// How long the reaper lets finished instances gather before dropping them.
 const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// What every plugin shares: the tick driver, the instance reaper, and the host services
@@ -256,26 +244,19 @@ pub struct Services {
 }
 
 /// Where finished per-request instances wait for the reaper thread.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Reaper {
-    pending: Arc<(std::sync::Mutex<Vec<SharedInstance>>, std::sync::Condvar)>,
+    pending: Arc<Batches<SharedInstance>>,
 }
 
 impl Reaper {
     pub fn reap(&self, instance: SharedInstance) {
-        let (queue, arrived) = &*self.pending;
-        let mut waiting = lock(queue);
-        waiting.push(instance);
-        // Only the first of a batch wakes the thread; it is sleeping out its interval.
-        if waiting.len() == 1 {
-            arrived.notify_one();
-        }
+        self.pending.add(|waiting| waiting.push(instance));
     }
 
     /// Drops the instances waiting for the thread on the calling thread, which frees their
     /// pool slots at once.
     pub fn drop_pending(&self) {
-        let batch = std::mem::take(&mut *lock(&self.pending.0));
-        drop(batch);
+        drop(self.pending.take());
     }
 }
