@@ -10,7 +10,7 @@ use edgeward_testkit::{
 use sha2::{Digest, Sha256};
 
 use crate::support::{
-    config, eventually, eventually_explained, metric, start_proxy, use_built_binary, within,
+    config, eventually, metric, start_proxy, use_built_binary, wait_for_log, within,
 };
 
 /// A proxy with one route to `origin` through `chain`, the filters defined by `filters_yaml`.
@@ -455,19 +455,8 @@ async fn properties_read_back_through_response_headers_and_on_log_sees_the_final
     // Set in the request phase with proxy_set_property, read back in the response phase.
     assert_eq!(prop("my.prop"), "v1");
 
-    let line = wait_for_stderr(&proxy, "on_log status=201").await;
+    let line = wait_for_log(&proxy, "on_log status=201").await;
     assert!(line.contains("path=/status/201?a=1"), "{line}");
-}
-
-async fn wait_for_stderr(proxy: &Proxy, needle: &str) -> String {
-    eventually_explained(&format!("a log line with {needle:?}"), || async {
-        let lines = proxy.stderr_lines();
-        match lines.iter().find(|l| l.contains(needle)) {
-            Some(line) => Ok(line.clone()),
-            None => Err(format!("the log so far:\n{}", lines.join("\n"))),
-        }
-    })
-    .await
 }
 
 async fn counts(proxy: &Proxy, n: usize) -> Vec<u64> {
@@ -501,7 +490,7 @@ async fn guest_memory_persists_across_requests_only_in_shared_isolation() {
         assert_eq!(counts(&proxy, 4).await, expected, "{isolation} isolation");
         if isolation == "request" {
             // Fresh instances start from the pre-initialized snapshot, not a start-up each.
-            wait_for_stderr(&proxy, "start from a snapshot of its configured start-up").await;
+            wait_for_log(&proxy, "start from a snapshot of its configured start-up").await;
         }
     }
 }
@@ -563,8 +552,8 @@ async fn crashes_are_contained(isolation: &str) {
     );
     // The guest's panic message (proxy_log) and its stderr (WASI fd_write) are in the log,
     // tagged with the filter's name.
-    wait_for_stderr(&proxy, "[filter hostile] panicked at").await;
-    wait_for_stderr(
+    wait_for_log(&proxy, "[filter hostile] panicked at").await;
+    wait_for_log(
         &proxy,
         "[filter hostile] memory allocation of 1048576 bytes failed",
     )
@@ -790,8 +779,8 @@ fn bad_modules_fail_the_load_with_a_message_naming_the_file() {
     }
 }
 
-async fn wait_for_stderr_count(proxy: &Proxy, needle: &str, count: usize) {
-    wait_for_stderr(proxy, needle).await;
+async fn wait_for_log_count(proxy: &Proxy, needle: &str, count: usize) {
+    wait_for_log(proxy, needle).await;
     let found = proxy
         .stderr_lines()
         .iter()
@@ -828,7 +817,7 @@ routes: [{upstream: origin, filters: [one, two]}]
     );
     // First start: compiled once for both filters, and written to the cache.
     let first = start_proxy(&yaml).await;
-    wait_for_stderr_count(&first, "header_rewriter.wasm: compiled in", 1).await;
+    wait_for_log_count(&first, "header_rewriter.wasm: compiled in", 1).await;
     drop(first);
     let cached: Vec<_> = std::fs::read_dir(cache.path())
         .unwrap()
@@ -838,7 +827,7 @@ routes: [{upstream: origin, filters: [one, two]}]
 
     // Restart: loaded from the cache, not compiled.
     let second = start_proxy(&yaml).await;
-    wait_for_stderr(
+    wait_for_log(
         &second,
         "header_rewriter.wasm: compiled code loaded from the module cache",
     )
@@ -854,8 +843,8 @@ routes: [{upstream: origin, filters: [one, two]}]
     // A damaged cache file is ignored and replaced, never loaded.
     std::fs::write(&cached[0], b"not compiled code").unwrap();
     let third = start_proxy(&yaml).await;
-    wait_for_stderr(&third, "ignoring cached module").await;
-    wait_for_stderr_count(&third, "header_rewriter.wasm: compiled in", 1).await;
+    wait_for_log(&third, "ignoring cached module").await;
+    wait_for_log_count(&third, "header_rewriter.wasm: compiled in", 1).await;
     let response = client::http1().get(third.url("/x")).send().await.unwrap();
     assert_eq!(response.status(), 200);
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use edgeward_testkit::{client, filters, DeadEndpoint, Origin, Proxy};
 
-use crate::support::{config, eventually, eventually_explained, start_proxy};
+use crate::support::{config, eventually, eventually_explained, start_proxy, wait_for_log};
 
 async fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut request = client::http1().get(proxy.url(path));
@@ -110,13 +110,7 @@ routes:
         header(&response, "x-callout-error").as_deref(),
         Some("BadArgument")
     );
-    eventually("the forbidden-upstream log line", || async {
-        proxy
-            .stderr_lines()
-            .into_iter()
-            .find(|l| l.contains("filter `forbidden` may not call upstream `secret`"))
-    })
-    .await;
+    wait_for_log(&proxy, "filter `forbidden` may not call upstream `secret`").await;
 
     // Allowed but down, or too slow: an answer with no headers, and a log line with the reason.
     for (path, reason) in [
@@ -136,13 +130,7 @@ routes:
             "{path} took {:?}",
             started.elapsed()
         );
-        eventually(reason, || async {
-            proxy
-                .stderr_lines()
-                .into_iter()
-                .find(|l| l.contains(reason))
-        })
-        .await;
+        wait_for_log(&proxy, reason).await;
     }
     assert_eq!(origin.hits(), 0, "no request reached the origin");
 }

@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::support::{config, eventually, start_proxy};
+use crate::support::{config, eventually, start_proxy, wait_for_log};
 
 const ISSUER: &str = "https://issuer.example.com";
 const AUDIENCE: &str = "edge-api";
@@ -1083,15 +1083,4 @@ routes: [{upstream: origin, filters: [jwt]}]
             && stderr.contains("the filter's `callouts` must list it"),
         "{stderr}"
     );
-}
-
-/// Waits for a line of the proxy's log containing `needle`.
-async fn wait_for_log(proxy: &Proxy, needle: &str) -> String {
-    eventually(needle, || async {
-        proxy
-            .stderr_lines()
-            .into_iter()
-            .find(|l| l.contains(needle))
-    })
-    .await
 }

@@ -45,7 +45,7 @@ pub async fn get_json(
 
 /// How long [`eventually`] waits: generous, since CI machines are slow and shared and the
 /// conditions polled for are background work such as JWKS refreshes.
-const EVENTUALLY: std::time::Duration = std::time::Duration::from_secs(40);
+pub const EVENTUALLY: std::time::Duration = std::time::Duration::from_secs(40);
 
 /// Polls `check` until it yields a value; fails the test after [`EVENTUALLY`].
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
@@ -95,6 +95,12 @@ where
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// Waits for a line of the proxy's log (stderr) containing `needle`, for up to
+/// [`EVENTUALLY`]; returns the line.
+pub async fn wait_for_log(proxy: &Proxy, needle: &str) -> String {
+    proxy.wait_for_stderr(needle, EVENTUALLY).await
 }
 
 /// The value of a metric line (exact name with labels) on the admin listener.

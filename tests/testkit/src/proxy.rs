@@ -315,14 +315,31 @@ impl Proxy {
     /// Waits (polling, up to `timeout`) until some stdout line contains `needle`; returns that
     /// line or panics with all output.
     pub async fn wait_for_stdout(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_line("stdout", Self::stdout_lines, needle, timeout)
+            .await
+    }
+
+    /// [`Proxy::wait_for_stdout`] for stderr, where edgeward logs.
+    pub async fn wait_for_stderr(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_for_line("stderr", Self::stderr_lines, needle, timeout)
+            .await
+    }
+
+    async fn wait_for_line(
+        &self,
+        stream: &str,
+        lines: fn(&Self) -> Vec<String>,
+        needle: &str,
+        timeout: Duration,
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(line) = self.stdout_lines().into_iter().find(|l| l.contains(needle)) {
+            if let Some(line) = lines(self).into_iter().find(|l| l.contains(needle)) {
                 return line;
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "no stdout line contained {needle:?} within {timeout:?}\n{}",
+                    "no {stream} line contained {needle:?} within {timeout:?}\n{}",
                     self.output()
                 );
             }
