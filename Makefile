@@ -1,8 +1,9 @@
 # The two commands of the README:
 #   make run   builds edgeward and the filter modules (filters/, for wasm32-wasip1) in release
 #              mode and serves config/edgeward.yaml on 127.0.0.1:8080
-#   make test  runs every test (the filters' native unit tests too), then cargo fmt --check and
-#              cargo clippy -D warnings on the proxy's workspace and both filter workspaces
+#   make test  runs every test (the filters' native unit tests too), then cargo fmt --check, the
+#              layering check of proxy/src and cargo clippy -D warnings on the proxy's workspace
+#              and both filter workspaces
 # Both first install what a fresh Debian machine with only the Rust toolchain lacks.
 
 CARGO ?= cargo
@@ -15,7 +16,7 @@ FILTERS_TARGET_DIR := $(CURDIR)/filters/target
 # Signed with the demo HMAC key of config/edgeward.yaml; expires in 2100.
 DEMO_TOKEN := eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8ifQ.eyJpc3MiOiJodHRwczovL2RlbW8uZWRnZXdhcmQuZXhhbXBsZSIsImF1ZCI6ImVkZ2UtYXBpIiwic3ViIjoiZGVtby11c2VyIiwiZW1haWwiOiJkZW1vQGV4YW1wbGUuY29tIiwiaWF0IjoxNzY0MDAwMDAwLCJleHAiOjQxMDI0NDQ4MDB9.-uXvDZjqRwtuqjy467BmqXqH8cQKXiA57vZFKPTozmE
 
-.PHONY: run test bench bench-proxy bench-host bench-setup setup build filters check-format lint unit-and-e2e
+.PHONY: run test bench bench-proxy bench-host bench-setup setup build filters check-format check-layers lint unit-and-e2e
 
 run: build
 	@echo
@@ -31,7 +32,7 @@ run: build
 	@echo
 	./target/release/edgeward run --config $(CONFIG)
 
-test: setup check-format unit-and-e2e lint
+test: setup check-format check-layers unit-and-e2e lint
 
 # edgeward against nginx on this machine (bench/run.py; docs/benchmarks.md), then the
 # in-process costs of the filter host. BENCH_SECONDS, BENCH_ROUNDS and BENCH_ONLY tune the first.
@@ -66,6 +67,11 @@ check-format:
 	cd tests/filters && $(CARGO) fmt --all -- --check
 	cd filters && $(CARGO) fmt --all -- --check
 
+# The files of proxy/src import each other only down the layers docs/architecture.md lists.
+check-layers:
+	python3 tools/test_check_layers.py
+	python3 tools/check_layers.py
+
 lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	cd tests/filters && CARGO_TARGET_DIR=$(CURDIR)/target/test-filters $(CARGO) clippy --target wasm32-wasip1 --release --locked -- -D warnings
@@ -77,6 +83,7 @@ setup:
 		echo "installing cmake (needed by Pingora's zlib-ng)"; \
 		$(SUDO) apt-get install -y cmake || { $(SUDO) apt-get update && $(SUDO) apt-get install -y cmake; }; }
 	@command -v cc >/dev/null 2>&1 || $(SUDO) apt-get install -y build-essential
+	@command -v python3 >/dev/null 2>&1 || $(SUDO) apt-get install -y python3
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy

@@ -16,10 +16,11 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open the geo database {path}: {message}")]
+#[error("cannot open the geo database {}", path.display())]
 pub struct GeoError {
-    pub path: String,
-    pub message: String,
+    pub path: std::path::PathBuf,
+    #[source]
+    pub source: maxminddb::MaxMindDbError,
 }
 
 pub struct Geo {
@@ -104,9 +105,9 @@ struct Location {
 
 impl Geo {
     pub fn open(database: &Path, trusted_proxies: Vec<IpNet>) -> Result<Geo, GeoError> {
-        let reader = maxminddb::Reader::open_readfile(database).map_err(|e| GeoError {
-            path: database.display().to_string(),
-            message: e.to_string(),
+        let reader = maxminddb::Reader::open_readfile(database).map_err(|source| GeoError {
+            path: database.to_path_buf(),
+            source,
         })?;
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         Ok(Geo {

@@ -49,8 +49,8 @@ fn main() -> ExitCode {
                 let problems: Vec<String> = [
                     edgeward::wasm::FilterHost::load(&config)
                         .err()
-                        .map(|e| e.to_string()),
-                    geo.and_then(Result::err).map(|e| e.to_string()),
+                        .map(with_causes),
+                    geo.and_then(Result::err).map(with_causes),
                 ]
                 .into_iter()
                 .flatten()
@@ -67,7 +67,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
             Err(e) => {
-                report(&e);
+                report(e);
                 ExitCode::FAILURE
             }
         },
@@ -75,7 +75,7 @@ fn main() -> ExitCode {
             let config = match edgeward::config::load(&config) {
                 Ok(config) => config,
                 Err(e) => {
-                    report(&e);
+                    report(e);
                     eprintln!("edgeward: not starting");
                     return ExitCode::FAILURE;
                 }
@@ -83,7 +83,7 @@ fn main() -> ExitCode {
             match edgeward::server::run(config) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("edgeward: {:#}", anyhow::Error::from(e));
+                    eprintln!("edgeward: {}", with_causes(e));
                     ExitCode::FAILURE
                 }
             }
@@ -91,10 +91,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn report(error: &edgeward::config::ConfigError) {
-    eprintln!("{error}");
-    if let edgeward::config::ConfigError::Invalid { problems, .. } = error {
-        let n = problems.len();
+/// The error and the chain of its causes on one line: `outer: inner: innermost`.
+fn with_causes(error: impl std::error::Error + Send + Sync + 'static) -> String {
+    format!("{:#}", anyhow::Error::from(error))
+}
+
+fn report(error: edgeward::config::ConfigError) {
+    let problems = match &error {
+        edgeward::config::ConfigError::Invalid { problems, .. } => Some(problems.len()),
+        edgeward::config::ConfigError::Read { .. } => None,
+    };
+    eprintln!("{}", with_causes(error));
+    if let Some(n) = problems {
         eprintln!("{n} problem{} found", if n == 1 { "" } else { "s" });
     }
 }

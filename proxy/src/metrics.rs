@@ -81,7 +81,7 @@ pub enum CustomKind {
 pub enum MetricError {
     #[error("metric `{0}` is already defined with another type")]
     TypeConflict(String),
-    #[error("metric `{name}`: {source}")]
+    #[error("metric `{name}`")]
     Registry {
         name: String,
         source: prometheus::Error,

@@ -25,7 +25,7 @@ use crate::wasm::{FilterHost, WasmError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("cannot listen on {address}: {source}")]
+    #[error("cannot listen on {address}")]
     Listen {
         address: std::net::SocketAddr,
         source: std::io::Error,
@@ -38,8 +38,8 @@ pub enum ServerError {
     Geo(#[from] GeoError),
     #[error(transparent)]
     Cache(#[from] CacheError),
-    #[error("cannot open the access log: {0}")]
-    AccessLog(std::io::Error),
+    #[error("cannot open the access log")]
+    AccessLog(#[source] std::io::Error),
 }
 
 /// Serves `config` until SIGTERM/SIGINT and the drain that follows.

@@ -49,7 +49,7 @@ pub struct FoundObject {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DiskError {
-    #[error("cannot use `{}` for the disk cache: {source}", path.display())]
+    #[error("cannot use `{}` for the disk cache", path.display())]
     Folder { path: PathBuf, source: io::Error },
     #[error("the disk cache folder `{}` is in use by another edgeward process", path.display())]
     Locked { path: PathBuf },

@@ -11,7 +11,7 @@ use lru::LruCache;
 use pingora::cache::key::HashBinary;
 
 use super::key::ObjectUrl;
-use super::store::SerializedMeta;
+use super::meta::SerializedMeta;
 use crate::metrics;
 
 /// An object's identity: the hash of its key, variance included.

@@ -6,6 +6,7 @@
 mod disk;
 mod index;
 pub mod key;
+mod meta;
 pub mod policy;
 mod status;
 mod store;

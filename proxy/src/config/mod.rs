@@ -1,6 +1,7 @@
 //! The configuration room: YAML text → raw serde structs → validated [`Config`] model.
 //! Nothing else in edgeward reads YAML; everything reads the model.
 
+mod diagnostic;
 mod model;
 mod raw;
 mod units;
@@ -8,23 +9,15 @@ mod validate;
 mod yaml;
 
 use std::cell::RefCell;
-use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use diagnostic::Diagnostic;
 pub use model::*;
 pub use yaml::Mark;
 
-/// One problem in a configuration file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Diagnostic {
-    /// Where in the file, when the problem belongs to one place.
-    pub mark: Option<Mark>,
-    pub message: String,
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{}: cannot read the configuration: {source}", path.display())]
+    #[error("{}: cannot read the configuration", path.display())]
     Read {
         path: PathBuf,
         source: std::io::Error,
@@ -55,15 +48,6 @@ fn render(path: &Path, problems: &[Diagnostic]) -> String {
         }
     }
     out
-}
-
-impl fmt::Display for Diagnostic {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.mark {
-            Some(m) => write!(f, "{}:{}: {}", m.line, m.col, self.message),
-            None => f.write_str(&self.message),
-        }
-    }
 }
 
 /// Reads and validates a configuration file.

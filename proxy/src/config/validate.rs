@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
+use super::diagnostic::Diagnostic;
 use super::model::*;
 use super::raw::*;
 use super::units::{parse_duration, parse_size};
 use super::yaml::{Located, Mark};
-use super::Diagnostic;
 
 mod cache;
 

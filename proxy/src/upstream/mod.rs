@@ -20,12 +20,12 @@ const MAX_SELECTION_STEPS: usize = 256;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    #[error("cannot start the builtin origin for upstream `{upstream}`: {source}")]
+    #[error("cannot start the builtin origin for upstream `{upstream}`")]
     Builtin {
         upstream: String,
         source: std::io::Error,
     },
-    #[error("upstream `{upstream}`: {source}")]
+    #[error("upstream `{upstream}`")]
     Balancer {
         upstream: String,
         source: std::io::Error,

@@ -6,67 +6,22 @@ use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::Method;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
-use super::shared::{QueueOwner, Queues, SharedData};
-use super::state::{CalloutAnswer, InstanceCell, PluginInfo};
-use crate::config::UpstreamId;
+use super::mailbox::CalloutAnswer;
+use super::services::{Callout, CalloutRequest, Job};
+use super::shared::QueueOwner;
 use crate::metrics;
-use crate::sync::lock;
 use crate::upstream::Upstreams;
 
 /// The largest callout response body kept; a bigger one is a failed callout.
 const MAX_CALLOUT_BODY: usize = 16 << 20;
 /// How long a callout connection may idle in the pool.
 const CALLOUT_IDLE: Duration = Duration::from_secs(60);
-
-/// What every instance of every filter shares.
-pub struct HostServices {
-    pub shared_data: SharedData,
-    pub queues: Queues,
-    /// Every configured upstream's name, indexed by id (for `route.upstream`).
-    pub upstream_names: Vec<String>,
-    jobs: mpsc::UnboundedSender<Job>,
-}
-
-impl HostServices {
-    pub fn submit(&self, job: Job) {
-        // Fails only once the dispatcher stopped, at shutdown.
-        let _ = self.jobs.send(job);
-    }
-}
-
-pub enum Job {
-    Callout(Callout),
-    QueueReady { owner: QueueOwner, queue_id: u32 },
-}
-
-/// A `proxy_http_call` in flight.
-pub struct Callout {
-    pub cell: InstanceCell,
-    pub plugin: Arc<PluginInfo>,
-    /// The context that made the call (root or HTTP); the answer goes back to it.
-    pub context_id: u32,
-    pub token: u32,
-    pub upstream: UpstreamId,
-    pub upstream_name: String,
-    pub request: CalloutRequest,
-    pub timeout: Duration,
-}
-
-pub struct CalloutRequest {
-    pub method: Method,
-    pub path: Vec<u8>,
-    pub authority: Vec<u8>,
-    /// Without pseudo-headers.
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
-    pub body: Vec<u8>,
-}
 
 /// Runs jobs on its own runtime (a Pingora background service).
 pub struct Dispatcher {
@@ -82,22 +37,15 @@ pub struct CalloutClient {
 }
 
 impl Dispatcher {
-    pub fn new(upstream_names: Vec<String>) -> (Arc<Dispatcher>, Arc<HostServices>) {
-        let (jobs, receiver) = mpsc::unbounded_channel();
-        let dispatcher = Arc::new(Dispatcher {
+    /// A dispatcher for the jobs `receiver` brings ([`HostServices::new`]).
+    pub fn new(receiver: mpsc::UnboundedReceiver<Job>) -> Dispatcher {
+        Dispatcher {
             receiver: Mutex::new(Some(receiver)),
             client: Arc::new(CalloutClient {
                 upstreams: OnceLock::new(),
                 connector: Connector::new(None),
             }),
-        });
-        let services = Arc::new(HostServices {
-            shared_data: SharedData::default(),
-            queues: Queues::default(),
-            upstream_names,
-            jobs,
-        });
-        (dispatcher, services)
+        }
     }
 
     /// Lets callouts reach the configured upstreams (until then they fail).
@@ -144,8 +92,7 @@ async fn run_callout(client: Arc<CalloutClient>, job: Callout) {
     // Delivering runs guest code: not on the async runtime's worker.
     tokio::task::spawn_blocking(move || {
         if let Some(instance) = job.cell.get().and_then(Weak::upgrade) {
-            let mut instance = lock(&instance);
-            instance.deliver_callout(job.context_id, job.token, answer, job.plugin.limits.cpu);
+            instance.deliver_callout(job.context_id, job.token, answer);
         }
     });
 }
@@ -168,7 +115,6 @@ fn failed(job: &Callout, reason: &'static str, detail: String) -> CalloutAnswer 
 
 fn queue_ready(owner: QueueOwner, queue_id: u32) {
     if let Some(instance) = owner.cell.get().and_then(Weak::upgrade) {
-        let mut instance = lock(&instance);
         instance.queue_ready(owner.root_id, queue_id);
     }
 }

@@ -14,7 +14,7 @@ use wasmtime::{
     ProfilingStrategy,
 };
 
-use super::WasmError;
+use super::error::WasmError;
 
 /// The epoch advances every tenth of the smallest CPU limit (a guest overruns its limit by
 /// at most a tenth), but never more often than every millisecond nor less often than every
@@ -70,9 +70,9 @@ impl WasmEngine {
         if perf_map {
             config.profiler(ProfilingStrategy::PerfMap);
         }
-        let engine = Engine::new(&config).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
+        let engine = Engine::new(&config).map_err(WasmError::Engine)?;
         spawn_epoch_ticker(&engine, tick_for(smallest_cpu_limit))
-            .map_err(|e| WasmError::Engine(format!("cannot start the epoch ticker: {e}")))?;
+            .map_err(|e| WasmError::Thread("epoch ticker", e))?;
         let module_cache = module_cache.and_then(|dir| match prepare_cache_dir(&dir) {
             Ok(()) => Some(dir),
             Err(e) => {
@@ -95,7 +95,7 @@ impl WasmEngine {
 
     /// Compiles a module, or loads the code compiled for the same bytes and engine settings by
     /// an earlier run. `name` says which module in log lines.
-    pub fn load_module(&self, name: &Path, bytes: &[u8]) -> Result<Module, String> {
+    pub fn load_module(&self, name: &Path, bytes: &[u8]) -> wasmtime::Result<Module> {
         let cached = self
             .module_cache
             .as_ref()
@@ -115,11 +115,11 @@ impl WasmEngine {
             }
         }
         let started = std::time::Instant::now();
-        let module = Module::new(&self.engine, bytes).map_err(|e| format!("{e:#}"))?;
+        let module = Module::new(&self.engine, bytes)?;
         log::info!("{}: compiled in {:?}", name.display(), started.elapsed());
         if let Some(path) = &cached {
             if let Err(e) = store_precompiled(&module, path) {
-                log::warn!("cannot cache compiled module at {}: {e}", path.display());
+                log::warn!("cannot cache compiled module at {}: {e:#}", path.display());
             }
         }
         Ok(module)
@@ -151,15 +151,14 @@ fn load_precompiled(engine: &Engine, path: &Path) -> wasmtime::Result<Module> {
     unsafe { Module::deserialize_file(engine, path) }
 }
 
-fn store_precompiled(module: &Module, path: &Path) -> std::io::Result<()> {
-    let bytes = module
-        .serialize()
-        .map_err(|e| std::io::Error::other(format!("{e:#}")))?;
+fn store_precompiled(module: &Module, path: &Path) -> wasmtime::Result<()> {
+    let bytes = module.serialize()?;
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     let mut file = fs::File::create(&tmp)?;
     file.write_all(&bytes)?;
     file.sync_all()?;
-    fs::rename(&tmp, path)
+    fs::rename(&tmp, path)?;
+    Ok(())
 }
 
 /// Creates the cache folder (mode 0700) and refuses one that another user could write to,

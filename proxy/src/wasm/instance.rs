@@ -1,6 +1,7 @@
 //! One filter instance: its store, its exports, the proxy-wasm start-up sequence, and every
 //! guest call made under a CPU deadline. A call that faults poisons the instance for good.
 
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -9,13 +10,17 @@ use wasmtime::{
     WasmParams, WasmResults,
 };
 
-use super::dispatch::HostServices;
+use super::abi::wasi::flush_output;
 use super::engine::epoch_tick;
-use super::state::{
-    classify, Call, CalloutAnswer, CpuDeadline, Fault, HostState, HttpData, LocalResponse, Phase,
-    PluginInfo, Resumption, NO_FREE_INSTANCE,
-};
-use std::sync::Arc;
+use super::error::{classify, describe, ExportError, Fault, StartError};
+use super::info::PluginInfo;
+use super::mailbox::{CalloutAnswer, Mailbox};
+use super::services::HostServices;
+use super::state::{Call, CpuDeadline, HostState, HttpData, LocalResponse, Phase, Resumption};
+use crate::sync::lock;
+
+/// An instance as requests, the ticker and the background services share it.
+pub type SharedInstance = Arc<Mutex<Instance>>;
 
 /// The root context's id; HTTP contexts count up from the next one.
 const ROOT_ID: u32 = 1;
@@ -140,46 +145,16 @@ fn typed_export<P: WasmParams, R: WasmResults>(
     instance: &wasmtime::Instance,
     store: &mut Store<HostState>,
     index: &Option<ModuleExport>,
-    name: &str,
-) -> Result<Option<TypedFunc<P, R>>, String> {
+    name: &'static str,
+) -> Result<Option<TypedFunc<P, R>>, ExportError> {
     let Some(index) = index else { return Ok(None) };
     let func = instance
         .get_module_export(&mut *store, index)
         .and_then(wasmtime::Extern::into_func)
-        .ok_or_else(|| format!("export `{name}` is not a function"))?;
+        .ok_or(ExportError::NotAFunction(name))?;
     func.typed(&*store)
         .map(Some)
-        .map_err(|e| format!("export `{name}` has the wrong signature: {e}"))
-}
-
-/// Why an instance could not be started.
-#[derive(Debug)]
-pub enum StartError {
-    /// Every instance the pool allows (`wasm.max_instances`) is in use.
-    PoolFull,
-    /// Instantiation or a step of the start-up failed; the text says which.
-    Failed(String),
-}
-
-impl From<String> for StartError {
-    fn from(why: String) -> Self {
-        StartError::Failed(why)
-    }
-}
-
-impl From<&str> for StartError {
-    fn from(why: &str) -> Self {
-        StartError::Failed(why.to_string())
-    }
-}
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            StartError::PoolFull => f.write_str(NO_FREE_INSTANCE),
-            StartError::Failed(why) => f.write_str(why),
-        }
-    }
+        .map_err(|source| ExportError::WrongSignature { name, source })
 }
 
 /// The guest's callbacks. Every callback is optional.
@@ -256,7 +231,7 @@ impl Instance {
             if e.is::<wasmtime::PoolConcurrencyLimitError>() {
                 StartError::PoolFull
             } else {
-                StartError::Failed(describe(&e, &store))
+                StartError::Instantiate(fault_of(&e, &store))
             }
         })?;
         let memory = exports
@@ -264,14 +239,14 @@ impl Instance {
             .as_ref()
             .and_then(|index| instance.get_module_export(&mut store, index))
             .and_then(wasmtime::Extern::into_memory)
-            .ok_or("the module exports no `memory`")?;
+            .ok_or(StartError::NoMemory)?;
         let alloc = typed_export(
             &instance,
             &mut store,
             &exports.alloc,
             "proxy_on_memory_allocate",
         )?
-        .ok_or("the module exports neither `proxy_on_memory_allocate` nor `malloc`")?;
+        .ok_or(StartError::NoAllocator)?;
         store.data_mut().memory = Some(memory);
         store.data_mut().alloc = Some(alloc);
 
@@ -307,9 +282,7 @@ impl Instance {
                 match init.call(&mut store, ()) {
                     Ok(()) => {}
                     Err(e) if exit_ok && classify(&e, false) == Fault::Exit(0) => {}
-                    Err(e) => {
-                        return Err(format!("`{name}` failed: {}", describe(&e, &store)).into())
-                    }
+                    Err(e) => return Err(StartError::Initializer(name, fault_of(&e, &store))),
                 }
                 break;
             }
@@ -325,14 +298,12 @@ impl Instance {
         // Instances that run the start-up (the load's canary among them) check every
         // callback's signature now, so that a module with a wrong one fails at load.
         if template.startup == StartUp::Run {
-            instance
-                .resolve_callbacks()
-                .map_err(|fault| fault.to_string())?;
+            instance.resolve_callbacks()?;
         }
         Ok(instance)
     }
 
-    fn resolve_callbacks(&mut self) -> Result<(), Fault> {
+    fn resolve_callbacks(&mut self) -> Result<(), ExportError> {
         self.resolve(|e| &mut e.context_create)?;
         self.resolve(|e| &mut e.vm_start)?;
         self.resolve(|e| &mut e.configure)?;
@@ -349,32 +320,34 @@ impl Instance {
         Ok(())
     }
 
-    /// Types the callback `pick` names, unless done before; a wrong signature is a fault.
-    fn resolve<P: WasmParams, R: WasmResults>(&mut self, pick: Pick<P, R>) -> Result<(), Fault> {
+    /// Types the callback `pick` names, unless done before.
+    fn resolve<P: WasmParams, R: WasmResults>(
+        &mut self,
+        pick: Pick<P, R>,
+    ) -> Result<(), ExportError> {
         let (index, name) = match pick(&mut self.exports) {
             Callback::Resolved(_) => return Ok(()),
             Callback::Unresolved(index, name) => (*index, *name),
         };
-        let func =
-            typed_export(&self.handle, &mut self.store, &index, name).map_err(Fault::Trap)?;
+        let func = typed_export(&self.handle, &mut self.store, &index, name)?;
         *pick(&mut self.exports) = Callback::Resolved(func);
         Ok(())
     }
 
     /// `on_context_create(root, 0)`, `on_vm_start`, `on_configure`; either returning false
     /// fails the start-up.
-    fn root_calls(&mut self, budget: Duration) -> Result<(), String> {
+    fn root_calls(&mut self, budget: Duration) -> Result<(), StartError> {
         let vm_config_len = self.store.data().plugin.vm_config.len() as u32;
         let config_len = self.store.data().plugin.config.len() as u32;
         let create: Pick<_, _> = |e| &mut e.context_create;
         self.root_call(create, (ROOT_ID, 0), Phase::ContextCreate, budget)?;
         let vm_start: Pick<_, _> = |e| &mut e.vm_start;
         if self.root_call(vm_start, (ROOT_ID, vm_config_len), Phase::VmStart, budget)? == Some(0) {
-            return Err("on_vm_start returned false (the filter rejected its vm_config)".into());
+            return Err(StartError::VmConfigRejected);
         }
         let configure: Pick<_, _> = |e| &mut e.configure;
         if self.root_call(configure, (ROOT_ID, config_len), Phase::Configure, budget)? == Some(0) {
-            return Err("on_configure returned false (the filter rejected its config)".into());
+            return Err(StartError::ConfigRejected);
         }
         Ok(())
     }
@@ -385,10 +358,10 @@ impl Instance {
         args: P,
         phase: Phase,
         budget: Duration,
-    ) -> Result<Option<R>, String> {
+    ) -> Result<Option<R>, StartError> {
         self.store.data_mut().call = Call::root(ROOT_ID, phase);
         self.call(pick, args, CpuDeadline::start(budget))
-            .map_err(|fault| format!("{} {fault}", phase.name()))
+            .map_err(|fault| StartError::RootCallback(phase.name(), fault))
     }
 
     /// The one place guest code runs: the callback `pick` names (`None` when the module lacks
@@ -403,13 +376,14 @@ impl Instance {
         if let Some(fault) = &self.poisoned {
             return Err(fault.clone());
         }
-        self.resolve(pick)?;
+        // A wrong signature, found on first use, is the guest's fault like a trap.
+        self.resolve(pick).map_err(|e| Fault::Trap(describe(&e)))?;
         let Callback::Resolved(Some(func)) = pick(&mut self.exports) else {
             return Ok(None);
         };
         start_cpu_deadline(&mut self.store, deadline);
         let result = func.call(&mut self.store, args);
-        super::abi::wasi::flush_output(self.store.data_mut());
+        flush_output(self.store.data_mut());
         result.map(Some).map_err(|e| {
             let fault = classify(&e, self.store.data().limiter.hit);
             if let Fault::Trap(_) = fault {
@@ -428,7 +402,8 @@ impl Instance {
 
     /// Records where this instance lives, so that callout answers and queue notices can find
     /// it, and sends the jobs its start-up made.
-    pub fn place(&mut self, home: std::sync::Weak<std::sync::Mutex<Instance>>) {
+    pub fn place(&mut self, home: Weak<Mutex<Instance>>) {
+        let home: Weak<dyn Mailbox> = home;
         let state = self.store.data_mut();
         let _ = state.cell.set(home);
         for job in std::mem::take(&mut state.outbox) {
@@ -552,13 +527,7 @@ impl Instance {
 
     /// A callout's answer arrived: the paused request that made it handles it; otherwise the
     /// callback runs now. Answers for deleted contexts are dropped (the SDKs would trap).
-    pub fn deliver_callout(
-        &mut self,
-        context_id: u32,
-        token: u32,
-        answer: CalloutAnswer,
-        budget: Duration,
-    ) {
+    fn deliver_callout(&mut self, context_id: u32, token: u32, answer: CalloutAnswer) {
         let state = self.store.data_mut();
         if !state.live_contexts.contains(&context_id) {
             return;
@@ -571,7 +540,7 @@ impl Instance {
             },
             None => answer,
         };
-        let deadline = CpuDeadline::start(budget);
+        let deadline = CpuDeadline::start(state.plugin.limits.cpu);
         if let (_, Err(fault)) = self.http_call_response(
             context_id,
             Phase::CallResponse,
@@ -585,7 +554,7 @@ impl Instance {
     }
 
     /// `on_queue_ready` for a queue the root context registered.
-    pub fn queue_ready(&mut self, root_id: u32, queue_id: u32) {
+    fn queue_ready(&mut self, root_id: u32, queue_id: u32) {
         self.store.data_mut().call = Call::root(root_id, Phase::QueueReady);
         let budget = self.store.data().plugin.limits.cpu;
         let deadline = CpuDeadline::start(budget);
@@ -599,7 +568,7 @@ impl Instance {
     fn report_background_fault(&self, callback: &str, fault: &Fault) {
         let name = &self.store.data().plugin.name;
         log::error!("filter `{name}` {fault} in {callback}; the instance is discarded");
-        super::plugin::count_fault(name, fault);
+        fault.count(name);
     }
 
     /// `on_log`, `on_done`, `on_delete` for a finished request, then forgets the context.
@@ -685,6 +654,17 @@ impl Instance {
     }
 }
 
+/// Where the background services deliver to a placed instance.
+impl Mailbox for Mutex<Instance> {
+    fn deliver_callout(&self, context_id: u32, token: u32, answer: CalloutAnswer) {
+        lock(self).deliver_callout(context_id, token, answer);
+    }
+
+    fn queue_ready(&self, root_id: u32, queue_id: u32) {
+        lock(self).queue_ready(root_id, queue_id);
+    }
+}
+
 impl Drop for Instance {
     fn drop(&mut self) {
         crate::metrics::global()
@@ -744,6 +724,6 @@ fn ticks(budget: Duration) -> u64 {
     (budget.as_nanos().div_ceil(tick) as u64).max(1)
 }
 
-fn describe(error: &wasmtime::Error, store: &Store<HostState>) -> String {
-    classify(error, store.data().limiter.hit).to_string()
+fn fault_of(error: &wasmtime::Error, store: &Store<HostState>) -> Fault {
+    classify(error, store.data().limiter.hit)
 }

@@ -11,13 +11,18 @@
 //! - `dispatch`: HTTP callouts and queue notices, run by a background service
 //! - `shared`: shared data and queues, process-wide by VM id
 
-pub mod abi;
+mod abi;
 mod cpu;
 mod dispatch;
 mod engine;
+mod error;
+mod info;
 mod instance;
+mod mailbox;
 mod plugin;
 mod preinit;
+mod reaper;
+mod services;
 mod shared;
 mod state;
 mod stream;
@@ -33,25 +38,18 @@ use pingora::services::ServiceWithDependents;
 use wasmtime::Linker;
 
 use crate::config::{Config, Isolation, Route};
-use crate::sync::Batches;
-use dispatch::{Dispatcher, HostServices};
+use crate::upstream::Upstreams;
+use dispatch::Dispatcher;
 use engine::WasmEngine;
-use plugin::{Plugin, SharedInstance};
-pub use state::{LocalResponse, StreamInfo};
+use error::LoadError;
+pub use error::WasmError;
+pub use info::StreamInfo;
+use plugin::{Plugin, Services};
+use reaper::Reaper;
+use services::HostServices;
+pub use state::LocalResponse;
 pub use stream::{FilterChain, FilterFailure, Verdict};
 use ticker::Ticker;
-
-#[derive(Debug, thiserror::Error)]
-pub enum WasmError {
-    #[error("cannot set up the WebAssembly engine: {0}")]
-    Engine(String),
-    #[error("filter `{filter}` ({}): {message}", module.display())]
-    Load {
-        filter: String,
-        module: PathBuf,
-        message: String,
-    },
-}
 
 /// Every configured filter, ready to serve requests.
 pub struct FilterHost {
@@ -66,8 +64,9 @@ impl FilterHost {
     /// filter with `isolation: shared`.
     pub fn load(config: &Config) -> Result<FilterHost, WasmError> {
         let ticker = Arc::new(Ticker::new());
-        let (dispatcher, host_services) =
-            Dispatcher::new(config.upstreams.iter().map(|u| u.name.clone()).collect());
+        let (host_services, jobs) =
+            HostServices::new(config.upstreams.iter().map(|u| u.name.clone()).collect());
+        let dispatcher = Arc::new(Dispatcher::new(jobs));
         if config.filters.is_empty() {
             return Ok(FilterHost {
                 plugins: Vec::new(),
@@ -103,9 +102,8 @@ impl FilterHost {
             config.wasm.perf_map,
         )?;
         let mut linker = Linker::new(engine.engine());
-        abi::add_to_linker(&mut linker).map_err(|e| WasmError::Engine(format!("{e:#}")))?;
-        let reaper = spawn_reaper()
-            .map_err(|e| WasmError::Engine(format!("cannot start the instance reaper: {e}")))?;
+        abi::add_to_linker(&mut linker).map_err(WasmError::Engine)?;
+        let reaper = Reaper::spawn()?;
         // A module named by several filters is compiled once.
         let mut modules: HashMap<PathBuf, (wasmtime::Module, Vec<u8>)> = HashMap::new();
         let mut plugins = Vec::with_capacity(config.filters.len());
@@ -113,16 +111,15 @@ impl FilterHost {
             let key =
                 std::fs::canonicalize(&filter.module).unwrap_or_else(|_| filter.module.clone());
             if !modules.contains_key(&key) {
-                let fail = |message: String| WasmError::Load {
+                let fail = |source: LoadError| WasmError::Load {
                     filter: filter.name.clone(),
                     module: filter.module.clone(),
-                    message,
+                    source,
                 };
-                let bytes = std::fs::read(&filter.module)
-                    .map_err(|e| fail(format!("cannot read the module: {e}")))?;
+                let bytes = std::fs::read(&filter.module).map_err(|e| fail(LoadError::Read(e)))?;
                 let module = engine
                     .load_module(&filter.module, &bytes)
-                    .map_err(|e| fail(format!("not a valid WebAssembly module: {e}")))?;
+                    .map_err(|e| fail(LoadError::Compile(e)))?;
                 modules.insert(key.clone(), (module, bytes));
             }
             let Some((module, wasm)) = modules.get(&key) else {
@@ -194,7 +191,7 @@ impl FilterHost {
     }
 
     /// Lets filters' callouts reach the upstreams.
-    pub fn serve_upstreams(&self, upstreams: Arc<crate::upstream::Upstreams>) {
+    pub fn serve_upstreams(&self, upstreams: Arc<Upstreams>) {
         self.dispatcher.serve_upstreams(upstreams);
     }
 
@@ -220,43 +217,5 @@ struct Shared<S>(Arc<S>);
 impl<S: BackgroundService + Send + Sync> BackgroundService for Shared<S> {
     async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
         self.0.start(shutdown).await
-    }
-}
-
-/// Drops per-request instances on a thread of its own: resetting an instance's memory takes
-/// microseconds that no request should wait for.
-fn spawn_reaper() -> std::io::Result<Reaper> {
-    let pending = Batches::new(Vec::new());
-    pending.spawn_handler("wasm-reaper", REAP_INTERVAL, |batches| drop(batches.take()))?;
-    Ok(Reaper { pending })
-}
-
-/// How long the reaper lets finished instances gather before dropping them.
-const REAP_INTERVAL: std::time::Duration = std::time::Duration::from_millis(1);
-
-/// What every plugin shares: the tick driver, the instance reaper, and the host services
-/// (shared data, queues, callouts).
-#[derive(Clone)]
-pub struct Services {
-    pub ticker: Arc<Ticker>,
-    pub reaper: Reaper,
-    pub host: Arc<HostServices>,
-}
-
-/// Where finished per-request instances wait for the reaper thread.
-#[derive(Clone)]
-pub struct Reaper {
-    pending: Arc<Batches<SharedInstance>>,
-}
-
-impl Reaper {
-    pub fn reap(&self, instance: SharedInstance) {
-        self.pending.add(|waiting| waiting.push(instance));
-    }
-
-    /// Drops the instances waiting for the thread on the calling thread, which frees their
-    /// pool slots at once.
-    pub fn drop_pending(&self) {
-        drop(self.pending.take());
     }
 }

@@ -14,10 +14,14 @@ use prometheus::{Histogram, IntCounter};
 use wasmtime::{Linker, Module};
 
 use super::engine::WasmEngine;
-use super::instance::{Instance, StartError, StartUp, Template};
+use super::error::{describe, Fault, LoadError, StartError, WasmError};
+use super::info::PluginInfo;
+use super::instance::{Instance, SharedInstance, StartUp, Template};
 use super::preinit;
-use super::state::{Fault, HostState, Phase, PluginInfo};
-use super::{Services, WasmError};
+use super::reaper::Reaper;
+use super::services::HostServices;
+use super::state::{HostState, Phase};
+use super::ticker::Ticker;
 use crate::config::{self, FailurePolicy, Isolation};
 use crate::metrics;
 use crate::sync::lock;
@@ -34,7 +38,14 @@ const CRASH_MEMORY: Duration = Duration::from_secs(60);
 /// every request while they last.
 const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 
-pub type SharedInstance = Arc<Mutex<Instance>>;
+/// What every plugin shares: the tick driver, the instance reaper, and the host services
+/// (shared data, queues, callouts).
+#[derive(Clone)]
+pub struct Services {
+    pub ticker: Arc<Ticker>,
+    pub reaper: Reaper,
+    pub host: Arc<HostServices>,
+}
 
 pub struct Plugin {
     pub info: Arc<PluginInfo>,
@@ -138,25 +149,24 @@ impl Plugin {
         workers: usize,
         services: Services,
     ) -> Result<Plugin, WasmError> {
-        let fail = |message: String| WasmError::Load {
+        let fail = |source: LoadError| WasmError::Load {
             filter: filter.name.clone(),
             module: filter.module.clone(),
-            message,
+            source,
         };
         check_abi(module).map_err(fail)?;
         let pre = linker.instantiate_pre(module).map_err(|e| {
             fail(match e.downcast_ref::<wasmtime::UnknownImportError>() {
-                Some(unknown) => format!(
-                    "it imports `{}.{}`, which edgeward does not provide",
-                    unknown.module(),
-                    unknown.name()
-                ),
-                None => format!("{e:#}"),
+                Some(unknown) => LoadError::UnknownImport {
+                    module: unknown.module().to_string(),
+                    name: unknown.name().to_string(),
+                },
+                None => LoadError::Link(e),
             })
         })?;
         module
             .initialize_copy_on_write_image()
-            .map_err(|e| fail(format!("{e:#}")))?;
+            .map_err(|e| fail(LoadError::MemoryImage(e)))?;
         let info = Arc::new(PluginInfo {
             name: filter.name.clone(),
             root_id: filter.root_id.clone(),
@@ -183,7 +193,9 @@ impl Plugin {
             call_metrics: CallMetrics::new(&filter.name),
         };
         // The canary: a filter that cannot start fails the load, not the first request.
-        let canary = plugin.start_instance().map_err(|e| fail(e.to_string()))?;
+        let canary = plugin
+            .start_instance()
+            .map_err(|e| fail(LoadError::Start(e)))?;
         if plugin.isolation == Isolation::Request {
             plugin
                 .preinitialize(engine, linker, &filter.module, wasm)
@@ -205,14 +217,15 @@ impl Plugin {
     }
 
     /// Switches per-request instances to a snapshot of the configured start-up, when the
-    /// start-up allows it (see `preinit`); otherwise each runs the start-up itself.
+    /// start-up allows it (see `preinit`); otherwise each runs the start-up itself. Fails only
+    /// when the snapshot was made but does not load or start.
     fn preinitialize(
         &mut self,
         engine: &WasmEngine,
         linker: &Linker<HostState>,
         name: &Path,
         wasm: &[u8],
-    ) -> Result<(), String> {
+    ) -> Result<(), LoadError> {
         let services = self.services.host.clone();
         let snapshot = match preinit::preinitialize(
             engine,
@@ -226,22 +239,23 @@ impl Plugin {
             Ok(snapshot) => snapshot,
             Err(why) => {
                 log::info!(
-                    "filter `{}`: each request runs the start-up ({why})",
-                    self.info.name
+                    "filter `{}`: each request runs the start-up ({})",
+                    self.info.name,
+                    describe(&why)
                 );
                 return Ok(());
             }
         };
-        let module = engine.load_module(name, &snapshot)?;
+        let module = engine
+            .load_module(name, &snapshot)
+            .map_err(LoadError::Compile)?;
         module
             .initialize_copy_on_write_image()
-            .map_err(|e| format!("{e:#}"))?;
-        let pre = linker
-            .instantiate_pre(&module)
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(LoadError::MemoryImage)?;
+        let pre = linker.instantiate_pre(&module).map_err(LoadError::Link)?;
         self.template = Template::new(engine.engine(), pre, &module, StartUp::Snapshot);
         // Prove the image starts before any request depends on it.
-        let canary = self.start_instance().map_err(|e| e.to_string())?;
+        let canary = self.start_instance().map_err(LoadError::Start)?;
         self.release(Lease {
             instance: self.place(canary),
         });
@@ -329,7 +343,8 @@ impl Plugin {
         };
         started.map_err(|e| match e {
             StartError::PoolFull => Fault::NoFreeInstance,
-            StartError::Failed(why) => {
+            failed => {
+                let why = describe(&failed);
                 log::error!(
                     "filter `{}` cannot start an instance: {why}",
                     self.info.name
@@ -364,7 +379,7 @@ impl Plugin {
 
     /// Counts a fault and, for crashes, schedules the back-off when they keep coming.
     pub fn record_fault(&self, fault: &Fault) {
-        count_fault(&self.info.name, fault);
+        fault.count(&self.info.name);
         if !fault.is_crash() {
             return;
         }
@@ -390,30 +405,6 @@ impl Plugin {
     }
 }
 
-/// Counts a filter fault in the metrics.
-pub fn count_fault(filter: &str, fault: &Fault) {
-    let metrics = metrics::global();
-    match fault {
-        Fault::Trap(_) | Fault::Exit(_) => metrics.filter_traps.with_label_values(&[filter]).inc(),
-        Fault::CpuLimit => metrics
-            .filter_limit_hits
-            .with_label_values(&[filter, "cpu"])
-            .inc(),
-        Fault::MemoryLimit => metrics
-            .filter_limit_hits
-            .with_label_values(&[filter, "memory"])
-            .inc(),
-        Fault::Unavailable(_) | Fault::BackingOff => metrics
-            .filter_limit_hits
-            .with_label_values(&[filter, "unavailable"])
-            .inc(),
-        Fault::NoFreeInstance => metrics
-            .filter_limit_hits
-            .with_label_values(&[filter, "instances"])
-            .inc(),
-    }
-}
-
 /// A small stable number per worker thread, so that a worker keeps using "its" instance.
 fn worker_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -423,25 +414,19 @@ fn worker_index() -> usize {
     INDEX.with(|i| *i)
 }
 
-fn check_abi(module: &Module) -> Result<(), String> {
+fn check_abi(module: &Module) -> Result<(), LoadError> {
     let exported = |name: &str| module.exports().any(|e| e.name() == name);
     if ABI_MARKERS.iter().any(|marker| exported(marker)) {
         return Ok(());
     }
     let found: Vec<String> = module
         .exports()
-        .filter(|e| e.name().starts_with("proxy_abi_version_"))
-        .map(|e| e.name().to_string())
+        .filter_map(|e| e.name().strip_prefix("proxy_abi_version_"))
+        .map(|version| version.replace('_', "."))
         .collect();
     Err(if found.is_empty() {
-        "it is not a proxy-wasm module: it exports no proxy_abi_version_* marker".to_string()
+        LoadError::NoAbiMarker
     } else {
-        format!(
-            "it speaks proxy-wasm ABI {} but edgeward supports 0.2.1 and 0.2.0",
-            found
-                .join(", ")
-                .replace("proxy_abi_version_", "")
-                .replace('_', ".")
-        )
+        LoadError::UnsupportedAbi(found.join(", "))
     })
 }

@@ -16,10 +16,12 @@ use std::time::Duration;
 use wasmtime::{Store, Val};
 use wasmtime_wizer::{InstanceState, SnapshotVal, Wizer};
 
-use super::dispatch::HostServices;
 use super::engine::WasmEngine;
+use super::error::SnapshotError;
+use super::info::PluginInfo;
 use super::instance::{Instance, StartUp, Template};
-use super::state::{HostState, PluginInfo};
+use super::services::HostServices;
+use super::state::HostState;
 
 /// The module's bytes with the configured start-up state baked in, or why that is not possible.
 pub fn preinitialize(
@@ -30,23 +32,25 @@ pub fn preinitialize(
     plugin: Arc<PluginInfo>,
     services: Arc<HostServices>,
     budget: Duration,
-) -> Result<Vec<u8>, String> {
+) -> Result<Vec<u8>, SnapshotError> {
     let mut wizer = Wizer::new();
     // The reactor initializer runs as part of the start-up and must not run again.
     wizer.init_func("_initialize");
-    let (context, instrumented) = wizer.instrument(wasm).map_err(|e| format!("{e:#}"))?;
-    let module = engine.load_module(name, &instrumented)?;
+    let (context, instrumented) = wizer.instrument(wasm).map_err(SnapshotError::Instrument)?;
+    let module = engine
+        .load_module(name, &instrumented)
+        .map_err(SnapshotError::Compile)?;
     if module.get_export_index("_start").is_some() {
-        return Err("command modules (`_start`) are started per request".into());
+        return Err(SnapshotError::CommandModule);
     }
     let pre = linker
         .instantiate_pre(&module)
-        .map_err(|e| format!("{e:#}"))?;
+        .map_err(SnapshotError::Compile)?;
     let template = Template::new(engine.engine(), pre, &module, StartUp::Run);
     let mut instance =
-        Instance::start(&template, plugin, services, budget).map_err(|e| e.to_string())?;
+        Instance::start(&template, plugin, services, budget).map_err(SnapshotError::Start)?;
     if instance.has_lasting_effects() {
-        return Err("its start-up asked for ticks, made callouts or registered queues".into());
+        return Err(SnapshotError::LastingEffects);
     }
     let (store, handle) = instance.parts();
     let mut view = SnapshotView {
@@ -55,10 +59,10 @@ pub fn preinitialize(
         missing: None,
     };
     let rewritten = poll_ready(wizer.snapshot(&context, &mut view))
-        .ok_or("the snapshot did not complete")?
-        .map_err(|e| format!("{e:#}"))?;
+        .ok_or(SnapshotError::Incomplete)?
+        .map_err(SnapshotError::Snapshot)?;
     match view.missing {
-        Some(export) => Err(format!("the instrumented module lacks `{export}`")),
+        Some(export) => Err(SnapshotError::MissingExport(export)),
         None => Ok(rewritten),
     }
 }

@@ -6,8 +6,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
-use super::abi::Status;
-use super::state::InstanceCell;
+use super::abi::status::Status;
+use super::mailbox::InstanceCell;
 use crate::sync::lock;
 
 /// Largest value one key may hold.

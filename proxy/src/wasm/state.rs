@@ -2,9 +2,8 @@
 //! its live contexts, and the callback in progress. Hostcalls read and change only this.
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -12,24 +11,9 @@ use tokio::sync::mpsc;
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
 
 use super::cpu::CpuMeter;
-use super::dispatch::{HostServices, Job};
-use super::instance::Instance;
-use crate::config::{FilterLimits, ResponsePhase, UpstreamId};
-use crate::geo::{Geo, GeoInfo};
-
-/// A configured filter as its guest code sees it.
-#[derive(Debug)]
-pub struct PluginInfo {
-    pub name: String,
-    pub root_id: String,
-    pub vm_id: String,
-    pub config: Vec<u8>,
-    pub vm_config: Vec<u8>,
-    pub limits: FilterLimits,
-    /// Upstreams `proxy_http_call` may name, with their ids.
-    pub callouts: Vec<(String, UpstreamId)>,
-    pub response_phase: ResponsePhase,
-}
+use super::info::{PluginInfo, StreamInfo};
+use super::mailbox::{CalloutAnswer, InstanceCell};
+use super::services::{HostServices, Job};
 
 pub struct HostState {
     pub plugin: Arc<PluginInfo>,
@@ -84,9 +68,6 @@ impl CpuDeadline {
     }
 }
 
-/// The slot an instance is placed in once started; filled exactly once.
-pub type InstanceCell = Arc<OnceLock<Weak<Mutex<Instance>>>>;
-
 impl HostState {
     pub fn new(plugin: Arc<PluginInfo>, root_id: u32, services: Arc<HostServices>) -> Self {
         let max = usize::try_from(plugin.limits.memory).unwrap_or(usize::MAX);
@@ -102,7 +83,7 @@ impl HostState {
             waiters: HashMap::new(),
             output: [Vec::new(), Vec::new()],
             services,
-            cell: Arc::new(OnceLock::new()),
+            cell: InstanceCell::default(),
             outbox: Vec::new(),
             last_token: 0,
             lasting_effects: false,
@@ -213,62 +194,6 @@ pub struct HttpData {
     pub stream: StreamInfo,
 }
 
-/// Facts about the request that properties expose, shared by the filters of a chain.
-#[derive(Debug, Clone)]
-pub struct StreamInfo {
-    pub client: Option<SocketAddr>,
-    pub server: Option<SocketAddr>,
-    pub protocol: &'static str,
-    pub request_id: String,
-    pub route: Arc<str>,
-    pub upstream: Arc<str>,
-    pub upstream_address: Option<SocketAddr>,
-    pub started: SystemTime,
-    pub started_at: Instant,
-    pub request_body_bytes: u64,
-    pub response_body_bytes: u64,
-    /// Properties filters set with `proxy_set_property`, visible to the whole chain.
-    pub custom: HashMap<Vec<u8>, Vec<u8>>,
-    /// The client address geolocation uses (the peer, or behind trusted proxies the
-    /// forwarded client), and the database, looked up at most once, when a filter asks.
-    pub effective_address: Option<std::net::IpAddr>,
-    pub geo: Option<Arc<Geo>>,
-    pub geo_info: OnceLock<Arc<GeoInfo>>,
-    /// The upstream a filter chose with `route.upstream` instead of the route's.
-    pub upstream_override: Option<UpstreamId>,
-}
-
-impl StreamInfo {
-    /// The geolocation of the effective client address (looked up once).
-    pub fn geo_info(&self) -> Option<&GeoInfo> {
-        let (geo, address) = (self.geo.as_ref()?, self.effective_address?);
-        Some(self.geo_info.get_or_init(|| geo.lookup(address)).as_ref())
-    }
-}
-
-impl Default for StreamInfo {
-    fn default() -> Self {
-        StreamInfo {
-            client: None,
-            server: None,
-            protocol: "HTTP/1.1",
-            request_id: String::new(),
-            route: Arc::from(""),
-            upstream: Arc::from(""),
-            upstream_address: None,
-            started: SystemTime::now(),
-            started_at: Instant::now(),
-            request_body_bytes: 0,
-            response_body_bytes: 0,
-            custom: HashMap::new(),
-            effective_address: None,
-            geo: None,
-            geo_info: OnceLock::new(),
-            upstream_override: None,
-        }
-    }
-}
-
 /// An answer a filter made up itself with `proxy_send_local_response`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalResponse {
@@ -289,17 +214,6 @@ pub enum Resumption {
         token: u32,
         answer: CalloutAnswer,
     },
-}
-
-/// What a callout got: the response, or why there is none (the guest then sees 0 headers
-/// and an empty body).
-#[derive(Debug, Clone, Default)]
-pub struct CalloutAnswer {
-    /// Pseudo-header `:status` first.
-    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
-    pub body: Vec<u8>,
-    pub trailers: Vec<(Vec<u8>, Vec<u8>)>,
-    pub failure: Option<String>,
 }
 
 /// Caps an instance's linear memory and remembers that it was hit, so that the trap that
@@ -330,89 +244,5 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
-    }
-}
-
-/// How a guest call failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fault {
-    /// The request's CPU budget in this filter ran out.
-    CpuLimit,
-    /// The instance asked for more memory than its limit.
-    MemoryLimit,
-    /// The guest trapped (a Rust panic is an `unreachable` trap).
-    Trap(String),
-    /// The guest called `proc_exit`.
-    Exit(i32),
-    /// Starting an instance failed (instantiation or the start-up); says why.
-    Unavailable(String),
-    /// The filter is waiting out its crash back-off, so no instance is started.
-    BackingOff,
-    /// Every instance the pool allows (`wasm.max_instances`) is in use.
-    NoFreeInstance,
-}
-
-/// Why a full pool refuses an instance, in [`Fault::NoFreeInstance`] and at start-up.
-pub const NO_FREE_INSTANCE: &str = "all instances are in use (`wasm.max_instances`)";
-
-impl Fault {
-    /// Resource limits answer 503; crashes 500.
-    pub fn is_resource_limit(&self) -> bool {
-        matches!(
-            self,
-            Fault::CpuLimit
-                | Fault::MemoryLimit
-                | Fault::Unavailable(_)
-                | Fault::BackingOff
-                | Fault::NoFreeInstance
-        )
-    }
-
-    /// Whether the filter itself failed, which counts towards its crash back-off. Being
-    /// refused an instance (back-off, full pool) does not: counting it would prolong the
-    /// back-off for as long as requests keep coming.
-    pub fn is_crash(&self) -> bool {
-        !matches!(self, Fault::BackingOff | Fault::NoFreeInstance)
-    }
-
-    pub fn code(&self) -> &'static str {
-        match self {
-            Fault::CpuLimit => "cpu_limit",
-            Fault::MemoryLimit => "memory_limit",
-            Fault::Trap(_) | Fault::Exit(_) => "trap",
-            Fault::Unavailable(_) | Fault::BackingOff | Fault::NoFreeInstance => "unavailable",
-        }
-    }
-}
-
-impl std::fmt::Display for Fault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Fault::CpuLimit => f.write_str("exceeded its CPU time limit"),
-            Fault::MemoryLimit => f.write_str("exceeded its memory limit"),
-            Fault::Trap(message) => write!(f, "crashed: {message}"),
-            Fault::Exit(code) => write!(f, "exited with code {code}"),
-            Fault::Unavailable(why) => write!(f, "is unavailable: {why}"),
-            Fault::BackingOff => f.write_str("is unavailable: restarting after repeated crashes"),
-            Fault::NoFreeInstance => write!(f, "is unavailable: {NO_FREE_INSTANCE}"),
-        }
-    }
-}
-
-/// The error a `proc_exit` hostcall raises to unwind the guest.
-#[derive(Debug, thiserror::Error)]
-#[error("the filter called proc_exit({0})")]
-pub struct GuestExit(pub i32);
-
-/// Turns a failed guest call into a [`Fault`].
-pub fn classify(error: &wasmtime::Error, memory_limit_hit: bool) -> Fault {
-    if let Some(exit) = error.downcast_ref::<GuestExit>() {
-        return Fault::Exit(exit.0);
-    }
-    match error.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => Fault::CpuLimit,
-        _ if memory_limit_hit => Fault::MemoryLimit,
-        Some(trap) => Fault::Trap(trap.to_string()),
-        None => Fault::Trap(format!("{error:#}")),
     }
 }

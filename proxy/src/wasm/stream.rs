@@ -14,10 +14,12 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use tokio::sync::mpsc;
 
+use super::error::Fault;
+use super::info::StreamInfo;
 use super::instance::{HttpCallback, Instance, Outcome};
 use super::plugin::{Lease, Plugin};
-use super::state::{CpuDeadline, Fault, HttpData, LocalResponse, Phase, Resumption, StreamInfo};
-use crate::config::{FailurePolicy, ResponsePhase};
+use super::state::{CpuDeadline, HttpData, LocalResponse, Phase, Resumption};
+use crate::config::{FailurePolicy, ResponsePhase, UpstreamId};
 use crate::metrics;
 
 /// What the proxy does after a phase.
@@ -132,7 +134,7 @@ impl FilterChain {
     }
 
     /// The upstream a filter chose for this request (`route.upstream`), if any.
-    pub fn upstream_override(&self) -> Option<crate::config::UpstreamId> {
+    pub fn upstream_override(&self) -> Option<UpstreamId> {
         self.scratch
             .data
             .as_ref()

@@ -8,8 +8,8 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
 
+use super::info::PluginInfo;
 use super::instance::Instance;
-use super::state::PluginInfo;
 use crate::sync::lock;
 
 type Watched = (Weak<Mutex<Instance>>, Arc<PluginInfo>);

@@ -7,7 +7,8 @@
 
 use wasmtime::{Caller, Linker};
 
-use super::{memory, status, HostResult, Status};
+use super::memory;
+use super::status::{status, HostResult, Status};
 use crate::wasm::state::{HostState, Phase};
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use wasmtime::{Caller, Linker};
 
 use super::memory;
-use super::{status, HostResult, Status};
+use super::status::{status, HostResult, Status};
 use crate::wasm::state::HostState;
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {

@@ -10,7 +10,9 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
 use wasmtime::{Caller, Linker};
 
-use super::{memory, pairs, status, HostResult, Status};
+use super::memory;
+use super::pairs;
+use super::status::{status, HostResult, Status};
 use crate::wasm::state::{HostState, Phase};
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {

@@ -11,9 +11,11 @@ use std::time::Duration;
 use http::Method;
 use wasmtime::{Caller, Linker};
 
-use super::{memory, pairs, HostResult, Status};
+use super::memory;
+use super::pairs;
+use super::status::{HostResult, Status};
 use crate::metrics;
-use crate::wasm::dispatch::{Callout, CalloutRequest, Job};
+use crate::wasm::services::{Callout, CalloutRequest, Job};
 use crate::wasm::state::HostState;
 
 /// A callout without a timeout (0) gets this one; no callout waits longer than the maximum.

@@ -4,7 +4,7 @@
 use wasmtime::{Caller, Linker};
 
 use super::memory;
-use super::{status, HostResult, Status};
+use super::status::{status, HostResult, Status};
 use crate::wasm::state::HostState;
 
 /// Where filter log lines go; `EDGEWARD_LOG=edgeward::filter=debug` tunes them.

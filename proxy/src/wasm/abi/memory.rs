@@ -2,7 +2,7 @@
 
 use wasmtime::{Caller, Memory};
 
-use super::{HostResult, Status};
+use super::status::{status, HostResult, Status};
 use crate::wasm::state::HostState;
 
 fn memory(caller: &Caller<'_, HostState>) -> Result<Memory, Status> {
@@ -69,7 +69,7 @@ pub fn return_bytes(
         }
     }
     if data.is_empty() {
-        return Ok(super::status(
+        return Ok(status(
             write_u32(caller, ret_ptr, 0).and_then(|()| write_u32(caller, ret_size, 0)),
         ));
     }
@@ -91,7 +91,7 @@ pub fn return_bytes(
     let result = write(caller, ptr, data)
         .and_then(|()| write_u32(caller, ret_ptr, ptr))
         .and_then(|()| write_u32(caller, ret_size, len));
-    Ok(super::status(result))
+    Ok(status(result))
 }
 
 #[cfg(test)]

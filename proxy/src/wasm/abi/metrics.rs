@@ -4,8 +4,10 @@
 
 use wasmtime::{Caller, Linker};
 
-use super::{memory, status, HostResult, Status};
+use super::memory;
+use super::status::{status, HostResult, Status};
 use crate::metrics::{self, CustomKind, CustomMetric};
+use crate::wasm::error::describe;
 use crate::wasm::state::HostState;
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -37,7 +39,7 @@ fn define(
     match metrics::global().define_custom(&filter, kind, &name) {
         Ok(id) => Ok(status(memory::write_u32(&mut caller, ret_id, id))),
         Err(e) => {
-            log::warn!("filter `{filter}`: cannot define metric: {e}");
+            log::warn!("filter `{filter}`: cannot define metric: {}", describe(&e));
             Ok(Status::BadArgument as i32)
         }
     }

@@ -15,6 +15,7 @@ pub mod pairs;
 pub mod properties;
 pub mod queues;
 pub mod shared_data;
+pub mod status;
 pub mod stream;
 pub mod unsupported;
 pub mod wasi;
@@ -22,34 +23,6 @@ pub mod wasi;
 use wasmtime::Linker;
 
 use super::state::HostState;
-
-/// `proxy_status_t`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(i32)]
-pub enum Status {
-    Ok = 0,
-    NotFound = 1,
-    BadArgument = 2,
-    SerializationFailure = 3,
-    ParseFailure = 4,
-    InvalidMemoryAccess = 6,
-    Empty = 7,
-    CasMismatch = 8,
-    InternalFailure = 10,
-    Unimplemented = 12,
-}
-
-/// What a hostcall returns to the guest: a status, or an error that unwinds it (a trap from a
-/// re-entrant allocator call, or `proc_exit`).
-pub type HostResult = wasmtime::Result<i32>;
-
-/// Folds a hostcall body's outcome into the guest's status code.
-pub fn status(result: Result<(), Status>) -> i32 {
-    match result {
-        Ok(()) => Status::Ok as i32,
-        Err(status) => status as i32,
-    }
-}
 
 /// Registers every host function a filter may import.
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {

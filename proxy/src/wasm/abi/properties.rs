@@ -10,7 +10,9 @@ use std::time::UNIX_EPOCH;
 use pingora::http::{RequestHeader, ResponseHeader};
 use wasmtime::{Caller, Linker};
 
-use super::{memory, pairs, status, HostResult, Status};
+use super::memory;
+use super::pairs;
+use super::status::{status, HostResult, Status};
 use crate::wasm::state::{HostState, HttpData};
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -268,7 +270,7 @@ fn nanos_since_epoch(time: std::time::SystemTime) -> i64 {
 }
 
 /// Stable for the life of a client connection: a hash of its two addresses.
-fn connection_id(info: &crate::wasm::state::StreamInfo) -> u64 {
+fn connection_id(info: &crate::wasm::info::StreamInfo) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     (info.client, info.server).hash(&mut hasher);

@@ -4,8 +4,9 @@
 
 use wasmtime::{Caller, Linker};
 
-use super::{memory, status, HostResult, Status};
-use crate::wasm::dispatch::Job;
+use super::memory;
+use super::status::{status, HostResult, Status};
+use crate::wasm::services::Job;
 use crate::wasm::shared::QueueOwner;
 use crate::wasm::state::HostState;
 

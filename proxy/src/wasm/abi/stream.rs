@@ -8,7 +8,9 @@
 
 use wasmtime::{Caller, Linker};
 
-use super::{memory, pairs, status, HostResult, Status};
+use super::memory;
+use super::pairs;
+use super::status::{status, HostResult, Status};
 use crate::wasm::state::{HostState, LocalResponse, Resumption};
 
 pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {

@@ -4,7 +4,7 @@
 
 use wasmtime::{Caller, Linker};
 
-use super::{HostResult, Status};
+use super::status::{HostResult, Status};
 use crate::wasm::state::HostState;
 
 fn refuse(caller: &Caller<'_, HostState>, call: &str, status: Status) -> HostResult {

@@ -12,7 +12,8 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use wasmtime::{Caller, FuncType, Linker, Val, ValType};
 
 use super::memory;
-use crate::wasm::state::{GuestExit, HostState};
+use crate::wasm::error::GuestExit;
+use crate::wasm::state::HostState;
 
 const MODULES: [&str; 2] = ["wasi_snapshot_preview1", "wasi_unstable"];
 
@@ -117,7 +118,7 @@ pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-fn errno(result: Result<(), super::Status>) -> i32 {
+fn errno(result: Result<(), super::status::Status>) -> i32 {
     if result.is_ok() {
         SUCCESS
     } else {
@@ -214,7 +215,7 @@ fn fd_fdstat_get(mut caller: Caller<'_, HostState>, fd: u32, ret_stat: u32) -> i
     };
     errno(
         mem.write(&mut caller, ret_stat as usize, &stat)
-            .map_err(|_| super::Status::InvalidMemoryAccess),
+            .map_err(|_| super::status::Status::InvalidMemoryAccess),
     )
 }
 
@@ -263,7 +264,7 @@ fn random_get(mut caller: Caller<'_, HostState>, ptr: u32, len: u32) -> i32 {
     };
     errno(
         mem.write(&mut caller, ptr as usize, &bytes)
-            .map_err(|_| super::Status::InvalidMemoryAccess),
+            .map_err(|_| super::status::Status::InvalidMemoryAccess),
     )
 }
 

@@ -1,0 +1,213 @@
+//! The answers edgeward writes itself: a refusal (no route, no healthy endpoint, an upstream
+//! failure) and a filter's answer (its local response, or its failure). Every JSON answer is
+//! made by [`json`], with the same headers.
+
+use bytes::Bytes;
+use http::{header, HeaderValue};
+use pingora::http::ResponseHeader;
+use pingora::prelude::*;
+use pingora::{ErrorSource, ErrorType};
+
+use super::forwarding::REQUEST_ID;
+use crate::wasm::{FilterFailure, LocalResponse};
+
+/// Why edgeward answered a request itself. Each maps to one status and one JSON error code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    NoRoute,
+    PurgeForbidden,
+    NoHealthyEndpoint,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    BadRequest,
+    Internal,
+}
+
+impl Refusal {
+    pub fn status(self) -> u16 {
+        match self {
+            Refusal::NoRoute => 404,
+            Refusal::PurgeForbidden => 403,
+            Refusal::NoHealthyEndpoint | Refusal::UpstreamUnavailable => 502,
+            Refusal::UpstreamTimeout => 504,
+            Refusal::BadRequest => 400,
+            Refusal::Internal => 500,
+        }
+    }
+
+    pub fn code(self) -> &'static str {
+        match self {
+            Refusal::NoRoute => "no_route",
+            Refusal::PurgeForbidden => "purge_forbidden",
+            Refusal::NoHealthyEndpoint => "no_healthy_endpoint",
+            Refusal::UpstreamTimeout => "upstream_timeout",
+            Refusal::UpstreamUnavailable => "upstream_unavailable",
+            Refusal::BadRequest => "bad_request",
+            Refusal::Internal => "internal_error",
+        }
+    }
+
+    /// Whether the upstream failed (counted per upstream).
+    pub fn is_upstream_failure(self) -> bool {
+        matches!(
+            self,
+            Refusal::NoHealthyEndpoint | Refusal::UpstreamTimeout | Refusal::UpstreamUnavailable
+        )
+    }
+
+    /// What a proxying error means for the client; `None` when the client went away.
+    pub fn from_error(e: &Error) -> Option<Refusal> {
+        use ErrorType::*;
+        Some(match (e.esource(), e.etype()) {
+            (
+                ErrorSource::Upstream | ErrorSource::Unset,
+                ConnectTimedout | ReadTimedout | WriteTimedout,
+            ) => Refusal::UpstreamTimeout,
+            (ErrorSource::Upstream, _) => Refusal::UpstreamUnavailable,
+            (_, ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure) => {
+                Refusal::UpstreamUnavailable
+            }
+            // The client went away: there is nobody to answer.
+            (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => return None,
+            (ErrorSource::Downstream, _) => Refusal::BadRequest,
+            _ => Refusal::Internal,
+        })
+    }
+
+    /// The message for a refusal that a proxying error `e` caused on `upstream`.
+    pub fn message(self, upstream: &str, e: &Error) -> String {
+        match self {
+            Refusal::NoHealthyEndpoint => format!("upstream `{upstream}` has no healthy endpoint"),
+            Refusal::UpstreamTimeout => format!("upstream `{upstream}` did not answer in time"),
+            Refusal::UpstreamUnavailable => {
+                format!("upstream `{upstream}` failed: {}", e.etype().as_str())
+            }
+            Refusal::BadRequest => format!("bad request: {}", e.etype().as_str()),
+            Refusal::NoRoute | Refusal::PurgeForbidden | Refusal::Internal => {
+                "internal error".to_string()
+            }
+        }
+    }
+}
+
+/// A response edgeward writes instead of the upstream's.
+#[derive(Debug)]
+pub enum Answer {
+    Local(LocalResponse),
+    FilterFailed(FilterFailure),
+}
+
+impl Answer {
+    pub fn status(&self) -> u16 {
+        match self {
+            Answer::Local(response) => response.status,
+            Answer::FilterFailed(failure) => failure.status,
+        }
+    }
+
+    /// The error code for the access log, when a filter failed.
+    pub fn error_code(&self) -> Option<&'static str> {
+        match self {
+            Answer::Local(_) => None,
+            Answer::FilterFailed(failure) => Some(failure.code),
+        }
+    }
+
+    /// The head and body: the filter's own response, or edgeward's JSON error naming the
+    /// filter.
+    pub fn response(&self, request_id: &HeaderValue) -> Result<(ResponseHeader, Bytes)> {
+        match self {
+            Answer::Local(local) => {
+                let mut head = ResponseHeader::build(local.status, Some(local.headers.len() + 1))?;
+                for (name, value) in &local.headers {
+                    if let (Ok(name), Ok(value)) = (
+                        http::HeaderName::from_bytes(name),
+                        HeaderValue::from_bytes(value),
+                    ) {
+                        head.append_header(name, value)?;
+                    }
+                }
+                head.remove_header(&header::TRANSFER_ENCODING);
+                head.set_content_length(local.body.len())?;
+                Ok((head, Bytes::copy_from_slice(&local.body)))
+            }
+            Answer::FilterFailed(failure) => {
+                let mut body =
+                    error_body(failure.code, failure.status, &failure.message, request_id);
+                body["filter"] = failure.filter.as_str().into();
+                json(failure.status, &body, request_id)
+            }
+        }
+    }
+}
+
+/// Answers with a refusal's JSON error.
+pub async fn refuse(
+    session: &mut Session,
+    request_id: &HeaderValue,
+    refusal: Refusal,
+    message: &str,
+) -> Result<()> {
+    let body = error_body(refusal.code(), refusal.status(), message, request_id);
+    send(session, json(refusal.status(), &body, request_id)?).await
+}
+
+/// The fields every JSON error of edgeward's has.
+fn error_body(
+    code: &str,
+    status: u16,
+    message: &str,
+    request_id: &HeaderValue,
+) -> serde_json::Value {
+    serde_json::json!({
+        "error": code,
+        "status": status,
+        "message": message,
+        "request_id": request_id.to_str().unwrap_or_default(),
+    })
+}
+
+/// A JSON answer of edgeward's own: never cached, tagged with the request id.
+pub fn json(
+    status: u16,
+    body: &serde_json::Value,
+    request_id: &HeaderValue,
+) -> Result<(ResponseHeader, Bytes)> {
+    let body = body.to_string();
+    let mut head = ResponseHeader::build(status, Some(4))?;
+    head.insert_header(header::CONTENT_TYPE, "application/json")?;
+    head.insert_header(header::CACHE_CONTROL, "no-store")?;
+    head.insert_header(REQUEST_ID, request_id.clone())?;
+    head.set_content_length(body.len())?;
+    Ok((head, Bytes::from(body)))
+}
+
+/// Writes a whole answer, then reads what the client is still sending.
+pub async fn send(session: &mut Session, (head, body): (ResponseHeader, Bytes)) -> Result<()> {
+    session.write_response_header(Box::new(head), false).await?;
+    session.write_response_body(Some(body), true).await?;
+    drain_unread_body(session).await;
+    Ok(())
+}
+
+/// Reads (and drops) what the client is still sending after it was answered early, for a
+/// bounded time: closing with unread data makes the kernel reset the connection, and the
+/// client would never see the answer.
+async fn drain_unread_body(session: &mut Session) {
+    const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+    let downstream = session.as_downstream_mut();
+    if downstream.is_body_done() {
+        return;
+    }
+    if tokio::time::timeout(DRAIN_TIMEOUT, downstream.drain_request_body())
+        .await
+        .is_err()
+    {
+        log::debug!("gave up draining a request body after {DRAIN_TIMEOUT:?}");
+    }
+}
+
+/// The error that drops the connection without an answer, as a filter asked.
+pub fn closed_by_filter() -> Box<Error> {
+    Error::explain(ErrorType::ConnectionClosed, "a filter closed the stream").into_down()
+}

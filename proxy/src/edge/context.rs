@@ -1,0 +1,132 @@
+//! What a request carries from hook to hook.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::HeaderValue;
+
+use super::answers::{Answer, Refusal};
+use crate::body_length::DeclaredLength;
+use crate::cache::Outcome;
+use crate::config::{Route, UpstreamId};
+use crate::metrics;
+use crate::request_buffering::RequestBuffer;
+use crate::wasm::FilterChain;
+
+pub struct RequestCtx {
+    pub started: Instant,
+    pub request_id: HeaderValue,
+    pub route: Option<Arc<Route>>,
+    /// A small request body, held until complete.
+    pub request_buffer: RequestBuffer,
+    /// Set when edgeward answered on its own (no route, no endpoint, upstream failure).
+    pub refusal: Option<Refusal>,
+    pub upstream: UpstreamState,
+    pub cache: CacheState,
+    pub filters: FilterState,
+    _inflight: InflightGuard,
+}
+
+/// The upstream side of a request.
+#[derive(Default)]
+pub struct UpstreamState {
+    /// The route's upstream, or the one a filter chose instead.
+    pub chosen: Option<UpstreamId>,
+    /// Endpoints that refused a connection for this request; retries go elsewhere.
+    pub failed_endpoints: Vec<SocketAddr>,
+    pub endpoint: Option<SocketAddr>,
+    /// When the endpoint was chosen, until its response head arrives.
+    pub started: Option<Instant>,
+    /// The status of the upstream's response head, when the upstream answered.
+    pub status: Option<u16>,
+    /// Body bytes received, against the cache's object size limit.
+    pub body_bytes: u64,
+}
+
+/// What the cache does for a request.
+#[derive(Default)]
+pub struct CacheState {
+    /// The cache is on for this request.
+    pub on: bool,
+    /// Why the request skipped the cache of its route.
+    pub bypass: Option<&'static str>,
+    /// What the cache did, once the response head is known.
+    pub outcome: Option<Outcome>,
+}
+
+/// The route's filter chain and what it decided.
+#[derive(Default)]
+pub struct FilterState {
+    /// The route's filters, when it has any.
+    pub chain: Option<FilterChain>,
+    /// Whether the request has a body for the filters to see.
+    pub request_has_body: bool,
+    /// The length the upstream request head announced, which the filtered body must keep.
+    pub request_length: DeclaredLength,
+    /// The response body as the filters of each phase see it.
+    pub before_cache: BodyPhase,
+    pub after_cache: BodyPhase,
+    /// A filter's answer decided in a phase that cannot write it; `fail_to_proxy` does.
+    pub pending_answer: Option<Answer>,
+    /// The error code of a filter's failure, for the access log.
+    pub error: Option<&'static str>,
+}
+
+/// The response body as the filters of one response phase see it.
+#[derive(Default)]
+pub struct BodyPhase {
+    /// There is a body for these filters to see.
+    pub has_body: bool,
+    /// A filter answered in this phase's head: its body replaces the response body, once.
+    pub replaced: bool,
+    pub replacement: Option<Bytes>,
+    /// These filters were told the body ended.
+    pub ended: bool,
+    /// The length the head announced, which the filtered body must keep.
+    pub length: DeclaredLength,
+}
+
+impl FilterState {
+    /// Keeps the error code of a filter's failure for the access log.
+    pub fn note(&mut self, answer: &Answer) {
+        if let Some(code) = answer.error_code() {
+            self.error = Some(code);
+        }
+    }
+}
+
+impl RequestCtx {
+    /// A new request's context; it counts in `inflight` for as long as it lives.
+    pub fn new(inflight: &Arc<AtomicUsize>) -> Self {
+        inflight.fetch_add(1, Ordering::AcqRel);
+        metrics::global().inflight.inc();
+        RequestCtx {
+            started: Instant::now(),
+            request_id: HeaderValue::from_static(""),
+            route: None,
+            request_buffer: RequestBuffer::default(),
+            refusal: None,
+            upstream: UpstreamState::default(),
+            cache: CacheState::default(),
+            filters: FilterState::default(),
+            _inflight: InflightGuard(inflight.clone()),
+        }
+    }
+
+    pub fn route_name(&self) -> &str {
+        self.route.as_deref().map_or("", |r| r.name.as_str())
+    }
+}
+
+/// Counts a request as in flight for as long as its context lives (shutdown waits on it).
+struct InflightGuard(Arc<AtomicUsize>);
+
+impl Drop for InflightGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+        metrics::global().inflight.dec();
+    }
+}

@@ -1,0 +1,276 @@
+//! The route's filter chain at each phase, and what its verdicts mean for the response: go
+//! on, answer now, answer once the phase allows it, or cut the response short.
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{header, Version};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+
+use super::answers::{self, closed_by_filter, Answer};
+use super::context::RequestCtx;
+use super::forwarding::protocol_name;
+use crate::body_length::{DeclaredLength, LengthMismatch};
+use crate::config::{ResponsePhase, Route};
+use crate::geo::Geo;
+use crate::upstream::Upstreams;
+use crate::wasm::{FilterChain, FilterFailure, StreamInfo, Verdict};
+
+/// The access log's error code for a body whose length a filter changed under its head.
+const LENGTH_CHANGED: &str = "body_length_changed";
+
+/// The request facts the filters' properties expose.
+pub fn stream_info(
+    session: &Session,
+    ctx: &RequestCtx,
+    route: &Route,
+    geo: Option<&Arc<Geo>>,
+    upstreams: &Upstreams,
+) -> StreamInfo {
+    let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+    let effective_address = client.map(|peer| match geo {
+        Some(geo) => {
+            let forwarded = session.req_header().headers.get_all("x-forwarded-for");
+            geo.client_address(peer.ip(), forwarded.iter().filter_map(|v| v.to_str().ok()))
+        }
+        None => peer.ip(),
+    });
+    StreamInfo {
+        client,
+        effective_address,
+        geo: geo.cloned(),
+        server: session.server_addr().and_then(|a| a.as_inet()).copied(),
+        protocol: protocol_name(session.req_header().version),
+        request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
+        route: Arc::from(route.name.as_str()),
+        upstream: Arc::from(upstreams.get(route.upstream).name()),
+        started: SystemTime::now() - ctx.started.elapsed(),
+        started_at: ctx.started,
+        ..StreamInfo::default()
+    }
+}
+
+/// Runs the request head through `chain`, which the request keeps: `Ok(true)` when the
+/// request was answered here.
+pub async fn request_headers(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    mut chain: FilterChain,
+) -> Result<bool> {
+    let end_of_stream = session.is_body_empty();
+    ctx.filters.request_has_body = !end_of_stream;
+    let verdict = chain
+        .on_request_headers(session.req_header_mut(), end_of_stream)
+        .await;
+    // A filter may have chosen another upstream (`route.upstream`).
+    if let Some(upstream) = chain.upstream_override() {
+        ctx.upstream.chosen = Some(upstream);
+    }
+    ctx.filters.chain = Some(chain);
+    let answer = match verdict {
+        Verdict::Continue => return Ok(false),
+        Verdict::Respond(response) => Answer::Local(response),
+        Verdict::Fail(failure) => Answer::FilterFailed(failure),
+        Verdict::Close => return Err(closed_by_filter()),
+    };
+    send(session, ctx, answer).await.map(|()| true)
+}
+
+/// Writes a filter's answer as the whole response.
+pub async fn send(session: &mut Session, ctx: &mut RequestCtx, answer: Answer) -> Result<()> {
+    ctx.filters.note(&answer);
+    answers::send(session, answer.response(&ctx.request_id)?).await
+}
+
+/// Runs a request body chunk through the chain. A filter's answer aborts the upstream request
+/// (its head already went) and is written by `fail_to_proxy`.
+pub async fn request_body(
+    session: &mut Session,
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+    ctx: &mut RequestCtx,
+) -> Result<()> {
+    let Some(chain) = ctx
+        .filters
+        .chain
+        .as_mut()
+        .filter(|_| ctx.filters.request_has_body)
+    else {
+        return Ok(());
+    };
+    // Held-back data is an empty chunk, never `None`, which would end the upstream body.
+    let (data, verdict) = chain
+        .on_request_body(session.req_header_mut(), body.take(), end_of_stream)
+        .await;
+    let length_kept = ctx.filters.request_length.pass(data.len(), end_of_stream);
+    *body = Some(data);
+    let answer = match verdict {
+        Verdict::Continue => match length_kept {
+            Ok(()) => return Ok(()),
+            Err(mismatch) => Answer::FilterFailed(length_changed(ctx, &mismatch, "request")),
+        },
+        Verdict::Close => return Err(closed_by_filter()),
+        Verdict::Respond(response) => Answer::Local(response),
+        Verdict::Fail(failure) => Answer::FilterFailed(failure),
+    };
+    let status = answer.status();
+    ctx.filters.pending_answer = Some(answer);
+    Error::e_explain(
+        ErrorType::HTTPStatus(status),
+        "a filter answered during the request body",
+    )
+}
+
+/// Runs a response head through the filters of `phase`. A filter's answer replaces the head
+/// here, and the body in the same phase.
+pub async fn response_head(
+    session: &mut Session,
+    resp: &mut ResponseHeader,
+    ctx: &mut RequestCtx,
+    phase: ResponsePhase,
+) -> Result<()> {
+    let Some(chain) = ctx
+        .filters
+        .chain
+        .as_mut()
+        .filter(|c| c.has_response_phase(phase))
+    else {
+        return Ok(());
+    };
+    let end_of_stream = !response_has_body(session.req_header(), resp);
+    let verdict = chain
+        .on_response_headers(phase, session.req_header_mut(), resp, end_of_stream)
+        .await;
+    let body = match phase {
+        ResponsePhase::BeforeCache => &mut ctx.filters.before_cache,
+        ResponsePhase::AfterCache => &mut ctx.filters.after_cache,
+    };
+    body.has_body = !end_of_stream;
+    let answer = match verdict {
+        Verdict::Continue => {
+            if body.has_body {
+                body.length = DeclaredLength::announce(&resp.headers);
+                // A filter that removed the length gets the body chunked (HTTP/1.1) or
+                // framed (HTTP/2).
+                let unframed_h1 = phase == ResponsePhase::AfterCache
+                    && session.req_header().version != Version::HTTP_2
+                    && !resp.headers.contains_key(header::CONTENT_LENGTH)
+                    && !resp.headers.contains_key(header::TRANSFER_ENCODING);
+                if unframed_h1 {
+                    resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+                }
+            }
+            return Ok(());
+        }
+        Verdict::Close => return Err(closed_by_filter()),
+        Verdict::Respond(response) => Answer::Local(response),
+        Verdict::Fail(failure) => Answer::FilterFailed(failure),
+    };
+    // The head has not left yet: replace it, and the body after it.
+    let (head, replacement) = answer.response(&ctx.request_id)?;
+    *resp = head;
+    body.replaced = true;
+    body.replacement = Some(replacement);
+    ctx.filters.note(&answer);
+    Ok(())
+}
+
+/// Runs a response body chunk through the filters of `phase`.
+pub fn response_body(
+    session: &mut Session,
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+    ctx: &mut RequestCtx,
+    phase: ResponsePhase,
+) -> Result<()> {
+    let state = match phase {
+        ResponsePhase::BeforeCache => &mut ctx.filters.before_cache,
+        ResponsePhase::AfterCache => &mut ctx.filters.after_cache,
+    };
+    if state.replaced {
+        // A filter's answer replaced the response: its body once, never the upstream's.
+        *body = Some(state.replacement.take().unwrap_or_default());
+        return Ok(());
+    }
+    let Some(chain) = ctx
+        .filters
+        .chain
+        .as_mut()
+        .filter(|_| state.has_body && !state.ended)
+    else {
+        return Ok(());
+    };
+    state.ended = end_of_stream;
+    let (data, verdict) =
+        chain.on_response_body(phase, session.req_header_mut(), body.take(), end_of_stream);
+    let length_kept = state.length.pass(data.len(), end_of_stream);
+    *body = Some(data);
+    match verdict {
+        Verdict::Continue => length_kept.or_else(|mismatch| {
+            // Answered in `fail_to_proxy` if the head has not left yet, else cut off.
+            let failure = length_changed(ctx, &mismatch, "response");
+            ctx.filters.error = Some(LENGTH_CHANGED);
+            ctx.filters.pending_answer = Some(Answer::FilterFailed(failure));
+            Error::e_explain(ErrorType::HTTPStatus(500), "response body length changed")
+        }),
+        // The head is gone: the only honest ending is to cut the response short.
+        Verdict::Close => Err(closed_by_filter()),
+        Verdict::Respond(_) | Verdict::Fail(_) => {
+            if let Verdict::Fail(failure) = &verdict {
+                ctx.filters.error = Some(failure.code);
+            }
+            log::warn!("a filter answered after the response head was sent ({verdict:?}); aborting the response");
+            Error::e_explain(
+                ErrorType::InternalError,
+                "filter answered during the response body",
+            )
+        }
+    }
+}
+
+/// `on_log`, `on_done` and `on_delete` for the filters that saw the request.
+pub fn finish(session: &mut Session, ctx: &mut RequestCtx) {
+    if let Some(chain) = ctx.filters.chain.as_mut() {
+        let sent = chain
+            .needs_sent_response()
+            .then(|| session.response_written().cloned())
+            .flatten();
+        chain.finish(session.req_header_mut(), sent);
+    }
+}
+
+/// Logs and explains a filtered body that broke its head's `Content-Length`: the message
+/// cannot be finished honestly, so it ends (with a 500 if its head has not left yet).
+fn length_changed(ctx: &RequestCtx, mismatch: &LengthMismatch, direction: &str) -> FilterFailure {
+    let filters = ctx
+        .filters
+        .chain
+        .as_ref()
+        .map(FilterChain::filter_names)
+        .unwrap_or_default();
+    log::warn!(
+        "route `{}` (filters {filters}): the {direction} is cut off: {mismatch}",
+        ctx.route_name()
+    );
+    FilterFailure {
+        filter: filters,
+        status: 500,
+        code: LENGTH_CHANGED,
+        message: format!("the {direction} body: {mismatch}"),
+    }
+}
+
+/// Whether a response to this request carries a body (RFC 9110 §6.4.1).
+fn response_has_body(req: &RequestHeader, resp: &ResponseHeader) -> bool {
+    let status = resp.status.as_u16();
+    req.method != http::Method::HEAD
+        && !(100..200).contains(&status)
+        && status != 204
+        && status != 304
+        && resp
+            .headers
+            .get(header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() != b"0")
+}

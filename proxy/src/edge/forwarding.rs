@@ -1,0 +1,220 @@
+//! What a proxy adds and removes on the way: the request id, `X-Forwarded-*` and `Via`,
+//! hop-by-hop fields, and the route's path and host rewrites.
+
+use std::fmt::Write as _;
+
+use http::{header, HeaderValue, Version};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+
+use crate::config::Route;
+use crate::fields;
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// The route's rewrites (path prefix, `Host`) and the forwarding headers, on the request
+/// going upstream.
+pub fn rewrite_upstream_request(
+    session: &Session,
+    route: &Route,
+    upstream_request: &mut RequestHeader,
+) -> Result<()> {
+    if let Some(prefix) = &route.strip_prefix {
+        let stripped = strip_path_prefix(&upstream_request.uri, prefix);
+        upstream_request.set_uri(stripped);
+    }
+    if let Some(host) = &route.host_rewrite {
+        // Origin-form URI, so that an HTTP/2 `:authority` cannot override the new Host.
+        let origin_form = upstream_request
+            .uri
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str())
+            .parse::<http::Uri>()
+            .map_err(|e| Error::because(ErrorType::InternalError, "origin-form URI", e))?;
+        upstream_request.set_uri(origin_form);
+        upstream_request.insert_header(header::HOST, host.clone())?;
+    }
+    add_forwarding_headers(session, upstream_request)
+}
+
+/// Keeps a sane client-supplied request id (so traces join up), otherwise makes a new one.
+pub fn request_id(req: &RequestHeader) -> HeaderValue {
+    let supplied = req.headers.get(REQUEST_ID).filter(|v| {
+        let b = v.as_bytes();
+        !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+    });
+    match supplied {
+        Some(v) => v.clone(),
+        None => new_request_id(),
+    }
+}
+
+fn new_request_id() -> HeaderValue {
+    use std::cell::Cell;
+    use std::hash::BuildHasher;
+    thread_local! {
+        // A randomly keyed hasher over a counter: unique, unpredictable, no syscall per id.
+        static SOURCE: (std::collections::hash_map::RandomState, Cell<u64>) = Default::default();
+    }
+    let (a, b) = SOURCE.with(|(keys, counter)| {
+        let n = counter.get();
+        counter.set(n.wrapping_add(2));
+        (keys.hash_one(n), keys.hash_one(n + 1))
+    });
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&a.to_be_bytes());
+    raw[8..].copy_from_slice(&b.to_be_bytes());
+    let mut id = [0u8; 32];
+    // 32 hex digits (of a slice exactly twice as long) are always a valid header value.
+    match hex::encode_to_slice(raw, &mut id) {
+        Ok(()) => HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0")),
+        Err(_) => HeaderValue::from_static("0"),
+    }
+}
+
+pub fn protocol_name(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2",
+        Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP",
+    }
+}
+
+/// `/api/users?x=1` with prefix `/api/` → `/users?x=1`; the result always starts with `/`.
+fn strip_path_prefix(uri: &http::Uri, prefix: &str) -> http::Uri {
+    let path = uri.path();
+    let rest = path.strip_prefix(prefix).unwrap_or(path);
+    let mut new = String::with_capacity(path.len() + 1);
+    if !rest.starts_with('/') {
+        new.push('/');
+    }
+    new.push_str(rest);
+    if let Some(query) = uri.query() {
+        new.push('?');
+        new.push_str(query);
+    }
+    new.parse().unwrap_or_else(|_| uri.clone())
+}
+
+/// X-Forwarded-For (appended), X-Forwarded-Proto, X-Forwarded-Host and Via, as a proxy should.
+fn add_forwarding_headers(session: &Session, upstream_request: &mut RequestHeader) -> Result<()> {
+    let downstream = session.req_header();
+    if let Some(client) = session.client_addr().and_then(|a| a.as_inet()) {
+        let mut chain = String::with_capacity(48);
+        let earlier = downstream.headers.get_all("x-forwarded-for");
+        for hop in earlier.iter().filter_map(|v| v.to_str().ok()) {
+            chain.push_str(hop);
+            chain.push_str(", ");
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(chain, "{}", client.ip());
+        upstream_request.insert_header("x-forwarded-for", chain)?;
+    }
+    upstream_request.insert_header("x-forwarded-proto", HeaderValue::from_static("http"))?;
+    let original_host = match downstream.uri.authority() {
+        Some(authority) => Some(HeaderValue::from_str(authority.as_str()).ok()),
+        None => Some(downstream.headers.get(header::HOST).cloned()),
+    }
+    .flatten();
+    if let Some(host) = original_host {
+        upstream_request.insert_header("x-forwarded-host", host)?;
+    }
+    let via = via(downstream.headers.get(header::VIA), downstream.version);
+    // Names as `&'static str`: a `HeaderName` makes Pingora copy its case, then parse it back.
+    upstream_request.insert_header("via", via)
+}
+
+/// `existing` Via with this hop appended, e.g. `1.1 cdn, 1.1 edgeward`.
+pub fn via(existing: Option<&HeaderValue>, version: Version) -> HeaderValue {
+    // Static values: most requests and responses carry no Via, and need no formatting.
+    let ours = match version {
+        Version::HTTP_10 => "1.0 edgeward",
+        Version::HTTP_2 => "2 edgeward",
+        Version::HTTP_3 => "3 edgeward",
+        _ => "1.1 edgeward",
+    };
+    existing
+        .and_then(|v| v.to_str().ok())
+        .and_then(|existing| HeaderValue::from_str(&format!("{existing}, {ours}")).ok())
+        .unwrap_or(HeaderValue::from_static(ours))
+}
+
+/// Hop-by-hop response fields belong to the upstream connection, not the client's
+/// (RFC 9110 §7.6.1). Pingora frames the downstream response itself.
+pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+    const HOP_BY_HOP: [&str; 5] = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "upgrade",
+        "proxy-authenticate",
+    ];
+    if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+        return;
+    }
+    let nominated: Vec<String> = resp
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| {
+            !t.is_empty()
+                && !["close", "keep-alive", "transfer-encoding", "content-length"]
+                    .iter()
+                    .any(|kept| t.eq_ignore_ascii_case(kept))
+        })
+        .map(str::to_ascii_lowercase)
+        .collect();
+    for name in nominated {
+        resp.remove_header(&name);
+    }
+    fields::remove_fields(resp, &HOP_BY_HOP);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_stripping_keeps_a_leading_slash_and_the_query() {
+        let uri: http::Uri = "/api/users?x=1".parse().unwrap();
+        assert_eq!(strip_path_prefix(&uri, "/api/").to_string(), "/users?x=1");
+        let uri: http::Uri = "/api".parse().unwrap();
+        assert_eq!(strip_path_prefix(&uri, "/api").to_string(), "/");
+    }
+
+    #[test]
+    fn request_ids_are_unique_hex() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.as_bytes().iter().all(|c| c.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn via_appends_this_hop() {
+        assert_eq!(via(None, Version::HTTP_2), "2 edgeward");
+        let cdn = HeaderValue::from_static("1.0 cdn");
+        assert_eq!(via(Some(&cdn), Version::HTTP_11), "1.0 cdn, 1.1 edgeward");
+    }
+
+    #[test]
+    fn hop_by_hop_response_fields_are_removed() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.insert_header("connection", "close, x-secret").unwrap();
+        resp.insert_header("x-secret", "1").unwrap();
+        resp.insert_header("keep-alive", "timeout=5").unwrap();
+        resp.insert_header("x-kept", "1").unwrap();
+        strip_hop_by_hop(&mut resp);
+        assert!(resp.headers.get("x-secret").is_none());
+        assert!(resp.headers.get("keep-alive").is_none());
+        assert!(resp.headers.get("connection").is_none());
+        assert_eq!(resp.headers.get("x-kept").unwrap(), "1");
+    }
+}

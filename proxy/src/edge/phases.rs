@@ -1,0 +1,370 @@
+//! `Edge`, the Pingora `ProxyHttp` implementation: a thin conductor. Each hook asks a module
+//! (routing, upstream, cache, the filter host, the access log) what to do and applies the
+//! answer; the work is in the files beside this one.
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::Instant;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::modules::http::HttpModules;
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, RangeType};
+use pingora::upstreams::peer::Peer;
+use pingora::ErrorType;
+
+use super::answers::{self, Refusal};
+use super::context::RequestCtx;
+use super::forwarding::{self, REQUEST_ID};
+use super::{caching, failures, filtering, logging, purge};
+use crate::access_log::AccessLogger;
+use crate::body_length::DeclaredLength;
+use crate::cache::{self, Cache};
+use crate::config::{ResponsePhase, RouteCache};
+use crate::geo::Geo;
+use crate::metrics;
+use crate::request_buffering::RequestBuffer;
+use crate::routing::{request_host, RouteTable};
+use crate::upstream::Upstreams;
+use crate::wasm::FilterHost;
+
+pub struct Edge {
+    routes: RouteTable,
+    geo: Option<Arc<Geo>>,
+    upstreams: Arc<Upstreams>,
+    filters: FilterHost,
+    cache: Option<Arc<Cache>>,
+    access_log: AccessLogger,
+    inflight: Arc<AtomicUsize>,
+}
+
+impl Edge {
+    pub fn new(
+        routes: RouteTable,
+        upstreams: Arc<Upstreams>,
+        filters: FilterHost,
+        geo: Option<Arc<Geo>>,
+        cache: Option<Arc<Cache>>,
+        access_log: AccessLogger,
+    ) -> Self {
+        Edge {
+            routes,
+            geo,
+            upstreams,
+            filters,
+            cache,
+            access_log,
+            inflight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Requests currently being served; graceful shutdown waits for this to reach zero.
+    pub fn inflight(&self) -> Arc<AtomicUsize> {
+        self.inflight.clone()
+    }
+
+    fn upstream_name(&self, ctx: &RequestCtx) -> Option<&str> {
+        ctx.upstream.chosen.map(|id| self.upstreams.get(id).name())
+    }
+
+    /// The request's route's caching, when the cache is on for this request.
+    fn route_cache<'a>(&self, ctx: &'a RequestCtx) -> Option<&'a RouteCache> {
+        ctx.route
+            .as_deref()
+            .and_then(|r| r.cache.as_ref())
+            .filter(|_| ctx.cache.on)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Edge {
+    type CTX = RequestCtx;
+
+    /// None. Pingora's default adds a response-compression module at level 0, there for
+    /// proxies that turn compression on per request; edgeward never does, and the idle module
+    /// costs work on every request.
+    fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(&self.inflight)
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        ctx.request_id = forwarding::request_id(session.req_header());
+        session
+            .req_header_mut()
+            .insert_header(REQUEST_ID, ctx.request_id.clone())?;
+        if let Some(cache) = self
+            .cache
+            .as_ref()
+            .filter(|_| purge::is_purge(session.req_header()))
+        {
+            purge::purge_request(session, ctx, cache).await?;
+            return Ok(true);
+        }
+        let Some(route) = self.routes.find(session.req_header()) else {
+            let req = session.req_header();
+            let host = request_host(req).unwrap_or("");
+            let message = format!("no route matches {} {host}{}", req.method, req.uri.path());
+            ctx.refusal = Some(Refusal::NoRoute);
+            answers::refuse(session, &ctx.request_id, Refusal::NoRoute, &message).await?;
+            return Ok(true);
+        };
+        ctx.route = Some(route.clone());
+        ctx.upstream.chosen = Some(route.upstream);
+        ctx.request_buffer = RequestBuffer::for_request(&session.req_header().headers);
+        if let Some(route_cache) = &route.cache {
+            ctx.cache.bypass = cache::bypass_reason(session.req_header(), route_cache);
+            ctx.cache.on = ctx.cache.bypass.is_none() && self.cache.is_some();
+        }
+        let info =
+            || filtering::stream_info(session, ctx, route, self.geo.as_ref(), &self.upstreams);
+        match self.filters.chain(route, info, ctx.started) {
+            Some(chain) => filtering::request_headers(session, ctx, chain).await,
+            None => Ok(false),
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(upstream) = ctx.upstream.chosen.map(|id| self.upstreams.get(id)) else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "no upstream chosen before endpoint selection",
+            );
+        };
+        let key = session
+            .req_header()
+            .uri
+            .path_and_query()
+            .map_or(b"/".as_slice(), |pq| pq.as_str().as_bytes());
+        let Some(addr) = upstream.select(key, &ctx.upstream.failed_endpoints) else {
+            ctx.refusal = Some(Refusal::NoHealthyEndpoint);
+            return Error::e_explain(
+                ErrorType::ConnectNoRoute,
+                format!("upstream `{}` has no healthy endpoint", upstream.name()),
+            );
+        };
+        ctx.upstream.endpoint = Some(addr);
+        ctx.upstream.started = Some(Instant::now());
+        if let Some(chain) = &mut ctx.filters.chain {
+            chain.set_upstream_address(addr);
+        }
+        Ok(Box::new(upstream.peer(addr)))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(addr) = peer.address().as_inet() {
+            ctx.upstream.failed_endpoints.push(*addr);
+        }
+        let retries = ctx
+            .upstream
+            .chosen
+            .map_or(0, |id| self.upstreams.get(id).retries());
+        e.set_retry(ctx.upstream.failed_endpoints.len() <= retries as usize);
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(route) = &ctx.route else {
+            return Ok(());
+        };
+        forwarding::rewrite_upstream_request(session, route, upstream_request)?;
+        if ctx.filters.chain.is_some() && ctx.filters.request_has_body {
+            ctx.filters.request_length = DeclaredLength::announce(&upstream_request.headers);
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A small body goes on (to the filters and upstream) once complete.
+        *body = ctx.request_buffer.pass(body.take(), end_of_stream);
+        if !end_of_stream && body.as_ref().is_some_and(Bytes::is_empty) {
+            return Ok(());
+        }
+        filtering::request_body(session, body, end_of_stream, ctx).await
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        if let Some(cache) = self.cache.as_ref().filter(|_| ctx.cache.on) {
+            cache.enable(&mut session.cache);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        match (self.route_cache(ctx), self.upstream_name(ctx)) {
+            (Some(route_cache), Some(upstream)) => Ok(cache::cache_key(
+                session.req_header(),
+                &route_cache.key,
+                upstream,
+            )),
+            _ => Error::e_explain(
+                ErrorType::InternalError,
+                "cache key without a caching route",
+            ),
+        }
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache::policy::variance(meta.headers(), req)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        Ok(match (self.route_cache(ctx), &self.cache) {
+            (Some(route_cache), Some(cache)) => {
+                cache::admission(session.req_header(), resp, route_cache, cache.max_object())
+            }
+            _ => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
+        })
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        caching::serve_stale(ctx, error)
+    }
+
+    fn range_header_filter(
+        &self,
+        session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> RangeType {
+        // Filters see whole bodies: a route with response filters answers ranges in full.
+        let filtered = ctx
+            .filters
+            .chain
+            .as_ref()
+            .is_some_and(|c| c.has_response_phase(ResponsePhase::AfterCache));
+        if filtered {
+            return RangeType::None;
+        }
+        const MAX_RANGES: Option<usize> = Some(200);
+        pingora::proxy::range_header_filter(session.req_header(), resp, MAX_RANGES)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = upstream_response.status.as_u16();
+        ctx.upstream.status = Some(status);
+        if let (Some(started), Some(upstream)) =
+            (ctx.upstream.started.take(), self.upstream_name(ctx))
+        {
+            metrics::global()
+                .upstream_latency
+                .with_label_values(&[upstream])
+                .observe(started.elapsed().as_secs_f64());
+        }
+        // Before the cache (RFC 9111 §3.1) and the filters: no one past this point sees them.
+        forwarding::strip_hop_by_hop(upstream_response);
+        if let Some(cache) = &self.cache {
+            purge::invalidate_after(cache, session.req_header(), status);
+        }
+        filtering::response_head(session, upstream_response, ctx, ResponsePhase::BeforeCache).await
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        let phase = ResponsePhase::BeforeCache;
+        filtering::response_body(session, body, end_of_stream, ctx, phase)?;
+        if let Some(cache) = &self.cache {
+            caching::limit_object_size(session, ctx, body.as_ref(), cache);
+        }
+        Ok(None)
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let via = forwarding::via(
+            upstream_response.headers.get(header::VIA),
+            session.req_header().version,
+        );
+        upstream_response.insert_header("via", via)?;
+        if ctx.route.as_ref().is_some_and(|r| r.cache.is_some()) && self.cache.is_some() {
+            caching::status_header(session, upstream_response, ctx)?;
+        }
+        filtering::response_head(session, upstream_response, ctx, ResponsePhase::AfterCache).await
+    }
+
+    fn response_body_filter(
+        &self,
+        session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<std::time::Duration>> {
+        // Bodies served from the cache after a revalidation or a stale-if-error do not end
+        // with an end of stream here; the stored body running out is the end.
+        let end_of_stream = end_of_stream || cache::body_fully_read(&mut session.cache);
+        let phase = ResponsePhase::AfterCache;
+        filtering::response_body(session, body, end_of_stream, ctx, phase)?;
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let upstream = self.upstream_name(ctx);
+        failures::answer(session, e, ctx, upstream).await
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        filtering::finish(session, ctx);
+        logging::log_request(session, ctx, self.upstream_name(ctx), &self.access_log);
+    }
+}

@@ -1,0 +1,224 @@
+//! The filter host's errors: why a filter cannot be loaded ([`WasmError`]), why an instance
+//! cannot start ([`StartError`]), and how a guest call failed ([`Fault`]), which decides the
+//! answer a request gets and the metric it counts in.
+
+use std::error::Error;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use crate::metrics;
+
+/// Why the filter host cannot be set up; stops `run` and `validate`.
+#[derive(Debug, thiserror::Error)]
+pub enum WasmError {
+    #[error("cannot set up the WebAssembly engine")]
+    Engine(#[source] wasmtime::Error),
+    #[error("cannot start the {0} thread")]
+    Thread(&'static str, #[source] std::io::Error),
+    #[error("filter `{filter}` ({})", module.display())]
+    Load {
+        filter: String,
+        module: PathBuf,
+        #[source]
+        source: LoadError,
+    },
+}
+
+/// Why one filter's module cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read the module")]
+    Read(#[source] std::io::Error),
+    #[error("not a valid WebAssembly module")]
+    Compile(#[source] wasmtime::Error),
+    #[error("it is not a proxy-wasm module: it exports no proxy_abi_version_* marker")]
+    NoAbiMarker,
+    #[error("it speaks proxy-wasm ABI {0} but edgeward supports 0.2.1 and 0.2.0")]
+    UnsupportedAbi(String),
+    #[error("it imports `{module}.{name}`, which edgeward does not provide")]
+    UnknownImport { module: String, name: String },
+    #[error("cannot link the module")]
+    Link(#[source] wasmtime::Error),
+    #[error("cannot prepare the module's memory image")]
+    MemoryImage(#[source] wasmtime::Error),
+    #[error("the start-up failed")]
+    Start(#[source] StartError),
+}
+
+/// Why an instance could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Every instance the pool allows (`wasm.max_instances`) is in use.
+    #[error("{NO_FREE_INSTANCE}")]
+    PoolFull,
+    #[error("instantiation {0}")]
+    Instantiate(Fault),
+    #[error("the module exports no `memory`")]
+    NoMemory,
+    #[error("the module exports neither `proxy_on_memory_allocate` nor `malloc`")]
+    NoAllocator,
+    #[error(transparent)]
+    Export(#[from] ExportError),
+    /// The module's initializer (`_initialize`, `_start`) failed.
+    #[error("`{0}` {1}")]
+    Initializer(&'static str, Fault),
+    /// A root context callback (`on_context_create`, `on_vm_start`, `on_configure`) failed.
+    #[error("{0} {1}")]
+    RootCallback(&'static str, Fault),
+    #[error("on_vm_start returned false (the filter rejected its vm_config)")]
+    VmConfigRejected,
+    #[error("on_configure returned false (the filter rejected its config)")]
+    ConfigRejected,
+}
+
+/// Why per-request instances cannot start from a snapshot of the configured start-up (they
+/// then run the start-up each).
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("the module cannot be instrumented")]
+    Instrument(#[source] wasmtime::Error),
+    #[error("the instrumented module does not compile")]
+    Compile(#[source] wasmtime::Error),
+    #[error("command modules (`_start`) are started per request")]
+    CommandModule,
+    #[error("the instrumented module does not start")]
+    Start(#[source] StartError),
+    #[error("its start-up asked for ticks, made callouts or registered queues")]
+    LastingEffects,
+    #[error("the snapshot did not complete")]
+    Incomplete,
+    #[error("the snapshot failed")]
+    Snapshot(#[source] wasmtime::Error),
+    #[error("the instrumented module lacks `{0}`")]
+    MissingExport(String),
+}
+
+/// A callback export that cannot be called.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("export `{0}` is not a function")]
+    NotAFunction(&'static str),
+    #[error("export `{name}` has the wrong signature")]
+    WrongSignature {
+        name: &'static str,
+        #[source]
+        source: wasmtime::Error,
+    },
+}
+
+/// An error and its sources on one line, `outer: inner: innermost`, for log lines and for
+/// the text a [`Fault`] carries.
+pub fn describe(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        let _ = write!(text, ": {inner}");
+        source = inner.source();
+    }
+    text
+}
+
+/// How a guest call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// The request's CPU budget in this filter ran out.
+    CpuLimit,
+    /// The instance asked for more memory than its limit.
+    MemoryLimit,
+    /// The guest trapped (a Rust panic is an `unreachable` trap).
+    Trap(String),
+    /// The guest called `proc_exit`.
+    Exit(i32),
+    /// Starting an instance failed (instantiation or the start-up); says why.
+    Unavailable(String),
+    /// The filter is waiting out its crash back-off, so no instance is started.
+    BackingOff,
+    /// Every instance the pool allows (`wasm.max_instances`) is in use.
+    NoFreeInstance,
+}
+
+/// Why a full pool refuses an instance, in [`Fault::NoFreeInstance`] and at start-up.
+pub const NO_FREE_INSTANCE: &str = "all instances are in use (`wasm.max_instances`)";
+
+impl Fault {
+    /// Resource limits answer 503; crashes 500.
+    pub fn is_resource_limit(&self) -> bool {
+        matches!(
+            self,
+            Fault::CpuLimit
+                | Fault::MemoryLimit
+                | Fault::Unavailable(_)
+                | Fault::BackingOff
+                | Fault::NoFreeInstance
+        )
+    }
+
+    /// Whether the filter itself failed, which counts towards its crash back-off. Being
+    /// refused an instance (back-off, full pool) does not: counting it would prolong the
+    /// back-off for as long as requests keep coming.
+    pub fn is_crash(&self) -> bool {
+        !matches!(self, Fault::BackingOff | Fault::NoFreeInstance)
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            Fault::CpuLimit => "cpu_limit",
+            Fault::MemoryLimit => "memory_limit",
+            Fault::Trap(_) | Fault::Exit(_) => "trap",
+            Fault::Unavailable(_) | Fault::BackingOff | Fault::NoFreeInstance => "unavailable",
+        }
+    }
+}
+
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Fault::CpuLimit => f.write_str("exceeded its CPU time limit"),
+            Fault::MemoryLimit => f.write_str("exceeded its memory limit"),
+            Fault::Trap(message) => write!(f, "crashed: {message}"),
+            Fault::Exit(code) => write!(f, "exited with code {code}"),
+            Fault::Unavailable(why) => write!(f, "is unavailable: {why}"),
+            Fault::BackingOff => f.write_str("is unavailable: restarting after repeated crashes"),
+            Fault::NoFreeInstance => write!(f, "is unavailable: {NO_FREE_INSTANCE}"),
+        }
+    }
+}
+
+/// The error a `proc_exit` hostcall raises to unwind the guest.
+#[derive(Debug, thiserror::Error)]
+#[error("the filter called proc_exit({0})")]
+pub struct GuestExit(pub i32);
+
+/// Turns a failed guest call into a [`Fault`].
+pub fn classify(error: &wasmtime::Error, memory_limit_hit: bool) -> Fault {
+    if let Some(exit) = error.downcast_ref::<GuestExit>() {
+        return Fault::Exit(exit.0);
+    }
+    match error.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => Fault::CpuLimit,
+        _ if memory_limit_hit => Fault::MemoryLimit,
+        Some(trap) => Fault::Trap(trap.to_string()),
+        None => Fault::Trap(format!("{error:#}")),
+    }
+}
+
+impl Fault {
+    /// Counts the fault in filter `filter`'s metrics.
+    pub fn count(&self, filter: &str) {
+        let metrics = metrics::global();
+        let limit = match self {
+            Fault::Trap(_) | Fault::Exit(_) => {
+                metrics.filter_traps.with_label_values(&[filter]).inc();
+                return;
+            }
+            Fault::CpuLimit => "cpu",
+            Fault::MemoryLimit => "memory",
+            Fault::Unavailable(_) | Fault::BackingOff => "unavailable",
+            Fault::NoFreeInstance => "instances",
+        };
+        metrics
+            .filter_limit_hits
+            .with_label_values(&[filter, limit])
+            .inc();
+    }
+}

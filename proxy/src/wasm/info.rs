@@ -1,0 +1,80 @@
+//! What filters can learn about themselves and about the request: the configured filter as
+//! its guest sees it, and the facts about a request that properties expose.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime};
+
+use crate::config::{FilterLimits, ResponsePhase, UpstreamId};
+use crate::geo::{Geo, GeoInfo};
+
+/// A configured filter as its guest code sees it.
+#[derive(Debug)]
+pub struct PluginInfo {
+    pub name: String,
+    pub root_id: String,
+    pub vm_id: String,
+    pub config: Vec<u8>,
+    pub vm_config: Vec<u8>,
+    pub limits: FilterLimits,
+    /// Upstreams `proxy_http_call` may name, with their ids.
+    pub callouts: Vec<(String, UpstreamId)>,
+    pub response_phase: ResponsePhase,
+}
+
+/// Facts about the request that properties expose, shared by the filters of a chain.
+#[derive(Debug, Clone)]
+pub struct StreamInfo {
+    pub client: Option<SocketAddr>,
+    pub server: Option<SocketAddr>,
+    pub protocol: &'static str,
+    pub request_id: String,
+    pub route: Arc<str>,
+    pub upstream: Arc<str>,
+    pub upstream_address: Option<SocketAddr>,
+    pub started: SystemTime,
+    pub started_at: Instant,
+    pub request_body_bytes: u64,
+    pub response_body_bytes: u64,
+    /// Properties filters set with `proxy_set_property`, visible to the whole chain.
+    pub custom: HashMap<Vec<u8>, Vec<u8>>,
+    /// The client address geolocation uses (the peer, or behind trusted proxies the
+    /// forwarded client), and the database, looked up at most once, when a filter asks.
+    pub effective_address: Option<std::net::IpAddr>,
+    pub geo: Option<Arc<Geo>>,
+    pub geo_info: OnceLock<Arc<GeoInfo>>,
+    /// The upstream a filter chose with `route.upstream` instead of the route's.
+    pub upstream_override: Option<UpstreamId>,
+}
+
+impl StreamInfo {
+    /// The geolocation of the effective client address (looked up once).
+    pub fn geo_info(&self) -> Option<&GeoInfo> {
+        let (geo, address) = (self.geo.as_ref()?, self.effective_address?);
+        Some(self.geo_info.get_or_init(|| geo.lookup(address)).as_ref())
+    }
+}
+
+impl Default for StreamInfo {
+    fn default() -> Self {
+        StreamInfo {
+            client: None,
+            server: None,
+            protocol: "HTTP/1.1",
+            request_id: String::new(),
+            route: Arc::from(""),
+            upstream: Arc::from(""),
+            upstream_address: None,
+            started: SystemTime::now(),
+            started_at: Instant::now(),
+            request_body_bytes: 0,
+            response_body_bytes: 0,
+            custom: HashMap::new(),
+            effective_address: None,
+            geo: None,
+            geo_info: OnceLock::new(),
+            upstream_override: None,
+        }
+    }
+}

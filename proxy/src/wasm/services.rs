@@ -1,0 +1,67 @@
+//! What every instance of every filter shares: shared data, queues, the upstream names, and
+//! the queue of jobs (callouts, queue notices) that hostcalls hand to the dispatcher.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use tokio::sync::mpsc;
+
+use super::info::PluginInfo;
+use super::mailbox::InstanceCell;
+use super::shared::{QueueOwner, Queues, SharedData};
+use crate::config::UpstreamId;
+
+pub struct HostServices {
+    pub shared_data: SharedData,
+    pub queues: Queues,
+    /// Every configured upstream's name, indexed by id (for `route.upstream`).
+    pub upstream_names: Vec<String>,
+    jobs: mpsc::UnboundedSender<Job>,
+}
+
+impl HostServices {
+    /// The services, and the receiving end of their job queue (for the dispatcher).
+    pub fn new(upstream_names: Vec<String>) -> (Arc<HostServices>, mpsc::UnboundedReceiver<Job>) {
+        let (jobs, receiver) = mpsc::unbounded_channel();
+        let services = Arc::new(HostServices {
+            shared_data: SharedData::default(),
+            queues: Queues::default(),
+            upstream_names,
+            jobs,
+        });
+        (services, receiver)
+    }
+
+    pub fn submit(&self, job: Job) {
+        // Fails only once the dispatcher stopped, at shutdown.
+        let _ = self.jobs.send(job);
+    }
+}
+
+pub enum Job {
+    Callout(Callout),
+    QueueReady { owner: QueueOwner, queue_id: u32 },
+}
+
+/// A `proxy_http_call` in flight.
+pub struct Callout {
+    pub cell: InstanceCell,
+    pub plugin: Arc<PluginInfo>,
+    /// The context that made the call (root or HTTP); the answer goes back to it.
+    pub context_id: u32,
+    pub token: u32,
+    pub upstream: UpstreamId,
+    pub upstream_name: String,
+    pub request: CalloutRequest,
+    pub timeout: Duration,
+}
+
+pub struct CalloutRequest {
+    pub method: Method,
+    pub path: Vec<u8>,
+    pub authority: Vec<u8>,
+    /// Without pseudo-headers.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
