@@ -13,7 +13,7 @@ use crate::sync::{lock, Batches};
 
 /// What one access-log line says.
 #[derive(Debug)]
-pub struct Entry<'a> {
+pub(crate) struct Entry<'a> {
     pub time: SystemTime,
     pub request_id: &'a str,
     pub client: Option<SocketAddr>,
@@ -39,10 +39,10 @@ pub struct Entry<'a> {
 /// [`FLUSH_INTERVAL`] after its first line, so a crash loses at most that much. The thread
 /// sleeps while nothing is buffered: an idle proxy does not wake it.
 #[derive(Clone, Default)]
-pub struct AccessLogger(Option<Arc<Sink>>);
+pub(crate) struct AccessLogger(Option<Arc<Sink>>);
 
 /// How long the first buffered line waits for others to join it in one write.
-pub const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
+pub(crate) const FLUSH_INTERVAL: Duration = Duration::from_millis(10);
 /// Buffered bytes beyond which lines are dropped (and counted) rather than held: the target
 /// is not keeping up, and memory must stay bounded.
 const MAX_PENDING: usize = 8 << 20;
@@ -66,7 +66,7 @@ thread_local! {
 
 impl AccessLogger {
     /// Opens the target and starts the writer thread.
-    pub fn open(target: &AccessLog) -> std::io::Result<Self> {
+    pub(crate) fn open(target: &AccessLog) -> std::io::Result<Self> {
         let target = match target {
             AccessLog::Off => return Ok(AccessLogger(None)),
             AccessLog::Stdout => Target::Stdout,
@@ -85,12 +85,12 @@ impl AccessLogger {
         Ok(AccessLogger(Some(sink)))
     }
 
-    pub fn is_on(&self) -> bool {
+    pub(crate) fn is_on(&self) -> bool {
         self.0.is_some()
     }
 
     /// Queues one line; lines from concurrent requests never interleave.
-    pub fn write(&self, entry: &Entry<'_>) {
+    pub(crate) fn write(&self, entry: &Entry<'_>) {
         let Some(sink) = &self.0 else { return };
         LINE.with_borrow_mut(|line| {
             line.clear();
@@ -110,7 +110,7 @@ impl AccessLogger {
     }
 
     /// Writes out what is buffered (at shutdown; the writer thread does it otherwise).
-    pub fn flush(&self) {
+    pub(crate) fn flush(&self) {
         if let Some(sink) = &self.0 {
             sink.flush();
         }
@@ -157,8 +157,8 @@ macro_rules! key {
 impl Entry<'_> {
     /// Appends the entry as one JSON object. Written by hand rather than through serde: this
     /// runs for every request, and serde_json's generic path (maps, `Display` for addresses,
-    /// shortest-float formatting) cost about five times as much.
-    pub fn encode(&self, out: &mut Vec<u8>) {
+    /// shortest-float formatting) costs several times as much.
+    pub(crate) fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(b"{\"time\":\"");
         write_rfc3339(out, self.time);
         out.push(b'"');

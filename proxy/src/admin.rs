@@ -22,17 +22,17 @@ use crate::metrics;
 const MAX_PURGE_REQUEST: usize = 64 << 10;
 
 /// What `/ready` reports on.
-pub struct Readiness {
+pub(crate) struct Readiness {
     /// Set when a shutdown started: load balancers should stop sending traffic.
     pub draining: AtomicBool,
     /// Names of filters that cannot start instances now (crash back-off).
     pub unavailable_filters: Box<dyn Fn() -> Vec<String> + Send + Sync>,
 }
 
-pub struct AdminServer(LocalServer);
+pub(crate) struct AdminServer(LocalServer);
 
 impl AdminServer {
-    pub fn bind(
+    pub(crate) fn bind(
         addr: SocketAddr,
         readiness: Arc<Readiness>,
         cache: Option<Arc<Cache>>,

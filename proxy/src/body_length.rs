@@ -11,7 +11,7 @@
 use http::header::{HeaderMap, CONTENT_LENGTH};
 
 #[derive(Debug, Default)]
-pub struct DeclaredLength {
+pub(crate) struct DeclaredLength {
     /// The `Content-Length` the head left with, when it had one.
     declared: Option<u64>,
     passed: u64,
@@ -22,7 +22,7 @@ pub struct DeclaredLength {
     "filters changed the body to {actual} bytes but left `content-length: {declared}`; a filter that \
      changes a body's length must remove content-length in its header callback"
 )]
-pub struct LengthMismatch {
+pub(crate) struct LengthMismatch {
     pub declared: u64,
     /// The length so far (when too long) or in all (when too short).
     pub actual: u64,
@@ -30,7 +30,7 @@ pub struct LengthMismatch {
 
 impl DeclaredLength {
     /// Remembers the length the head announces (it has left, or is about to).
-    pub fn announce(headers: &HeaderMap) -> Self {
+    pub(crate) fn announce(headers: &HeaderMap) -> Self {
         let declared = headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -42,7 +42,7 @@ impl DeclaredLength {
     }
 
     /// Accounts for `len` more bytes about to be sent; an error when they break the length.
-    pub fn pass(&mut self, len: usize, end_of_stream: bool) -> Result<(), LengthMismatch> {
+    pub(crate) fn pass(&mut self, len: usize, end_of_stream: bool) -> Result<(), LengthMismatch> {
         let Some(declared) = self.declared else {
             return Ok(());
         };

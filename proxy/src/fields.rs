@@ -5,7 +5,7 @@ use pingora::http::ResponseHeader;
 /// Removes the fields named in `names` (lowercase) from `head`. Removing a field by name
 /// parses and hashes the name in both of Pingora's header maps, present or not, so the
 /// fields are looked for in one pass first and only those present are removed.
-pub fn remove_fields<const N: usize>(head: &mut ResponseHeader, names: &[&str; N]) {
+pub(crate) fn remove_fields<const N: usize>(head: &mut ResponseHeader, names: &[&str; N]) {
     // One bit per name in `present`: a longer list would not compile rather than misbehave.
     const { assert!(N <= 64) };
     let mut present = 0u64;

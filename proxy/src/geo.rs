@@ -125,7 +125,7 @@ impl Geo {
     /// The client: the peer, unless it is a trusted proxy; then the right-most entry of the
     /// `X-Forwarded-For` values (in header order) that is not trusted. Unparsable entries end
     /// the walk: nothing left of them is believed.
-    pub fn client_address<'a>(
+    pub(crate) fn client_address<'a>(
         &self,
         peer: IpAddr,
         forwarded_for: impl Iterator<Item = &'a str>,
@@ -154,7 +154,7 @@ impl Geo {
 
     /// What the database knows about `ip` (answers are kept per thread; the database never
     /// changes while edgeward runs).
-    pub fn lookup(&self, ip: IpAddr) -> Arc<GeoInfo> {
+    pub(crate) fn lookup(&self, ip: IpAddr) -> Arc<GeoInfo> {
         let key = (self.id, ip);
         if let Some(known) = RECENT.with_borrow_mut(|recent| recent.get(&key).cloned()) {
             return known;

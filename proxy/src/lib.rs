@@ -1,21 +1,25 @@
 //! edgeward: an edge reverse proxy built on Pingora that runs proxy-wasm filters.
 //!
-//! The rooms, in dependency order (see docs/architecture.md): `config` (YAML → model),
-//! `routing`, `upstream`, `access_log`, then `edge` (the Pingora conductor) and `server`.
+//! The library serves the `edgeward` command (main.rs) and the benchmarks: they reach the
+//! configuration, the geo database, the filter host and the server; everything else is
+//! private to the crate. docs/architecture.md describes the modules and their layers.
 
-pub mod access_log;
-pub mod admin;
-pub mod body_length;
-pub mod cache;
+// Items are `pub(crate)` unless the command or the benchmarks use them.
+#![warn(unreachable_pub)]
+
+mod access_log;
+mod admin;
+mod body_length;
+mod cache;
 pub mod config;
-pub mod edge;
-pub mod fields;
+mod edge;
+mod fields;
 pub mod geo;
-pub mod local_http;
-pub mod metrics;
-pub mod request_buffering;
-pub mod routing;
+mod local_http;
+mod metrics;
+mod request_buffering;
+mod routing;
 pub mod server;
-pub mod sync;
-pub mod upstream;
+mod sync;
+mod upstream;
 pub mod wasm;

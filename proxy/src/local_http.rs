@@ -16,10 +16,10 @@ use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 
-pub type Reply = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
-pub type Handler = Arc<dyn Fn(Request<Incoming>) -> Reply + Send + Sync>;
+pub(crate) type Reply = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
+pub(crate) type Handler = Arc<dyn Fn(Request<Incoming>) -> Reply + Send + Sync>;
 
-pub struct LocalServer {
+pub(crate) struct LocalServer {
     name: String,
     addr: SocketAddr,
     listener: Mutex<Option<StdListener>>,
@@ -27,7 +27,7 @@ pub struct LocalServer {
 }
 
 impl LocalServer {
-    pub fn bind(
+    pub(crate) fn bind(
         name: impl Into<String>,
         addr: SocketAddr,
         handler: Handler,
@@ -42,13 +42,13 @@ impl LocalServer {
         })
     }
 
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// Serves until the process ends (in-flight proxied requests may need these servers
     /// while a shutdown drains).
-    pub async fn serve(&self) {
+    pub(crate) async fn serve(&self) {
         let Some(std_listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
             return;
         };
@@ -83,7 +83,7 @@ impl LocalServer {
 }
 
 /// A response with `body` of `content_type`.
-pub fn reply(
+pub(crate) fn reply(
     status: u16,
     content_type: &'static str,
     body: impl Into<Bytes>,

@@ -18,7 +18,7 @@ fn latency_buckets() -> Vec<f64> {
     exponential_buckets(0.0001, 2.0, 19).unwrap_or_default()
 }
 
-pub struct Metrics {
+pub(crate) struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
@@ -62,7 +62,7 @@ enum CustomFamily {
 
 /// One filter's metric.
 #[derive(Clone)]
-pub enum CustomMetric {
+pub(crate) enum CustomMetric {
     Counter(IntCounter),
     Gauge(IntGauge),
     Histogram(Histogram),
@@ -70,7 +70,7 @@ pub enum CustomMetric {
 
 /// The proxy-wasm metric types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CustomKind {
+pub(crate) enum CustomKind {
     Counter,
     Gauge,
     Histogram,
@@ -78,7 +78,7 @@ pub enum CustomKind {
 
 /// Why a metric could not be defined.
 #[derive(Debug, thiserror::Error)]
-pub enum MetricError {
+pub(crate) enum MetricError {
     #[error("metric `{0}` is already defined with another type")]
     TypeConflict(String),
     #[error("metric `{name}`")]
@@ -231,7 +231,7 @@ impl Metrics {
     }
 
     /// Everything, in the Prometheus text exposition format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         prometheus::TextEncoder::new()
             .encode_to_string(&self.registry.gather())
             .unwrap_or_else(|e| format!("# cannot encode metrics: {e}\n"))
@@ -239,7 +239,7 @@ impl Metrics {
 
     /// Defines (or finds again) `filter`'s metric `name`, exported as `wasmcustom_<name>` with
     /// a `filter` label, and returns its id. Instances of one filter share it.
-    pub fn define_custom(
+    pub(crate) fn define_custom(
         &self,
         filter: &str,
         kind: CustomKind,
@@ -317,7 +317,7 @@ impl Metrics {
     }
 
     /// A filter metric by id.
-    pub fn custom(&self, id: u32) -> Option<CustomMetric> {
+    pub(crate) fn custom(&self, id: u32) -> Option<CustomMetric> {
         let custom = lock(&self.custom);
         custom.metrics.get(id as usize).cloned()
     }
@@ -338,7 +338,7 @@ fn sanitize(name: &str) -> String {
 
 static GLOBAL: LazyLock<Metrics> = LazyLock::new(Metrics::new);
 
-pub fn global() -> &'static Metrics {
+pub(crate) fn global() -> &'static Metrics {
     &GLOBAL
 }
 

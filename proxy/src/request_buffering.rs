@@ -1,7 +1,7 @@
 //! Small request bodies go upstream whole, in one write.
 //!
 //! Pingora sends the upstream request head, then each body chunk as it is read from the client:
-//! a 10 KiB POST usually arrives in two reads and left in three sends, each waking the origin.
+//! a small POST that arrives in several reads leaves in as many sends, each waking the origin.
 //! nginx buffers request bodies (`proxy_request_buffering on`) and sends them at once. A body
 //! whose `Content-Length` is at most [`WHOLE_UP_TO`] is held here until it is complete, so it
 //! costs one send and the filters see it in one body callback; chunked and larger bodies stream
@@ -11,17 +11,17 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, CONTENT_LENGTH};
 
 /// The largest announced body held until complete: memory per request stays small.
-pub const WHOLE_UP_TO: u64 = 64 * 1024;
+pub(crate) const WHOLE_UP_TO: u64 = 64 * 1024;
 
 /// What is held of one request's body; empty for a body that streams.
 #[derive(Debug, Default)]
-pub struct RequestBuffer {
+pub(crate) struct RequestBuffer {
     held: Option<BytesMut>,
 }
 
 impl RequestBuffer {
     /// Holds the body of a request whose head announces 1 to [`WHOLE_UP_TO`] bytes.
-    pub fn for_request(headers: &HeaderMap) -> Self {
+    pub(crate) fn for_request(headers: &HeaderMap) -> Self {
         let announced = headers
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
@@ -34,7 +34,7 @@ impl RequestBuffer {
 
     /// Takes the next chunk read from the client; returns what goes on now: an empty chunk
     /// (never `None`, which would end the body) until the body ends, then all of it.
-    pub fn pass(&mut self, chunk: Option<Bytes>, end_of_stream: bool) -> Option<Bytes> {
+    pub(crate) fn pass(&mut self, chunk: Option<Bytes>, end_of_stream: bool) -> Option<Bytes> {
         let Some(held) = &mut self.held else {
             return chunk;
         };

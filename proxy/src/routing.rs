@@ -6,19 +6,19 @@ use http::request::Parts;
 
 use crate::config::{HostPattern, PathPattern, Route, RouteMatch};
 
-pub struct RouteTable {
+pub(crate) struct RouteTable {
     routes: Vec<Arc<Route>>,
 }
 
 impl RouteTable {
-    pub fn new(routes: Vec<Route>) -> Self {
+    pub(crate) fn new(routes: Vec<Route>) -> Self {
         RouteTable {
             routes: routes.into_iter().map(Arc::new).collect(),
         }
     }
 
     /// The first route whose conditions all hold for this request.
-    pub fn find(&self, req: &Parts) -> Option<&Arc<Route>> {
+    pub(crate) fn find(&self, req: &Parts) -> Option<&Arc<Route>> {
         let host = request_host(req);
         self.routes.iter().find(|r| r.matcher.matches(req, host))
     }
@@ -26,7 +26,7 @@ impl RouteTable {
 
 /// The host the client asked for, without port or trailing dot: the `:authority` of an
 /// HTTP/2 or absolute-form request, else the `Host` header.
-pub fn request_host(req: &Parts) -> Option<&str> {
+pub(crate) fn request_host(req: &Parts) -> Option<&str> {
     let raw = match req.uri.authority() {
         Some(authority) => authority.as_str(),
         None => req.headers.get(http::header::HOST)?.to_str().ok()?,

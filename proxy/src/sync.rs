@@ -1,4 +1,4 @@
-//! Locking, and batches for background threads, shared by every room.
+//! Locking, and batches for background threads, shared by every module.
 
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -6,7 +6,7 @@ use std::time::Duration;
 /// Locks `mutex` even if a thread panicked while holding it. For state that stays consistent
 /// between statements (every caller's case): failing every later request because one panicked
 /// would turn a bug into an outage.
-pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -14,7 +14,7 @@ pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// Waits on `condvar` until `ready` holds for the value `guard` protects, even if a thread
 /// panicked while holding the lock (for the reason [`lock`] gives).
-pub fn wait_until<'a, T>(
+pub(crate) fn wait_until<'a, T>(
     condvar: &Condvar,
     guard: MutexGuard<'a, T>,
     mut ready: impl FnMut(&T) -> bool,
@@ -28,13 +28,13 @@ pub fn wait_until<'a, T>(
 /// thread, which lets others join it for a while before dealing with them all: a wake-up per
 /// item would cost more than the work. The thread sleeps while nothing is queued, so an idle
 /// proxy does not wake it.
-pub struct Batches<T> {
+pub(crate) struct Batches<T> {
     pending: Mutex<Vec<T>>,
     arrived: Condvar,
 }
 
 impl<T: Send + 'static> Batches<T> {
-    pub fn new(pending: Vec<T>) -> Arc<Self> {
+    pub(crate) fn new(pending: Vec<T>) -> Arc<Self> {
         Arc::new(Batches {
             pending: Mutex::new(pending),
             arrived: Condvar::new(),
@@ -42,7 +42,7 @@ impl<T: Send + 'static> Batches<T> {
     }
 
     /// Changes the current batch with `add`, waking the thread if that started a batch.
-    pub fn add<R>(&self, add: impl FnOnce(&mut Vec<T>) -> R) -> R {
+    pub(crate) fn add<R>(&self, add: impl FnOnce(&mut Vec<T>) -> R) -> R {
         let mut pending = lock(&self.pending);
         let was_empty = pending.is_empty();
         let result = add(&mut pending);
@@ -55,12 +55,12 @@ impl<T: Send + 'static> Batches<T> {
     }
 
     /// The current batch; an empty one takes its place.
-    pub fn take(&self) -> Vec<T> {
+    pub(crate) fn take(&self) -> Vec<T> {
         std::mem::take(&mut *lock(&self.pending))
     }
 
     /// Keeps a spent batch's allocation for the next batch, unless one has started already.
-    pub fn recycle(&self, mut spent: Vec<T>) {
+    pub(crate) fn recycle(&self, mut spent: Vec<T>) {
         spent.clear();
         let mut pending = lock(&self.pending);
         if pending.is_empty() {
@@ -70,7 +70,7 @@ impl<T: Send + 'static> Batches<T> {
 
     /// Starts the thread `name`: once an item arrives, it waits `gather` for more, then
     /// calls `handle`, which takes the batch (through [`Batches::take`]) and deals with it.
-    pub fn spawn_handler(
+    pub(crate) fn spawn_handler(
         self: &Arc<Self>,
         name: &str,
         gather: Duration,

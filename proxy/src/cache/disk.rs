@@ -27,7 +27,7 @@ const TEMPORARY_SUFFIX: &str = ".tmp";
 const LOCK_FILE: &str = "lock";
 
 /// An object as stored on disk.
-pub struct DiskObject {
+pub(super) struct DiskObject {
     pub id: HashBinary,
     pub primary: HashBinary,
     pub url: ObjectUrl,
@@ -38,7 +38,7 @@ pub struct DiskObject {
 }
 
 /// What start-up learns about a stored object without reading its body.
-pub struct FoundObject {
+pub(super) struct FoundObject {
     pub id: HashBinary,
     pub primary: HashBinary,
     pub url: ObjectUrl,
@@ -57,7 +57,7 @@ pub enum DiskError {
 
 /// Why a stored file was rejected.
 #[derive(Debug, thiserror::Error)]
-pub enum FileError {
+pub(super) enum FileError {
     #[error("{0}")]
     Io(#[from] io::Error),
     #[error("damaged: {0}")]
@@ -65,14 +65,14 @@ pub enum FileError {
 }
 
 /// The folder of the disk tier, held (locked) for as long as this value lives.
-pub struct Folder {
+pub(super) struct Folder {
     path: PathBuf,
     _lock: File,
 }
 
 impl Folder {
     /// Opens (creating) the folder and takes its lock.
-    pub fn open(path: &Path) -> Result<Folder, DiskError> {
+    pub(super) fn open(path: &Path) -> Result<Folder, DiskError> {
         let folder_error = |source| DiskError::Folder {
             path: path.to_path_buf(),
             source,
@@ -99,7 +99,7 @@ impl Folder {
         })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         &self.path
     }
 
@@ -110,7 +110,7 @@ impl Folder {
 
     /// Every stored object's head, oldest first. Files that are left-overs or fail their
     /// checks are deleted.
-    pub fn scan(&self) -> Vec<FoundObject> {
+    pub(super) fn scan(&self) -> Vec<FoundObject> {
         let mut found = Vec::new();
         let Ok(shards) = fs::read_dir(&self.path) else {
             return found;
@@ -138,7 +138,7 @@ impl Folder {
     }
 
     /// Writes an object whole; returns the file's size.
-    pub fn write(&self, object: &DiskObject) -> io::Result<u64> {
+    pub(super) fn write(&self, object: &DiskObject) -> io::Result<u64> {
         let head = encode_head(object)?;
         let mut preamble = Vec::with_capacity(PREAMBLE);
         preamble.extend_from_slice(MAGIC);
@@ -166,7 +166,7 @@ impl Folder {
     }
 
     /// Reads an object back, checking everything; `id` must be the one stored.
-    pub fn read(&self, id: &HashBinary) -> Result<DiskObject, FileError> {
+    pub(super) fn read(&self, id: &HashBinary) -> Result<DiskObject, FileError> {
         let mut bytes = Vec::new();
         File::open(self.object_path(id))?.read_to_end(&mut bytes)?;
         let preamble = Preamble::parse(&bytes)?;
@@ -190,7 +190,7 @@ impl Folder {
         Ok(object)
     }
 
-    pub fn remove(&self, id: &HashBinary) {
+    pub(super) fn remove(&self, id: &HashBinary) {
         let path = self.object_path(id);
         if let Err(e) = fs::remove_file(&path) {
             if e.kind() != io::ErrorKind::NotFound {

@@ -15,9 +15,9 @@ use super::meta::SerializedMeta;
 use crate::metrics;
 
 /// An object's identity: the hash of its key, variance included.
-pub type ObjectId = HashBinary;
+pub(super) type ObjectId = HashBinary;
 
-pub struct Object {
+pub(super) struct Object {
     /// Tells a replaced object's late disk results from the current one's.
     pub generation: u64,
     pub primary: HashBinary,
@@ -28,7 +28,7 @@ pub struct Object {
 }
 
 /// An object's copy in memory.
-pub struct Resident {
+pub(super) struct Resident {
     pub meta: SerializedMeta,
     pub body: Bytes,
     /// Bytes charged to the memory tier.
@@ -36,7 +36,7 @@ pub struct Resident {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DiskCopy {
+pub(super) enum DiskCopy {
     Absent,
     /// Queued for writing or being written.
     Writing,
@@ -45,12 +45,12 @@ pub enum DiskCopy {
 }
 
 /// A file operation the disk writer must do for the index to stay true.
-pub enum DiskJob {
+pub(super) enum DiskJob {
     Remove(ObjectId),
 }
 
 #[derive(Default)]
-pub struct Index {
+pub(super) struct Index {
     pub objects: HashMap<ObjectId, Object>,
     memory_lru: Lru,
     disk_lru: Lru,
@@ -75,14 +75,14 @@ impl Default for Lru {
 }
 
 impl Index {
-    pub fn next_generation(&mut self) -> u64 {
+    pub(super) fn next_generation(&mut self) -> u64 {
         self.next_generation += 1;
         self.next_generation
     }
 
     /// Adds `object`, replacing any object with the same id (whose file, if any, is then
     /// removed: the returned jobs say so).
-    pub fn insert(&mut self, id: ObjectId, object: Object) -> Vec<DiskJob> {
+    pub(super) fn insert(&mut self, id: ObjectId, object: Object) -> Vec<DiskJob> {
         let jobs = self.remove(&id);
         self.by_primary.entry(object.primary).or_default().push(id);
         self.by_path
@@ -105,7 +105,7 @@ impl Index {
     }
 
     /// Forgets an object in both tiers.
-    pub fn remove(&mut self, id: &ObjectId) -> Vec<DiskJob> {
+    pub(super) fn remove(&mut self, id: &ObjectId) -> Vec<DiskJob> {
         let Some(object) = self.objects.remove(id) else {
             return Vec::new();
         };
@@ -129,13 +129,13 @@ impl Index {
     }
 
     /// A hit: the object becomes the most recently used of its tiers.
-    pub fn touch(&mut self, id: &ObjectId) {
+    pub(super) fn touch(&mut self, id: &ObjectId) {
         self.memory_lru.0.get(id);
         self.disk_lru.0.get(id);
     }
 
     /// Gives an object read back from disk its memory copy (the bytes must be reserved).
-    pub fn make_resident(&mut self, id: &ObjectId, resident: Resident) -> bool {
+    pub(super) fn make_resident(&mut self, id: &ObjectId, resident: Resident) -> bool {
         let Some(object) = self.objects.get_mut(id) else {
             return false;
         };
@@ -150,7 +150,7 @@ impl Index {
 
     /// Drops the least recently used memory copy: objects without a disk copy go entirely.
     /// False when no object is in memory.
-    pub fn evict_from_memory(&mut self) -> (bool, Vec<DiskJob>) {
+    pub(super) fn evict_from_memory(&mut self) -> (bool, Vec<DiskJob>) {
         let Some((id, ())) = self.memory_lru.0.pop_lru() else {
             return (false, Vec::new());
         };
@@ -172,7 +172,7 @@ impl Index {
 
     /// Records that an object's file is written (`size` bytes), if the object is still the
     /// generation that was written; false otherwise (the file is someone else's to remove).
-    pub fn disk_written(&mut self, id: &ObjectId, generation: u64, size: u64) -> bool {
+    pub(super) fn disk_written(&mut self, id: &ObjectId, generation: u64, size: u64) -> bool {
         let Some(object) = self
             .objects
             .get_mut(id)
@@ -191,7 +191,7 @@ impl Index {
 
     /// Records that an object's file could not be written or read: the object keeps its
     /// memory copy if it has one, else it goes.
-    pub fn disk_failed(&mut self, id: &ObjectId, generation: u64) -> Vec<DiskJob> {
+    pub(super) fn disk_failed(&mut self, id: &ObjectId, generation: u64) -> Vec<DiskJob> {
         let Some(object) = self
             .objects
             .get_mut(id)
@@ -211,7 +211,7 @@ impl Index {
     }
 
     /// Drops least recently used disk copies until the disk holds at most `capacity` bytes.
-    pub fn evict_from_disk(&mut self, capacity: u64) -> Vec<DiskJob> {
+    pub(super) fn evict_from_disk(&mut self, capacity: u64) -> Vec<DiskJob> {
         let mut jobs = Vec::new();
         while self.disk_stored > capacity {
             let Some((id, ())) = self.disk_lru.0.pop_lru() else {
@@ -238,7 +238,7 @@ impl Index {
     }
 
     /// Objects of `path_and_query`, on `host` (compared case-insensitively) or any host.
-    pub fn by_url(&self, host: Option<&str>, path_and_query: &str) -> Vec<ObjectId> {
+    pub(super) fn by_url(&self, host: Option<&str>, path_and_query: &str) -> Vec<ObjectId> {
         self.by_path
             .get(path_and_query)
             .into_iter()
@@ -254,17 +254,17 @@ impl Index {
             .collect()
     }
 
-    pub fn by_tag(&self, tag: &str) -> Vec<ObjectId> {
+    pub(super) fn by_tag(&self, tag: &str) -> Vec<ObjectId> {
         self.by_tag.get(tag).cloned().unwrap_or_default()
     }
 
     /// The primary slot and every variant stored under `primary`.
-    pub fn by_primary(&self, primary: &HashBinary) -> Vec<ObjectId> {
+    pub(super) fn by_primary(&self, primary: &HashBinary) -> Vec<ObjectId> {
         self.by_primary.get(primary).cloned().unwrap_or_default()
     }
 
     /// Publishes the tiers' sizes.
-    pub fn report(&self) {
+    pub(super) fn report(&self) {
         let metrics = metrics::global();
         let disk_objects = self.disk_lru.0.len();
         for (tier, bytes, objects) in [

@@ -10,14 +10,14 @@ use crate::routing::request_host;
 /// The URL an object was fetched for, kept with the object so that purges by URL find every
 /// object of a URL (all its variants and key variants).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ObjectUrl {
+pub(crate) struct ObjectUrl {
     /// Lower-case, without port.
     pub host: String,
     pub path_and_query: String,
 }
 
 impl ObjectUrl {
-    pub fn of(req: &RequestHeader) -> Self {
+    pub(crate) fn of(req: &RequestHeader) -> Self {
         ObjectUrl {
             host: request_host(req).unwrap_or_default().to_ascii_lowercase(),
             path_and_query: req
@@ -34,7 +34,7 @@ impl ObjectUrl {
 /// Each part is framed (a tag byte and a length), so that no two different requests give the
 /// same key text. The upstream is part of every key: the same URL fetched from two origins
 /// (a filter may choose the upstream) is two objects.
-pub fn cache_key(req: &RequestHeader, parts: &[KeyPart], upstream: &str) -> CacheKey {
+pub(crate) fn cache_key(req: &RequestHeader, parts: &[KeyPart], upstream: &str) -> CacheKey {
     let url = ObjectUrl::of(req);
     let mut primary = Vec::with_capacity(128);
     frame(&mut primary, b'u', upstream.as_bytes());
@@ -81,7 +81,7 @@ fn frame(out: &mut Vec<u8>, tag: u8, bytes: &[u8]) {
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers, if present.
-pub fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie<'a>(req: &'a RequestHeader, name: &str) -> Option<&'a str> {
     req.headers
         .get_all(http::header::COOKIE)
         .iter()

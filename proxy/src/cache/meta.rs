@@ -10,12 +10,12 @@ use pingora::http::ResponseHeader;
 use pingora::Result;
 
 /// A stored `CacheMeta`. It is not `Clone`, so each hit builds its own copy. Parsing the
-/// stored response head again (decompressing and building both header maps) cost more than
-/// the rest of a 1 KiB hit's cache work, so the head is also kept parsed; and since
-/// deserializing even the small internal part (msgpack, plus a stand-in head) cost ~5k
-/// instructions a hit, an object never revalidated is rebuilt from its fields instead.
+/// stored response head again (decompressing and building both header maps) costs more than
+/// the rest of a small hit's cache work, so the head is also kept parsed; and since even the
+/// small internal part (msgpack, plus a stand-in head) is dear to deserialize on every hit,
+/// an object never revalidated is rebuilt from its fields instead (docs/benchmarks.md).
 #[derive(Clone)]
-pub struct SerializedMeta {
+pub(super) struct SerializedMeta {
     internal: Arc<[u8]>,
     header: Arc<[u8]>,
     head: Arc<ResponseHeader>,
@@ -36,7 +36,7 @@ struct MetaFields {
 }
 
 impl MetaFields {
-    pub fn of(meta: &CacheMeta) -> Option<Self> {
+    pub(crate) fn of(meta: &CacheMeta) -> Option<Self> {
         let created = meta.created();
         (meta.updated() == created && meta.provenance() == created).then(|| MetaFields {
             fresh_until: meta.fresh_until(),
@@ -67,13 +67,13 @@ impl MetaFields {
 }
 
 impl SerializedMeta {
-    pub fn of(meta: &CacheMeta) -> Result<Self> {
+    pub(super) fn of(meta: &CacheMeta) -> Result<Self> {
         let (internal, header) = meta.serialize()?;
         Ok(Self::with_parsed(internal, header, meta))
     }
 
     /// From the disk tier's bytes, which must deserialize.
-    pub fn from_stored(internal: Vec<u8>, header: Vec<u8>) -> Result<Self> {
+    pub(super) fn from_stored(internal: Vec<u8>, header: Vec<u8>) -> Result<Self> {
         let meta = CacheMeta::deserialize(&internal, &header)?;
         Ok(Self::with_parsed(internal, header, &meta))
     }
@@ -87,7 +87,7 @@ impl SerializedMeta {
         }
     }
 
-    pub fn meta(&self) -> Result<CacheMeta> {
+    pub(super) fn meta(&self) -> Result<CacheMeta> {
         let head = ResponseHeader::clone(&self.head);
         if let Some(fields) = &self.fields {
             return Ok(fields.rebuild(head));
@@ -98,18 +98,18 @@ impl SerializedMeta {
     }
 
     /// The serialized internal part, as the disk tier stores it.
-    pub fn internal(&self) -> &[u8] {
+    pub(super) fn internal(&self) -> &[u8] {
         &self.internal
     }
 
     /// The serialized response head, as the disk tier stores it.
-    pub fn header(&self) -> &[u8] {
+    pub(super) fn header(&self) -> &[u8] {
         &self.header
     }
 
     /// Bytes held: the serialized parts and the parsed head (each field counted twice, for
     /// the map that keeps the names' case beside the value map, plus map overhead).
-    pub fn len(&self) -> u64 {
+    pub(super) fn len(&self) -> u64 {
         let fields: usize = self
             .head
             .headers
@@ -120,7 +120,7 @@ impl SerializedMeta {
     }
 
     #[cfg(test)]
-    pub fn empty() -> Self {
+    pub(crate) fn empty() -> Self {
         SerializedMeta {
             internal: Arc::from(&[][..]),
             header: Arc::from(&[][..]),

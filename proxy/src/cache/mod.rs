@@ -1,13 +1,13 @@
-//! The HTTP cache room: storage and policy. Pingora's cache machinery (`pingora-cache`) runs
-//! the lookups, the cache lock and revalidation; this room decides what is stored and for how
+//! The HTTP cache: storage and policy. Pingora's cache machinery (`pingora-cache`) runs
+//! the lookups, the cache lock and revalidation; this module decides what is stored and for how
 //! long (`policy`), under which key (`key`), where it lives (`store`), and what the client is
 //! told about it (`status`).
 
 mod disk;
 mod index;
-pub mod key;
+pub(crate) mod key;
 mod meta;
-pub mod policy;
+pub(crate) mod policy;
 mod status;
 mod store;
 
@@ -22,11 +22,11 @@ use pingora::http::{RequestHeader, ResponseHeader};
 
 use crate::config::{CacheSettings, RouteCache};
 use crate::metrics;
-pub use key::{cache_key, ObjectUrl};
+pub(crate) use key::{cache_key, ObjectUrl};
 use policy::{Decision, Defaults};
-pub use status::Outcome;
+pub(crate) use status::Outcome;
 use store::Store;
-pub use store::{BodyReader, PurgeMode};
+pub(crate) use store::{BodyReader, PurgeMode};
 
 /// Uncacheable keys remembered, so their requests skip the cache lock: shards × capacity.
 const PREDICTOR_SHARD_CAPACITY: usize = 1024;
@@ -54,7 +54,7 @@ pub enum CacheError {
 }
 
 /// The process-wide cache. Pingora wants its parts `'static`; there is one per process.
-pub struct Cache {
+pub(crate) struct Cache {
     store: &'static Store,
     lock: &'static CacheKeyLockImpl,
     predictor: &'static Predictor<16>,
@@ -65,7 +65,7 @@ pub struct Cache {
 
 /// What a purge targets.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PurgeTarget {
+pub(crate) enum PurgeTarget {
     /// Every object fetched for this path (and query), on one host or any.
     Url {
         host: Option<String>,
@@ -76,7 +76,7 @@ pub enum PurgeTarget {
 
 impl Cache {
     /// Opens the cache; with a disk tier, takes over what its folder holds.
-    pub fn open(settings: &CacheSettings) -> Result<Cache, CacheError> {
+    pub(crate) fn open(settings: &CacheSettings) -> Result<Cache, CacheError> {
         // Only the first call sets it (one cache per process).
         pingora::cache::set_compression_dict_content(Cow::Borrowed(HEADER_DICTIONARY));
         let lock: Box<CacheKeyLockImpl> = CacheLock::new_boxed(settings.lock_timeout);
@@ -96,7 +96,7 @@ impl Cache {
     }
 
     /// Turns the cache on for one request.
-    pub fn enable(&self, http_cache: &mut HttpCache) {
+    pub(crate) fn enable(&self, http_cache: &mut HttpCache) {
         let mut overrides = CacheOptionOverrides::default();
         overrides.wait_timeout = Some(self.lock_timeout);
         http_cache.enable(
@@ -108,18 +108,18 @@ impl Cache {
         );
     }
 
-    pub fn max_object(&self) -> u64 {
+    pub(crate) fn max_object(&self) -> u64 {
         self.max_object
     }
 
     /// Whether `client` may send `PURGE` requests.
-    pub fn may_purge(&self, client: Option<IpAddr>) -> bool {
+    pub(crate) fn may_purge(&self, client: Option<IpAddr>) -> bool {
         client.is_some_and(|ip| self.purge_allowed_from.iter().any(|net| net.contains(&ip)))
     }
 
     /// Removes (or marks stale) what `target` names; `how` labels the metric (`url`,
     /// `surrogate_key`, `method`). Returns how many objects it touched.
-    pub fn purge(&self, target: &PurgeTarget, mode: PurgeMode, how: &str) -> usize {
+    pub(crate) fn purge(&self, target: &PurgeTarget, mode: PurgeMode, how: &str) -> usize {
         let purged = match target {
             PurgeTarget::Url {
                 host,
@@ -142,7 +142,7 @@ fn per_request_reason(reason: &'static str) -> bool {
 
 /// Why a request skips the cache, if it does: a method the cache does not serve, or the
 /// route's bypass rules.
-pub fn bypass_reason(req: &RequestHeader, route: &RouteCache) -> Option<&'static str> {
+pub(crate) fn bypass_reason(req: &RequestHeader, route: &RouteCache) -> Option<&'static str> {
     if req.method != http::Method::GET && req.method != http::Method::HEAD {
         return Some("method");
     }
@@ -164,7 +164,7 @@ pub fn bypass_reason(req: &RequestHeader, route: &RouteCache) -> Option<&'static
 }
 
 /// Whether and how `response` to `req` is stored on a route caching like `route`.
-pub fn admission(
+pub(crate) fn admission(
     req: &RequestHeader,
     response: &ResponseHeader,
     route: &RouteCache,
@@ -208,13 +208,13 @@ fn secs(duration: Duration) -> u32 {
 }
 
 /// Removes the fields that speak to this cache from a response going to a client.
-pub fn strip_cdn_fields(response: &mut ResponseHeader) {
+pub(crate) fn strip_cdn_fields(response: &mut ResponseHeader) {
     crate::fields::remove_fields(response, &CDN_ONLY_FIELDS);
 }
 
 /// Whether a stored response's body reader (on a request served from the cache) has handed
 /// out its last bytes: the end of the body on paths where Pingora does not say so.
-pub fn body_fully_read(http_cache: &mut HttpCache) -> bool {
+pub(crate) fn body_fully_read(http_cache: &mut HttpCache) -> bool {
     matches!(
         http_cache.phase(),
         pingora::cache::CachePhase::Hit
@@ -230,7 +230,7 @@ pub fn body_fully_read(http_cache: &mut HttpCache) -> bool {
 }
 
 /// Seconds of freshness left (negative once stale), for `Cache-Status`.
-pub fn ttl(meta: &CacheMeta) -> i64 {
+pub(crate) fn ttl(meta: &CacheMeta) -> i64 {
     let now = SystemTime::now();
     match meta.fresh_until().duration_since(now) {
         Ok(left) => i64::try_from(left.as_secs()).unwrap_or(i64::MAX),

@@ -15,7 +15,7 @@ use pingora::protocols::http::conditional_filter::resp_header_as_http_date;
 
 /// What a route says when the response does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Defaults {
+pub(crate) struct Defaults {
     /// Freshness for responses without explicit freshness; `None`: such responses are not stored.
     pub default_ttl: Option<Duration>,
     /// How long past freshness a response may be served while it is refetched in the background.
@@ -26,7 +26,7 @@ pub struct Defaults {
 
 /// How a stored response may be reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Freshness {
+pub(crate) struct Freshness {
     /// How long the response is fresh from now (already reduced by its `Age`).
     pub fresh_for: Duration,
     pub stale_while_revalidate: Duration,
@@ -35,14 +35,14 @@ pub struct Freshness {
 
 /// The outcome of [`decide`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     Store(Freshness),
     Skip(SkipReason),
 }
 
 /// Why a response is not stored: the first rule of [`decide`] it fails.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SkipReason {
+pub(crate) enum SkipReason {
     Method,
     Status,
     NoStore,
@@ -55,7 +55,7 @@ pub enum SkipReason {
 
 impl SkipReason {
     /// Short lower-case token for logs and the `Cache-Status` `detail` parameter.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             SkipReason::Method => "method",
             SkipReason::Status => "status",
@@ -70,7 +70,7 @@ impl SkipReason {
 }
 
 /// Whether and for how long the response to `request` may be stored by this shared cache.
-pub fn decide(
+pub(crate) fn decide(
     request: &RequestHeader,
     response: &ResponseHeader,
     defaults: &Defaults,
@@ -123,7 +123,10 @@ pub fn decide(
 
 /// The variance of `request` for a stored response with these headers: `None` when the response
 /// has no `Vary` (or only empty Vary values).
-pub fn variance(response_headers: &HeaderMap, request: &RequestHeader) -> Option<HashBinary> {
+pub(crate) fn variance(
+    response_headers: &HeaderMap,
+    request: &RequestHeader,
+) -> Option<HashBinary> {
     let names: BTreeSet<String> = vary_names(response_headers)
         .filter(|name| name != "*")
         .collect();
@@ -136,7 +139,7 @@ pub fn variance(response_headers: &HeaderMap, request: &RequestHeader) -> Option
 }
 
 /// Whether the response's `Vary` is `*` (never served from cache).
-pub fn varies_on_everything(response_headers: &HeaderMap) -> bool {
+pub(crate) fn varies_on_everything(response_headers: &HeaderMap) -> bool {
     vary_names(response_headers).any(|name| name == "*")
 }
 

@@ -10,7 +10,7 @@ const CACHE_NAME: &str = "edgeward";
 
 /// What the cache did for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Served fresh from the cache.
     Hit,
     /// Served stale while a background request refreshes it.
@@ -33,7 +33,7 @@ pub enum Outcome {
 impl Outcome {
     /// Reads the outcome off the cache phase at response time. `upstream_status` is the
     /// status of the origin's response head, when the origin answered.
-    pub fn from_phase(phase: CachePhase, upstream_status: Option<u16>) -> Outcome {
+    pub(crate) fn from_phase(phase: CachePhase, upstream_status: Option<u16>) -> Outcome {
         match phase {
             CachePhase::Hit => Outcome::Hit,
             CachePhase::StaleUpdating => Outcome::StaleWhileRevalidate,
@@ -64,7 +64,7 @@ impl Outcome {
 
     /// The `Cache-Status` value; `ttl` is the stored response's remaining freshness in
     /// seconds (negative when stale), for outcomes served from the cache.
-    pub fn header_value(self, ttl: Option<i64>) -> HeaderValue {
+    pub(crate) fn header_value(self, ttl: Option<i64>) -> HeaderValue {
         // One buffer, written in place: this runs on every cached route's response. Writing
         // to a String cannot fail.
         let mut value = String::with_capacity(64);
@@ -110,7 +110,7 @@ impl Outcome {
     }
 
     /// Whether the body came from the cache.
-    pub fn served_from_cache(self) -> bool {
+    pub(crate) fn served_from_cache(self) -> bool {
         matches!(
             self,
             Outcome::Hit
@@ -121,7 +121,7 @@ impl Outcome {
     }
 
     /// The `result` label of `edgeward_cache_lookups_total`.
-    pub fn metric_label(self) -> &'static str {
+    pub(crate) fn metric_label(self) -> &'static str {
         match self {
             Outcome::Hit => "hit",
             Outcome::StaleWhileRevalidate | Outcome::StaleIfError { .. } => "stale",

@@ -44,7 +44,7 @@ const MAX_QUEUED_BYTES: u64 = 64 << 20;
 
 /// What a purge does to the objects it finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PurgeMode {
+pub(crate) enum PurgeMode {
     /// Remove them.
     Hard,
     /// Mark them stale: the next request revalidates (and may be served stale meanwhile).
@@ -52,7 +52,7 @@ pub enum PurgeMode {
 }
 
 impl PurgeMode {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             PurgeMode::Hard => "hard",
             PurgeMode::Soft => "soft",
@@ -60,7 +60,7 @@ impl PurgeMode {
     }
 }
 
-pub struct Store {
+pub(super) struct Store {
     state: Mutex<State>,
     memory_limit: u64,
     max_object: u64,
@@ -103,7 +103,7 @@ enum MetaChange {
 impl Store {
     /// A store with a memory tier of `memory_limit` bytes and, with `disk` (folder, bytes), a
     /// disk tier holding what the folder already has. Lives for the rest of the process.
-    pub fn open(
+    pub(super) fn open(
         memory_limit: u64,
         max_object: u64,
         disk: Option<(&Path, u64)>,
@@ -203,13 +203,18 @@ impl Store {
     }
 
     /// Purges every object fetched for `path_and_query`, on `host` or (None) any host.
-    pub fn purge_url(&self, host: Option<&str>, path_and_query: &str, mode: PurgeMode) -> usize {
+    pub(super) fn purge_url(
+        &self,
+        host: Option<&str>,
+        path_and_query: &str,
+        mode: PurgeMode,
+    ) -> usize {
         let ids = self.state().index.by_url(host, path_and_query);
         self.purge(&ids, mode)
     }
 
     /// Purges every object tagged with surrogate key `tag`.
-    pub fn purge_tag(&self, tag: &str, mode: PurgeMode) -> usize {
+    pub(super) fn purge_tag(&self, tag: &str, mode: PurgeMode) -> usize {
         let ids = self.state().index.by_tag(tag);
         self.purge(&ids, mode)
     }
@@ -677,7 +682,7 @@ impl Storage for Store {
 }
 
 /// Reads a stored body, whole or a range of it.
-pub struct BodyReader {
+pub(crate) struct BodyReader {
     body: Bytes,
     start: usize,
     end: usize,
@@ -696,7 +701,7 @@ impl BodyReader {
     }
 
     /// Whether the whole body (or range) has been handed out.
-    pub fn is_done(&self) -> bool {
+    pub(crate) fn is_done(&self) -> bool {
         self.done
     }
 }

@@ -1,4 +1,4 @@
-//! The configuration room: YAML text → raw serde structs → validated [`Config`] model.
+//! The configuration: YAML text → raw serde structs → validated [`Config`] model.
 //! Nothing else in edgeward reads YAML; everything reads the model.
 
 mod diagnostic;

@@ -9,7 +9,7 @@ use super::yaml::Located;
 
 /// A YAML mapping whose keys are user-chosen names, in file order.
 #[derive(Debug)]
-pub struct Named<T>(pub Vec<(Located<String>, T)>);
+pub(super) struct Named<T>(pub Vec<(Located<String>, T)>);
 
 impl<T> Default for Named<T> {
     fn default() -> Self {
@@ -41,7 +41,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawConfig {
+pub(super) struct RawConfig {
     #[serde(default)]
     pub listeners: Located<Vec<RawListener>>,
     pub workers: Option<Located<String>>,
@@ -61,7 +61,7 @@ pub struct RawConfig {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawCache {
+pub(super) struct RawCache {
     pub memory: Option<Located<String>>,
     pub disk: Option<Located<RawDiskCache>>,
     pub max_object: Option<Located<String>>,
@@ -71,13 +71,13 @@ pub struct RawCache {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawDiskCache {
+pub(super) struct RawDiskCache {
     pub path: Option<Located<String>>,
     pub size: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawRouteCache {
+pub(super) struct RawRouteCache {
     pub enabled: Option<Located<bool>>,
     pub default_ttl: Option<Located<String>>,
     pub key: Option<Located<Vec<Located<String>>>>,
@@ -87,7 +87,7 @@ pub struct RawRouteCache {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawBypass {
+pub(super) struct RawBypass {
     #[serde(default)]
     pub headers: Vec<Located<String>>,
     #[serde(default)]
@@ -95,26 +95,26 @@ pub struct RawBypass {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawGeo {
+pub(super) struct RawGeo {
     pub database: Option<Located<String>>,
     #[serde(default)]
     pub trusted_proxies: Vec<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawAdmin {
+pub(super) struct RawAdmin {
     pub address: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawWasm {
+pub(super) struct RawWasm {
     pub module_cache: Option<Located<String>>,
     pub max_instances: Option<Located<String>>,
     pub perf_map: Option<Located<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawFilter {
+pub(super) struct RawFilter {
     pub module: Option<Located<String>>,
     /// Any YAML: handed to the filter as JSON text (a plain string as itself).
     pub config: Option<serde_json::Value>,
@@ -129,19 +129,19 @@ pub struct RawFilter {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawLimits {
+pub(super) struct RawLimits {
     pub memory: Option<Located<String>>,
     pub cpu: Option<Located<String>>,
     pub body: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawListener {
+pub(super) struct RawListener {
     pub address: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawUpstream {
+pub(super) struct RawUpstream {
     pub endpoints: Option<Located<Vec<Located<String>>>>,
     pub builtin: Option<Located<String>>,
     pub load_balancing: Option<Located<String>>,
@@ -154,7 +154,7 @@ pub struct RawUpstream {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawHealthCheck {
+pub(super) struct RawHealthCheck {
     pub path: Option<Located<String>>,
     pub interval: Option<Located<String>>,
     pub timeout: Option<Located<String>>,
@@ -164,7 +164,7 @@ pub struct RawHealthCheck {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawRoute {
+pub(super) struct RawRoute {
     pub name: Option<Located<String>>,
     #[serde(rename = "match")]
     pub matcher: Option<Located<RawMatch>>,
@@ -177,7 +177,7 @@ pub struct RawRoute {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct RawMatch {
+pub(super) struct RawMatch {
     pub host: Option<Located<String>>,
     pub path: Option<Located<String>>,
     pub path_prefix: Option<Located<String>>,

@@ -37,13 +37,13 @@ impl From<Marker> for Mark {
 
 /// A YAML value with the position it was read from.
 #[derive(Debug, Clone)]
-pub struct Node {
+pub(super) struct Node {
     pub mark: Mark,
     pub kind: NodeKind,
 }
 
 #[derive(Debug, Clone)]
-pub enum NodeKind {
+pub(super) enum NodeKind {
     /// `quoted` scalars are always strings; plain ones may be null, bool or numbers.
     Scalar {
         value: String,
@@ -69,7 +69,7 @@ impl Node {
 
 /// One problem found in the configuration, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct YamlError {
+pub(super) struct YamlError {
     pub mark: Option<Mark>,
     pub message: String,
     /// Whether the message already names the key it belongs to.
@@ -120,7 +120,7 @@ impl YamlError {
 }
 
 /// Parses YAML text into a tree. An empty document is an empty mapping.
-pub fn parse(text: &str) -> Result<Node, YamlError> {
+pub(super) fn parse(text: &str) -> Result<Node, YamlError> {
     let mut builder = TreeBuilder::default();
     let mut parser = Parser::new_from_str(text);
     parser
@@ -137,7 +137,7 @@ pub fn parse(text: &str) -> Result<Node, YamlError> {
 
 /// Deserializes `T` from a parsed tree. Unknown keys are pushed to `diagnostics` and skipped;
 /// any other error ends deserialization and is returned with its position.
-pub fn from_node<'de, T: Deserialize<'de>>(
+pub(super) fn from_node<'de, T: Deserialize<'de>>(
     node: &'de Node,
     diagnostics: &'de RefCell<Vec<YamlError>>,
 ) -> Result<T, YamlError> {
@@ -253,7 +253,7 @@ impl MarkedEventReceiver for TreeBuilder {
 
 /// A value together with the position it was read from, for errors found after parsing.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Located<T> {
+pub(super) struct Located<T> {
     pub mark: Mark,
     pub value: T,
 }

@@ -13,7 +13,7 @@ use crate::wasm::{FilterFailure, LocalResponse};
 
 /// Why edgeward answered a request itself. Each maps to one status and one JSON error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     NoRoute,
     PurgeForbidden,
     NoHealthyEndpoint,
@@ -24,7 +24,7 @@ pub enum Refusal {
 }
 
 impl Refusal {
-    pub fn status(self) -> u16 {
+    pub(crate) fn status(self) -> u16 {
         match self {
             Refusal::NoRoute => 404,
             Refusal::PurgeForbidden => 403,
@@ -35,7 +35,7 @@ impl Refusal {
         }
     }
 
-    pub fn code(self) -> &'static str {
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Refusal::NoRoute => "no_route",
             Refusal::PurgeForbidden => "purge_forbidden",
@@ -48,7 +48,7 @@ impl Refusal {
     }
 
     /// Whether the upstream failed (counted per upstream).
-    pub fn is_upstream_failure(self) -> bool {
+    pub(crate) fn is_upstream_failure(self) -> bool {
         matches!(
             self,
             Refusal::NoHealthyEndpoint | Refusal::UpstreamTimeout | Refusal::UpstreamUnavailable
@@ -56,7 +56,7 @@ impl Refusal {
     }
 
     /// What a proxying error means for the client; `None` when the client went away.
-    pub fn from_error(e: &Error) -> Option<Refusal> {
+    pub(crate) fn from_error(e: &Error) -> Option<Refusal> {
         use ErrorType::*;
         Some(match (e.esource(), e.etype()) {
             (
@@ -75,7 +75,7 @@ impl Refusal {
     }
 
     /// The message for a refusal that a proxying error `e` caused on `upstream`.
-    pub fn message(self, upstream: &str, e: &Error) -> String {
+    pub(crate) fn message(self, upstream: &str, e: &Error) -> String {
         match self {
             Refusal::NoHealthyEndpoint => format!("upstream `{upstream}` has no healthy endpoint"),
             Refusal::UpstreamTimeout => format!("upstream `{upstream}` did not answer in time"),
@@ -92,13 +92,13 @@ impl Refusal {
 
 /// A response edgeward writes instead of the upstream's.
 #[derive(Debug)]
-pub enum Answer {
+pub(crate) enum Answer {
     Local(LocalResponse),
     FilterFailed(FilterFailure),
 }
 
 impl Answer {
-    pub fn status(&self) -> u16 {
+    pub(crate) fn status(&self) -> u16 {
         match self {
             Answer::Local(response) => response.status,
             Answer::FilterFailed(failure) => failure.status,
@@ -106,7 +106,7 @@ impl Answer {
     }
 
     /// The error code for the access log, when a filter failed.
-    pub fn error_code(&self) -> Option<&'static str> {
+    pub(crate) fn error_code(&self) -> Option<&'static str> {
         match self {
             Answer::Local(_) => None,
             Answer::FilterFailed(failure) => Some(failure.code),
@@ -115,7 +115,7 @@ impl Answer {
 
     /// The head and body: the filter's own response, or edgeward's JSON error naming the
     /// filter.
-    pub fn response(&self, request_id: &HeaderValue) -> Result<(ResponseHeader, Bytes)> {
+    pub(crate) fn response(&self, request_id: &HeaderValue) -> Result<(ResponseHeader, Bytes)> {
         match self {
             Answer::Local(local) => {
                 let mut head = ResponseHeader::build(local.status, Some(local.headers.len() + 1))?;
@@ -142,7 +142,7 @@ impl Answer {
 }
 
 /// Answers with a refusal's JSON error.
-pub async fn refuse(
+pub(super) async fn refuse(
     session: &mut Session,
     request_id: &HeaderValue,
     refusal: Refusal,
@@ -168,7 +168,7 @@ fn error_body(
 }
 
 /// A JSON answer of edgeward's own: never cached, tagged with the request id.
-pub fn json(
+pub(super) fn json(
     status: u16,
     body: &serde_json::Value,
     request_id: &HeaderValue,
@@ -183,7 +183,10 @@ pub fn json(
 }
 
 /// Writes a whole answer, then reads what the client is still sending.
-pub async fn send(session: &mut Session, (head, body): (ResponseHeader, Bytes)) -> Result<()> {
+pub(super) async fn send(
+    session: &mut Session,
+    (head, body): (ResponseHeader, Bytes),
+) -> Result<()> {
     session.write_response_header(Box::new(head), false).await?;
     session.write_response_body(Some(body), true).await?;
     drain_unread_body(session).await;
@@ -208,6 +211,6 @@ async fn drain_unread_body(session: &mut Session) {
 }
 
 /// The error that drops the connection without an answer, as a filter asked.
-pub fn closed_by_filter() -> Box<Error> {
+pub(super) fn closed_by_filter() -> Box<Error> {
     Error::explain(ErrorType::ConnectionClosed, "a filter closed the stream").into_down()
 }

@@ -13,7 +13,7 @@ use crate::cache::{self, Cache, Outcome};
 
 /// Readies a head on a caching route for the client: no hop-by-hop or CDN-only fields, and a
 /// `Cache-Status` saying what the cache did.
-pub fn status_header(
+pub(super) fn status_header(
     session: &Session,
     resp: &mut ResponseHeader,
     ctx: &mut RequestCtx,
@@ -36,7 +36,7 @@ pub fn status_header(
 }
 
 /// A response without a length that turns out too large streams through uncached.
-pub fn limit_object_size(
+pub(super) fn limit_object_size(
     session: &mut Session,
     ctx: &mut RequestCtx,
     chunk: Option<&Bytes>,
@@ -56,7 +56,7 @@ pub fn limit_object_size(
 
 /// Whether a stored object may answer instead of the upstream after `error` (Pingora checked
 /// the object's stale windows before asking).
-pub fn serve_stale(ctx: &mut RequestCtx, error: Option<&Error>) -> bool {
+pub(super) fn serve_stale(ctx: &mut RequestCtx, error: Option<&Error>) -> bool {
     // An upstream 5xx arrives here as an error (no response hook sees it), for
     // `Cache-Status: fwd-status`.
     if let Some(ErrorType::HTTPStatus(status)) = error.map(|e| e.etype()) {

@@ -16,7 +16,7 @@ use crate::metrics;
 use crate::request_buffering::RequestBuffer;
 use crate::wasm::FilterChain;
 
-pub struct RequestCtx {
+pub(crate) struct RequestCtx {
     pub started: Instant,
     pub request_id: HeaderValue,
     pub route: Option<Arc<Route>>,
@@ -32,7 +32,7 @@ pub struct RequestCtx {
 
 /// The upstream side of a request.
 #[derive(Default)]
-pub struct UpstreamState {
+pub(crate) struct UpstreamState {
     /// The route's upstream, or the one a filter chose instead.
     pub chosen: Option<UpstreamId>,
     /// Endpoints that refused a connection for this request; retries go elsewhere.
@@ -48,7 +48,7 @@ pub struct UpstreamState {
 
 /// What the cache does for a request.
 #[derive(Default)]
-pub struct CacheState {
+pub(crate) struct CacheState {
     /// The cache is on for this request.
     pub on: bool,
     /// Why the request skipped the cache of its route.
@@ -59,7 +59,7 @@ pub struct CacheState {
 
 /// The route's filter chain and what it decided.
 #[derive(Default)]
-pub struct FilterState {
+pub(crate) struct FilterState {
     /// The route's filters, when it has any.
     pub chain: Option<FilterChain>,
     /// Whether the request has a body for the filters to see.
@@ -77,7 +77,7 @@ pub struct FilterState {
 
 /// The response body as the filters of one response phase see it.
 #[derive(Default)]
-pub struct BodyPhase {
+pub(crate) struct BodyPhase {
     /// There is a body for these filters to see.
     pub has_body: bool,
     /// A filter answered in this phase's head: its body replaces the response body, once.
@@ -91,7 +91,7 @@ pub struct BodyPhase {
 
 impl FilterState {
     /// Keeps the error code of a filter's failure for the access log.
-    pub fn note(&mut self, answer: &Answer) {
+    pub(crate) fn note(&mut self, answer: &Answer) {
         if let Some(code) = answer.error_code() {
             self.error = Some(code);
         }
@@ -100,7 +100,7 @@ impl FilterState {
 
 impl RequestCtx {
     /// A new request's context; it counts in `inflight` for as long as it lives.
-    pub fn new(inflight: &Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(inflight: &Arc<AtomicUsize>) -> Self {
         inflight.fetch_add(1, Ordering::AcqRel);
         metrics::global().inflight.inc();
         RequestCtx {
@@ -116,7 +116,7 @@ impl RequestCtx {
         }
     }
 
-    pub fn route_name(&self) -> &str {
+    pub(crate) fn route_name(&self) -> &str {
         self.route.as_deref().map_or("", |r| r.name.as_str())
     }
 }

@@ -11,7 +11,7 @@ use crate::metrics;
 
 /// Answers the failed request unless its response has started; `upstream` names the
 /// upstream it was sent to, if any.
-pub async fn answer(
+pub(super) async fn answer(
     session: &mut Session,
     e: &Error,
     ctx: &mut RequestCtx,

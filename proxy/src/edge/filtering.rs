@@ -22,7 +22,7 @@ use crate::wasm::{FilterChain, FilterFailure, StreamInfo, Verdict};
 const LENGTH_CHANGED: &str = "body_length_changed";
 
 /// The request facts the filters' properties expose.
-pub fn stream_info(
+pub(super) fn stream_info(
     session: &Session,
     ctx: &RequestCtx,
     route: &Route,
@@ -54,7 +54,7 @@ pub fn stream_info(
 
 /// Runs the request head through `chain`, which the request keeps: `Ok(true)` when the
 /// request was answered here.
-pub async fn request_headers(
+pub(super) async fn request_headers(
     session: &mut Session,
     ctx: &mut RequestCtx,
     mut chain: FilterChain,
@@ -79,14 +79,18 @@ pub async fn request_headers(
 }
 
 /// Writes a filter's answer as the whole response.
-pub async fn send(session: &mut Session, ctx: &mut RequestCtx, answer: Answer) -> Result<()> {
+pub(super) async fn send(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    answer: Answer,
+) -> Result<()> {
     ctx.filters.note(&answer);
     answers::send(session, answer.response(&ctx.request_id)?).await
 }
 
 /// Runs a request body chunk through the chain. A filter's answer aborts the upstream request
 /// (its head already went) and is written by `fail_to_proxy`.
-pub async fn request_body(
+pub(super) async fn request_body(
     session: &mut Session,
     body: &mut Option<Bytes>,
     end_of_stream: bool,
@@ -125,7 +129,7 @@ pub async fn request_body(
 
 /// Runs a response head through the filters of `phase`. A filter's answer replaces the head
 /// here, and the body in the same phase.
-pub async fn response_head(
+pub(super) async fn response_head(
     session: &mut Session,
     resp: &mut ResponseHeader,
     ctx: &mut RequestCtx,
@@ -178,7 +182,7 @@ pub async fn response_head(
 }
 
 /// Runs a response body chunk through the filters of `phase`.
-pub fn response_body(
+pub(super) fn response_body(
     session: &mut Session,
     body: &mut Option<Bytes>,
     end_of_stream: bool,
@@ -231,7 +235,7 @@ pub fn response_body(
 }
 
 /// `on_log`, `on_done` and `on_delete` for the filters that saw the request.
-pub fn finish(session: &mut Session, ctx: &mut RequestCtx) {
+pub(super) fn finish(session: &mut Session, ctx: &mut RequestCtx) {
     if let Some(chain) = ctx.filters.chain.as_mut() {
         let sent = chain
             .needs_sent_response()

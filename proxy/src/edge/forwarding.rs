@@ -10,11 +10,11 @@ use pingora::prelude::*;
 use crate::config::Route;
 use crate::fields;
 
-pub const REQUEST_ID: &str = "x-request-id";
+pub(super) const REQUEST_ID: &str = "x-request-id";
 
 /// The route's rewrites (path prefix, `Host`) and the forwarding headers, on the request
 /// going upstream.
-pub fn rewrite_upstream_request(
+pub(super) fn rewrite_upstream_request(
     session: &Session,
     route: &Route,
     upstream_request: &mut RequestHeader,
@@ -38,7 +38,7 @@ pub fn rewrite_upstream_request(
 }
 
 /// Keeps a sane client-supplied request id (so traces join up), otherwise makes a new one.
-pub fn request_id(req: &RequestHeader) -> HeaderValue {
+pub(super) fn request_id(req: &RequestHeader) -> HeaderValue {
     let supplied = req.headers.get(REQUEST_ID).filter(|v| {
         let b = v.as_bytes();
         !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
@@ -72,7 +72,7 @@ fn new_request_id() -> HeaderValue {
     }
 }
 
-pub fn protocol_name(version: Version) -> &'static str {
+pub(super) fn protocol_name(version: Version) -> &'static str {
     match version {
         Version::HTTP_09 => "HTTP/0.9",
         Version::HTTP_10 => "HTTP/1.0",
@@ -128,7 +128,7 @@ fn add_forwarding_headers(session: &Session, upstream_request: &mut RequestHeade
 }
 
 /// `existing` Via with this hop appended, e.g. `1.1 cdn, 1.1 edgeward`.
-pub fn via(existing: Option<&HeaderValue>, version: Version) -> HeaderValue {
+pub(super) fn via(existing: Option<&HeaderValue>, version: Version) -> HeaderValue {
     // Static values: most requests and responses carry no Via, and need no formatting.
     let ours = match version {
         Version::HTTP_10 => "1.0 edgeward",
@@ -144,7 +144,7 @@ pub fn via(existing: Option<&HeaderValue>, version: Version) -> HeaderValue {
 
 /// Hop-by-hop response fields belong to the upstream connection, not the client's
 /// (RFC 9110 §7.6.1). Pingora frames the downstream response itself.
-pub fn strip_hop_by_hop(resp: &mut ResponseHeader) {
+pub(super) fn strip_hop_by_hop(resp: &mut ResponseHeader) {
     const HOP_BY_HOP: [&str; 5] = [
         "connection",
         "keep-alive",

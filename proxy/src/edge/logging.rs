@@ -13,7 +13,7 @@ use crate::routing::request_host;
 
 /// Counts the request and writes its access-log line; `upstream` names the upstream it went
 /// to, if any.
-pub fn log_request(
+pub(super) fn log_request(
     session: &Session,
     ctx: &RequestCtx,
     upstream: Option<&str>,

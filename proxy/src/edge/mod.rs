@@ -11,4 +11,4 @@ mod logging;
 mod phases;
 mod purge;
 
-pub use phases::Edge;
+pub(crate) use phases::Edge;

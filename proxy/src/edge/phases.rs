@@ -33,7 +33,7 @@ use crate::routing::{request_host, RouteTable};
 use crate::upstream::Upstreams;
 use crate::wasm::FilterHost;
 
-pub struct Edge {
+pub(crate) struct Edge {
     routes: RouteTable,
     geo: Option<Arc<Geo>>,
     upstreams: Arc<Upstreams>,
@@ -44,7 +44,7 @@ pub struct Edge {
 }
 
 impl Edge {
-    pub fn new(
+    pub(crate) fn new(
         routes: RouteTable,
         upstreams: Arc<Upstreams>,
         filters: FilterHost,
@@ -64,7 +64,7 @@ impl Edge {
     }
 
     /// Requests currently being served; graceful shutdown waits for this to reach zero.
-    pub fn inflight(&self) -> Arc<AtomicUsize> {
+    pub(crate) fn inflight(&self) -> Arc<AtomicUsize> {
         self.inflight.clone()
     }
 

@@ -9,13 +9,13 @@ use super::context::RequestCtx;
 use crate::cache::{Cache, ObjectUrl, PurgeMode, PurgeTarget};
 
 /// `PURGE`, the method CDNs take for removing a URL from the cache.
-pub fn is_purge(req: &RequestHeader) -> bool {
+pub(super) fn is_purge(req: &RequestHeader) -> bool {
     req.method.as_str().eq_ignore_ascii_case("PURGE")
 }
 
 /// Answers a `PURGE` request: removes every cached object of its URL (all variants), or
 /// marks them stale with `Soft-Purge: 1`.
-pub async fn purge_request(
+pub(super) async fn purge_request(
     session: &mut Session,
     ctx: &mut RequestCtx,
     cache: &Cache,
@@ -45,7 +45,7 @@ pub async fn purge_request(
 }
 
 /// RFC 9111 §4.4: a successful unsafe request makes stored responses for its URL invalid.
-pub fn invalidate_after(cache: &Cache, req: &RequestHeader, status: u16) {
+pub(super) fn invalidate_after(cache: &Cache, req: &RequestHeader, status: u16) {
     if !req.method.is_safe() && (200..400).contains(&status) {
         cache.purge(&url_of(req), PurgeMode::Hard, "method");
     }

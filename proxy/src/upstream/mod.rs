@@ -33,11 +33,11 @@ pub enum UpstreamError {
 }
 
 /// All upstreams, indexed by [`UpstreamId`].
-pub struct Upstreams {
+pub(crate) struct Upstreams {
     entries: Vec<UpstreamEntry>,
 }
 
-pub struct UpstreamEntry {
+pub(crate) struct UpstreamEntry {
     config: config::Upstream,
     balancer: Balancer,
 }
@@ -45,7 +45,7 @@ pub struct UpstreamEntry {
 impl Upstreams {
     /// Builds the upstreams and the background services they need: the health-check loop and
     /// the builtin origins (bound here, so their addresses are known before serving starts).
-    pub fn build(
+    pub(crate) fn build(
         upstreams: &[config::Upstream],
     ) -> Result<(Upstreams, Vec<Box<dyn ServiceWithDependents>>), UpstreamError> {
         let mut entries = Vec::with_capacity(upstreams.len());
@@ -95,25 +95,25 @@ impl Upstreams {
         Ok((Upstreams { entries }, services))
     }
 
-    pub fn get(&self, id: UpstreamId) -> &UpstreamEntry {
+    pub(crate) fn get(&self, id: UpstreamId) -> &UpstreamEntry {
         // Ids come from the validated config, which only holds indexes of existing upstreams.
         &self.entries[id.0]
     }
 }
 
 impl UpstreamEntry {
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.config.name
     }
 
     /// Extra connection attempts allowed after a connect failure.
-    pub fn retries(&self) -> u32 {
+    pub(crate) fn retries(&self) -> u32 {
         self.config.retries
     }
 
     /// Picks a healthy endpoint. `key` feeds consistent hashing; endpoints in `avoid` (those
     /// that already failed for this request) are skipped unless nothing else is left.
-    pub fn select(&self, key: &[u8], avoid: &[SocketAddr]) -> Option<SocketAddr> {
+    pub(crate) fn select(&self, key: &[u8], avoid: &[SocketAddr]) -> Option<SocketAddr> {
         self.balancer
             .select(key, MAX_SELECTION_STEPS, &|addr, healthy| {
                 healthy && !avoid.contains(addr)
@@ -125,7 +125,7 @@ impl UpstreamEntry {
     }
 
     /// Connection settings for one endpoint; connections are pooled per endpoint.
-    pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
+    pub(crate) fn peer(&self, addr: SocketAddr) -> HttpPeer {
         let mut peer = HttpPeer::new(addr, false, String::new());
         let options = &mut peer.options;
         options.connection_timeout = Some(self.config.connect_timeout);

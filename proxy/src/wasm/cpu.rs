@@ -1,7 +1,7 @@
 //! Guest CPU time, measured cheaply enough for the hot path.
 //!
-//! The thread's CPU clock is what `limits.cpu` is about, but reading it is a system call
-//! (about 0.5 µs here), too dear for every guest callback. So each thread keeps a checkpoint
+//! The thread's CPU clock is what `limits.cpu` is about, but reading it is a system call, too
+//! dear for every guest callback. So each thread keeps a checkpoint
 //! (wall time, thread CPU time) refreshed at most once per [`CHECKPOINT_EVERY`], and a
 //! [`CpuMeter`] started at a callback reads the clock only when the callback has run long
 //! enough for it to matter: at the epoch deadline, and at the end of long callbacks.
@@ -42,13 +42,13 @@ fn thread_cpu() -> Option<Duration> {
 
 /// Measures one stretch of guest work on the current thread.
 #[derive(Clone, Copy)]
-pub struct CpuMeter {
+pub(crate) struct CpuMeter {
     started: Instant,
     checkpoint: Option<Checkpoint>,
 }
 
 impl CpuMeter {
-    pub fn start() -> CpuMeter {
+    pub(crate) fn start() -> CpuMeter {
         let started = Instant::now();
         let checkpoint = CHECKPOINT.with(|cell| {
             let fresh = cell
@@ -71,7 +71,7 @@ impl CpuMeter {
 
     /// CPU time used since [`CpuMeter::start`], never over-counted: the lower bound from the
     /// thread clock (wall time where the clock is unavailable).
-    pub fn used_at_least(&self) -> Duration {
+    pub(crate) fn used_at_least(&self) -> Duration {
         let wall = self.started.elapsed();
         let (Some(checkpoint), Some(now)) = (self.checkpoint, thread_cpu()) else {
             return wall;
@@ -84,13 +84,13 @@ impl CpuMeter {
 
     /// CPU time to account for the work: wall time for short work, where it is nearly exact
     /// and free, else [`CpuMeter::used_at_least`].
-    pub fn used(&self) -> Duration {
+    pub(crate) fn used(&self) -> Duration {
         self.elapsed_and_used().1
     }
 
     /// The wall time since [`CpuMeter::start`] and [`CpuMeter::used`], from one reading of
     /// the clock for short work.
-    pub fn elapsed_and_used(&self) -> (Duration, Duration) {
+    pub(crate) fn elapsed_and_used(&self) -> (Duration, Duration) {
         let wall = self.started.elapsed();
         let used = if wall < PRECISE_AFTER {
             wall

@@ -24,21 +24,21 @@ const MAX_CALLOUT_BODY: usize = 16 << 20;
 const CALLOUT_IDLE: Duration = Duration::from_secs(60);
 
 /// Runs jobs on its own runtime (a Pingora background service).
-pub struct Dispatcher {
+pub(super) struct Dispatcher {
     receiver: Mutex<Option<mpsc::UnboundedReceiver<Job>>>,
     client: Arc<CalloutClient>,
 }
 
 /// Callouts go through the upstream's load balancing, health checks and timeouts, with a
 /// connection pool of their own (Pingora keeps the proxy's pool private).
-pub struct CalloutClient {
+pub(super) struct CalloutClient {
     upstreams: OnceLock<Arc<Upstreams>>,
     connector: Connector,
 }
 
 impl Dispatcher {
     /// A dispatcher for the jobs `receiver` brings ([`HostServices::new`]).
-    pub fn new(receiver: mpsc::UnboundedReceiver<Job>) -> Dispatcher {
+    pub(super) fn new(receiver: mpsc::UnboundedReceiver<Job>) -> Dispatcher {
         Dispatcher {
             receiver: Mutex::new(Some(receiver)),
             client: Arc::new(CalloutClient {
@@ -49,7 +49,7 @@ impl Dispatcher {
     }
 
     /// Lets callouts reach the configured upstreams (until then they fail).
-    pub fn serve_upstreams(&self, upstreams: Arc<Upstreams>) {
+    pub(super) fn serve_upstreams(&self, upstreams: Arc<Upstreams>) {
         let _ = self.client.upstreams.set(upstreams);
     }
 }

@@ -26,7 +26,7 @@ const COARSEST_TICK: Duration = Duration::from_millis(10);
 static EPOCH_TICK_NANOS: AtomicU64 = AtomicU64::new(1_000_000);
 
 /// How often the epoch advances: the granularity of CPU deadlines.
-pub fn epoch_tick() -> Duration {
+pub(super) fn epoch_tick() -> Duration {
     Duration::from_nanos(EPOCH_TICK_NANOS.load(Ordering::Relaxed))
 }
 
@@ -35,7 +35,7 @@ fn tick_for(smallest_cpu_limit: Duration) -> Duration {
     (smallest_cpu_limit / 10).clamp(FINEST_TICK, COARSEST_TICK)
 }
 
-pub struct WasmEngine {
+pub(crate) struct WasmEngine {
     engine: Engine,
     module_cache: Option<PathBuf>,
 }
@@ -44,7 +44,7 @@ impl WasmEngine {
     /// `instances` bounds the instances alive at once; `max_memory` is the largest memory
     /// limit of any filter, `smallest_cpu_limit` the smallest CPU limit; `perf_map` lists
     /// compiled functions in `/tmp/perf-<pid>.map`, where `perf` finds their names.
-    pub fn new(
+    pub(crate) fn new(
         instances: u32,
         max_memory: u64,
         smallest_cpu_limit: Duration,
@@ -89,13 +89,13 @@ impl WasmEngine {
         })
     }
 
-    pub fn engine(&self) -> &Engine {
+    pub(crate) fn engine(&self) -> &Engine {
         &self.engine
     }
 
     /// Compiles a module, or loads the code compiled for the same bytes and engine settings by
     /// an earlier run. `name` says which module in log lines.
-    pub fn load_module(&self, name: &Path, bytes: &[u8]) -> wasmtime::Result<Module> {
+    pub(crate) fn load_module(&self, name: &Path, bytes: &[u8]) -> wasmtime::Result<Module> {
         let cached = self
             .module_cache
             .as_ref()

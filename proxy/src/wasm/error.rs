@@ -74,7 +74,7 @@ pub enum StartError {
 /// Why per-request instances cannot start from a snapshot of the configured start-up (they
 /// then run the start-up each).
 #[derive(Debug, thiserror::Error)]
-pub enum SnapshotError {
+pub(super) enum SnapshotError {
     #[error("the module cannot be instrumented")]
     Instrument(#[source] wasmtime::Error),
     #[error("the instrumented module does not compile")]
@@ -108,7 +108,7 @@ pub enum ExportError {
 
 /// An error and its sources on one line, `outer: inner: innermost`, for log lines and for
 /// the text a [`Fault`] carries.
-pub fn describe(error: &dyn Error) -> String {
+pub(super) fn describe(error: &dyn Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {
@@ -138,11 +138,11 @@ pub enum Fault {
 }
 
 /// Why a full pool refuses an instance, in [`Fault::NoFreeInstance`] and at start-up.
-pub const NO_FREE_INSTANCE: &str = "all instances are in use (`wasm.max_instances`)";
+pub(super) const NO_FREE_INSTANCE: &str = "all instances are in use (`wasm.max_instances`)";
 
 impl Fault {
     /// Resource limits answer 503; crashes 500.
-    pub fn is_resource_limit(&self) -> bool {
+    pub(crate) fn is_resource_limit(&self) -> bool {
         matches!(
             self,
             Fault::CpuLimit
@@ -156,11 +156,11 @@ impl Fault {
     /// Whether the filter itself failed, which counts towards its crash back-off. Being
     /// refused an instance (back-off, full pool) does not: counting it would prolong the
     /// back-off for as long as requests keep coming.
-    pub fn is_crash(&self) -> bool {
+    pub(crate) fn is_crash(&self) -> bool {
         !matches!(self, Fault::BackingOff | Fault::NoFreeInstance)
     }
 
-    pub fn code(&self) -> &'static str {
+    pub(crate) fn code(&self) -> &'static str {
         match self {
             Fault::CpuLimit => "cpu_limit",
             Fault::MemoryLimit => "memory_limit",
@@ -187,10 +187,10 @@ impl std::fmt::Display for Fault {
 /// The error a `proc_exit` hostcall raises to unwind the guest.
 #[derive(Debug, thiserror::Error)]
 #[error("the filter called proc_exit({0})")]
-pub struct GuestExit(pub i32);
+pub(super) struct GuestExit(pub i32);
 
 /// Turns a failed guest call into a [`Fault`].
-pub fn classify(error: &wasmtime::Error, memory_limit_hit: bool) -> Fault {
+pub(super) fn classify(error: &wasmtime::Error, memory_limit_hit: bool) -> Fault {
     if let Some(exit) = error.downcast_ref::<GuestExit>() {
         return Fault::Exit(exit.0);
     }
@@ -204,7 +204,7 @@ pub fn classify(error: &wasmtime::Error, memory_limit_hit: bool) -> Fault {
 
 impl Fault {
     /// Counts the fault in filter `filter`'s metrics.
-    pub fn count(&self, filter: &str) {
+    pub(crate) fn count(&self, filter: &str) {
         let metrics = metrics::global();
         let limit = match self {
             Fault::Trap(_) | Fault::Exit(_) => {

@@ -11,7 +11,7 @@ use crate::geo::{Geo, GeoInfo};
 
 /// A configured filter as its guest code sees it.
 #[derive(Debug)]
-pub struct PluginInfo {
+pub(crate) struct PluginInfo {
     pub name: String,
     pub root_id: String,
     pub vm_id: String,
@@ -26,31 +26,31 @@ pub struct PluginInfo {
 /// Facts about the request that properties expose, shared by the filters of a chain.
 #[derive(Debug, Clone)]
 pub struct StreamInfo {
-    pub client: Option<SocketAddr>,
-    pub server: Option<SocketAddr>,
-    pub protocol: &'static str,
-    pub request_id: String,
-    pub route: Arc<str>,
-    pub upstream: Arc<str>,
-    pub upstream_address: Option<SocketAddr>,
-    pub started: SystemTime,
-    pub started_at: Instant,
-    pub request_body_bytes: u64,
-    pub response_body_bytes: u64,
+    pub(crate) client: Option<SocketAddr>,
+    pub(crate) server: Option<SocketAddr>,
+    pub(crate) protocol: &'static str,
+    pub(crate) request_id: String,
+    pub(crate) route: Arc<str>,
+    pub(crate) upstream: Arc<str>,
+    pub(crate) upstream_address: Option<SocketAddr>,
+    pub(crate) started: SystemTime,
+    pub(crate) started_at: Instant,
+    pub(crate) request_body_bytes: u64,
+    pub(crate) response_body_bytes: u64,
     /// Properties filters set with `proxy_set_property`, visible to the whole chain.
-    pub custom: HashMap<Vec<u8>, Vec<u8>>,
+    pub(crate) custom: HashMap<Vec<u8>, Vec<u8>>,
     /// The client address geolocation uses (the peer, or behind trusted proxies the
     /// forwarded client), and the database, looked up at most once, when a filter asks.
-    pub effective_address: Option<std::net::IpAddr>,
-    pub geo: Option<Arc<Geo>>,
-    pub geo_info: OnceLock<Arc<GeoInfo>>,
+    pub(crate) effective_address: Option<std::net::IpAddr>,
+    pub(crate) geo: Option<Arc<Geo>>,
+    pub(crate) geo_info: OnceLock<Arc<GeoInfo>>,
     /// The upstream a filter chose with `route.upstream` instead of the route's.
-    pub upstream_override: Option<UpstreamId>,
+    pub(crate) upstream_override: Option<UpstreamId>,
 }
 
 impl StreamInfo {
     /// The geolocation of the effective client address (looked up once).
-    pub fn geo_info(&self) -> Option<&GeoInfo> {
+    pub(crate) fn geo_info(&self) -> Option<&GeoInfo> {
         let (geo, address) = (self.geo.as_ref()?, self.effective_address?);
         Some(self.geo_info.get_or_init(|| geo.lookup(address)).as_ref())
     }

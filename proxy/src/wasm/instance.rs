@@ -20,14 +20,14 @@ use super::state::{Call, CpuDeadline, HostState, HttpData, LocalResponse, Phase,
 use crate::sync::lock;
 
 /// An instance as requests, the ticker and the background services share it.
-pub type SharedInstance = Arc<Mutex<Instance>>;
+pub(super) type SharedInstance = Arc<Mutex<Instance>>;
 
 /// The root context's id; HTTP contexts count up from the next one.
 const ROOT_ID: u32 = 1;
 
 /// Which HTTP callback to run, with its arguments.
 #[derive(Debug, Clone, Copy)]
-pub enum HttpCallback {
+pub(crate) enum HttpCallback {
     RequestHeaders { end_of_stream: bool },
     RequestBody { size: u32, end_of_stream: bool },
     ResponseHeaders { end_of_stream: bool },
@@ -35,7 +35,7 @@ pub enum HttpCallback {
 }
 
 impl HttpCallback {
-    pub fn phase(self) -> Phase {
+    pub(crate) fn phase(self) -> Phase {
         match self {
             HttpCallback::RequestHeaders { .. } => Phase::RequestHeaders,
             HttpCallback::RequestBody { .. } => Phase::RequestBody,
@@ -47,7 +47,7 @@ impl HttpCallback {
 
 /// What a callback asked for.
 #[derive(Debug)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Continue,
     /// Non-zero action: stop (headers) or buffer (bodies) until resumed.
     Pause,
@@ -61,7 +61,7 @@ type CallResponseFunc = TypedFunc<(u32, u32, u32, u32, u32), ()>;
 
 /// Whether a new instance runs the proxy-wasm start-up or already holds its result.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StartUp {
+pub(crate) enum StartUp {
     /// Initializer, root context, `on_vm_start`, `on_configure`.
     Run,
     /// A pre-initialized module (see `preinit`): its memory holds the configured root context.
@@ -69,7 +69,7 @@ pub enum StartUp {
 }
 
 /// Everything needed to make instances of one module.
-pub struct Template {
+pub(crate) struct Template {
     pub engine: Engine,
     pub pre: InstancePre<HostState>,
     pub exports: ExportIndex,
@@ -77,7 +77,7 @@ pub struct Template {
 }
 
 impl Template {
-    pub fn new(
+    pub(crate) fn new(
         engine: &Engine,
         pre: InstancePre<HostState>,
         module: &Module,
@@ -94,7 +94,7 @@ impl Template {
 
 /// Where a module's exports are, found once per module so that new instances look them up
 /// by index rather than by name (it matters for a fresh instance per request).
-pub struct ExportIndex {
+pub(crate) struct ExportIndex {
     memory: Option<ModuleExport>,
     alloc: Option<ModuleExport>,
     initialize: Option<ModuleExport>,
@@ -115,7 +115,7 @@ pub struct ExportIndex {
 }
 
 impl ExportIndex {
-    pub fn new(module: &Module) -> Self {
+    pub(crate) fn new(module: &Module) -> Self {
         let at = |name: &str| module.get_export_index(name);
         ExportIndex {
             memory: at("memory"),
@@ -184,7 +184,7 @@ enum Callback<F> {
     Resolved(Option<F>),
 }
 
-pub struct Instance {
+pub(crate) struct Instance {
     store: Store<HostState>,
     handle: wasmtime::Instance,
     exports: Exports,
@@ -198,7 +198,7 @@ pub struct Instance {
 impl Instance {
     /// Instantiates and runs the proxy-wasm start-up: the module's initializer, the root
     /// context, `on_vm_start` and `on_configure`. The error says which step failed.
-    pub fn start(
+    pub(crate) fn start(
         template: &Template,
         plugin: Arc<PluginInfo>,
         services: Arc<HostServices>,
@@ -402,7 +402,7 @@ impl Instance {
 
     /// Records where this instance lives, so that callout answers and queue notices can find
     /// it, and sends the jobs its start-up made.
-    pub fn place(&mut self, home: Weak<Mutex<Instance>>) {
+    pub(crate) fn place(&mut self, home: Weak<Mutex<Instance>>) {
         let home: Weak<dyn Mailbox> = home;
         let state = self.store.data_mut();
         let _ = state.cell.set(home);
@@ -412,30 +412,30 @@ impl Instance {
     }
 
     /// Whether the start-up left state outside the guest that a snapshot would lose.
-    pub fn has_lasting_effects(&self) -> bool {
+    pub(crate) fn has_lasting_effects(&self) -> bool {
         let state = self.store.data();
         state.lasting_effects || state.tick_period.is_some() || !state.outbox.is_empty()
     }
 
     /// The store and instance handle, for taking a snapshot.
-    pub fn parts(&mut self) -> (&mut Store<HostState>, wasmtime::Instance) {
+    pub(crate) fn parts(&mut self) -> (&mut Store<HostState>, wasmtime::Instance) {
         (&mut self.store, self.handle)
     }
 
-    pub fn poisoned(&self) -> Option<&Fault> {
+    pub(crate) fn poisoned(&self) -> Option<&Fault> {
         self.poisoned.as_ref()
     }
 
-    pub fn plugin(&self) -> &Arc<PluginInfo> {
+    pub(crate) fn plugin(&self) -> &Arc<PluginInfo> {
         &self.store.data().plugin
     }
 
-    pub fn tick_period(&self) -> Option<Duration> {
+    pub(crate) fn tick_period(&self) -> Option<Duration> {
         self.store.data().tick_period
     }
 
     /// Creates an HTTP context under the root: `on_context_create(id, root)`.
-    pub fn create_http_context(&mut self, deadline: CpuDeadline) -> Result<u32, Fault> {
+    pub(crate) fn create_http_context(&mut self, deadline: CpuDeadline) -> Result<u32, Fault> {
         let id = self.next_context_id;
         self.next_context_id = self.next_context_id.wrapping_add(1).max(ROOT_ID + 1);
         self.store.data_mut().live_contexts.insert(id);
@@ -446,7 +446,7 @@ impl Instance {
 
     /// Runs one HTTP callback with the request's data moved in; the data comes back whatever
     /// happened (hostcalls only borrow it), so the caller can always put the headers back.
-    pub fn http_callback(
+    pub(crate) fn http_callback(
         &mut self,
         context_id: u32,
         callback: HttpCallback,
@@ -494,7 +494,7 @@ impl Instance {
     /// Runs `on_http_call_response` for a callout `context_id` made. With `data`, the request
     /// is paused in `phase` and its heads are available as in that phase; without, the
     /// callback sees no request (a root context's callout, or a request that did not wait).
-    pub fn http_call_response(
+    pub(crate) fn http_call_response(
         &mut self,
         context_id: u32,
         phase: Phase,
@@ -572,7 +572,7 @@ impl Instance {
     }
 
     /// `on_log`, `on_done`, `on_delete` for a finished request, then forgets the context.
-    pub fn finish_http_context(
+    pub(crate) fn finish_http_context(
         &mut self,
         context_id: u32,
         data: Option<Box<HttpData>>,
@@ -636,18 +636,21 @@ impl Instance {
 
     /// Lets the request paused in `context_id` wait for `proxy_continue_stream`, callout
     /// answers and the like, until it calls [`Self::stop_waiting`].
-    pub fn wait_for_resumption(&mut self, context_id: u32) -> mpsc::UnboundedReceiver<Resumption> {
+    pub(crate) fn wait_for_resumption(
+        &mut self,
+        context_id: u32,
+    ) -> mpsc::UnboundedReceiver<Resumption> {
         let (sender, receiver) = mpsc::unbounded_channel();
         self.store.data_mut().waiters.insert(context_id, sender);
         receiver
     }
 
-    pub fn stop_waiting(&mut self, context_id: u32) {
+    pub(crate) fn stop_waiting(&mut self, context_id: u32) {
         self.store.data_mut().waiters.remove(&context_id);
     }
 
     /// The root context's `on_tick`.
-    pub fn tick(&mut self, budget: Duration) -> Result<(), Fault> {
+    pub(crate) fn tick(&mut self, budget: Duration) -> Result<(), Fault> {
         self.store.data_mut().call = Call::root(ROOT_ID, Phase::Tick);
         self.call(|e| &mut e.tick, ROOT_ID, CpuDeadline::start(budget))
             .map(drop)

@@ -6,7 +6,7 @@
 use std::sync::{Arc, OnceLock, Weak};
 
 /// What a placed instance accepts from the background services.
-pub trait Mailbox: Send + Sync {
+pub(crate) trait Mailbox: Send + Sync {
     /// A callout that `context_id` made got its answer.
     fn deliver_callout(&self, context_id: u32, token: u32, answer: CalloutAnswer);
     /// Queue `queue_id`, registered by root context `root_id`, has new items.
@@ -15,12 +15,12 @@ pub trait Mailbox: Send + Sync {
 
 /// The slot an instance is placed in once started; filled exactly once. Weak, so that a
 /// callout in flight does not keep a discarded instance alive.
-pub type InstanceCell = Arc<OnceLock<Weak<dyn Mailbox>>>;
+pub(super) type InstanceCell = Arc<OnceLock<Weak<dyn Mailbox>>>;
 
 /// What a callout got: the response, or why there is none (the guest then sees 0 headers
 /// and an empty body).
 #[derive(Debug, Clone, Default)]
-pub struct CalloutAnswer {
+pub(crate) struct CalloutAnswer {
     /// Pseudo-header `:status` first.
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     pub body: Vec<u8>,

@@ -179,7 +179,7 @@ impl FilterHost {
     }
 
     /// Names the filters that cannot start instances right now (for readiness).
-    pub fn unavailable_filters(&self) -> impl Fn() -> Vec<String> + Send + Sync + 'static {
+    pub(crate) fn unavailable_filters(&self) -> impl Fn() -> Vec<String> + Send + Sync + 'static {
         let plugins = self.plugins.clone();
         move || {
             plugins
@@ -191,12 +191,12 @@ impl FilterHost {
     }
 
     /// Lets filters' callouts reach the upstreams.
-    pub fn serve_upstreams(&self, upstreams: Arc<Upstreams>) {
+    pub(crate) fn serve_upstreams(&self, upstreams: Arc<Upstreams>) {
         self.dispatcher.serve_upstreams(upstreams);
     }
 
     /// The background services driving `on_tick`, callouts and queue notices.
-    pub fn background_services(&self) -> Vec<Box<dyn ServiceWithDependents>> {
+    pub(crate) fn background_services(&self) -> Vec<Box<dyn ServiceWithDependents>> {
         vec![
             Box::new(background_service(
                 "filter ticks",

@@ -41,13 +41,13 @@ const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(1);
 /// What every plugin shares: the tick driver, the instance reaper, and the host services
 /// (shared data, queues, callouts).
 #[derive(Clone)]
-pub struct Services {
+pub(crate) struct Services {
     pub ticker: Arc<Ticker>,
     pub reaper: Reaper,
     pub host: Arc<HostServices>,
 }
 
-pub struct Plugin {
+pub(crate) struct Plugin {
     pub info: Arc<PluginInfo>,
     pub isolation: Isolation,
     pub on_error: FailurePolicy,
@@ -63,7 +63,7 @@ pub struct Plugin {
 
 /// A filter's callback counters and duration histogram, looked up by label once rather
 /// than on every callback.
-pub struct CallMetrics {
+pub(crate) struct CallMetrics {
     filter: String,
     request_headers: IntCounter,
     request_body: IntCounter,
@@ -93,7 +93,7 @@ impl CallMetrics {
     }
 
     /// Counts one callback in `phase` that ran for `elapsed`.
-    pub fn record(&self, phase: Phase, elapsed: Duration) {
+    pub(crate) fn record(&self, phase: Phase, elapsed: Duration) {
         match phase {
             Phase::RequestHeaders => self.request_headers.inc(),
             Phase::RequestBody => self.request_body.inc(),
@@ -125,14 +125,14 @@ struct RefusalLog {
 }
 
 /// An instance a request holds for its whole life.
-pub struct Lease {
+pub(crate) struct Lease {
     pub instance: SharedInstance,
 }
 
 impl Lease {
     /// Locks the instance for one synchronous call. A lock poisoned by a panic elsewhere still
     /// guards a consistent store: calls never unwind half-way through changing it.
-    pub fn lock(&self) -> MutexGuard<'_, Instance> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Instance> {
         lock(&self.instance)
     }
 }
@@ -140,7 +140,7 @@ impl Lease {
 impl Plugin {
     /// Checks the compiled module's ABI and imports, and starts one instance to prove that
     /// the filter accepts its configuration.
-    pub fn load(
+    pub(crate) fn load(
         engine: &WasmEngine,
         linker: &Linker<HostState>,
         filter: &config::Filter,
@@ -291,7 +291,7 @@ impl Plugin {
     }
 
     /// Starts `on_tick` for a shared instance once it asks for ticks.
-    pub fn watch_ticks(&self, instance: &SharedInstance) {
+    pub(crate) fn watch_ticks(&self, instance: &SharedInstance) {
         if self.isolation != Isolation::Shared {
             return;
         }
@@ -305,7 +305,7 @@ impl Plugin {
     }
 
     /// An instance for a new request.
-    pub fn acquire(&self) -> Result<Lease, Fault> {
+    pub(crate) fn acquire(&self) -> Result<Lease, Fault> {
         if self.slots.is_empty() {
             let instance = self.start_or_backoff()?;
             return Ok(Lease {
@@ -356,7 +356,7 @@ impl Plugin {
 
     /// Whether a refused request should be logged now (`Some` with the count of refusals
     /// not logged since the last line) or only counted.
-    pub fn refusal_to_log(&self) -> Option<u64> {
+    pub(crate) fn refusal_to_log(&self) -> Option<u64> {
         let now = Instant::now();
         let mut log = lock(&self.refusals);
         if log
@@ -371,14 +371,14 @@ impl Plugin {
     }
 
     /// Whether the filter is waiting out a crash back-off (it cannot start instances now).
-    pub fn is_backing_off(&self) -> bool {
+    pub(crate) fn is_backing_off(&self) -> bool {
         lock(&self.crashes)
             .next_start
             .is_some_and(|next| Instant::now() < next)
     }
 
     /// Counts a fault and, for crashes, schedules the back-off when they keep coming.
-    pub fn record_fault(&self, fault: &Fault) {
+    pub(crate) fn record_fault(&self, fault: &Fault) {
         fault.count(&self.info.name);
         if !fault.is_crash() {
             return;
@@ -398,7 +398,7 @@ impl Plugin {
 
     /// Gives a finished request's instance back: per-request instances are dropped by the
     /// reaper thread, off the request path.
-    pub fn release(&self, lease: Lease) {
+    pub(crate) fn release(&self, lease: Lease) {
         if self.isolation == Isolation::Request {
             self.services.reaper.reap(lease.instance);
         }

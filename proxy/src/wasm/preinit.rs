@@ -24,7 +24,7 @@ use super::services::HostServices;
 use super::state::HostState;
 
 /// The module's bytes with the configured start-up state baked in, or why that is not possible.
-pub fn preinitialize(
+pub(super) fn preinitialize(
     engine: &WasmEngine,
     linker: &wasmtime::Linker<HostState>,
     name: &std::path::Path,

@@ -12,13 +12,13 @@ const REAP_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Where finished per-request instances wait for the reaper thread.
 #[derive(Clone)]
-pub struct Reaper {
+pub(crate) struct Reaper {
     pending: std::sync::Arc<Batches<SharedInstance>>,
 }
 
 impl Reaper {
     /// Starts the reaper thread.
-    pub fn spawn() -> Result<Reaper, WasmError> {
+    pub(crate) fn spawn() -> Result<Reaper, WasmError> {
         let pending = Batches::new(Vec::new());
         pending
             .spawn_handler("wasm-reaper", REAP_INTERVAL, |batches| drop(batches.take()))
@@ -26,13 +26,13 @@ impl Reaper {
         Ok(Reaper { pending })
     }
 
-    pub fn reap(&self, instance: SharedInstance) {
+    pub(crate) fn reap(&self, instance: SharedInstance) {
         self.pending.add(|waiting| waiting.push(instance));
     }
 
     /// Drops the instances waiting for the thread on the calling thread, which frees their
     /// pool slots at once.
-    pub fn drop_pending(&self) {
+    pub(crate) fn drop_pending(&self) {
         drop(self.pending.take());
     }
 }

@@ -12,7 +12,7 @@ use super::mailbox::InstanceCell;
 use super::shared::{QueueOwner, Queues, SharedData};
 use crate::config::UpstreamId;
 
-pub struct HostServices {
+pub(crate) struct HostServices {
     pub shared_data: SharedData,
     pub queues: Queues,
     /// Every configured upstream's name, indexed by id (for `route.upstream`).
@@ -22,7 +22,9 @@ pub struct HostServices {
 
 impl HostServices {
     /// The services, and the receiving end of their job queue (for the dispatcher).
-    pub fn new(upstream_names: Vec<String>) -> (Arc<HostServices>, mpsc::UnboundedReceiver<Job>) {
+    pub(crate) fn new(
+        upstream_names: Vec<String>,
+    ) -> (Arc<HostServices>, mpsc::UnboundedReceiver<Job>) {
         let (jobs, receiver) = mpsc::unbounded_channel();
         let services = Arc::new(HostServices {
             shared_data: SharedData::default(),
@@ -33,19 +35,19 @@ impl HostServices {
         (services, receiver)
     }
 
-    pub fn submit(&self, job: Job) {
+    pub(crate) fn submit(&self, job: Job) {
         // Fails only once the dispatcher stopped, at shutdown.
         let _ = self.jobs.send(job);
     }
 }
 
-pub enum Job {
+pub(crate) enum Job {
     Callout(Callout),
     QueueReady { owner: QueueOwner, queue_id: u32 },
 }
 
 /// A `proxy_http_call` in flight.
-pub struct Callout {
+pub(crate) struct Callout {
     pub cell: InstanceCell,
     pub plugin: Arc<PluginInfo>,
     /// The context that made the call (root or HTTP); the answer goes back to it.
@@ -57,7 +59,7 @@ pub struct Callout {
     pub timeout: Duration,
 }
 
-pub struct CalloutRequest {
+pub(crate) struct CalloutRequest {
     pub method: Method,
     pub path: Vec<u8>,
     pub authority: Vec<u8>,

@@ -11,16 +11,16 @@ use super::mailbox::InstanceCell;
 use crate::sync::lock;
 
 /// Largest value one key may hold.
-pub const MAX_VALUE_BYTES: usize = 1 << 20;
+pub(super) const MAX_VALUE_BYTES: usize = 1 << 20;
 /// Largest total of keys and values in one VM id's store.
-pub const MAX_STORE_BYTES: usize = 64 << 20;
+pub(super) const MAX_STORE_BYTES: usize = 64 << 20;
 /// Most items one queue holds before `enqueue` is refused.
-pub const MAX_QUEUE_ITEMS: usize = 10_000;
+pub(super) const MAX_QUEUE_ITEMS: usize = 10_000;
 /// Most bytes one queue holds before `enqueue` is refused.
-pub const MAX_QUEUE_BYTES: usize = 16 << 20;
+pub(super) const MAX_QUEUE_BYTES: usize = 16 << 20;
 
 #[derive(Default)]
-pub struct SharedData {
+pub(crate) struct SharedData {
     stores: RwLock<HashMap<String, Store>>,
     /// CAS values are unique across stores and never 0 (0 means "no CAS").
     next_cas: AtomicU32,
@@ -34,13 +34,19 @@ struct Store {
 
 impl SharedData {
     /// The value and its CAS, if the key exists.
-    pub fn get(&self, vm_id: &str, key: &[u8]) -> Option<(Vec<u8>, u32)> {
+    pub(crate) fn get(&self, vm_id: &str, key: &[u8]) -> Option<(Vec<u8>, u32)> {
         let stores = self.stores.read().unwrap_or_else(|p| p.into_inner());
         stores.get(vm_id)?.entries.get(key).cloned()
     }
 
     /// Sets a value. A non-zero `cas` must match the key's current CAS when the key exists.
-    pub fn set(&self, vm_id: &str, key: &[u8], value: &[u8], cas: u32) -> Result<(), Status> {
+    pub(crate) fn set(
+        &self,
+        vm_id: &str,
+        key: &[u8],
+        value: &[u8],
+        cas: u32,
+    ) -> Result<(), Status> {
         if value.len() > MAX_VALUE_BYTES {
             return Err(Status::BadArgument);
         }
@@ -79,13 +85,13 @@ impl SharedData {
 
 /// Who hears about new items: a root context of a live instance.
 #[derive(Clone)]
-pub struct QueueOwner {
+pub(crate) struct QueueOwner {
     pub cell: InstanceCell,
     pub root_id: u32,
 }
 
 #[derive(Default)]
-pub struct Queues {
+pub(crate) struct Queues {
     inner: Mutex<QueuesInner>,
 }
 
@@ -109,7 +115,7 @@ impl Queues {
 
     /// Registers (or re-registers, keeping its items) queue `name` of `vm_id`; its owner is
     /// the last root context that registered it.
-    pub fn register(&self, vm_id: &str, name: &[u8], owner: QueueOwner) -> u32 {
+    pub(crate) fn register(&self, vm_id: &str, name: &[u8], owner: QueueOwner) -> u32 {
         let mut inner = self.lock();
         let key = (vm_id.to_string(), name.to_vec());
         if let Some(id) = inner.ids.get(&key).copied() {
@@ -132,7 +138,7 @@ impl Queues {
         id
     }
 
-    pub fn resolve(&self, vm_id: &str, name: &[u8]) -> Option<u32> {
+    pub(crate) fn resolve(&self, vm_id: &str, name: &[u8]) -> Option<u32> {
         self.lock()
             .ids
             .get(&(vm_id.to_string(), name.to_vec()))
@@ -140,7 +146,7 @@ impl Queues {
     }
 
     /// Adds an item; returns the owner to notify. A full queue answers INTERNAL_FAILURE.
-    pub fn enqueue(&self, id: u32, item: &[u8]) -> Result<QueueOwner, Status> {
+    pub(crate) fn enqueue(&self, id: u32, item: &[u8]) -> Result<QueueOwner, Status> {
         let mut inner = self.lock();
         let queue = inner.queues.get_mut(&id).ok_or(Status::NotFound)?;
         if queue.items.len() >= MAX_QUEUE_ITEMS || queue.bytes + item.len() > MAX_QUEUE_BYTES {
@@ -152,7 +158,7 @@ impl Queues {
     }
 
     /// Takes the oldest item: EMPTY when there is none.
-    pub fn dequeue(&self, id: u32) -> Result<Vec<u8>, Status> {
+    pub(crate) fn dequeue(&self, id: u32) -> Result<Vec<u8>, Status> {
         let mut inner = self.lock();
         let queue = inner.queues.get_mut(&id).ok_or(Status::NotFound)?;
         let item = queue.items.pop_front().ok_or(Status::Empty)?;

@@ -15,7 +15,7 @@ use super::info::{PluginInfo, StreamInfo};
 use super::mailbox::{CalloutAnswer, InstanceCell};
 use super::services::{HostServices, Job};
 
-pub struct HostState {
+pub(crate) struct HostState {
     pub plugin: Arc<PluginInfo>,
     /// The guest's `memory` export and allocator, looked up once per instance.
     pub memory: Option<Memory>,
@@ -49,13 +49,13 @@ pub struct HostState {
 
 /// The CPU time a guest call may use, and what it has used.
 #[derive(Clone, Copy)]
-pub struct CpuDeadline {
+pub(crate) struct CpuDeadline {
     pub meter: CpuMeter,
     pub budget: Duration,
 }
 
 impl CpuDeadline {
-    pub fn start(budget: Duration) -> Self {
+    pub(crate) fn start(budget: Duration) -> Self {
         CpuDeadline {
             meter: CpuMeter::start(),
             budget,
@@ -63,13 +63,13 @@ impl CpuDeadline {
     }
 
     /// What is left of the budget, metered from now.
-    pub fn rest(&self) -> Self {
+    pub(crate) fn rest(&self) -> Self {
         CpuDeadline::start(self.budget.saturating_sub(self.meter.used()))
     }
 }
 
 impl HostState {
-    pub fn new(plugin: Arc<PluginInfo>, root_id: u32, services: Arc<HostServices>) -> Self {
+    pub(crate) fn new(plugin: Arc<PluginInfo>, root_id: u32, services: Arc<HostServices>) -> Self {
         let max = usize::try_from(plugin.limits.memory).unwrap_or(usize::MAX);
         HostState {
             plugin,
@@ -92,7 +92,7 @@ impl HostState {
     }
 
     /// Hands a job to the dispatcher, or keeps it until the instance has its place.
-    pub fn submit(&mut self, job: Job) {
+    pub(crate) fn submit(&mut self, job: Job) {
         if self.cell.get().is_some() {
             self.services.submit(job);
         } else {
@@ -102,7 +102,7 @@ impl HostState {
 }
 
 /// The callback in progress and what its hostcalls asked for.
-pub struct Call {
+pub(crate) struct Call {
     /// The context the host invoked the callback for.
     pub context_id: u32,
     /// The context hostcalls act on; `proxy_set_effective_context` changes it.
@@ -118,7 +118,7 @@ pub struct Call {
 }
 
 impl Call {
-    pub fn root(root_id: u32, phase: Phase) -> Self {
+    pub(crate) fn root(root_id: u32, phase: Phase) -> Self {
         Call {
             context_id: root_id,
             effective_context: root_id,
@@ -131,7 +131,7 @@ impl Call {
         }
     }
 
-    pub fn http(context_id: u32, phase: Phase, data: Box<HttpData>) -> Self {
+    pub(crate) fn http(context_id: u32, phase: Phase, data: Box<HttpData>) -> Self {
         Call {
             http: Some(data),
             ..Call::root(context_id, phase)
@@ -139,13 +139,13 @@ impl Call {
     }
 
     /// Whether hostcalls currently act on the HTTP context the callback was invoked for.
-    pub fn on_own_stream(&self) -> bool {
+    pub(crate) fn on_own_stream(&self) -> bool {
         self.http.is_some() && self.effective_context == self.context_id
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
+pub(crate) enum Phase {
     Startup,
     VmStart,
     Configure,
@@ -163,7 +163,7 @@ pub enum Phase {
 }
 
 impl Phase {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Phase::Startup => "start-up",
             Phase::VmStart => "on_vm_start",
@@ -185,7 +185,7 @@ impl Phase {
 
 /// The request a filter is looking at, moved into the store for one callback (boxed, so
 /// that moving it in and out of the store around every callback copies a pointer).
-pub struct HttpData {
+pub(crate) struct HttpData {
     pub request: RequestHeader,
     /// The response head, once there is one.
     pub response: Option<ResponseHeader>,
@@ -205,7 +205,7 @@ pub struct LocalResponse {
 
 /// What a paused request is told.
 #[derive(Debug)]
-pub enum Resumption {
+pub(crate) enum Resumption {
     Continue,
     LocalResponse(LocalResponse),
     Close,
@@ -218,7 +218,7 @@ pub enum Resumption {
 
 /// Caps an instance's linear memory and remembers that it was hit, so that the trap that
 /// usually follows is reported as a memory limit rather than a crash.
-pub struct MemoryLimiter {
+pub(crate) struct MemoryLimiter {
     pub max: usize,
     pub hit: bool,
 }

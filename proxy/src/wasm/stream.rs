@@ -115,7 +115,7 @@ enum Direction {
 }
 
 impl FilterChain {
-    pub fn new(plugins: Vec<Arc<Plugin>>, info: StreamInfo, deadline: Instant) -> Self {
+    pub(crate) fn new(plugins: Vec<Arc<Plugin>>, info: StreamInfo, deadline: Instant) -> Self {
         FilterChain {
             entries: plugins.into_iter().map(Entry::new).collect(),
             scratch: Scratch {
@@ -134,14 +134,14 @@ impl FilterChain {
     }
 
     /// The upstream a filter chose for this request (`route.upstream`), if any.
-    pub fn upstream_override(&self) -> Option<UpstreamId> {
+    pub(crate) fn upstream_override(&self) -> Option<UpstreamId> {
         self.scratch
             .data
             .as_ref()
             .and_then(|data| data.stream.upstream_override)
     }
 
-    pub fn set_upstream_address(&mut self, address: std::net::SocketAddr) {
+    pub(crate) fn set_upstream_address(&mut self, address: std::net::SocketAddr) {
         if let Some(info) = self.scratch.info_mut() {
             info.upstream_address = Some(address);
         }
@@ -167,7 +167,7 @@ impl FilterChain {
 
     /// Runs a request body chunk through the chain; returns what goes upstream now (empty
     /// while a filter buffers).
-    pub async fn on_request_body(
+    pub(crate) async fn on_request_body(
         &mut self,
         req: &mut RequestHeader,
         chunk: Option<Bytes>,
@@ -207,7 +207,7 @@ impl FilterChain {
     }
 
     /// The chain's filters in order, for messages: `a, b`.
-    pub fn filter_names(&self) -> String {
+    pub(crate) fn filter_names(&self) -> String {
         let names: Vec<&str> = self
             .entries
             .iter()
@@ -217,7 +217,7 @@ impl FilterChain {
     }
 
     /// Whether any filter's response callbacks run in `phase`.
-    pub fn has_response_phase(&self, phase: ResponsePhase) -> bool {
+    pub(crate) fn has_response_phase(&self, phase: ResponsePhase) -> bool {
         self.entries.iter().any(|e| e.in_phase(phase))
     }
 
@@ -257,7 +257,7 @@ impl FilterChain {
 
     /// Runs a response body chunk through the chain (synchronously: Pingora's body hook is
     /// not async, so a paused end of stream cannot wait and goes on).
-    pub fn on_response_body(
+    pub(crate) fn on_response_body(
         &mut self,
         phase: ResponsePhase,
         req: &mut RequestHeader,
@@ -304,7 +304,7 @@ impl FilterChain {
     /// Whether [`FilterChain::finish`] needs the head the client got: the chain holds it
     /// already when the after-cache filters let it go (copying it costs as much as a filter's
     /// header edits).
-    pub fn needs_sent_response(&self) -> bool {
+    pub(crate) fn needs_sent_response(&self) -> bool {
         !self.scratch.response_sent
     }
 

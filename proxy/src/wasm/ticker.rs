@@ -14,13 +14,13 @@ use crate::sync::lock;
 
 type Watched = (Weak<Mutex<Instance>>, Arc<PluginInfo>);
 
-pub struct Ticker {
+pub(crate) struct Ticker {
     sender: mpsc::UnboundedSender<Watched>,
     receiver: Mutex<Option<mpsc::UnboundedReceiver<Watched>>>,
 }
 
 impl Ticker {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
         Ticker {
             sender,
@@ -29,7 +29,7 @@ impl Ticker {
     }
 
     /// Starts ticking `instance` (from any thread, also before the server runs).
-    pub fn watch(&self, instance: Weak<Mutex<Instance>>, plugin: Arc<PluginInfo>) {
+    pub(crate) fn watch(&self, instance: Weak<Mutex<Instance>>, plugin: Arc<PluginInfo>) {
         // Fails only once the ticker service has stopped, at shutdown.
         let _ = self.sender.send((instance, plugin));
     }

@@ -11,7 +11,7 @@ use super::memory;
 use super::status::{status, HostResult, Status};
 use crate::wasm::state::{HostState, Phase};
 
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_get_buffer_bytes", get_bytes)?;
     linker.func_wrap("env", "proxy_set_buffer_bytes", set_bytes)?;
     linker.func_wrap("env", "proxy_get_buffer_status", get_status)?;

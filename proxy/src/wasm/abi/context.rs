@@ -9,7 +9,7 @@ use super::memory;
 use super::status::{status, HostResult, Status};
 use crate::wasm::state::HostState;
 
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_set_effective_context",

@@ -15,7 +15,7 @@ use super::pairs;
 use super::status::{status, HostResult, Status};
 use crate::wasm::state::{HostState, Phase};
 
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_get_header_map_pairs", get_pairs)?;
     linker.func_wrap("env", "proxy_set_header_map_pairs", set_pairs)?;
     linker.func_wrap("env", "proxy_get_header_map_value", get_value)?;

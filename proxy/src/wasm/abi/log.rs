@@ -8,9 +8,9 @@ use super::status::{status, HostResult, Status};
 use crate::wasm::state::HostState;
 
 /// Where filter log lines go; `EDGEWARD_LOG=edgeward::filter=debug` tunes them.
-pub const TARGET: &str = "edgeward::filter";
+pub(crate) const TARGET: &str = "edgeward::filter";
 
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_log", proxy_log)?;
     linker.func_wrap("env", "proxy_get_log_level", proxy_get_log_level)?;
     Ok(())
@@ -28,7 +28,7 @@ fn level(proxy_level: u32) -> Option<log::Level> {
 }
 
 /// Writes one guest message at `level`, tagged with the filter.
-pub fn emit(plugin: &str, level: log::Level, message: &[u8]) {
+pub(crate) fn emit(plugin: &str, level: log::Level, message: &[u8]) {
     if log::log_enabled!(target: TARGET, level) {
         let text = String::from_utf8_lossy(message);
         log::log!(target: TARGET, level, "[filter {plugin}] {}", text.trim_end_matches('\n'));

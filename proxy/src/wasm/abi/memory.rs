@@ -10,7 +10,7 @@ fn memory(caller: &Caller<'_, HostState>) -> Result<Memory, Status> {
 }
 
 /// The guest bytes at `ptr..ptr+len`, or INVALID_MEMORY_ACCESS when any lies outside memory.
-pub fn slice(mem: &[u8], ptr: u32, len: u32) -> Result<&[u8], Status> {
+pub(crate) fn slice(mem: &[u8], ptr: u32, len: u32) -> Result<&[u8], Status> {
     let start = ptr as usize;
     let end = start
         .checked_add(len as usize)
@@ -19,13 +19,13 @@ pub fn slice(mem: &[u8], ptr: u32, len: u32) -> Result<&[u8], Status> {
 }
 
 /// A copy of guest bytes (for when the host state must change while using them).
-pub fn read(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> Result<Vec<u8>, Status> {
+pub(crate) fn read(caller: &Caller<'_, HostState>, ptr: u32, len: u32) -> Result<Vec<u8>, Status> {
     let mem = memory(caller)?;
     slice(mem.data(caller), ptr, len).map(<[u8]>::to_vec)
 }
 
 /// Guest memory and host state at once, so that guest bytes can be used in place.
-pub fn split<'a>(
+pub(crate) fn split<'a>(
     caller: &'a mut Caller<'_, HostState>,
 ) -> Result<(&'a [u8], &'a mut HostState), Status> {
     let mem = memory(caller)?;
@@ -33,11 +33,19 @@ pub fn split<'a>(
     Ok((&*data, state))
 }
 
-pub fn write_u32(caller: &mut Caller<'_, HostState>, ptr: u32, value: u32) -> Result<(), Status> {
+pub(crate) fn write_u32(
+    caller: &mut Caller<'_, HostState>,
+    ptr: u32,
+    value: u32,
+) -> Result<(), Status> {
     write(caller, ptr, &value.to_le_bytes())
 }
 
-pub fn write_u64(caller: &mut Caller<'_, HostState>, ptr: u32, value: u64) -> Result<(), Status> {
+pub(crate) fn write_u64(
+    caller: &mut Caller<'_, HostState>,
+    ptr: u32,
+    value: u64,
+) -> Result<(), Status> {
     write(caller, ptr, &value.to_le_bytes())
 }
 
@@ -51,7 +59,7 @@ fn write(caller: &mut Caller<'_, HostState>, ptr: u32, bytes: &[u8]) -> Result<(
 /// `ret_ptr`/`ret_size`, as the ABI's memory-ownership rules say: the guest frees it. Empty
 /// data is returned as (0, 0) without calling the allocator (some SDKs crash on 0-byte
 /// allocations). The allocator is guest code and may trap; that error unwinds the callback.
-pub fn return_bytes(
+pub(crate) fn return_bytes(
     caller: &mut Caller<'_, HostState>,
     data: &[u8],
     ret_ptr: u32,

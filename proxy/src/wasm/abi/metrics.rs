@@ -10,7 +10,7 @@ use crate::metrics::{self, CustomKind, CustomMetric};
 use crate::wasm::error::describe;
 use crate::wasm::state::HostState;
 
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_define_metric", define)?;
     linker.func_wrap("env", "proxy_increment_metric", increment)?;
     linker.func_wrap("env", "proxy_record_metric", record)?;

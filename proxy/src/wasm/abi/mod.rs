@@ -4,28 +4,28 @@
 //! Every hostcall treats guest pointers and sizes as hostile and answers bad ones with a
 //! status code, never by trapping or by touching memory outside the guest's.
 
-pub mod buffers;
-pub mod context;
-pub mod headers;
-pub mod http_call;
-pub mod log;
-pub mod memory;
-pub mod metrics;
-pub mod pairs;
-pub mod properties;
-pub mod queues;
-pub mod shared_data;
-pub mod status;
-pub mod stream;
-pub mod unsupported;
-pub mod wasi;
+pub(super) mod buffers;
+pub(super) mod context;
+pub(super) mod headers;
+pub(super) mod http_call;
+pub(super) mod log;
+pub(super) mod memory;
+pub(super) mod metrics;
+pub(super) mod pairs;
+pub(super) mod properties;
+pub(super) mod queues;
+pub(super) mod shared_data;
+pub(super) mod status;
+pub(super) mod stream;
+pub(super) mod unsupported;
+pub(super) mod wasi;
 
 use wasmtime::Linker;
 
 use super::state::HostState;
 
 /// Registers every host function a filter may import.
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     log::add_to_linker(linker)?;
     context::add_to_linker(linker)?;
     headers::add_to_linker(linker)?;

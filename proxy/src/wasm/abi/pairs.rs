@@ -5,7 +5,7 @@
 const MAX_PAIRS: usize = 1024;
 
 /// Encodes pairs; an empty map is empty bytes (the 1-byte form crashes the Rust SDK).
-pub fn encode<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
+pub(crate) fn encode<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> Vec<u8> {
     let count = pairs.clone().count();
     if count == 0 {
         return Vec::new();
@@ -28,7 +28,7 @@ pub fn encode<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])> + Clone) -> 
 
 /// Decodes a map sent by the guest; `None` when it is malformed in any way. Empty input and
 /// a zero count (4 bytes) are the empty map.
-pub fn decode(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
+pub(crate) fn decode(bytes: &[u8]) -> Option<Vec<(&[u8], &[u8])>> {
     if bytes.is_empty() {
         return Some(Vec::new());
     }

@@ -15,7 +15,7 @@ use super::pairs;
 use super::status::{status, HostResult, Status};
 use crate::wasm::state::{HostState, HttpData};
 
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_get_property", get_property)?;
     linker.func_wrap("env", "proxy_set_property", set_property)?;
     Ok(())

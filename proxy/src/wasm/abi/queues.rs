@@ -10,7 +10,7 @@ use crate::wasm::services::Job;
 use crate::wasm::shared::QueueOwner;
 use crate::wasm::state::HostState;
 
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_register_shared_queue", register)?;
     linker.func_wrap("env", "proxy_resolve_shared_queue", resolve)?;
     linker.func_wrap("env", "proxy_enqueue_shared_queue", enqueue)?;

@@ -7,7 +7,7 @@ use super::memory;
 use super::status::{status, HostResult, Status};
 use crate::wasm::state::HostState;
 
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_get_shared_data", get)?;
     linker.func_wrap("env", "proxy_set_shared_data", set)?;
     Ok(())

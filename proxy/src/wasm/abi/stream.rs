@@ -13,7 +13,7 @@ use super::pairs;
 use super::status::{status, HostResult, Status};
 use crate::wasm::state::{HostState, LocalResponse, Resumption};
 
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
         "env",
         "proxy_continue_stream",

@@ -25,7 +25,7 @@ macro_rules! refuse {
     };
 }
 
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     refuse!(linker, "proxy_grpc_call", Status::InternalFailure, (a: u32, b: u32, c: u32, d: u32, e: u32, f: u32, g: u32, h: u32, i: u32, j: u32, k: u32, l: u32));
     refuse!(linker, "proxy_grpc_stream", Status::InternalFailure, (a: u32, b: u32, c: u32, d: u32, e: u32, f: u32, g: u32, h: u32, i: u32));
     refuse!(linker, "proxy_grpc_send", Status::NotFound, (a: u32, b: u32, c: u32, d: u32));

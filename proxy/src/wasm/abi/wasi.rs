@@ -69,7 +69,7 @@ const REFUSED: &[(&str, &str, i32)] = &[
     ("sock_shutdown", "ii", NOSYS),
 ];
 
-pub fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     for module in MODULES {
         linker.func_wrap(module, "fd_write", fd_write)?;
         linker.func_wrap(module, "fd_fdstat_get", fd_fdstat_get)?;
@@ -191,7 +191,7 @@ fn write_lines(state: &mut HostState, fd: u32, level: log::Level, text: &[u8]) {
 
 /// Logs what is left of unfinished output lines (at the end of every guest call, so that a
 /// message cut short by a trap is still seen).
-pub fn flush_output(state: &mut HostState) {
+pub(crate) fn flush_output(state: &mut HostState) {
     for (stream, level) in [(0, log::Level::Info), (1, log::Level::Error)] {
         if !state.output[stream].is_empty() {
             let rest = std::mem::take(&mut state.output[stream]);
