@@ -880,6 +880,50 @@ async fn a_trap_on_a_shared_instance_fails_the_request_paused_on_it() {
     assert_eq!(failure(waited), expected);
 }
 
+#[tokio::test]
+async fn one_crash_of_a_shared_instance_counts_once_however_many_requests_wait_on_it() {
+    // docs/filters.md: every request in flight on a failed shared instance gets the policy;
+    // the crash is one event, and the first 5 crashes in a row restart the filter at once.
+    let host = Setup::new().filter("crash-once", pauser()).load();
+    let mut chains: Vec<FilterChain> = (0..5).map(|_| host.chain()).collect();
+    let mut requests: Vec<RequestHeader> = (0..5).map(|_| request()).collect();
+    let mut paused: Vec<_> = chains
+        .iter_mut()
+        .zip(&mut requests)
+        .map(|(chain, req)| Box::pin(chain.on_request_headers(req, true)))
+        .collect();
+    for waiting in &mut paused {
+        assert!(still_pending(waiting, Duration::from_millis(20)).await);
+    }
+
+    let mut crashing_chain = host.chain();
+    let mut crashing = request();
+    crashing.insert_header("x-crash", "1").expect("header");
+    assert_eq!(
+        failure(crashing_chain.on_request_headers(&mut crashing, true).await).code,
+        "trap"
+    );
+    for waiting in paused {
+        assert_eq!(failure(waiting.await).code, "trap");
+    }
+
+    let traps = metrics::global()
+        .filter_traps
+        .with_label_values(&["crash-once"])
+        .get();
+    let backing_off = (host.host.unavailable_filters())();
+    // The next request gets a fresh instance at once, which pauses it as usual.
+    let mut next_chain = host.chain();
+    let mut next = request();
+    let mut served = Box::pin(next_chain.on_request_headers(&mut next, true));
+    let next_waits = still_pending(&mut served, Duration::from_millis(50)).await;
+    assert_eq!(
+        (traps, backing_off, next_waits),
+        (1, Vec::<String>::new(), true),
+        "(crashes counted, filters backing off, next request served)"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Body buffering
 // ---------------------------------------------------------------------------------------------
@@ -1029,6 +1073,61 @@ async fn buffering_more_request_body_than_the_filter_may_hold_fails_with_413() {
     // The filter never saw the chunk that broke the limit.
     assert_eq!(seen("limit-buffer", Phase::RequestBody), saw(1, 5, false));
     chain.finish(&mut req, None);
+}
+
+/// A chunk one byte over the default `limits.body` (1 MiB).
+fn over_the_default_body_limit() -> Bytes {
+    Bytes::from(vec![b'x'; (1 << 20) + 1])
+}
+
+#[tokio::test]
+async fn a_filter_that_does_not_buffer_lets_a_request_chunk_larger_than_its_body_limit_through() {
+    // docs/filters.md: `limits.body` is the most a filter may hold while it buffers (returns
+    // Pause); bodies stream through filters that do not pause them.
+    let host = Setup::new().filter("stream-request", observer()).load();
+    let mut chain = host.chain();
+    let mut req = request();
+    assert_continues(chain.on_request_headers(&mut req, false).await);
+
+    let (data, verdict) = chain
+        .on_request_body(&mut req, Some(over_the_default_body_limit()), true)
+        .await;
+
+    assert_continues(verdict);
+    assert_eq!(data, over_the_default_body_limit());
+    assert_eq!(
+        seen("stream-request", Phase::RequestBody),
+        saw(1, (1 << 20) + 1, true)
+    );
+}
+
+#[tokio::test]
+async fn a_filter_that_does_not_buffer_lets_a_response_chunk_larger_than_its_body_limit_through() {
+    // As for requests. A cache hit hands its whole stored body (up to `max_object`) to the
+    // response body phase as one chunk.
+    let host = Setup::new().filter("stream-response", observer()).load();
+    let mut chain = host.chain();
+    let mut req = request();
+    let mut resp = response();
+    assert_continues(chain.on_request_headers(&mut req, true).await);
+    let verdict = chain
+        .on_response_headers(ResponsePhase::AfterCache, &mut req, &mut resp, false)
+        .await;
+    assert_continues(verdict);
+
+    let (data, verdict) = chain.on_response_body(
+        ResponsePhase::AfterCache,
+        &mut req,
+        Some(over_the_default_body_limit()),
+        true,
+    );
+
+    assert_continues(verdict);
+    assert_eq!(data, over_the_default_body_limit());
+    assert_eq!(
+        seen("stream-response", Phase::ResponseBody),
+        saw(1, (1 << 20) + 1, true)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
