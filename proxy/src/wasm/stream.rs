@@ -751,3 +751,6 @@ impl Drop for FilterChain {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
