@@ -467,8 +467,9 @@ impl FilterChain {
             let resumption =
                 match tokio::time::timeout_at(self.deadline.into(), waiter.recv()).await {
                     Ok(Some(resumption)) => resumption,
-                    // The instance failed while the request waited on it.
-                    Ok(None) => break self.fail(i, self.instance_fault(i)),
+                    // The instance failed while the request waited on it. The call that
+                    // failed it recorded the fault: one crash, however many were waiting.
+                    Ok(None) => break self.apply_policy(i, self.instance_fault(i)),
                     Err(_elapsed) => break Some(self.timed_out(i)),
                 };
             let answered = match resumption {
@@ -540,11 +541,16 @@ impl FilterChain {
         })
     }
 
-    /// Applies the failure policy: fail-open skips the filter, fail-closed ends the request.
+    /// Records the fault of a call filter `i` made for this request, and applies the policy.
     fn fail(&mut self, i: usize, fault: Fault) -> Option<Verdict> {
+        self.entries[i].plugin.record_fault(&fault);
+        self.apply_policy(i, fault)
+    }
+
+    /// Applies the failure policy: fail-open skips the filter, fail-closed ends the request.
+    fn apply_policy(&mut self, i: usize, fault: Fault) -> Option<Verdict> {
         let entry = &mut self.entries[i];
         let name = entry.plugin.info.name.clone();
-        entry.plugin.record_fault(&fault);
         entry.active = false;
         entry.context_id = None;
         if let Some(lease) = entry.lease.take() {
@@ -578,6 +584,11 @@ impl FilterChain {
     /// Adds `data` to what filter `i` holds of this body and runs its body callback on all of
     /// it (Envoy's buffering: the size is cumulative). The held bytes stay with the filter;
     /// what it lets through is split off by the caller.
+    ///
+    /// `limits.body` bounds what a filter holds while it buffers: a filter already holding
+    /// bytes never sees the chunk that would take it over, and one that pauses on more is
+    /// stopped. A filter that lets each chunk go sees chunks of any size (a cache hit's body
+    /// comes as one).
     fn feed_body(
         &mut self,
         i: usize,
@@ -587,9 +598,12 @@ impl FilterChain {
         req: &mut RequestHeader,
     ) -> Result<Invoked, Verdict> {
         let mut held = std::mem::take(self.entries[i].held_body(direction));
+        let buffering = !held.is_empty();
         held.extend_from_slice(data);
-        if let Some(verdict) = self.check_body_limit(i, held.len(), direction) {
-            return Err(verdict);
+        if buffering {
+            if let Some(verdict) = self.check_body_limit(i, held.len(), direction) {
+                return Err(verdict);
+            }
         }
         let size = held.len() as u32;
         let callback = match direction {
@@ -603,8 +617,18 @@ impl FilterChain {
             },
         };
         let (held, invoked) = self.invoke(i, callback, req, ResponseSlot::Kept, held);
+        let held_len = held.len();
         *self.entries[i].held_body(direction) = held;
-        Ok(invoked)
+        match invoked {
+            Invoked::Pause(waiter) => match self.check_body_limit(i, held_len, direction) {
+                Some(verdict) => {
+                    self.stop_waiting(i, waiter);
+                    Err(verdict)
+                }
+                None => Ok(Invoked::Pause(waiter)),
+            },
+            invoked => Ok(invoked),
+        }
     }
 
     /// A body larger than the filter may buffer: 413 for requests; responses, whose head is

@@ -71,6 +71,7 @@ async fn tick(instance: Weak<Mutex<Instance>>, plugin: Arc<PluginInfo>) {
         };
         let mut guard = lock(&instance);
         if let Err(fault) = guard.tick(plugin.limits.cpu) {
+            fault.count(&plugin.name);
             log::error!(
                 "filter `{}` {fault} in on_tick; this instance stops ticking",
                 plugin.name
