@@ -72,10 +72,14 @@ check-layers:
 	python3 tools/test_check_layers.py
 	python3 tools/check_layers.py
 
+# The filter workspaces twice: as the wasm32 modules they ship as, and for the host with their
+# native unit tests (`--all-targets`), which the wasm32 pass does not see.
 lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	cd tests/filters && CARGO_TARGET_DIR=$(CURDIR)/target/test-filters $(CARGO) clippy --target wasm32-wasip1 --release --locked -- -D warnings
+	cd tests/filters && CARGO_TARGET_DIR=$(CURDIR)/target/test-filters $(CARGO) clippy --all-targets --locked -- -D warnings
 	cd filters && $(CARGO) clippy --target wasm32-wasip1 --release --locked --target-dir $(FILTERS_TARGET_DIR) -- -D warnings
+	cd filters && $(CARGO) clippy --all-targets --locked --target-dir $(FILTERS_TARGET_DIR) -- -D warnings
 
 # Pingora's zlib-ng build needs cmake; filters are built for wasm32-wasip1.
 setup:

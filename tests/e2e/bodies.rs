@@ -107,7 +107,7 @@ async fn post_in_two_parts(proxy: &Proxy, size: usize) -> serde_json::Value {
     let mut answer = Vec::new();
     stream.read_to_end(&mut answer).await.unwrap();
     let answer = String::from_utf8(answer).unwrap();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     let (_, json) = answer.split_once("\r\n\r\n").unwrap();
     serde_json::from_str(json).unwrap()
 }

@@ -2,23 +2,28 @@
 //! pause/resume, properties, isolation modes, and hostile filters that must be contained.
 //! The filters are real modules built from `tests/filters/` with the `proxy-wasm` SDK.
 
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
+use edgeward_testkit::origin::unix_nanos;
 use edgeward_testkit::{
     client, expected_bytes_sha256, filters, reqwest, run_edgeward, Origin, Proxy,
 };
+use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::support::{
-    config, eventually, metric, start_proxy, use_built_binary, wait_for_log, within,
+    access_log_entry, admin_json, config, eventually, metric, metrics_showing, start_proxy,
+    use_built_binary, wait_for_log, within,
 };
 
-/// A proxy with one route to `origin` through `chain`, the filters defined by `filters_yaml`.
+/// A proxy with one route to `origin` through `chain`, the filters defined by `filters_yaml`,
+/// and an admin listener.
 async fn proxy_with(origin: &Origin, filters_yaml: &str, chain: &str, extra: &str) -> Proxy {
     start_proxy(&config(
         &format!(
             r#"
 listeners: [{{address: "{{{{listen}}}}"}}]
+admin: {{address: "{{{{admin}}}}"}}
 workers: 1
 upstreams:
   origin: {{endpoints: ["$origin"]}}
@@ -308,24 +313,57 @@ async fn local_responses_from_request_headers_request_body_and_response_headers(
     }
 }
 
+/// Sends `GET path` with the request id `id` over `client`: the response head, which must be
+/// `200`, and whether its body then came whole (`Ok`, its length) or was cut short (`Err`).
+async fn head_then_body(
+    client: &reqwest::Client,
+    proxy: &Proxy,
+    path: &str,
+    id: &str,
+) -> (reqwest::header::HeaderMap, Result<usize, reqwest::Error>) {
+    let response = client
+        .get(proxy.url(path))
+        .header("x-request-id", id)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{id}: no response head: {e}"));
+    let headers = response.headers().clone();
+    let status = response.status();
+    let body = response.bytes().await.map(|body| body.len());
+    assert_eq!(status, 200, "{id}: the origin's head, got {body:?}");
+    (headers, body)
+}
+
 #[tokio::test]
 async fn a_local_response_after_the_response_head_left_aborts_the_response() {
     let origin = Origin::start("origin").await;
     let proxy = local_responder(&origin, "response_body").await;
-    // The 200 head is on its way before the body phase: the body is cut short instead.
-    let outcome = client::http1().get(proxy.url("/bytes/100000")).send().await;
-    let complete = match outcome {
-        Ok(response) => response
-            .bytes()
-            .await
-            .map(|b| b.len() == 100_000)
-            .unwrap_or(false),
-        Err(_) => false,
-    };
-    assert!(
-        !complete,
-        "the client must not receive a complete upstream body"
-    );
+    // The filter lets the origin's 200 head through and answers at the end of the body: the
+    // client gets that head and a body cut short (HTTP/1.1: the connection closes; HTTP/2:
+    // the stream is reset), never the filter's answer, every time.
+    let mut cut = 0;
+    for (protocol, client) in [("h1", client::http1()), ("h2", client::h2c())] {
+        for attempt in 0..5 {
+            let id = format!("late-answer-{protocol}-{attempt}");
+            let (headers, body) = head_then_body(&client, &proxy, "/bytes/100000", &id).await;
+            assert!(headers.get("x-local").is_none(), "{id}: the filter's head");
+            assert!(body.is_err(), "{id}: the body came whole: {body:?}");
+            cut += 1;
+            // The access log has the status the client got; the filter's late answer is not
+            // a bug in edgeward (`internal_error`, docs/configuration.md).
+            let entry = access_log_entry(&proxy, &id).await;
+            assert_eq!(entry["status"], 200, "{entry}");
+            assert_ne!(entry["error"], "internal_error", "{entry}");
+        }
+    }
+    metrics_showing(
+        &proxy,
+        &[(
+            "edgeward_requests_total{route=\"route-1\",status=\"200\"}",
+            f64::from(cut),
+        )],
+    )
+    .await;
     let response = client::http1()
         .get(proxy.url("/fine"))
         .header("x-skip-local", "1")
@@ -336,28 +374,129 @@ async fn a_local_response_after_the_response_head_left_aborts_the_response() {
 }
 
 #[tokio::test]
+async fn a_response_body_over_the_filters_body_limit_is_cut_short() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        r#"
+  rewrite:
+    module: $body
+    limits: {body: 64KiB}
+    config: {response: {find: '"GET"', replace: '"REWRITTEN"'}}
+"#,
+        &[("body", filters::BODY_REWRITER.to_string())],
+    );
+    let proxy = proxy_with(&origin, &yaml, "rewrite", "").await;
+    // The filter buffers the response body to rewrite it; past 64 KiB its head is out, so
+    // the response is cut short (docs/filters.md, Failures and limits), every time.
+    let mut cut = 0;
+    for (protocol, client) in [("h1", client::http1()), ("h2", client::h2c())] {
+        for attempt in 0..3 {
+            let id = format!("too-large-{protocol}-{attempt}");
+            let (_, body) = head_then_body(&client, &proxy, "/bytes/1048576", &id).await;
+            assert!(body.is_err(), "{id}: the body came whole: {body:?}");
+            cut += 1;
+            let entry = access_log_entry(&proxy, &id).await;
+            assert_eq!(entry["status"], 200, "{entry}");
+            assert_eq!(entry["error"], "body_too_large", "{entry}");
+        }
+    }
+    metrics_showing(
+        &proxy,
+        &[(
+            "edgeward_filter_limit_hits_total{filter=\"rewrite\",limit=\"body\"}",
+            f64::from(cut),
+        )],
+    )
+    .await;
+    // Under the limit, the same filter rewrites the whole body.
+    let response = client::http1()
+        .get(proxy.url("/small"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["method"], "REWRITTEN");
+}
+
+/// The Unix time (ns) at which `pauser` logged that it resumed `path` in `phase` after
+/// `ticks` ticks.
+async fn resumed_at(proxy: &Proxy, path: &str, phase: &str, ticks: u32) -> u64 {
+    let needle = format!("pauser: resuming {path} at its {phase} after {ticks} ticks at ");
+    let line = wait_for_log(proxy, &needle).await;
+    line.split(&needle)
+        .nth(1)
+        .and_then(|rest| rest.strip_suffix(" ns"))
+        .and_then(|nanos| nanos.parse().ok())
+        .unwrap_or_else(|| panic!("no time in {line:?}"))
+}
+
+#[tokio::test]
 async fn a_paused_request_resumes_on_proxy_continue_stream() {
     let origin = Origin::start("origin").await;
     let yaml = config(
-        "  pause:\n    module: $pauser\n    config: {tick_ms: 20, resume: true}\n",
+        "  pause:\n    module: $pauser\n    config: {tick_ms: 50, resume_after_ticks: 3}\n",
         &[("pauser", filters::PAUSER.to_string())],
     );
     let proxy = proxy_with(&origin, &yaml, "pause", "").await;
     for i in 0..3 {
-        let response = client::http1()
-            .get(proxy.url(&format!("/paused/{i}")))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
+        let path = format!("/paused/{i}");
+        let started = Instant::now();
+        let response = client::http1().get(proxy.url(&path)).send().await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(response.status(), 200, "{path}");
+        // Resumed by the filter's third tick after the pause (ticks are 50 ms apart) ...
+        assert_eq!(
+            header_values(&response, "x-resumed-after-ticks"),
+            ["3"],
+            "{path}"
+        );
+        assert!(elapsed >= Duration::from_millis(100), "{path}: {elapsed:?}");
+        // ... and only then sent upstream, with the header the filter added before pausing.
+        let echo: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(echo["headers"]["x-paused"], "1", "{echo}");
+        let resumed = resumed_at(&proxy, &path, "request headers", 3).await;
+        let received = echo["received_at_unix_ns"].as_u64().unwrap();
+        assert!(
+            received >= resumed,
+            "the origin got {path} at {received} ns, before the filter resumed it at {resumed} ns"
+        );
     }
-    assert_eq!(
-        origin
-            .last_request_headers()
-            .get("x-paused")
-            .map(String::as_str),
-        Some("1")
+}
+
+#[tokio::test]
+async fn a_response_paused_at_its_headers_resumes_on_proxy_continue_stream() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        r#"
+  pause:
+    module: $pauser
+    config: {tick_ms: 50, resume_after_ticks: 3, phase: response_headers}
+"#,
+        &[("pauser", filters::PAUSER.to_string())],
     );
+    let proxy = proxy_with(&origin, &yaml, "pause", "").await;
+    for (protocol, client) in [("h1", client::http1()), ("h2", client::h2c())] {
+        let path = format!("/held-response/{protocol}");
+        let started = Instant::now();
+        let response = client.get(proxy.url(&path)).send().await.unwrap();
+        let head_arrived = unix_nanos(SystemTime::now());
+        let elapsed = started.elapsed();
+        assert_eq!(response.status(), 200, "{path}");
+        let echo: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(echo["path"], path.as_str());
+        assert!(echo["headers"].get("x-paused").is_none(), "{echo}");
+        // The origin answered at once; its head waited at the filter for three ticks, and
+        // reached the client only once the filter resumed it.
+        let resumed = resumed_at(&proxy, &path, "response headers", 3).await;
+        let received = echo["received_at_unix_ns"].as_u64().unwrap();
+        assert!(received < resumed, "{path}: {received} ns, {resumed} ns");
+        assert!(
+            head_arrived >= resumed,
+            "{path}: the head arrived at {head_arrived} ns, before the resume at {resumed} ns"
+        );
+        assert!(elapsed >= Duration::from_millis(100), "{path}: {elapsed:?}");
+    }
 }
 
 #[tokio::test]
@@ -455,8 +594,11 @@ async fn properties_read_back_through_response_headers_and_on_log_sees_the_final
     // Set in the request phase with proxy_set_property, read back in the response phase.
     assert_eq!(prop("my.prop"), "v1");
 
-    let line = wait_for_log(&proxy, "on_log status=201").await;
-    assert!(line.contains("path=/status/201?a=1"), "{line}");
+    let line = wait_for_log(&proxy, "on_log status=").await;
+    assert!(
+        line.ends_with("on_log status=201 path=/status/201?a=1"),
+        "{line}"
+    );
 }
 
 async fn counts(proxy: &Proxy, n: usize) -> Vec<u64> {
@@ -564,11 +706,82 @@ async fn crashes_are_contained(isolation: &str) {
 async fn failing_filters_are_skipped_fail_open() {
     let origin = Origin::start("origin").await;
     let proxy = hostile_proxy(&origin, "fail_open", "shared").await;
-    for path in ["/trap", "/loop", "/ok"] {
+    for path in ["/trap", "/loop", "/oom", "/ok"] {
         let (status, body) = status_and_body(&proxy, path).await;
         assert_eq!(status, 200, "{path}: {body}");
         assert_eq!(body["origin"], "origin");
     }
+    assert_eq!(origin.hits(), 4, "every request went on to the origin");
+    // The filter did fail on the first three, and was skipped for the rest of each.
+    metrics_showing(
+        &proxy,
+        &[
+            ("edgeward_filter_traps_total{filter=\"hostile\"}", 1.0),
+            (
+                "edgeward_filter_limit_hits_total{filter=\"hostile\",limit=\"cpu\"}",
+                1.0,
+            ),
+            (
+                "edgeward_filter_limit_hits_total{filter=\"hostile\",limit=\"memory\"}",
+                1.0,
+            ),
+        ],
+    )
+    .await;
+    for fault in [
+        "crashed: ",
+        "exceeded its CPU time limit",
+        "exceeded its memory limit",
+    ] {
+        let line = wait_for_log(&proxy, &format!("filter `hostile` {fault}")).await;
+        assert!(
+            line.ends_with("; skipping it for this request (fail_open)"),
+            "{line}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cpu_time_adds_up_over_the_callbacks_of_a_request() {
+    let origin = Origin::start("origin").await;
+    // `limits.cpu: 100ms` for the whole request; each body callback spins for 20 ms of wall
+    // clock, so none of them alone can use more than 20 ms of CPU time.
+    let proxy = hostile_proxy(&origin, "fail_closed", "shared").await;
+    // A body of 1 KiB chunks, one every 30 ms, for up to 6 s: far more CPU time than the limit
+    // in all if the request's callbacks are counted together.
+    let chunks = futures_util::stream::unfold(0u32, |sent| async move {
+        if sent == 200 {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        Some((Ok::<_, std::io::Error>(vec![b'x'; 1024]), sent + 1))
+    });
+    let response = client::http1()
+        .post(proxy.url("/slow-body?ms=20"))
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "cpu_limit", "{body}");
+    assert_eq!(body["filter"], "hostile", "{body}");
+    let metrics = metrics_showing(
+        &proxy,
+        &[(
+            "edgeward_filter_limit_hits_total{filter=\"hostile\",limit=\"cpu\"}",
+            1.0,
+        )],
+    )
+    .await;
+    // 100 ms of CPU time took several callbacks of at most 20 ms each.
+    let callbacks = metrics
+        .value("edgeward_filter_calls_total{filter=\"hostile\",phase=\"on_http_request_body\"}");
+    assert!(callbacks >= 5.0, "{callbacks} body callbacks");
+    assert_eq!(
+        metrics.value_or_zero("edgeward_filter_traps_total{filter=\"hostile\"}"),
+        0.0
+    );
 }
 
 /// Polls `/ok` until the filter serves it again, failing after `limit`; every refusal
@@ -611,6 +824,50 @@ async fn a_crash_back_off_ends_even_while_requests_keep_coming() {
         assert_eq!(refusal["error"], "unavailable", "{refusal}");
     })
     .await;
+}
+
+#[tokio::test]
+async fn ready_reports_a_filter_in_its_crash_back_off_until_it_ends() {
+    let origin = Origin::start("origin").await;
+    let proxy = hostile_proxy(&origin, "fail_closed", "shared").await;
+    let ready = || admin_json(&proxy, "/ready");
+    assert_eq!(
+        ready().await,
+        (
+            200,
+            json!({"ready": true, "draining": false, "unavailable_filters": []})
+        )
+    );
+    // Crash until requests are refused (a back-off), and ask /ready while it lasts. A back-off
+    // that ends before /ready answers is followed by another crash, and the next back-off is
+    // twice as long (from 50 ms to 10 s), so it soon outlasts the question.
+    let during = eventually("/ready during a crash back-off", || async {
+        let (status, body) = status_and_body(&proxy, "/trap").await;
+        if status != 503 {
+            assert_eq!((status, &body["error"]), (500, &"trap".into()), "{body}");
+            return None;
+        }
+        assert_eq!(body["error"], "unavailable", "{body}");
+        let (status, readiness) = ready().await;
+        (status == 503).then_some(readiness)
+    })
+    .await;
+    assert_eq!(
+        during,
+        json!({"ready": false, "draining": false, "unavailable_filters": ["hostile"]})
+    );
+    // The back-off ends by itself: ready again, and the filter serves.
+    let after = eventually("/ready after the back-off", || async {
+        let (status, readiness) = ready().await;
+        (status == 200).then_some(readiness)
+    })
+    .await;
+    assert_eq!(
+        after,
+        json!({"ready": true, "draining": false, "unavailable_filters": []})
+    );
+    let (status, body) = status_and_body(&proxy, "/ok").await;
+    assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]
@@ -776,6 +1033,73 @@ fn bad_modules_fail_the_load_with_a_message_naming_the_file() {
                 "{stderr}"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn vm_config_reaches_on_vm_start_in_both_isolation_modes() {
+    let origin = Origin::start("origin").await;
+    // A YAML mapping arrives as JSON text, a YAML string as that string.
+    for (isolation, vm_config) in [
+        ("shared", r#"{greeting: hello, n: 1}"#),
+        ("request", r#""plain text""#),
+    ] {
+        let yaml = config(
+            "  vm:\n    module: $vm\n    isolation: $isolation\n    vm_config: $vm_config\n",
+            &[
+                ("vm", filters::VM_STARTER.to_string()),
+                ("isolation", isolation.to_string()),
+                ("vm_config", vm_config.to_string()),
+            ],
+        );
+        let proxy = proxy_with(&origin, &yaml, "vm", "").await;
+        let response = client::http1().get(proxy.url("/vm")).send().await.unwrap();
+        assert_eq!(response.status(), 200, "{isolation}");
+        let received = header_values(&response, "x-vm-config");
+        assert_eq!(received.len(), 1, "{isolation}: {:?}", response.headers());
+        let received = &received[0];
+        match isolation {
+            "shared" => assert_eq!(
+                serde_json::from_str::<serde_json::Value>(received).unwrap(),
+                json!({"greeting": "hello", "n": 1}),
+                "{isolation}: {received}"
+            ),
+            _ => assert_eq!(received, "plain text", "{isolation}"),
+        }
+        // on_vm_start was told the size of what it could read.
+        assert_eq!(
+            header_values(&response, "x-vm-config-size"),
+            [received.len().to_string()],
+            "{isolation}"
+        );
+    }
+}
+
+#[test]
+fn on_vm_start_returning_false_fails_the_load() {
+    use_built_binary();
+    let module = filters::VM_STARTER;
+    let yaml = format!(
+        "listeners: [{{address: 127.0.0.1:1}}]\nupstreams: {{u: {{builtin: echo}}}}\n\
+         filters: {{picky: {{module: {module}, vm_config: reject}}}}\n\
+         routes: [{{upstream: u, filters: [picky]}}]\n"
+    );
+    for command in ["validate", "run"] {
+        let out = run_edgeward(&[command, "--config", "{dir}/c.yaml"], &[("c.yaml", &yaml)]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{command}: {stderr}");
+        // The filter saw the vm_config it rejected ...
+        assert!(
+            stderr.contains(r#"[filter picky] vm_starter: rejecting vm_config "reject""#),
+            "{command}: {stderr}"
+        );
+        // ... and the load failed with a message naming the filter, its file and why.
+        assert!(
+            stderr.contains("on_vm_start returned false")
+                && stderr.contains("filter `picky`")
+                && stderr.contains(module),
+            "{command}: {stderr}"
+        );
     }
 }
 

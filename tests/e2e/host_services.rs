@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use edgeward_testkit::{client, filters, DeadEndpoint, Origin, Proxy};
 
-use crate::support::{config, eventually, eventually_explained, start_proxy, wait_for_log};
+use crate::support::{config, eventually, metrics_showing, start_proxy, wait_for_log};
 
 async fn get(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut request = client::http1().get(proxy.url(path));
@@ -230,21 +230,35 @@ routes: [{upstream: origin, filters: [poller, ticks]}]
         ],
     ))
     .await;
-    let (count, ticks) = eventually("ticks and root callouts", || async {
+    // What the filters report: (root callouts answered, ticks counted), from shared data.
+    let figures = || async {
         let response = get(&proxy, "/status/200", &[]).await;
+        assert_eq!(response.status(), 200);
         let count: u64 = header(&response, "x-root-callout-count")?.parse().ok()?;
         let ticks: u64 = header(&response, "x-ticks")?.parse().ok()?;
-        assert_eq!(response.status(), 200);
+        let status = header(&response, "x-root-callout-status");
+        Some((count, ticks, status))
+    };
+    let (count, ticks) = eventually("ticks and root callouts", || async {
+        let (count, ticks, status) = figures().await?;
         (count >= 3 && ticks >= 5).then(|| {
-            assert_eq!(
-                header(&response, "x-root-callout-status").as_deref(),
-                Some("204")
-            );
+            assert_eq!(status.as_deref(), Some("204"), "the callouts' answer");
             (count, ticks)
         })
     })
     .await;
-    assert!(count >= 3 && ticks >= 5);
+    // Every answer counted was a real request to the origin, made from the root context.
+    let callouts_seen = origin.hits_for("/status/204") as u64;
+    assert!(
+        callouts_seen >= count,
+        "{count} answers counted, {callouts_seen} callouts at the origin"
+    );
+    // Ticks and callouts go on by themselves: the figures keep growing.
+    eventually("more ticks and root callouts", || async {
+        let (later_count, later_ticks, _) = figures().await?;
+        (later_count > count && later_ticks > ticks).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -335,22 +349,6 @@ async fn admin_text(proxy: &Proxy, path: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.unwrap())
 }
 
-/// Waits until `/metrics` shows every expected line. A request's counters (and its filters'
-/// `on_log`) are updated just after its response reached the client, so a test must wait.
-async fn metrics_showing(proxy: &Proxy, expected: &[&str]) {
-    eventually_explained("metrics", || async {
-        let (status, text) = admin_text(proxy, "/metrics").await;
-        assert_eq!(status, 200);
-        let missing: Vec<_> = expected.iter().filter(|e| !text.contains(*e)).collect();
-        if missing.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{missing:?} missing in:\n{text}"))
-        }
-    })
-    .await
-}
-
 #[tokio::test]
 async fn filter_metrics_and_proxy_metrics_are_on_the_admin_listener() {
     let origin = Origin::start("origin").await;
@@ -375,19 +373,45 @@ routes: [{name: web, upstream: origin, filters: [counted]}]
     assert_eq!(totals, ["1", "2", "3"]);
 
     let expected = [
-        "wasmcustom_requests_total{filter=\"counted\"} 3",
-        "wasmcustom_in_flight{filter=\"counted\"} 0",
-        "wasmcustom_body_size_count{filter=\"counted\"} 3",
-        "edgeward_requests_total{route=\"web\",status=\"200\"} 3",
-        "edgeward_request_duration_seconds_count{route=\"web\"} 3",
-        "edgeward_upstream_latency_seconds_count{upstream=\"origin\"} 3",
-        "edgeward_filter_calls_total{filter=\"counted\",phase=\"on_http_request_headers\"} 3",
-        "edgeward_filter_call_duration_seconds_count{filter=\"counted\"}",
-        "edgeward_filter_instances_started_total{filter=\"counted\"}",
-        "edgeward_filter_instances{filter=\"counted\"}",
-        "edgeward_requests_in_flight 0",
+        ("wasmcustom_requests_total{filter=\"counted\"}", 3.0),
+        ("wasmcustom_in_flight{filter=\"counted\"}", 0.0),
+        ("wasmcustom_body_size_count{filter=\"counted\"}", 3.0),
+        ("edgeward_requests_total{route=\"web\",status=\"200\"}", 3.0),
+        (
+            "edgeward_request_duration_seconds_count{route=\"web\"}",
+            3.0,
+        ),
+        (
+            "edgeward_upstream_latency_seconds_count{upstream=\"origin\"}",
+            3.0,
+        ),
+        (
+            "edgeward_filter_calls_total{filter=\"counted\",phase=\"on_http_request_headers\"}",
+            3.0,
+        ),
+        (
+            "edgeward_filter_calls_total{filter=\"counted\",phase=\"on_http_response_headers\"}",
+            3.0,
+        ),
+        ("edgeward_requests_in_flight", 0.0),
     ];
-    metrics_showing(&proxy, &expected).await;
+    let metrics = metrics_showing(&proxy, &expected).await;
+    // Every callback counted (by phase) is timed once.
+    let calls = metrics
+        .sum("edgeward_filter_calls_total", &[("filter", "counted")])
+        .unwrap();
+    assert_eq!(
+        metrics.value("edgeward_filter_call_duration_seconds_count{filter=\"counted\"}"),
+        calls,
+        "{}",
+        metrics.text()
+    );
+    let started = metrics.value("edgeward_filter_instances_started_total{filter=\"counted\"}");
+    let alive = metrics.value("edgeward_filter_instances{filter=\"counted\"}");
+    assert!(
+        alive >= 1.0 && alive <= started,
+        "{alive} instances alive, {started} started"
+    );
     assert_eq!(
         admin_text(&proxy, "/healthz").await,
         (200, "ok\n".to_string())
@@ -430,12 +454,22 @@ routes:
     metrics_showing(
         &proxy,
         &[
-            "edgeward_filter_callout_failures_total{filter=\"refused\",reason=\"refused\",upstream=\"dead\"} 1",
-            "edgeward_filter_traps_total{filter=\"keep\"} 1",
-            "edgeward_filter_callouts_total{filter=\"refused\",upstream=\"dead\"} 1",
-            "edgeward_upstream_failures_total{reason=\"upstream_unavailable\",upstream=\"dead\"} 1",
-            "edgeward_requests_total{route=\"route-1\",status=\"503\"} 1",
-            "edgeward_requests_total{route=\"route-3\",status=\"500\"} 1",
+            (
+                "edgeward_filter_callout_failures_total{filter=\"refused\",reason=\"refused\",upstream=\"dead\"}",
+                1.0,
+            ),
+            ("edgeward_filter_traps_total{filter=\"keep\"}", 1.0),
+            (
+                "edgeward_filter_callouts_total{filter=\"refused\",upstream=\"dead\"}",
+                1.0,
+            ),
+            (
+                "edgeward_upstream_failures_total{reason=\"upstream_unavailable\",upstream=\"dead\"}",
+                1.0,
+            ),
+            ("edgeward_requests_total{route=\"route-1\",status=\"503\"}", 1.0),
+            ("edgeward_requests_total{route=\"route-2\",status=\"502\"}", 1.0),
+            ("edgeward_requests_total{route=\"route-3\",status=\"500\"}", 1.0),
         ],
     )
     .await;

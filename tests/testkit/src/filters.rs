@@ -41,6 +41,7 @@ mod tests {
             ("callout", CALLOUT),
             ("root_callout", ROOT_CALLOUT),
             ("tick_counter", TICK_COUNTER),
+            ("vm_starter", VM_STARTER),
             ("cas", CAS),
             ("queue_producer", QUEUE_PRODUCER),
             ("queue_consumer", QUEUE_CONSUMER),

@@ -22,7 +22,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
@@ -70,8 +70,10 @@ impl Origin {
     ///
     /// The default route answers 200 `application/json`:
     /// `{"origin", "method", "path" (with query), "headers" (lower-case names, repeated values
-    /// joined with ", "), "body_bytes", "body_sha256"}`. The request body is hashed as it
-    /// streams in, so uploads of any size use constant memory.
+    /// joined with ", "), "body_bytes", "body_sha256", "received_at_unix_ns"}`. The request
+    /// body is hashed as it streams in, so uploads of any size use constant memory.
+    /// `received_at_unix_ns` is when the request's head reached the origin (the system
+    /// clock, in nanoseconds since the Unix epoch; before the wait of `/delay/{ms}`).
     pub async fn start(name: &str) -> Origin {
         let name_header = HeaderValue::from_str(name)
             .unwrap_or_else(|e| panic!("origin name {name:?} is not a valid header value: {e}"));
@@ -192,6 +194,7 @@ where
 }
 
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
+    let received = SystemTime::now();
     state.requests.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_owned();
     let mut response = if path == HEALTH_PATH {
@@ -205,7 +208,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             .entry(path.clone())
             .or_default() += 1;
         *state.last_request_headers.lock().unwrap() = header_map(req.headers());
-        route(&state, &path, req).await
+        route(&state, &path, req, received).await
     };
     response
         .headers_mut()
@@ -221,7 +224,12 @@ fn health(state: &State) -> Response<Body> {
     }
 }
 
-async fn route(state: &State, path: &str, req: Request<Incoming>) -> Response<Body> {
+async fn route(
+    state: &State,
+    path: &str,
+    req: Request<Incoming>,
+    received: SystemTime,
+) -> Response<Body> {
     if let Some(n) = path.strip_prefix("/bytes/") {
         let Ok(n) = n.parse::<u64>() else {
             return text(StatusCode::BAD_REQUEST, "bad byte count");
@@ -239,7 +247,7 @@ async fn route(state: &State, path: &str, req: Request<Incoming>) -> Response<Bo
             return text(StatusCode::BAD_REQUEST, "bad delay");
         };
         tokio::time::sleep(Duration::from_millis(ms)).await;
-        return echo(state, req).await;
+        return echo(state, req, received).await;
     }
     if path.starts_with("/cache/") {
         return shaped(state, path, req).await;
@@ -250,7 +258,7 @@ async fn route(state: &State, path: &str, req: Request<Incoming>) -> Response<Bo
             _ => text(StatusCode::BAD_REQUEST, "bad status code"),
         };
     }
-    echo(state, req).await
+    echo(state, req, received).await
 }
 
 /// A response shaped by the request's query (see the module docs).
@@ -321,7 +329,7 @@ async fn shaped(state: &State, path: &str, req: Request<Incoming>) -> Response<B
 }
 
 /// Describes the request back as JSON, hashing the body as it streams in.
-async fn echo(state: &State, req: Request<Incoming>) -> Response<Body> {
+async fn echo(state: &State, req: Request<Incoming>, received: SystemTime) -> Response<Body> {
     let (parts, mut body) = req.into_parts();
     let mut hasher = Sha256::new();
     let mut body_bytes = 0u64;
@@ -342,11 +350,19 @@ async fn echo(state: &State, req: Request<Incoming>) -> Response<Body> {
         "headers": header_map(&parts.headers),
         "body_bytes": body_bytes,
         "body_sha256": hex(&hasher.finalize()),
+        "received_at_unix_ns": unix_nanos(received),
     });
     Response::builder()
         .header(CONTENT_TYPE, "application/json")
         .body(full(json.to_string()))
         .unwrap()
+}
+
+/// Nanoseconds since the Unix epoch (0 for a clock set before it).
+pub fn unix_nanos(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map_or(0, |since| {
+        u64::try_from(since.as_nanos()).unwrap_or(u64::MAX)
+    })
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
@@ -445,6 +461,25 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(50));
         let json: serde_json::Value = resp.json().await.unwrap();
         assert_eq!(json["path"], "/delay/50");
+    }
+
+    #[tokio::test]
+    async fn echo_says_when_the_request_arrived_before_any_delay() {
+        let origin = Origin::start("clock").await;
+        let sent = unix_nanos(SystemTime::now());
+        let resp = http1()
+            .get(format!("http://{}/delay/200", origin.addr()))
+            .send()
+            .await
+            .unwrap();
+        let answered = unix_nanos(SystemTime::now());
+        let json: serde_json::Value = resp.json().await.unwrap();
+        let received = json["received_at_unix_ns"].as_u64().unwrap();
+        assert!(sent <= received, "sent at {sent}, received at {received}");
+        assert!(
+            received + 200_000_000 <= answered,
+            "received at {received}, answered at {answered}, after a 200 ms delay"
+        );
     }
 
     #[tokio::test]

@@ -357,6 +357,39 @@ impl Proxy {
         self.proc_status_bytes("VmRSS")
     }
 
+    /// The names of the process's threads other than its main thread (`/proc/<pid>/task/*/comm`,
+    /// which the kernel cuts at 15 bytes), sorted.
+    pub fn thread_names(&self) -> Vec<String> {
+        let pid = self.pid();
+        let tasks = format!("/proc/{pid}/task");
+        let mut names: Vec<String> = std::fs::read_dir(&tasks)
+            .unwrap_or_else(|e| panic!("reading {tasks} (has the proxy exited?): {e}"))
+            .filter_map(|task| {
+                let task = task.ok()?.path();
+                // The main thread's id is the process id.
+                if task.file_name()?.to_str()? == pid.to_string() {
+                    return None;
+                }
+                // A thread that ends meanwhile is simply not counted.
+                let comm = std::fs::read_to_string(task.join("comm")).ok()?;
+                Some(comm.trim_end_matches('\n').to_owned())
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// How many epoll instances (event loops) the process has open: its file descriptors
+    /// that are `anon_inode:[eventpoll]`.
+    pub fn event_polls(&self) -> usize {
+        let fds = format!("/proc/{}/fd", self.pid());
+        std::fs::read_dir(&fds)
+            .unwrap_or_else(|e| panic!("reading {fds} (has the proxy exited?): {e}"))
+            .filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter(|target| target.as_os_str() == "anon_inode:[eventpoll]")
+            .count()
+    }
+
     /// Reads a `<field>: <n> kB` line of /proc/<pid>/status.
     fn proc_status_bytes(&self, field: &str) -> u64 {
         let path = format!("/proc/{}/status", self.pid());
@@ -373,12 +406,23 @@ impl Proxy {
     /// Sends `signal` ("TERM", "INT", ...) with `kill` (avoiding unsafe libc calls) and waits
     /// up to `timeout` for the process to exit, returning its exit status.
     pub async fn signal_and_wait(&mut self, signal: &str, timeout: Duration) -> ExitStatus {
+        self.signal(signal);
+        self.wait_for_exit(timeout, &format!("SIG{signal}")).await
+    }
+
+    /// Sends `signal` ("TERM", "INT", ...) with `kill` and returns at once.
+    pub fn signal(&self, signal: &str) {
         let pid = self.pid().to_string();
         let kill = Command::new("kill")
             .args([&format!("-{signal}"), &pid])
             .status()
             .expect("running kill");
         assert!(kill.success(), "kill -{signal} {pid} failed: {kill}");
+    }
+
+    /// Waits up to `timeout` for the process to exit (after `what`, for the failure message)
+    /// and returns its exit status.
+    pub async fn wait_for_exit(&mut self, timeout: Duration, what: &str) -> ExitStatus {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {
@@ -386,7 +430,7 @@ impl Proxy {
             }
             if Instant::now() >= deadline {
                 panic!(
-                    "proxy did not exit within {timeout:?} of SIG{signal}\n{}",
+                    "proxy did not exit within {timeout:?} of {what}\n{}",
                     self.output()
                 );
             }

@@ -15,10 +15,14 @@
 //!   `Continue`. In response headers it sets `x-statuses` to the comma-joined statuses (in
 //!   the order of [`feed_garbage`]) and `x-still-alive` to `yes` if that ordinary call read
 //!   back `/bad-pointers` (`no` otherwise).
+//! - `/slow-body?ms=N`: every request body callback (each chunk) spins for `N` ms of
+//!   wall-clock time (default 20), measured on the monotonic clock, then returns `Continue`.
+//!   No single callback uses more CPU time than that, but a long body adds them up.
 //! - any other path: nothing more, `Continue`, so a test can show the proxy still serves.
 
 use std::hint::black_box;
 use std::ptr;
+use std::time::{Duration, Instant};
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
@@ -170,6 +174,24 @@ fn spin_forever() -> ! {
     }
 }
 
+/// Spins for `duration` of wall-clock time: at most that much CPU time.
+fn spin_for(duration: Duration) {
+    let start = Instant::now();
+    let mut spins: u64 = 0;
+    while start.elapsed() < duration {
+        spins = black_box(spins.wrapping_add(1));
+    }
+}
+
+/// The `ms` query parameter of a path, if present and a number.
+fn query_ms(path_and_query: &str) -> Option<u64> {
+    let (_, query) = path_and_query.split_once('?')?;
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix("ms="))
+        .and_then(|ms| ms.parse().ok())
+}
+
 fn hoard_memory() -> ! {
     const CHUNK: usize = 1 << 20;
     let mut hoard: Vec<Vec<u8>> = Vec::new();
@@ -188,7 +210,10 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Hostile { report: None }))
+        Some(Box::new(Hostile {
+            report: None,
+            body_spin: None,
+        }))
     }
 }
 
@@ -200,14 +225,16 @@ struct Report {
 
 struct Hostile {
     report: Option<Report>,
+    /// How long each request body callback spins (`/slow-body`).
+    body_spin: Option<Duration>,
 }
 
 impl Context for Hostile {}
 
 impl HttpContext for Hostile {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let path = self.get_http_request_header(":path").unwrap_or_default();
-        let path = path.split('?').next().unwrap_or_default();
+        let path_and_query = self.get_http_request_header(":path").unwrap_or_default();
+        let path = path_and_query.split('?').next().unwrap_or_default();
         log::warn!("hostile: request for {path}");
         match path {
             "/loop" => spin_forever(),
@@ -221,7 +248,18 @@ impl HttpContext for Hostile {
                     still_alive: path_again.is_some_and(|p| p.starts_with("/bad-pointers")),
                 });
             }
+            "/slow-body" => {
+                let ms = query_ms(&path_and_query).unwrap_or(20);
+                self.body_spin = Some(Duration::from_millis(ms));
+            }
             _ => {}
+        }
+        Action::Continue
+    }
+
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        if let Some(duration) = self.body_spin {
+            spin_for(duration);
         }
         Action::Continue
     }
