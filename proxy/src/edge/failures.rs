@@ -25,6 +25,11 @@ pub(super) async fn answer(
                 if let Err(write_error) = filtering::send(session, ctx, answer).await {
                     log::debug!("cannot send the filter's answer: {write_error}");
                 }
+            } else {
+                log::warn!(
+                    "route `{}`: a filter answered {status} after the response head was sent; the response is cut short",
+                    ctx.route_name()
+                );
             }
             status
         }

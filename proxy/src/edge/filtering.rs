@@ -211,27 +211,25 @@ pub(super) fn response_body(
         chain.on_response_body(phase, session.req_header_mut(), body.take(), end_of_stream);
     let length_kept = state.length.pass(data.len(), end_of_stream);
     *body = Some(data);
-    match verdict {
-        Verdict::Continue => length_kept.or_else(|mismatch| {
-            // Answered in `fail_to_proxy` if the head has not left yet, else cut off.
-            let failure = length_changed(ctx, &mismatch, "response");
-            ctx.filters.error = Some(LENGTH_CHANGED);
-            ctx.filters.pending_answer = Some(Answer::FilterFailed(failure));
-            Error::e_explain(ErrorType::HTTPStatus(500), "response body length changed")
-        }),
+    let answer = match verdict {
+        Verdict::Continue => match length_kept {
+            Ok(()) => return Ok(()),
+            Err(mismatch) => Answer::FilterFailed(length_changed(ctx, &mismatch, "response")),
+        },
         // The head is gone: the only honest ending is to cut the response short.
-        Verdict::Close => Err(closed_by_filter()),
-        Verdict::Respond(_) | Verdict::Fail(_) => {
-            if let Verdict::Fail(failure) = &verdict {
-                ctx.filters.error = Some(failure.code);
-            }
-            log::warn!("a filter answered after the response head was sent ({verdict:?}); aborting the response");
-            Error::e_explain(
-                ErrorType::InternalError,
-                "filter answered during the response body",
-            )
-        }
-    }
+        Verdict::Close => return Err(closed_by_filter()),
+        Verdict::Respond(response) => Answer::Local(response),
+        Verdict::Fail(failure) => Answer::FilterFailed(failure),
+    };
+    // Pingora writes a response head together with the body chunks read with it: sent in
+    // `fail_to_proxy` if the head has not left yet, else the response is cut short.
+    let status = answer.status();
+    ctx.filters.note(&answer);
+    ctx.filters.pending_answer = Some(answer);
+    Error::e_explain(
+        ErrorType::HTTPStatus(status),
+        "a filter answered during the response body",
+    )
 }
 
 /// `on_log`, `on_done` and `on_delete` for the filters that saw the request.

@@ -4,6 +4,8 @@
 //! - `/healthz`: 200 "ok", or 503 after [`Origin::set_healthy`]`(false)`.
 //! - `/bytes/{n}`: exactly `n` deterministic pseudo-random bytes, streamed with a
 //!   `content-length`; compare with [`expected_bytes_sha256`].
+//! - `/trickle/{n}`: as `/bytes/{n}`, but the body only after [`TRICKLE_PAUSE`]: a proxy has
+//!   sent the response head on before any of its body arrives.
 //! - `/delay/{ms}`: waits `ms` milliseconds before the response headers, then echoes.
 //! - `/status/{code}`: that status with a small body.
 //! - `/cache/{name}?...`: a response shaped by the query, for cache tests (see
@@ -25,6 +27,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use futures_util::StreamExt;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
@@ -40,6 +43,8 @@ use tokio::task::{JoinHandle, JoinSet};
 use crate::pattern::Pattern;
 
 const HEALTH_PATH: &str = "/healthz";
+/// How long `/trickle/{n}` holds its body back after the head.
+pub const TRICKLE_PAUSE: Duration = Duration::from_millis(300);
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -240,6 +245,19 @@ async fn route(
             .header(CONTENT_LENGTH, n)
             .header(CONTENT_TYPE, "application/octet-stream")
             .body(BodyExt::boxed(body))
+            .unwrap();
+    }
+    if let Some(n) = path.strip_prefix("/trickle/") {
+        let Ok(n) = n.parse::<u64>() else {
+            return text(StatusCode::BAD_REQUEST, "bad byte count");
+        };
+        let mut chunks = Some(Pattern::new(n).map(|chunk| Ok(Frame::data(chunk))));
+        let body = futures_util::stream::once(tokio::time::sleep(TRICKLE_PAUSE))
+            .flat_map(move |()| futures_util::stream::iter(chunks.take().into_iter().flatten()));
+        return Response::builder()
+            .header(CONTENT_LENGTH, n)
+            .header(CONTENT_TYPE, "application/octet-stream")
+            .body(BodyExt::boxed(StreamBody::new(body)))
             .unwrap();
     }
     if let Some(ms) = path.strip_prefix("/delay/") {
