@@ -1,6 +1,6 @@
 //! Builds the Pingora server from a validated configuration and runs it until shutdown.
 
-use std::net::TcpListener;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +11,7 @@ use pingora::proxy::ProxyServiceBuilder;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
+use tokio::net::TcpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::access_log::AccessLogger;
@@ -27,7 +28,7 @@ use crate::wasm::{FilterHost, WasmError};
 pub enum ServerError {
     #[error("cannot listen on {address}")]
     Listen {
-        address: std::net::SocketAddr,
+        address: SocketAddr,
         source: std::io::Error,
     },
     #[error(transparent)]
@@ -42,11 +43,22 @@ pub enum ServerError {
     AccessLog(#[source] std::io::Error),
 }
 
+/// Binds `address` as Pingora will (with `SO_REUSEADDR`) and lets it go, without listening: a
+/// listener there, even for a moment, would accept connections that nobody then serves.
+fn check_bindable(address: SocketAddr) -> std::io::Result<()> {
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)
+}
+
 /// Serves `config` until SIGTERM/SIGINT and the drain that follows.
 pub fn run(config: Config) -> Result<(), ServerError> {
     // Pingora binds later and would only log a failure; check now for a clear error.
     for listener in &config.listeners {
-        TcpListener::bind(listener.address).map_err(|source| ServerError::Listen {
+        check_bindable(listener.address).map_err(|source| ServerError::Listen {
             address: listener.address,
             source,
         })?;

@@ -119,3 +119,28 @@ fn every_shipped_configuration_is_valid() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
     }
 }
+
+#[test]
+fn run_refuses_a_listener_address_in_use_naming_it_and_why() {
+    use_built_binary();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let yaml = format!(
+        "listeners: [{{address: \"{address}\"}}]\nupstreams: {{u: {{builtin: echo}}}}\nroutes: [{{upstream: u}}]\n"
+    );
+    let out = run_edgeward(&["run", "--config", "{dir}/c.yaml"], &[("c.yaml", &yaml)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "cannot listen on {address}: Address already in use"
+        )),
+        "{stderr}"
+    );
+    // The cause is told once, after the error it caused.
+    assert_eq!(
+        stderr.matches("Address already in use").count(),
+        1,
+        "{stderr}"
+    );
+}
