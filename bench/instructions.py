@@ -53,9 +53,9 @@ def send(port: int, path: str, headers: dict[str, str], count: int) -> None:
 
 
 def callgrind_total(out_file: Path) -> int:
-    """The instructions a callgrind dump counted (its `totals:` or `summary:` line)."""
+    """The instructions a callgrind dump counted (its `totals:` line)."""
     for line in out_file.read_text(errors="replace").splitlines():
-        if line.startswith(("totals:", "summary:")):
+        if line.startswith("totals:"):
             return int(line.split()[1])
     raise SystemExit(f"{out_file}: no totals line")
 
@@ -96,10 +96,12 @@ def count(binary: Path, scenario, folder: Path, ports: run.Ports, origin: int, a
                     raise SystemExit(f"edgeward under valgrind did not start: see {folder / (name + '.valgrind.log')}")
                 time.sleep(0.5)
         send(port, path, headers, args.warmup)
-        subprocess.run(["callgrind_control", "-i", "on", str(process.pid)], check=True, stdout=subprocess.DEVNULL)
+        control = lambda *words: subprocess.run(["callgrind_control", *words, str(process.pid)], check=True,
+                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        control("-i", "on")
         send(port, path, headers, args.requests)
-        subprocess.run(["callgrind_control", "-i", "off", str(process.pid)], check=True, stdout=subprocess.DEVNULL)
-        subprocess.run(["callgrind_control", "-d", str(process.pid)], check=True, stdout=subprocess.DEVNULL)
+        control("-i", "off")
+        control("-d")
         dumps = sorted(folder.glob("callgrind.out.*"))
         if not dumps:
             raise SystemExit("callgrind wrote no dump")
