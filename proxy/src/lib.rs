@@ -11,6 +11,7 @@ mod access_log;
 mod admin;
 mod body_length;
 mod cache;
+mod causes;
 pub mod config;
 mod edge;
 mod fields;

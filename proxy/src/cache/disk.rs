@@ -58,7 +58,7 @@ pub enum DiskError {
 /// Why a stored file was rejected.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum FileError {
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
     #[error("damaged: {0}")]
     Damaged(&'static str),

@@ -28,10 +28,11 @@ use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheKey, CacheMeta, Storage};
 use pingora::{Error, ErrorType, Result};
 
-use super::disk::{DiskError, DiskObject, Folder};
+use super::disk::{DiskError, DiskObject, FileError, Folder};
 use super::index::{DiskCopy, DiskJob, Index, Object, ObjectId, Resident};
 use super::key::ObjectUrl;
 use super::meta::SerializedMeta;
+use crate::causes::describe;
 use crate::metrics;
 use crate::sync::lock;
 
@@ -58,6 +59,21 @@ impl PurgeMode {
             PurgeMode::Soft => "soft",
         }
     }
+}
+
+/// Why the disk writer could not write or update an object's file.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error("cannot write to `{}`", path.display())]
+    Write {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read a stored object back to update it")]
+    ReadBack(#[source] FileError),
+    #[error("cannot update a stored object's meta")]
+    Meta(#[source] Box<Error>),
 }
 
 pub(super) struct Store {
@@ -349,9 +365,10 @@ impl Store {
         for job in jobs {
             match job {
                 Job::Write { generation, object } => {
-                    let written = folder
-                        .write(&object)
-                        .map_err(|e| format!("cannot write to `{}`: {e}", folder.path().display()));
+                    let written = folder.write(&object).map_err(|source| WriteError::Write {
+                        path: folder.path().to_path_buf(),
+                        source,
+                    });
                     let mut state = self.state();
                     state.queued = state.queued.saturating_sub(object.body.len() as u64);
                     drop(state);
@@ -377,23 +394,25 @@ impl Store {
     ) {
         let rewritten = folder
             .read(&id)
-            .map_err(|e| e.to_string())
+            .map_err(WriteError::ReadBack)
             .and_then(|mut object| {
                 let meta = match change {
                     MetaChange::Replace(meta) => meta,
                     MetaChange::ExpireAt(at) => {
                         let mut meta =
                             CacheMeta::deserialize(&object.meta_internal, &object.meta_header)
-                                .map_err(|e| e.to_string())?;
+                                .map_err(WriteError::Meta)?;
                         meta.expire_at(at);
-                        SerializedMeta::of(&meta).map_err(|e| e.to_string())?
+                        SerializedMeta::of(&meta).map_err(WriteError::Meta)?
                     }
                 };
                 object.meta_internal = meta.internal().to_vec();
                 object.meta_header = meta.header().to_vec();
-                folder.write(&object).map_err(|e| e.to_string())
+                folder.write(&object).map_err(|source| WriteError::Write {
+                    path: folder.path().to_path_buf(),
+                    source,
+                })
             });
-        let rewritten = rewritten.map_err(|e| format!("cannot update a stored object: {e}"));
         self.record_write(folder, id, generation, rewritten, capacity);
     }
 
@@ -404,7 +423,7 @@ impl Store {
         folder: &Folder,
         id: ObjectId,
         generation: u64,
-        written: std::result::Result<u64, String>,
+        written: std::result::Result<u64, WriteError>,
         capacity: u64,
     ) {
         let mut state = self.state();
@@ -414,7 +433,7 @@ impl Store {
                 state.index.evict_from_disk(capacity)
             }
             Err(e) => {
-                log::warn!("cache: {e}");
+                log::warn!("cache: {}", describe(&e));
                 disk_error("write");
                 state.index.disk_failed(&id, generation)
             }

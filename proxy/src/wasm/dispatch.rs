@@ -2,6 +2,7 @@
 //! Hostcalls only hand a job over; a background service runs it and delivers the result to
 //! the instance that asked, or to the request that is paused waiting for it.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,7 @@ use tokio::sync::mpsc;
 use super::mailbox::CalloutAnswer;
 use super::services::{Callout, CalloutRequest, Job};
 use super::shared::QueueOwner;
+use crate::causes::describe;
 use crate::metrics;
 use crate::upstream::Upstreams;
 
@@ -82,12 +84,8 @@ async fn run_callout(client: Arc<CalloutClient>, job: Callout) {
     metrics::global().callouts.with_label_values(&labels).inc();
     let answer = match tokio::time::timeout(job.timeout, client.perform(&job)).await {
         Ok(Ok(answer)) => answer,
-        Ok(Err((reason, detail))) => failed(&job, reason, detail),
-        Err(_) => failed(
-            &job,
-            "timeout",
-            format!("no answer within {:?}", job.timeout),
-        ),
+        Ok(Err(error)) => failed(&job, &error),
+        Err(_) => failed(&job, &CalloutError::Timeout(job.timeout)),
     };
     // Delivering runs guest code: not on the async runtime's worker.
     tokio::task::spawn_blocking(move || {
@@ -97,7 +95,57 @@ async fn run_callout(client: Arc<CalloutClient>, job: Callout) {
     });
 }
 
-fn failed(job: &Callout, reason: &'static str, detail: String) -> CalloutAnswer {
+/// Why a callout got no answer. The guest reads `reason: description` through
+/// `proxy_get_status`; the metrics count the reason.
+#[derive(Debug, thiserror::Error)]
+enum CalloutError {
+    #[error("edgeward is not serving yet")]
+    NotServing,
+    #[error("the upstream has no healthy endpoint")]
+    NoHealthyEndpoint,
+    #[error("{what} {endpoint}")]
+    Io {
+        what: &'static str,
+        endpoint: SocketAddr,
+        #[source]
+        source: Box<pingora::Error>,
+    },
+    #[error("the request cannot be made: {0}")]
+    BadRequest(
+        &'static str,
+        #[source] Box<dyn std::error::Error + Send + Sync>,
+    ),
+    #[error("no response head")]
+    NoHead,
+    #[error("response body over {MAX_CALLOUT_BODY} bytes")]
+    TooLarge,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl CalloutError {
+    /// The failure's label in `edgeward_filter_callout_failures_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            CalloutError::NotServing => "not_serving",
+            CalloutError::NoHealthyEndpoint => "no_healthy_endpoint",
+            CalloutError::Io { source, .. } => match source.etype() {
+                pingora::ErrorType::ConnectTimedout
+                | pingora::ErrorType::ReadTimedout
+                | pingora::ErrorType::WriteTimedout => "timeout",
+                pingora::ErrorType::ConnectRefused => "refused",
+                _ => "error",
+            },
+            CalloutError::BadRequest(..) => "bad_request",
+            CalloutError::NoHead => "error",
+            CalloutError::TooLarge => "too_large",
+            CalloutError::Timeout(_) => "timeout",
+        }
+    }
+}
+
+fn failed(job: &Callout, error: &CalloutError) -> CalloutAnswer {
+    let (reason, detail) = (error.reason(), describe(error));
     log::warn!(
         "filter `{}`: callout to upstream `{}` failed ({reason}): {detail}",
         job.plugin.name,
@@ -119,37 +167,26 @@ fn queue_ready(owner: QueueOwner, queue_id: u32) {
     }
 }
 
-type Failure = (&'static str, String);
-
 impl CalloutClient {
-    async fn perform(&self, job: &Callout) -> Result<CalloutAnswer, Failure> {
-        let upstreams = self
-            .upstreams
-            .get()
-            .ok_or(("not_serving", "edgeward is not serving yet".to_string()))?;
+    async fn perform(&self, job: &Callout) -> Result<CalloutAnswer, CalloutError> {
+        let upstreams = self.upstreams.get().ok_or(CalloutError::NotServing)?;
         let upstream = upstreams.get(job.upstream);
-        let endpoint = upstream.select(&job.request.path, &[]).ok_or((
-            "no_healthy_endpoint",
-            "the upstream has no healthy endpoint".to_string(),
-        ))?;
+        let endpoint = upstream
+            .select(&job.request.path, &[])
+            .ok_or(CalloutError::NoHealthyEndpoint)?;
         let peer = upstream.peer(endpoint);
         let started = Instant::now();
-        let io = |what: &str, e: Box<pingora::Error>| {
-            let reason = match e.etype() {
-                pingora::ErrorType::ConnectTimedout
-                | pingora::ErrorType::ReadTimedout
-                | pingora::ErrorType::WriteTimedout => "timeout",
-                pingora::ErrorType::ConnectRefused => "refused",
-                _ => "error",
-            };
-            (reason, format!("{what} {endpoint}: {}", e.etype().as_str()))
+        let io = |what, source| CalloutError::Io {
+            what,
+            endpoint,
+            source,
         };
         let (mut session, _reused) = self
             .connector
             .get_http_session(&peer)
             .await
             .map_err(|e| io("connecting to", e))?;
-        let request = request_head(&job.request).map_err(|e| ("bad_request", e))?;
+        let request = request_head(&job.request)?;
         session
             .write_request_header(Box::new(request))
             .await
@@ -171,7 +208,7 @@ impl CalloutClient {
         let head = session
             .response_header()
             .cloned()
-            .ok_or(("error", "no response head".to_string()))?;
+            .ok_or(CalloutError::NoHead)?;
         let mut body = Vec::new();
         while let Some(chunk) = session
             .read_response_body()
@@ -179,10 +216,7 @@ impl CalloutClient {
             .map_err(|e| io("reading from", e))?
         {
             if body.len() + chunk.len() > MAX_CALLOUT_BODY {
-                return Err((
-                    "too_large",
-                    format!("response body over {MAX_CALLOUT_BODY} bytes"),
-                ));
+                return Err(CalloutError::TooLarge);
             }
             body.extend_from_slice(&chunk);
         }
@@ -211,24 +245,25 @@ impl CalloutClient {
     }
 }
 
-fn request_head(request: &CalloutRequest) -> Result<RequestHeader, String> {
+fn request_head(request: &CalloutRequest) -> Result<RequestHeader, CalloutError> {
+    let bad = |what| move |e| CalloutError::BadRequest(what, Box::new(e));
     let mut head = RequestHeader::build(
         request.method.clone(),
         &request.path,
         Some(request.headers.len() + 2),
     )
-    .map_err(|e| format!("bad request line: {e}"))?;
+    .map_err(bad("bad request line"))?;
     head.insert_header(http::header::HOST, request.authority.as_slice())
-        .map_err(|e| format!("bad :authority: {e}"))?;
+        .map_err(bad("bad :authority"))?;
     for (name, value) in &request.headers {
-        let name =
-            http::HeaderName::from_bytes(name).map_err(|e| format!("bad header name: {e}"))?;
+        let name = http::HeaderName::from_bytes(name)
+            .map_err(|e| CalloutError::BadRequest("bad header name", Box::new(e)))?;
         head.append_header(name, value.as_slice())
-            .map_err(|e| format!("bad header value: {e}"))?;
+            .map_err(bad("bad header value"))?;
     }
     if !request.body.is_empty() {
         head.insert_header(http::header::CONTENT_LENGTH, request.body.len())
-            .map_err(|e| e.to_string())?;
+            .map_err(bad("bad content-length"))?;
     }
     Ok(head)
 }

@@ -2,8 +2,6 @@
 //! cannot start ([`StartError`]), and how a guest call failed ([`Fault`]), which decides the
 //! answer a request gets and the metric it counts in.
 
-use std::error::Error;
-use std::fmt::Write as _;
 use std::path::PathBuf;
 
 use crate::metrics;
@@ -104,18 +102,6 @@ pub enum ExportError {
         #[source]
         source: wasmtime::Error,
     },
-}
-
-/// An error and its sources on one line, `outer: inner: innermost`, for log lines and for
-/// the text a [`Fault`] carries.
-pub(super) fn describe(error: &dyn Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        let _ = write!(text, ": {inner}");
-        source = inner.source();
-    }
-    text
 }
 
 /// How a guest call failed.

@@ -12,11 +12,12 @@ use wasmtime::{
 
 use super::abi::wasi::flush_output;
 use super::engine::epoch_tick;
-use super::error::{classify, describe, ExportError, Fault, StartError};
+use super::error::{classify, ExportError, Fault, StartError};
 use super::info::PluginInfo;
 use super::mailbox::{CalloutAnswer, Mailbox};
 use super::services::HostServices;
 use super::state::{Call, CpuDeadline, HostState, HttpData, LocalResponse, Phase, Resumption};
+use crate::causes::describe;
 use crate::sync::lock;
 
 /// An instance as requests, the ticker and the background services share it.

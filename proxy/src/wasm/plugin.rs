@@ -14,7 +14,7 @@ use prometheus::{Histogram, IntCounter};
 use wasmtime::{Linker, Module};
 
 use super::engine::WasmEngine;
-use super::error::{describe, Fault, LoadError, StartError, WasmError};
+use super::error::{Fault, LoadError, StartError, WasmError};
 use super::info::PluginInfo;
 use super::instance::{Instance, SharedInstance, StartUp, Template};
 use super::preinit;
@@ -22,6 +22,7 @@ use super::reaper::Reaper;
 use super::services::HostServices;
 use super::state::{HostState, Phase};
 use super::ticker::Ticker;
+use crate::causes::describe;
 use crate::config::{self, FailurePolicy, Isolation};
 use crate::metrics;
 use crate::sync::lock;

@@ -6,8 +6,8 @@ use wasmtime::{Caller, Linker};
 
 use super::memory;
 use super::status::{status, HostResult, Status};
+use crate::causes::describe;
 use crate::metrics::{self, CustomKind, CustomMetric};
-use crate::wasm::error::describe;
 use crate::wasm::state::HostState;
 
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
