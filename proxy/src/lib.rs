@@ -13,6 +13,7 @@ mod body_length;
 mod cache;
 mod causes;
 pub mod config;
+mod connections;
 mod edge;
 mod fields;
 pub mod geo;

@@ -23,6 +23,10 @@ pub(crate) struct Metrics {
     pub requests: IntCounterVec,
     pub request_duration: HistogramVec,
     pub inflight: IntGauge,
+    pub client_connections: IntGaugeVec,
+    pub client_refusals: IntCounterVec,
+    pub client_timeouts: IntCounterVec,
+    pub client_aborts: IntCounterVec,
     pub upstream_latency: HistogramVec,
     pub upstream_failures: IntCounterVec,
     pub filter_calls: IntCounterVec,
@@ -124,6 +128,26 @@ impl Metrics {
             ),
             inflight: IntGauge::new("edgeward_requests_in_flight", "Requests being served now.")
                 .unwrap_or_else(|e| unreachable_metric("edgeward_requests_in_flight", e)),
+            client_connections: gauge(
+                "edgeward_client_connections",
+                "Client connections open now, by listener.",
+                &["listener"],
+            ),
+            client_refusals: counter(
+                "edgeward_client_connections_refused_total",
+                "Client connections closed at once because their listener had `client.max_connections` open, by listener.",
+                &["listener"],
+            ),
+            client_timeouts: counter(
+                "edgeward_client_timeouts_total",
+                "Client connections closed by a client timeout, by listener and timeout (header, idle, body).",
+                &["listener", "timeout"],
+            ),
+            client_aborts: counter(
+                "edgeward_client_aborts_total",
+                "Requests the client gave up on before its response was complete, by route.",
+                &["route"],
+            ),
             upstream_latency: histogram(
                 "edgeward_upstream_latency_seconds",
                 "Time from choosing an endpoint to the upstream's response head, by upstream.",
@@ -203,6 +227,10 @@ impl Metrics {
             Box::new(metrics.requests.clone()),
             Box::new(metrics.request_duration.clone()),
             Box::new(metrics.inflight.clone()),
+            Box::new(metrics.client_connections.clone()),
+            Box::new(metrics.client_refusals.clone()),
+            Box::new(metrics.client_timeouts.clone()),
+            Box::new(metrics.client_aborts.clone()),
             Box::new(metrics.upstream_latency.clone()),
             Box::new(metrics.upstream_failures.clone()),
             Box::new(metrics.filter_calls.clone()),

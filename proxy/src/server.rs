@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
-use pingora::proxy::ProxyServiceBuilder;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
+use pingora::services::listening::Service;
 use tokio::net::TcpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 
@@ -18,6 +19,7 @@ use crate::access_log::AccessLogger;
 use crate::admin::{AdminServer, Readiness};
 use crate::cache::{Cache, CacheError};
 use crate::config::Config;
+use crate::connections::Guarded;
 use crate::edge::Edge;
 use crate::geo::{Geo, GeoError};
 use crate::routing::RouteTable;
@@ -120,10 +122,16 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     server.bootstrap();
     let mut options = HttpServerOptions::default();
     options.h2c = true;
-    let mut proxy = ProxyServiceBuilder::new(&server.configuration, edge)
-        .name("edgeward")
-        .server_options(options)
-        .build();
+    // An HTTP/2 connection without streams closes after the shortest idle timeout of the
+    // listeners (Pingora's option is per service, not per listener).
+    options.h2_idle_timeout = config.listeners.iter().map(|l| l.client.idle_timeout).min();
+    let mut http = HttpProxy::new(edge, server.configuration.clone());
+    http.server_options = Some(options);
+    http.handle_init_modules();
+    let mut proxy = Service::new(
+        "edgeward".to_string(),
+        Guarded::new(http, &config.listeners),
+    );
     for listener in &config.listeners {
         proxy.add_tcp(&listener.address.to_string());
     }

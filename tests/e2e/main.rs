@@ -8,6 +8,7 @@ mod balancing;
 mod bodies;
 mod cache;
 mod cli;
+mod clients;
 mod demo;
 mod failures;
 mod filters;

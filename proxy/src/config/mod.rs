@@ -135,6 +135,39 @@ mod tests {
     }
 
     #[test]
+    fn client_limits_default_then_top_level_then_per_listener() {
+        let config = from_str(MINIMAL, Path::new("t.yaml")).unwrap();
+        assert_eq!(config.listeners[0].client, ClientLimits::default());
+        let text = "listeners:\n  - {address: 127.0.0.1:8080}\n  - {address: 127.0.0.1:8081, client: {idle_timeout: 5s, max_connections: 7}}\nclient: {header_timeout: 3s, idle_timeout: 20s}\nupstreams: {u: {endpoints: ['127.0.0.1:9000']}}\nroutes: [{upstream: u}]\n";
+        let config = from_str(text, Path::new("t.yaml")).unwrap();
+        let top = ClientLimits {
+            header_timeout: Duration::from_secs(3),
+            idle_timeout: Duration::from_secs(20),
+            ..ClientLimits::default()
+        };
+        assert_eq!(config.listeners[0].client, top);
+        assert_eq!(
+            config.listeners[1].client,
+            ClientLimits {
+                idle_timeout: Duration::from_secs(5),
+                max_connections: 7,
+                ..top
+            }
+        );
+        assert_eq!(
+            problems(&format!(
+                "{MINIMAL}client: {{header_timeout: 0s, body_timeout: soon, max_connections: 0, idle: 1s}}\n"
+            )),
+            vec![
+                "4:26: `header_timeout` must be longer than zero",
+                "4:44: `body_timeout`: expected a duration like `500ms`, `2s`, `5m`, `1h` or `7d`, found `soon`",
+                "4:67: `max_connections` must be a whole number from 1 to 1000000",
+                "4:70: unknown key `idle`; expected one of: header_timeout, idle_timeout, body_timeout, max_connections",
+            ]
+        );
+    }
+
+    #[test]
     fn relative_paths_start_at_the_config_folder() {
         let text = format!("{MINIMAL}access_log: access.log\n");
         let config = from_str(&text, Path::new("/tmp/e.yaml")).unwrap();

@@ -174,6 +174,33 @@ pub enum FailurePolicy {
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub address: SocketAddr,
+    pub client: ClientLimits,
+}
+
+/// What a listener allows each client: how long it may take to send a request head, stay
+/// idle between requests, or pause inside a request body; and how many connections may be
+/// open at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// From accept (or the first byte of a request on a reused connection) until its head
+    /// is complete.
+    pub header_timeout: Duration,
+    /// A kept-alive connection without a request.
+    pub idle_timeout: Duration,
+    /// The longest gap between request body bytes.
+    pub body_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -48,6 +48,7 @@ pub(super) struct RawConfig {
     pub work_stealing: Option<Located<bool>>,
     pub access_log: Option<Located<String>>,
     pub shutdown_timeout: Option<Located<String>>,
+    pub client: Option<Located<RawClient>>,
     #[serde(default)]
     pub upstreams: Located<Named<RawUpstream>>,
     #[serde(default)]
@@ -138,6 +139,16 @@ pub(super) struct RawLimits {
 #[derive(Debug, Deserialize)]
 pub(super) struct RawListener {
     pub address: Option<Located<String>>,
+    pub client: Option<Located<RawClient>>,
+}
+
+/// `client:`, at the top level and per listener.
+#[derive(Debug, Deserialize)]
+pub(super) struct RawClient {
+    pub header_timeout: Option<Located<String>>,
+    pub idle_timeout: Option<Located<String>>,
+    pub body_timeout: Option<Located<String>>,
+    pub max_connections: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]

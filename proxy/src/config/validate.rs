@@ -120,7 +120,8 @@ impl<'a> Validator<'a> {
     }
 
     pub(super) fn config(&mut self, raw: RawConfig, source: &Path) -> Config {
-        let listeners = self.listeners(&raw.listeners);
+        let client = self.client(raw.client.as_ref(), ClientLimits::default());
+        let listeners = self.listeners(&raw.listeners, client);
         let workers = match &raw.workers {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
             Some(w) => match self.number::<usize>(w, "workers", "a whole number from 1 to 1024") {
@@ -488,7 +489,40 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn listeners(&mut self, raw: &Located<Vec<RawListener>>) -> Vec<Listener> {
+    /// `client:` settings over `base` (the defaults, or the top level's for a listener).
+    fn client(&mut self, raw: Option<&Located<RawClient>>, base: ClientLimits) -> ClientLimits {
+        let Some(raw) = raw else { return base };
+        let max_connections = match &raw.max_connections {
+            None => base.max_connections,
+            Some(value) => {
+                let what = "a whole number from 1 to 1000000";
+                match self.number::<usize>(value, "max_connections", what) {
+                    Some(n @ 1..=1_000_000) => n,
+                    Some(_) => {
+                        self.error(value.mark, format!("`max_connections` must be {what}"));
+                        base.max_connections
+                    }
+                    None => base.max_connections,
+                }
+            }
+        };
+        ClientLimits {
+            header_timeout: self.duration(
+                &raw.header_timeout,
+                "header_timeout",
+                base.header_timeout,
+            ),
+            idle_timeout: self.duration(&raw.idle_timeout, "idle_timeout", base.idle_timeout),
+            body_timeout: self.duration(&raw.body_timeout, "body_timeout", base.body_timeout),
+            max_connections,
+        }
+    }
+
+    fn listeners(
+        &mut self,
+        raw: &Located<Vec<RawListener>>,
+        client: ClientLimits,
+    ) -> Vec<Listener> {
         if raw.is_empty() {
             self.error(
                 raw.mark,
@@ -509,7 +543,10 @@ impl<'a> Validator<'a> {
                 Ok(addr) if !seen.insert(addr) => {
                     self.error(address.mark, format!("listener address {addr} is used twice"))
                 }
-                Ok(addr) => listeners.push(Listener { address: addr }),
+                Ok(addr) => listeners.push(Listener {
+                    address: addr,
+                    client: self.client(listener.client.as_ref(), client),
+                }),
                 Err(_) => self.error(
                     address.mark,
                     format!(

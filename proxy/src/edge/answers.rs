@@ -20,6 +20,8 @@ pub(crate) enum Refusal {
     UpstreamTimeout,
     UpstreamUnavailable,
     BadRequest,
+    /// The client paused inside its request body for longer than `client.body_timeout`.
+    RequestTimeout,
     Internal,
 }
 
@@ -31,6 +33,7 @@ impl Refusal {
             Refusal::NoHealthyEndpoint | Refusal::UpstreamUnavailable => 502,
             Refusal::UpstreamTimeout => 504,
             Refusal::BadRequest => 400,
+            Refusal::RequestTimeout => 408,
             Refusal::Internal => 500,
         }
     }
@@ -43,6 +46,7 @@ impl Refusal {
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::UpstreamUnavailable => "upstream_unavailable",
             Refusal::BadRequest => "bad_request",
+            Refusal::RequestTimeout => "request_timeout",
             Refusal::Internal => "internal_error",
         }
     }
@@ -69,6 +73,7 @@ impl Refusal {
             }
             // The client went away: there is nobody to answer.
             (ErrorSource::Downstream, ReadError | WriteError | ConnectionClosed) => return None,
+            (ErrorSource::Downstream, ReadTimedout) => Refusal::RequestTimeout,
             (ErrorSource::Downstream, _) => Refusal::BadRequest,
             _ => Refusal::Internal,
         })
@@ -83,6 +88,7 @@ impl Refusal {
                 format!("upstream `{upstream}` failed: {}", e.etype().as_str())
             }
             Refusal::BadRequest => format!("bad request: {}", e.etype().as_str()),
+            Refusal::RequestTimeout => "the request body stopped arriving".to_string(),
             Refusal::NoRoute | Refusal::PurgeForbidden | Refusal::Internal => {
                 "internal error".to_string()
             }
@@ -198,6 +204,12 @@ pub(super) async fn send(
 /// client would never see the answer.
 async fn drain_unread_body(session: &mut Session) {
     const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+    // A client still waiting for `100 Continue` sends no body after a final answer (or may,
+    // and then finds the connection closed).
+    if super::forwarding::expects_continue(session.req_header()) {
+        session.set_keepalive(None);
+        return;
+    }
     let downstream = session.as_downstream_mut();
     if downstream.is_body_done() {
         return;

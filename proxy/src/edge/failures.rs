@@ -7,6 +7,7 @@ use pingora::proxy::FailToProxy;
 use super::answers::{self, Refusal};
 use super::context::RequestCtx;
 use super::filtering;
+use crate::connections;
 use crate::metrics;
 
 /// Answers the failed request unless its response has started; `upstream` names the
@@ -35,11 +36,21 @@ pub(super) async fn answer(
         }
         None => match ctx.refusal.or_else(|| Refusal::from_error(e)) {
             Some(refusal) => {
+                if refusal == Refusal::RequestTimeout {
+                    connections::body_timed_out(session.as_downstream());
+                }
                 refuse(session, ctx, refusal, e, upstream, unanswered).await;
                 refusal.status()
             }
-            // The client went away: there is nobody to answer.
-            None => 0,
+            // The client went away: there is nobody to answer, and nothing went wrong here.
+            None => {
+                metrics::global()
+                    .client_aborts
+                    .with_label_values(&[ctx.route_name()])
+                    .inc();
+                log::debug!("the client went away: {e}");
+                0
+            }
         },
     };
     FailToProxy {

@@ -12,6 +12,64 @@ use crate::fields;
 
 pub(super) const REQUEST_ID: &str = "x-request-id";
 
+/// Why a request's `Host` makes it malformed (RFC 9112 §3.2): an HTTP/1.1 request has exactly
+/// one, and it is a valid authority (or empty, for a target without one).
+pub(super) fn host_problem(req: &RequestHeader) -> Option<&'static str> {
+    if req.version != Version::HTTP_11 {
+        return None;
+    }
+    let mut hosts = req.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (None, _) => Some("an HTTP/1.1 request needs a Host header"),
+        (Some(_), Some(_)) => Some("a request may have only one Host header"),
+        (Some(host), None) => {
+            let valid = host
+                .to_str()
+                .is_ok_and(|h| h.is_empty() || h.parse::<http::uri::Authority>().is_ok());
+            (!valid).then_some("the Host header is not a valid host")
+        }
+    }
+}
+
+/// Whether the client waits for `100 Continue` before it sends its body (HTTP/1.1 only).
+pub(super) fn expects_continue(req: &RequestHeader) -> bool {
+    req.version == Version::HTTP_11
+        && req
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+}
+
+/// `Content-Length: 3, 3` (or the field twice) becomes one value: the client's length was
+/// consistent (RFC 9112 §6.3), but an upstream may read the list otherwise.
+fn normalize_content_length(req: &mut RequestHeader) -> Result<()> {
+    let mut values = req.headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return Ok(());
+    };
+    if values.next().is_none() && !first.as_bytes().contains(&b',') {
+        return Ok(());
+    }
+    let lengths: Vec<Vec<u8>> = req
+        .headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(|l| l.trim_ascii().to_vec())
+        .collect();
+    match lengths.split_first() {
+        Some((length, rest)) if rest.iter().all(|l| l == length) => {
+            let length = HeaderValue::from_bytes(length)
+                .map_err(|e| Error::because(ErrorType::InvalidHTTPHeader, "content-length", e))?;
+            req.insert_header(header::CONTENT_LENGTH, length)
+        }
+        _ => Error::e_explain(
+            ErrorType::InvalidHTTPHeader,
+            "conflicting content-length values",
+        ),
+    }
+}
+
 /// The route's rewrites (path prefix, `Host`) and the forwarding headers, on the request
 /// going upstream.
 pub(super) fn rewrite_upstream_request(
@@ -19,6 +77,9 @@ pub(super) fn rewrite_upstream_request(
     route: &Route,
     upstream_request: &mut RequestHeader,
 ) -> Result<()> {
+    // Answered here (`100 Continue`), not by the upstream.
+    upstream_request.remove_header(&header::EXPECT);
+    normalize_content_length(upstream_request)?;
     if let Some(prefix) = &route.strip_prefix {
         let stripped = strip_path_prefix(&upstream_request.uri, prefix);
         upstream_request.set_uri(stripped);

@@ -26,6 +26,7 @@ use crate::access_log::AccessLogger;
 use crate::body_length::DeclaredLength;
 use crate::cache::{self, Cache};
 use crate::config::{ResponsePhase, RouteCache};
+use crate::connections;
 use crate::geo::Geo;
 use crate::metrics;
 use crate::request_buffering::RequestBuffer;
@@ -94,6 +95,15 @@ impl ProxyHttp for Edge {
         RequestCtx::new(&self.inflight)
     }
 
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        connections::request_started(session.as_downstream_mut());
+        Ok(())
+    }
+
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         ctx.request_id = forwarding::request_id(session.req_header());
         session
@@ -105,6 +115,13 @@ impl ProxyHttp for Edge {
             .filter(|_| purge::is_purge(session.req_header()))
         {
             purge::purge_request(session, ctx, cache).await?;
+            return Ok(true);
+        }
+        if let Some(problem) = forwarding::host_problem(session.req_header()) {
+            // A malformed request ends its connection, as Pingora's own 400s do.
+            session.set_keepalive(None);
+            ctx.refusal = Some(Refusal::BadRequest);
+            answers::refuse(session, &ctx.request_id, Refusal::BadRequest, problem).await?;
             return Ok(true);
         }
         let Some(route) = self.routes.find(session.req_header()) else {
@@ -124,10 +141,19 @@ impl ProxyHttp for Edge {
         }
         let info =
             || filtering::stream_info(session, ctx, route, self.geo.as_ref(), &self.upstreams);
-        match self.filters.chain(route, info, ctx.started) {
-            Some(chain) => filtering::request_headers(session, ctx, chain).await,
-            None => Ok(false),
+        if let Some(chain) = self.filters.chain(route, info, ctx.started) {
+            if filtering::request_headers(session, ctx, chain).await? {
+                return Ok(true);
+            }
         }
+        // RFC 9110 §10.1.1: the request goes on, so the client may send its body now.
+        if forwarding::expects_continue(session.req_header()) && !session.is_body_empty() {
+            session
+                .as_downstream_mut()
+                .write_continue_response()
+                .await?;
+        }
+        Ok(false)
     }
 
     async fn upstream_peer(
@@ -363,7 +389,14 @@ impl ProxyHttp for Edge {
         failures::answer(session, e, ctx, upstream).await
     }
 
+    /// A client that went away is counted and logged at debug level (`fail_to_proxy`), not
+    /// reported as an error of edgeward's.
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        Refusal::from_error(error).is_none()
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        connections::response_done(session.as_downstream());
         filtering::finish(session, ctx);
         logging::log_request(session, ctx, self.upstream_name(ctx), &self.access_log);
     }
