@@ -102,6 +102,9 @@ async fn purge(
     if req.method() != Method::POST {
         return error(405, "use POST");
     }
+    if let Some((status, why)) = cross_site_refusal(req.headers()) {
+        return error(status, why);
+    }
     let Some(cache) = cache else {
         return error(404, "the cache is not configured");
     };
@@ -137,6 +140,33 @@ async fn purge(
     let purged = cache.purge(&target, mode, how);
     let body = serde_json::json!({"purged": purged, "mode": mode.as_str()});
     reply(200, "application/json", body.to_string())
+}
+
+/// Why a request that changes state is refused as one a browser could have been made to send
+/// from another site: a browser sends `text/plain` and form bodies across sites without asking,
+/// but not JSON; and it names the page's site in `Origin`.
+fn cross_site_refusal(headers: &http::HeaderMap) -> Option<(u16, &'static str)> {
+    let json = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Some((415, "send the body as `Content-Type: application/json`"));
+    }
+    let origin = headers.get(http::header::ORIGIN).map(|v| v.as_bytes());
+    let host = headers.get(http::header::HOST).map(|v| v.as_bytes());
+    let same_site = match (origin, host) {
+        (None, _) => true,
+        (Some(origin), Some(host)) => origin
+            .strip_prefix(b"http://")
+            .is_some_and(|origin_host| origin_host.eq_ignore_ascii_case(host)),
+        (Some(_), None) => false,
+    };
+    (!same_site).then_some((
+        403,
+        "cross-site requests are refused (`Origin` is another site)",
+    ))
 }
 
 #[derive(serde::Deserialize)]

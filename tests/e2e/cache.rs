@@ -673,6 +673,7 @@ async fn purge_is_refused_from_other_addresses() {
             "http://{}/cache/purge",
             proxy.placeholder_addr("admin")
         ))
+        .header("content-type", "application/json")
         .body("{\"nonsense\": 1}")
         .send()
         .await

@@ -4,6 +4,7 @@
 // Panicking with a message is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod admin;
 mod balancing;
 mod bodies;
 mod cache;
