@@ -13,6 +13,7 @@ mod failures;
 mod filters;
 mod geo;
 mod host_services;
+mod hostile_config;
 mod jwt;
 mod lifecycle;
 mod routing;
