@@ -3,6 +3,8 @@
 
 mod diagnostic;
 mod model;
+#[cfg(test)]
+mod proptests;
 mod raw;
 mod units;
 mod validate;
