@@ -4,6 +4,7 @@
 #   make test  runs every test (the filters' native unit tests too), then cargo fmt --check, the
 #              layering check of proxy/src and cargo clippy -D warnings on the proxy's workspace
 #              and both filter workspaces
+# and `make fuzz`, the property-based tests with many cases (FUZZ_CASES).
 # Both first install what a fresh Debian machine with only the Rust toolchain lacks.
 
 CARGO ?= cargo
@@ -16,7 +17,7 @@ FILTERS_TARGET_DIR := $(CURDIR)/filters/target
 # Signed with the demo HMAC key of config/edgeward.yaml; expires in 2100.
 DEMO_TOKEN := eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8ifQ.eyJpc3MiOiJodHRwczovL2RlbW8uZWRnZXdhcmQuZXhhbXBsZSIsImF1ZCI6ImVkZ2UtYXBpIiwic3ViIjoiZGVtby11c2VyIiwiZW1haWwiOiJkZW1vQGV4YW1wbGUuY29tIiwiaWF0IjoxNzY0MDAwMDAwLCJleHAiOjQxMDI0NDQ4MDB9.-uXvDZjqRwtuqjy467BmqXqH8cQKXiA57vZFKPTozmE
 
-.PHONY: run test bench bench-proxy bench-host bench-setup setup build filters check-format check-layers lint unit-and-e2e
+.PHONY: run test fuzz bench bench-proxy bench-host bench-setup setup build filters check-format check-layers lint unit-and-e2e
 
 run: build
 	@echo
@@ -33,6 +34,15 @@ run: build
 	./target/release/edgeward run --config $(CONFIG)
 
 test: setup check-format check-layers unit-and-e2e lint
+
+# Fuzzing on the stable toolchain: the property-based tests (proptest) with many more cases
+# than `make test` runs (a few dozen each). FUZZ_CASES sets how many per property; every
+# command below sees it as proptest's standard PROPTEST_CASES. Property tests live in modules
+# named `proptests`: one line per crate (or workspace) that has some.
+FUZZ_CASES ?= 20000
+fuzz: export PROPTEST_CASES := $(FUZZ_CASES)
+fuzz: setup
+	$(CARGO) test --locked -p edgeward --lib proptests
 
 # edgeward against nginx on this machine (bench/run.py; docs/benchmarks.md), then the
 # in-process costs of the filter host. BENCH_SECONDS, BENCH_ROUNDS and BENCH_ONLY tune the first.

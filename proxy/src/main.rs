@@ -97,12 +97,9 @@ fn with_causes(error: impl std::error::Error + Send + Sync + 'static) -> String 
 }
 
 fn report(error: edgeward::config::ConfigError) {
-    let problems = match &error {
-        edgeward::config::ConfigError::Invalid { problems, .. } => Some(problems.len()),
-        edgeward::config::ConfigError::Read { .. } => None,
-    };
+    let n = error.problems_found();
     eprintln!("{}", with_causes(error));
-    if let Some(n) = problems {
+    if n > 0 {
         eprintln!("{n} problem{} found", if n == 1 { "" } else { "s" });
     }
 }

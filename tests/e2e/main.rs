@@ -15,6 +15,7 @@ mod failures;
 mod filters;
 mod geo;
 mod host_services;
+mod hostile_config;
 mod jwt;
 mod lifecycle;
 mod routing;

@@ -3,17 +3,23 @@
 
 mod diagnostic;
 mod model;
+#[cfg(test)]
+mod proptests;
 mod raw;
 mod units;
 mod validate;
 mod yaml;
 
 use std::cell::RefCell;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
-pub use diagnostic::Diagnostic;
+use diagnostic::Problems;
+pub use diagnostic::{Diagnostic, Mark, MAX_SHOWN};
 pub use model::*;
-pub use yaml::Mark;
+
+/// The largest configuration edgeward reads, checked before parsing.
+pub const MAX_SIZE: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -22,82 +28,123 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// Every problem found, in file order.
-    #[error("{}", render(path, problems))]
+    /// The problems found, in file order: the first [`MAX_SHOWN`], and how many more there are.
+    #[error("{}", render(path, problems, *more))]
     Invalid {
         path: PathBuf,
         problems: Vec<Diagnostic>,
+        more: usize,
     },
 }
 
-fn render(path: &Path, problems: &[Diagnostic]) -> String {
-    let mut out = String::new();
-    for (i, p) in problems.iter().enumerate() {
-        if i > 0 {
-            out.push('\n');
+impl ConfigError {
+    /// How many problems were found, shown or not (none for a file that cannot be read).
+    pub fn problems_found(&self) -> usize {
+        match self {
+            ConfigError::Read { .. } => 0,
+            ConfigError::Invalid { problems, more, .. } => problems.len() + more,
         }
-        match p.mark {
-            Some(m) => out.push_str(&format!(
+    }
+}
+
+fn render(path: &Path, problems: &[Diagnostic], more: usize) -> String {
+    let mut lines: Vec<String> = problems
+        .iter()
+        .map(|p| match p.mark {
+            Some(m) => format!(
                 "{}:{}:{}: error: {}",
                 path.display(),
                 m.line,
                 m.col,
                 p.message
-            )),
-            None => out.push_str(&format!("{}: error: {}", path.display(), p.message)),
-        }
+            ),
+            None => format!("{}: error: {}", path.display(), p.message),
+        })
+        .collect();
+    if more > 0 {
+        lines.push(format!(
+            "{}: note: {more} more problem{} not shown (only the first {MAX_SHOWN} are listed)",
+            path.display(),
+            if more == 1 { "" } else { "s" }
+        ));
     }
-    out
+    lines.join("\n")
 }
 
-/// Reads and validates a configuration file.
+fn invalid(path: &Path, problems: Problems) -> ConfigError {
+    let (problems, more) = problems.into_parts();
+    ConfigError::Invalid {
+        path: path.to_path_buf(),
+        problems,
+        more,
+    }
+}
+
+fn too_large(path: &Path) -> ConfigError {
+    let mut problems = Problems::default();
+    problems.error(
+        None,
+        format!(
+            "the configuration is larger than {} MiB, the most edgeward reads",
+            MAX_SIZE >> 20
+        ),
+    );
+    invalid(path, problems)
+}
+
+/// Reads and validates a configuration file. No more than [`MAX_SIZE`] bytes (and one) are
+/// read, whatever the file holds.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+    let read_error = |source| ConfigError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
-    from_str(&text, path)
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SIZE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    from_bytes(&bytes, path)
 }
 
-/// Validates configuration text; `path` names it in messages and anchors relative paths.
+/// Validates the bytes of a configuration file: UTF-8 text of at most [`MAX_SIZE`] bytes.
+pub fn from_bytes(bytes: &[u8], path: &Path) -> Result<Config, ConfigError> {
+    if bytes.len() > MAX_SIZE {
+        return Err(too_large(path));
+    }
+    let text = yaml::decode(bytes).map_err(|e| {
+        let mut problems = Problems::default();
+        problems.error(e.mark, e.message);
+        invalid(path, problems)
+    })?;
+    from_str(text, path)
+}
+
+/// Validates configuration text (a leading byte order mark is skipped); `path` names it in
+/// messages and anchors relative paths.
 pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
-    let invalid = |mut problems: Vec<Diagnostic>| {
-        problems.sort_by_key(|p| p.mark.map(|m| (m.line, m.col)));
-        ConfigError::Invalid {
-            path: path.to_path_buf(),
-            problems,
-        }
-    };
-    let node = yaml::parse(text).map_err(|e| invalid(vec![diagnostic(e)]))?;
-    let unknown_keys = RefCell::new(Vec::new());
+    if text.len() > MAX_SIZE {
+        return Err(too_large(path));
+    }
+    let node = yaml::parse(text).map_err(|problems| invalid(path, problems))?;
+    let unknown_keys = RefCell::new(Problems::default());
     let parsed = yaml::from_node::<raw::RawConfig>(&node, &unknown_keys);
-    let mut problems: Vec<Diagnostic> = unknown_keys
-        .into_inner()
-        .into_iter()
-        .map(diagnostic)
-        .collect();
+    let mut problems = unknown_keys.into_inner();
     let raw = match parsed {
         Ok(raw) => raw,
         Err(e) => {
-            problems.push(diagnostic(e));
-            return Err(invalid(problems));
+            problems.error(e.mark, e.message);
+            return Err(invalid(path, problems));
         }
     };
     let base_dir = path.parent().unwrap_or(Path::new("."));
     let mut validator = validate::Validator::new(base_dir);
     let config = validator.config(raw, path);
-    problems.append(&mut validator.problems);
+    problems.append(std::mem::take(&mut validator.problems));
     if problems.is_empty() {
         Ok(config)
     } else {
-        Err(invalid(problems))
-    }
-}
-
-fn diagnostic(e: yaml::YamlError) -> Diagnostic {
-    Diagnostic {
-        mark: e.mark,
-        message: e.message,
+        Err(invalid(path, problems))
     }
 }
 
@@ -237,6 +284,32 @@ mod tests {
                 "missing {expected:?} in:\n{joined}"
             );
         }
+    }
+
+    #[test]
+    fn references_among_many_names_are_looked_up_and_listed_briefly() {
+        // 20,000 upstreams and as many routes: each reference is a lookup, not a search of
+        // every name, and an undefined one lists the first ten names.
+        let n = 20_000;
+        let mut text = String::from("listeners: [{address: 127.0.0.1:8080}]\nupstreams:\n");
+        for i in 0..n {
+            text.push_str(&format!("  u{i}: {{builtin: echo}}\n"));
+        }
+        text.push_str("routes:\n");
+        for i in 0..n {
+            text.push_str(&format!("  - {{upstream: u{i}, filters: [f]}}\n"));
+        }
+        text.push_str("  - {upstream: missing}\n");
+        text.push_str("filters: {f: {module: f.wasm, callouts: [u1, nowhere]}}\n");
+        let bad = problems(&text);
+        assert_eq!(
+            bad,
+            [
+                format!("{}:16: route `route-{}` names upstream `missing`, which is not defined (defined: u0, u1, u2, u3, u4, u5, u6, u7, u8, u9 and 19990 more)", n * 2 + 4, n + 1),
+                format!("{}:23: filter `f`: cannot read module `f.wasm`: No such file or directory (os error 2)", n * 2 + 5),
+                format!("{}:46: filter `f` names upstream `nowhere`, which is not defined (defined: u0, u1, u2, u3, u4, u5, u6, u7, u8, u9 and 19990 more)", n * 2 + 5),
+            ]
+        );
     }
 
     #[test]

@@ -1,18 +1,18 @@
 //! Raw structs → model. Every problem is collected with its position; the model is returned
 //! only when there are none.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
-use super::diagnostic::Diagnostic;
+use super::diagnostic::{Mark, Problems};
 use super::model::*;
 use super::raw::*;
 use super::units::{parse_duration, parse_size};
-use super::yaml::{Located, Mark};
+use super::yaml::Located;
 
 mod cache;
 
@@ -36,22 +36,20 @@ const DEFAULT_MAX_INSTANCES: u32 = 1000;
 
 pub(super) struct Validator<'a> {
     base_dir: &'a Path,
-    pub(super) problems: Vec<Diagnostic>,
+    pub(super) problems: Problems,
 }
 
 impl<'a> Validator<'a> {
     pub(super) fn new(base_dir: &'a Path) -> Self {
         Validator {
             base_dir,
-            problems: Vec::new(),
+            problems: Problems::default(),
         }
     }
 
     fn error(&mut self, mark: Mark, message: impl Into<String>) {
-        self.problems.push(Diagnostic {
-            mark: (mark.line > 0).then_some(mark),
-            message: message.into(),
-        });
+        self.problems
+            .error((mark.line > 0).then_some(mark), message);
     }
 
     /// `None` when the value is bad (the problem is recorded); the default when absent.
@@ -295,9 +293,10 @@ impl<'a> Validator<'a> {
     }
 
     fn filters(&mut self, raw: &Named<Located<RawFilter>>, upstreams: &[Upstream]) -> Vec<Filter> {
+        let upstreams = Names::new(upstreams.iter().map(|u| u.name.as_str()));
         raw.0
             .iter()
-            .map(|(name, filter)| self.filter(name, filter, upstreams))
+            .map(|(name, filter)| self.filter(name, filter, &upstreams))
             .collect()
     }
 
@@ -305,7 +304,7 @@ impl<'a> Validator<'a> {
         &mut self,
         name: &Located<String>,
         raw: &Located<RawFilter>,
-        upstreams: &[Upstream],
+        upstreams: &Names,
     ) -> Filter {
         self.check_name(name, "filter");
         let module = match &raw.module {
@@ -379,13 +378,12 @@ impl<'a> Validator<'a> {
                 .unwrap_or_default(),
         };
         let callouts = {
-            let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
             let owner = format!("filter `{}`", name.value);
             raw.callouts
                 .iter()
                 .flatten()
                 .filter_map(|wanted| {
-                    self.reference(wanted, &owner, "upstream", &known)
+                    self.reference(wanted, &owner, "upstream", upstreams)
                         .map(UpstreamId)
                 })
                 .collect()
@@ -453,20 +451,16 @@ impl<'a> Validator<'a> {
         wanted: &Located<String>,
         owner: &str,
         kind: &str,
-        defined: &[&str],
+        defined: &Names,
     ) -> Option<usize> {
-        let found = defined.iter().position(|d| *d == wanted.value);
+        let found = defined.position(&wanted.value);
         if found.is_none() {
-            let defined = if defined.is_empty() {
-                "none".to_string()
-            } else {
-                defined.join(", ")
-            };
             self.error(
                 wanted.mark,
                 format!(
-                    "{owner} names {kind} `{}`, which is not defined (defined: {defined})",
-                    wanted.value
+                    "{owner} names {kind} `{}`, which is not defined (defined: {})",
+                    wanted.value,
+                    defined.listed()
                 ),
             );
         }
@@ -672,6 +666,8 @@ impl<'a> Validator<'a> {
             );
         }
         let mut addrs: Vec<SocketAddr> = Vec::new();
+        // Every address so far, so that a name resolving to one already listed adds nothing.
+        let mut seen = HashSet::new();
         for endpoint in raw.iter() {
             let text = endpoint.trim();
             if text.contains("://") || text.contains('/') {
@@ -683,6 +679,7 @@ impl<'a> Validator<'a> {
             }
             if let Ok(addr) = text.parse::<SocketAddr>() {
                 addrs.push(addr);
+                seen.insert(addr);
                 continue;
             }
             let has_port = text.rsplit_once(':').is_some_and(|(host, port)| {
@@ -697,7 +694,11 @@ impl<'a> Validator<'a> {
             }
             match text.to_socket_addrs() {
                 Ok(resolved) => {
-                    addrs.extend(resolved.filter(|a| !addrs.contains(a)).collect::<Vec<_>>())
+                    for addr in resolved {
+                        if seen.insert(addr) {
+                            addrs.push(addr);
+                        }
+                    }
                 }
                 Err(e) => self.error(
                     endpoint.mark,
@@ -763,6 +764,8 @@ impl<'a> Validator<'a> {
         }
         let mut names = HashSet::new();
         let mut routes = Vec::new();
+        let known_upstreams = Names::new(upstreams.iter().map(|u| u.name.as_str()));
+        let known_filters = Names::new(filters.iter().map(|f| f.name.as_str()));
         for (index, route) in raw.iter().enumerate() {
             let name = match &route.name {
                 Some(name) => {
@@ -776,7 +779,7 @@ impl<'a> Validator<'a> {
                 }
                 None => format!("route-{}", index + 1),
             };
-            if let Some(route) = self.route(route, name, upstreams, filters) {
+            if let Some(route) = self.route(route, name, &known_upstreams, &known_filters) {
                 routes.push(route);
             }
         }
@@ -787,8 +790,8 @@ impl<'a> Validator<'a> {
         &mut self,
         raw: &Located<RawRoute>,
         name: String,
-        upstreams: &[Upstream],
-        filters: &[Filter],
+        upstreams: &Names,
+        filters: &Names,
     ) -> Option<Route> {
         let matcher = match &raw.matcher {
             Some(m) => self.route_match(m),
@@ -799,11 +802,9 @@ impl<'a> Validator<'a> {
                 self.error(raw.mark, format!("route `{name}` needs an `upstream`"));
                 None
             }
-            Some(wanted) => {
-                let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-                self.reference(wanted, &format!("route `{name}`"), "upstream", &known)
-                    .map(UpstreamId)
-            }
+            Some(wanted) => self
+                .reference(wanted, &format!("route `{name}`"), "upstream", upstreams)
+                .map(UpstreamId),
         };
         let strip_prefix = match (&raw.strip_prefix, &matcher.path) {
             (Some(strip), Some(PathPattern::Prefix(prefix))) if strip.value => Some(prefix.clone()),
@@ -827,13 +828,13 @@ impl<'a> Validator<'a> {
                     }
                 });
         let mut chain = Vec::new();
+        let mut in_chain = HashSet::new();
         for wanted in raw.filters.iter().flat_map(|f| f.iter()) {
-            let known: Vec<&str> = filters.iter().map(|f| f.name.as_str()).collect();
             match self
-                .reference(wanted, &format!("route `{name}`"), "filter", &known)
+                .reference(wanted, &format!("route `{name}`"), "filter", filters)
                 .map(FilterId)
             {
-                Some(id) if chain.contains(&id) => {
+                Some(id) if !in_chain.insert(id) => {
                     self.error(
                         wanted.mark,
                         format!("filter `{}` appears twice in route `{name}`", wanted.value),
@@ -950,6 +951,46 @@ impl<'a> Validator<'a> {
                 format!("`{key}` must start with `/`, found `{}`", raw.value),
             );
             None
+        }
+    }
+}
+
+/// The names defined of one kind (upstreams, filters), looked up in constant time.
+struct Names<'n> {
+    /// Each name with its position (the first, were one defined twice).
+    positions: HashMap<&'n str, usize>,
+    in_order: Vec<&'n str>,
+}
+
+impl<'n> Names<'n> {
+    /// How many names an error lists; the others are counted.
+    const LISTED: usize = 10;
+
+    fn new(names: impl Iterator<Item = &'n str>) -> Self {
+        let in_order: Vec<&str> = names.collect();
+        let mut positions = HashMap::with_capacity(in_order.len());
+        for (i, name) in in_order.iter().enumerate() {
+            positions.entry(*name).or_insert(i);
+        }
+        Names {
+            positions,
+            in_order,
+        }
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        self.positions.get(name).copied()
+    }
+
+    /// `a, b, c`; `none`; or the first few and how many more.
+    fn listed(&self) -> String {
+        if self.in_order.is_empty() {
+            return "none".to_string();
+        }
+        let shown: Vec<&str> = self.in_order.iter().take(Self::LISTED).copied().collect();
+        match self.in_order.len() - shown.len() {
+            0 => shown.join(", "),
+            more => format!("{} and {more} more", shown.join(", ")),
         }
     }
 }

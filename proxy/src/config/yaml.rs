@@ -7,23 +7,35 @@
 //! - records unknown keys as diagnostics and keeps going (instead of failing the struct),
 //! - attaches the position of the offending node to every error it returns,
 //! - hands positions to [`Located`] fields so that validation can point at values later.
+//!
+//! The text may be hostile, so reading it is bounded: characters YAML forbids (NUL, which the
+//! scanner would take for the end of the text, and other control characters) are refused
+//! before parsing; values nest at most [`MAX_DEPTH`] deep (nothing here recurses deeper);
+//! what aliases copy is bounded ([`MAX_ALIAS_VALUES`], [`MAX_ALIAS_TEXT`]: no "billion
+//! laughs"); and every step is linear in the text and its copies.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::rc::Rc;
 
 use serde::de::value::BorrowedStrDeserializer;
 use serde::de::{self, DeserializeSeed, IntoDeserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
-/// A position in the configuration text (1-based line and column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Mark {
-    pub line: usize,
-    pub col: usize,
-}
+use super::diagnostic::{Mark, Problems};
+
+/// How deeply lists and mappings may nest in one another (serde_json's limit, so that a
+/// filter's `config` can always be read back by a guest using it).
+pub(super) const MAX_DEPTH: usize = 128;
+/// How many values aliases may copy in all: every scalar, list and mapping of every copy.
+pub(super) const MAX_ALIAS_VALUES: usize = 100_000;
+/// How many bytes of scalar text aliases may copy in all.
+pub(super) const MAX_ALIAS_TEXT: usize = 4 << 20;
+
+const BOM: char = '\u{feff}';
 
 impl From<Marker> for Mark {
     fn from(m: Marker) -> Self {
@@ -42,6 +54,8 @@ pub(super) struct Node {
     pub kind: NodeKind,
 }
 
+/// Lists and mappings are shared, not copied, by the anchors and aliases that name them: an
+/// anchor costs nothing however large its value, and an alias only what the bound counts.
 #[derive(Debug, Clone)]
 pub(super) enum NodeKind {
     /// `quoted` scalars are always strings; plain ones may be null, bool or numbers.
@@ -49,8 +63,8 @@ pub(super) enum NodeKind {
         value: String,
         quoted: bool,
     },
-    Seq(Vec<Node>),
-    Map(Vec<(Node, Node)>),
+    Seq(Rc<[Node]>),
+    Map(Rc<[(Node, Node)]>),
 }
 
 impl Node {
@@ -119,77 +133,257 @@ impl YamlError {
     }
 }
 
-/// Parses YAML text into a tree. An empty document is an empty mapping.
-pub(super) fn parse(text: &str) -> Result<Node, YamlError> {
-    let mut builder = TreeBuilder::default();
+/// The text of a configuration file, which must be UTF-8: anything else is refused at the
+/// first byte that is not (placed as `parse` would place it, after a byte order mark).
+pub(super) fn decode(bytes: &[u8]) -> Result<&str, YamlError> {
+    std::str::from_utf8(bytes).map_err(|e| {
+        let (valid, rest) = bytes.split_at(e.valid_up_to());
+        let valid = valid.strip_prefix(b"\xef\xbb\xbf").unwrap_or(valid);
+        let mut cursor = Cursor::default();
+        for c in String::from_utf8_lossy(valid).chars() {
+            cursor.advance(c);
+        }
+        let byte = rest.first().copied().unwrap_or_default();
+        YamlError::at(
+            cursor.mark(),
+            format!("byte 0x{byte:02X} is not UTF-8; a configuration must be UTF-8 text"),
+        )
+    })
+}
+
+/// Parses YAML text into a tree. An empty document is an empty mapping. A leading byte order
+/// mark is skipped; characters YAML forbids are each reported (as many as `Problems` keeps);
+/// otherwise the first error ends parsing.
+pub(super) fn parse(text: &str) -> Result<Node, Problems> {
+    let text = text.strip_prefix(BOM).unwrap_or(text);
+    let forbidden = forbidden_characters(text);
+    if !forbidden.is_empty() {
+        return Err(forbidden);
+    }
+    parse_checked(text).map_err(|e| {
+        let mut problems = Problems::default();
+        problems.error(e.mark, e.message);
+        problems
+    })
+}
+
+fn parse_checked(text: &str) -> Result<Node, YamlError> {
+    // Driven event by event, not by `Parser::load`, which recurses once per nesting level and
+    // would overflow the stack before `MAX_DEPTH` could be enforced.
     let mut parser = Parser::new_from_str(text);
-    parser
-        .load(&mut builder, false)
-        .map_err(|e| YamlError::at((*e.marker()).into(), e.info().to_string()))?;
-    if let Some(err) = builder.error {
-        return Err(err);
+    let mut builder = TreeBuilder::new(text);
+    loop {
+        let (event, marker) = parser.next_token().map_err(|e| {
+            let mark = within(text, (*e.marker()).into());
+            match e.info() {
+                // The scanner's own bound, on flow collections (`[[[...`).
+                "recursion limit exceeded" => too_deep(mark),
+                info => YamlError::at(mark, info),
+            }
+        })?;
+        if builder.on_event(event, marker)? == Step::Done {
+            break;
+        }
     }
     Ok(builder.root.unwrap_or(Node {
         mark: Mark { line: 1, col: 1 },
-        kind: NodeKind::Map(Vec::new()),
+        kind: NodeKind::Map(Rc::new([])),
     }))
 }
 
-/// Deserializes `T` from a parsed tree. Unknown keys are pushed to `diagnostics` and skipped;
-/// any other error ends deserialization and is returned with its position.
-pub(super) fn from_node<'de, T: Deserialize<'de>>(
-    node: &'de Node,
-    diagnostics: &'de RefCell<Vec<YamlError>>,
-) -> Result<T, YamlError> {
-    T::deserialize(NodeDeserializer { node, diagnostics })
+/// The line and column of a place in the text, counted the way the YAML scanner counts them:
+/// characters, with `\n`, `\r\n` and a lone `\r` each ending a line.
+#[derive(Clone, Copy)]
+struct Cursor {
+    line: usize,
+    col: usize,
+    after_cr: bool,
 }
 
-#[derive(Default)]
-struct TreeBuilder {
-    /// Open collections: the node being built and, for maps, a pending key.
-    stack: Vec<(Node, Option<Node>)>,
-    anchors: HashMap<usize, Node>,
-    /// Anchor ids of the open collections, registered when they close.
-    anchor_of_open: Vec<usize>,
-    root: Option<Node>,
-    error: Option<YamlError>,
-}
-
-impl TreeBuilder {
-    fn push_value(&mut self, node: Node) {
-        let Some((parent, pending_key)) = self.stack.last_mut() else {
-            if self.root.is_none() {
-                self.root = Some(node);
-            }
-            return;
-        };
-        match &mut parent.kind {
-            NodeKind::Seq(items) => items.push(node),
-            NodeKind::Map(entries) => match pending_key.take() {
-                None => *pending_key = Some(node),
-                Some(key) => {
-                    if let NodeKind::Scalar { value, .. } = &key.kind {
-                        let duplicate = entries.iter().any(
-                            |(k, _)| matches!(&k.kind, NodeKind::Scalar { value: v, .. } if v == value),
-                        );
-                        if duplicate && self.error.is_none() {
-                            self.error =
-                                Some(YamlError::at(key.mark, format!("duplicate key `{value}`")));
-                        }
-                    }
-                    entries.push((key, node));
-                }
-            },
-            NodeKind::Scalar { .. } => {}
+impl Default for Cursor {
+    fn default() -> Self {
+        Cursor {
+            line: 1,
+            col: 1,
+            after_cr: false,
         }
     }
 }
 
-impl MarkedEventReceiver for TreeBuilder {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
-        let mark = Mark::from(mark);
-        match ev {
+impl Cursor {
+    fn advance(&mut self, c: char) {
+        match c {
+            '\n' if self.after_cr => {}
+            '\n' | '\r' => {
+                self.line += 1;
+                self.col = 1;
+            }
+            _ => self.col += 1,
+        }
+        self.after_cr = c == '\r';
+    }
+
+    fn mark(&self) -> Mark {
+        Mark {
+            line: self.line,
+            col: self.col,
+        }
+    }
+}
+
+/// `mark`, or the end of the text when `mark` is past it: at the end of the text the scanner
+/// counts one more line than there is when the last has no line break.
+fn within(text: &str, mark: Mark) -> Mark {
+    let mut end = Cursor::default();
+    for c in text.chars() {
+        end.advance(c);
+    }
+    if (mark.line, mark.col) > (end.line, end.col) {
+        end.mark()
+    } else {
+        mark
+    }
+}
+
+/// Every character YAML 1.2 does not allow in a stream (outside its printable set), and a byte
+/// order mark after the start. The scanner would stop silently at a NUL and take the other
+/// control characters into values.
+fn forbidden_characters(text: &str) -> Problems {
+    let mut problems = Problems::default();
+    // Tab, line feed and carriage return are the only control characters allowed; the fast
+    // path skips the usual file with none of the others and nothing outside ASCII.
+    let clean = |b: &u8| (0x20..0x7f).contains(b) || matches!(b, b'\t' | b'\n' | b'\r');
+    if text.bytes().all(|b| clean(&b)) {
+        return problems;
+    }
+    let mut cursor = Cursor::default();
+    for c in text.chars() {
+        if let Some(message) = forbidden(c) {
+            problems.error(Some(cursor.mark()), message);
+        }
+        cursor.advance(c);
+    }
+    problems
+}
+
+fn forbidden(c: char) -> Option<String> {
+    match c {
+        '\t' | '\n' | '\r' | '\u{85}' => None,
+        '\0' => Some("a NUL byte is not allowed in a configuration (YAML forbids control characters)".into()),
+        '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}' => Some(format!(
+            "control character U+{:04X} is not allowed in a configuration (YAML forbids control characters)",
+            u32::from(c)
+        )),
+        BOM => Some("a byte order mark (U+FEFF) is allowed only at the start of the file".into()),
+        '\u{fffe}' | '\u{ffff}' => Some(format!(
+            "U+{:04X} is not a character; YAML does not allow it",
+            u32::from(c)
+        )),
+        _ => None,
+    }
+}
+
+/// Deserializes `T` from a parsed tree. Unknown keys are pushed to `problems` and skipped;
+/// any other error ends deserialization and is returned with its position.
+pub(super) fn from_node<'de, T: Deserialize<'de>>(
+    node: &'de Node,
+    problems: &'de RefCell<Problems>,
+) -> Result<T, YamlError> {
+    T::deserialize(NodeDeserializer { node, problems })
+}
+
+/// The size of a value as aliases count it, and how deeply it nests.
+#[derive(Debug, Clone, Copy, Default)]
+struct Size {
+    /// Scalars, lists and mappings, itself included.
+    values: usize,
+    /// Bytes of scalar text.
+    text: usize,
+    /// Levels of lists and mappings: 0 for a scalar.
+    depth: usize,
+}
+
+impl Size {
+    fn scalar(text: &str) -> Size {
+        Size {
+            values: 1,
+            text: text.len(),
+            depth: 0,
+        }
+    }
+
+    fn add(&mut self, child: Size) {
+        self.values = self.values.saturating_add(child.values);
+        self.text = self.text.saturating_add(child.text);
+        self.depth = self.depth.max(child.depth + 1);
+    }
+}
+
+/// A list or mapping being read.
+struct Open {
+    mark: Mark,
+    content: Content,
+    size: Size,
+    anchor: usize,
+    /// For a mapping, the key read and waiting for its value.
+    pending_key: Option<Node>,
+    /// For a mapping, the scalar keys read so far: duplicates are refused in constant time.
+    keys: HashSet<String>,
+}
+
+enum Content {
+    Seq(Vec<Node>),
+    Map(Vec<(Node, Node)>),
+}
+
+impl Open {
+    fn close(self) -> (Node, Size, usize) {
+        let kind = match self.content {
+            Content::Seq(items) => NodeKind::Seq(items.into()),
+            Content::Map(entries) => NodeKind::Map(entries.into()),
+        };
+        let node = Node {
+            mark: self.mark,
+            kind,
+        };
+        (node, self.size, self.anchor)
+    }
+}
+
+#[derive(PartialEq)]
+enum Step {
+    More,
+    Done,
+}
+
+struct TreeBuilder<'t> {
+    text: &'t str,
+    /// Open collections, outermost first.
+    stack: Vec<Open>,
+    anchors: HashMap<usize, (Node, Size)>,
+    /// What aliases have copied so far.
+    copied: Size,
+    documents: usize,
+    root: Option<Node>,
+}
+
+impl<'t> TreeBuilder<'t> {
+    fn new(text: &'t str) -> Self {
+        TreeBuilder {
+            text,
+            stack: Vec::new(),
+            anchors: HashMap::new(),
+            copied: Size::default(),
+            documents: 0,
+            root: None,
+        }
+    }
+
+    fn on_event(&mut self, event: Event, marker: Marker) -> Result<Step, YamlError> {
+        let mark = Mark::from(marker);
+        match event {
             Event::Scalar(value, style, anchor, _tag) => {
+                let size = Size::scalar(&value);
                 let node = Node {
                     mark,
                     kind: NodeKind::Scalar {
@@ -198,57 +392,136 @@ impl MarkedEventReceiver for TreeBuilder {
                     },
                 };
                 if anchor > 0 {
-                    self.anchors.insert(anchor, node.clone());
+                    self.anchors.insert(anchor, (node.clone(), size));
                 }
-                self.push_value(node);
+                self.push_value(node, size)?;
             }
-            Event::SequenceStart(anchor, _) => {
-                self.stack.push((
-                    Node {
-                        mark,
-                        kind: NodeKind::Seq(Vec::new()),
-                    },
-                    None,
-                ));
-                self.anchor_of_open.push(anchor);
-            }
-            Event::MappingStart(anchor, _) => {
-                self.stack.push((
-                    Node {
-                        mark,
-                        kind: NodeKind::Map(Vec::new()),
-                    },
-                    None,
-                ));
-                self.anchor_of_open.push(anchor);
-            }
+            Event::SequenceStart(anchor, _) => self.open(mark, anchor, Content::Seq(Vec::new()))?,
+            Event::MappingStart(anchor, _) => self.open(mark, anchor, Content::Map(Vec::new()))?,
             Event::SequenceEnd | Event::MappingEnd => {
-                if let (Some((node, _)), Some(anchor)) =
-                    (self.stack.pop(), self.anchor_of_open.pop())
-                {
+                if let Some(open) = self.stack.pop() {
+                    let (node, size, anchor) = open.close();
                     if anchor > 0 {
-                        self.anchors.insert(anchor, node.clone());
+                        // A shared reference: no copy of the value.
+                        self.anchors.insert(anchor, (node.clone(), size));
                     }
-                    self.push_value(node);
+                    self.push_value(node, size)?;
                 }
             }
-            Event::Alias(anchor) => match self.anchors.get(&anchor) {
-                Some(node) => {
-                    let node = node.clone();
-                    self.push_value(node);
+            Event::Alias(anchor) => {
+                let Some((node, size)) = self.anchors.get(&anchor) else {
+                    return Err(YamlError::at(mark, "alias to an unknown anchor"));
+                };
+                let mut copied = self.copied;
+                copied.values = copied.values.saturating_add(size.values);
+                copied.text = copied.text.saturating_add(size.text);
+                let limit = if copied.values > MAX_ALIAS_VALUES {
+                    Some(format!("more than {MAX_ALIAS_VALUES} values"))
+                } else if copied.text > MAX_ALIAS_TEXT {
+                    Some(format!("more than {} MiB of text", MAX_ALIAS_TEXT >> 20))
+                } else {
+                    None
+                };
+                if let Some(limit) = limit {
+                    return Err(YamlError::at(
+                        mark,
+                        format!(
+                            "alias `{}` would make the aliases of this file repeat {limit}; \
+                             aliases may repeat at most {MAX_ALIAS_VALUES} values and {} MiB \
+                             of text in all (a guard against \"billion laughs\" files)",
+                            self.alias_name(marker),
+                            MAX_ALIAS_TEXT >> 20
+                        ),
+                    ));
                 }
-                None => {
-                    self.error
-                        .get_or_insert(YamlError::at(mark, "alias to an unknown anchor"));
+                if self.stack.len() + size.depth > MAX_DEPTH {
+                    return Err(too_deep(mark));
+                }
+                let (node, size) = (node.clone(), *size);
+                self.copied = copied;
+                self.push_value(node, size)?;
+            }
+            Event::DocumentStart => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    return Err(YamlError::at(
+                        mark,
+                        "a second YAML document starts here; a configuration file holds one",
+                    ));
+                }
+            }
+            Event::StreamEnd => return Ok(Step::Done),
+            Event::Nothing | Event::StreamStart | Event::DocumentEnd => {}
+        }
+        Ok(Step::More)
+    }
+
+    fn open(&mut self, mark: Mark, anchor: usize, content: Content) -> Result<(), YamlError> {
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(too_deep(mark));
+        }
+        self.stack.push(Open {
+            mark,
+            content,
+            size: Size {
+                values: 1,
+                text: 0,
+                depth: 1,
+            },
+            anchor,
+            pending_key: None,
+            keys: HashSet::new(),
+        });
+        Ok(())
+    }
+
+    fn push_value(&mut self, node: Node, size: Size) -> Result<(), YamlError> {
+        let Some(parent) = self.stack.last_mut() else {
+            if self.root.is_none() {
+                self.root = Some(node);
+            }
+            return Ok(());
+        };
+        parent.size.add(size);
+        match &mut parent.content {
+            Content::Seq(items) => items.push(node),
+            Content::Map(entries) => match parent.pending_key.take() {
+                None => parent.pending_key = Some(node),
+                Some(key) => {
+                    if let NodeKind::Scalar { value, .. } = &key.kind {
+                        if !parent.keys.insert(value.clone()) {
+                            return Err(YamlError::at(
+                                key.mark,
+                                format!("duplicate key `{value}`"),
+                            ));
+                        }
+                    }
+                    entries.push((key, node));
                 }
             },
-            Event::Nothing
-            | Event::StreamStart
-            | Event::StreamEnd
-            | Event::DocumentStart
-            | Event::DocumentEnd => {}
         }
+        Ok(())
     }
+
+    /// `*name` as written at an alias's place.
+    fn alias_name(&self, marker: Marker) -> String {
+        let name: String = self
+            .text
+            .chars()
+            .skip(marker.index())
+            .skip_while(|c| *c == '*')
+            .take_while(|c| !c.is_whitespace() && !matches!(c, ',' | ']' | '}'))
+            .take(100)
+            .collect();
+        format!("*{name}")
+    }
+}
+
+fn too_deep(mark: Mark) -> YamlError {
+    YamlError::at(
+        mark,
+        format!("lists and mappings nest more than {MAX_DEPTH} levels deep here"),
+    )
 }
 
 /// A value together with the position it was read from, for errors found after parsing.
@@ -314,14 +587,14 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Located<T> {
 #[derive(Clone, Copy)]
 struct NodeDeserializer<'a> {
     node: &'a Node,
-    diagnostics: &'a RefCell<Vec<YamlError>>,
+    problems: &'a RefCell<Problems>,
 }
 
 impl<'a> NodeDeserializer<'a> {
     fn child(&self, node: &'a Node) -> Self {
         NodeDeserializer {
             node,
-            diagnostics: self.diagnostics,
+            problems: self.problems,
         }
     }
 
@@ -466,11 +739,15 @@ impl<'de> MapAccess<'de> for MapEntries<'de> {
 }
 
 /// The closest of `candidates` to `word`, when it is close enough to be a likely typo.
+/// Candidates whose length alone puts them too far are not compared, so that a long key
+/// costs no more than reading it.
 fn suggestion<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let near = |c: &str| 2.max(c.len() / 4);
     candidates
         .iter()
+        .filter(|c| word.len().abs_diff(c.len()) <= near(c))
         .map(|c| (edit_distance(word, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .filter(|(d, c)| *d <= near(c))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
@@ -723,10 +1000,9 @@ impl<'de> de::Deserializer<'de> for NodeDeserializer<'de> {
                     Some(s) => format!("did you mean `{s}`?"),
                     None => format!("expected one of: {}", fields.join(", ")),
                 };
-                self.diagnostics.borrow_mut().push(YamlError::at(
-                    entry.0.mark,
-                    format!("unknown key `{key}`; {hint}"),
-                ));
+                self.problems
+                    .borrow_mut()
+                    .error(Some(entry.0.mark), format!("unknown key `{key}`; {hint}"));
             }
         }
         visitor
@@ -788,6 +1064,7 @@ fn looks_like_float(text: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use super::super::diagnostic::{Diagnostic, MAX_SHOWN};
     use super::*;
 
     #[derive(Debug, Deserialize)]
@@ -799,14 +1076,25 @@ mod tests {
         tags: Vec<String>,
     }
 
-    fn load(text: &str) -> (Result<Sample, YamlError>, Vec<YamlError>) {
-        let diagnostics = RefCell::new(Vec::new());
-        let node = match parse(text) {
+    fn load(text: &str) -> (Result<Sample, YamlError>, Vec<Diagnostic>) {
+        let problems = RefCell::new(Problems::default());
+        let node = match parse_one(text) {
             Ok(node) => node,
-            Err(e) => return (Err(e), Vec::new()),
+            Err(e) => return (Err(YamlError::at(e.mark.unwrap(), e.message)), Vec::new()),
         };
-        let result = from_node(&node, &diagnostics);
-        (result, diagnostics.into_inner())
+        let result = from_node(&node, &problems);
+        (result, problems.into_inner().into_parts().0)
+    }
+
+    /// The tree, or the first problem found.
+    fn parse_one(text: &str) -> Result<Node, Diagnostic> {
+        parse(text).map_err(|problems| problems.into_parts().0.remove(0))
+    }
+
+    fn to_json(text: &str) -> serde_json::Value {
+        let node = parse_one(text).unwrap();
+        let problems = RefCell::new(Problems::default());
+        from_node(&node, &problems).unwrap()
     }
 
     #[test]
@@ -860,19 +1148,13 @@ mod tests {
     fn anchors_and_aliases_resolve() {
         let (sample, _) = load("tags: &t [a, b]\nname: x\n");
         assert_eq!(sample.unwrap().tags, vec!["a", "b"]);
-        let node = parse("a: &x {k: 1}\nb: *x\n").unwrap();
-        let diagnostics = RefCell::new(Vec::new());
-        let v: serde_json::Value = from_node(&node, &diagnostics).unwrap();
-        assert_eq!(v["b"]["k"], 1);
+        assert_eq!(to_json("a: &x {k: 1}\nb: *x\n")["b"]["k"], 1);
     }
 
     #[test]
     fn any_yaml_converts_to_json_with_core_schema() {
-        let node = parse("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: [x]\n").unwrap();
-        let diagnostics = RefCell::new(Vec::new());
-        let v: serde_json::Value = from_node(&node, &diagnostics).unwrap();
         assert_eq!(
-            v,
+            to_json("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: [x]\n"),
             serde_json::json!({"a": 1, "b": "1", "c": true, "d": null, "e": 1.5, "f": ["x"]})
         );
     }
@@ -884,5 +1166,171 @@ mod tests {
             Some("endpoints")
         );
         assert_eq!(suggestion("zzz", &["endpoints", "builtin"]), None);
+        assert_eq!(suggestion(&"x".repeat(1 << 20), &["endpoints"]), None);
+    }
+
+    /// `levels` mappings each repeating the one before `width` times: `width^levels` values.
+    fn alias_bomb(levels: usize, width: usize) -> String {
+        let mut text = String::from("a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for i in 1..levels {
+            let refs = vec![format!("*a{}", i - 1); width].join(", ");
+            text.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        text
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused_at_the_alias_that_crosses_the_bound() {
+        let err = parse_one(&alias_bomb(9, 9)).unwrap_err();
+        // a1..a4 copy 90 + 819 + 7380 + 66429 = 74718 values; the first `*a4` of a5 would
+        // copy 66430 more.
+        assert_eq!(err.mark, Some(Mark { line: 6, col: 10 }));
+        assert_eq!(
+            err.message,
+            "alias `*a4` would make the aliases of this file repeat more than 100000 values; \
+             aliases may repeat at most 100000 values and 4 MiB of text in all (a guard \
+             against \"billion laughs\" files)"
+        );
+    }
+
+    #[test]
+    fn aliases_within_the_bounds_are_expanded() {
+        let v = to_json(&alias_bomb(4, 9));
+        assert_eq!(v["a3"][8][8][8][8], "lol");
+        // Text counts too: four copies of 1.5 MiB are too many, two are fine.
+        let long = "x".repeat(3 << 19);
+        let text = format!("a: &long {long}\nb: [*long, *long]\n");
+        assert_eq!(to_json(&text)["b"][1].as_str().map(str::len), Some(3 << 19));
+        let text = format!("a: &long {long}\nb: [*long, *long, *long]\n");
+        let err = parse_one(&text).unwrap_err();
+        assert_eq!(err.mark, Some(Mark { line: 2, col: 19 }));
+        assert!(
+            err.message.contains("repeat more than 4 MiB of text"),
+            "{}",
+            err.message
+        );
+    }
+
+    #[test]
+    fn anchors_and_aliases_share_lists_and_mappings_instead_of_copying_them() {
+        let root = parse_one("a: &x [1, {k: v}]\nb: *x\nc: &y {d: &z [e]}\n").unwrap();
+        let NodeKind::Map(entries) = &root.kind else {
+            panic!("{root:?}")
+        };
+        let list = |i: usize| match &entries[i].1.kind {
+            NodeKind::Seq(items) => items.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert!(Rc::ptr_eq(&list(0), &list(1)));
+        let NodeKind::Map(c) = &entries[2].1.kind else {
+            panic!("{entries:?}")
+        };
+        assert!(matches!(&c[0].1.kind, NodeKind::Seq(items) if items.len() == 1));
+    }
+
+    #[test]
+    fn nesting_is_bounded_also_through_aliases() {
+        let nested = |n: usize| format!("{}{}", "[".repeat(n), "]".repeat(n));
+        assert!(parse_one(&format!("a: {}", nested(MAX_DEPTH - 1))).is_ok());
+        let err = parse_one(&format!("a: {}", nested(MAX_DEPTH))).unwrap_err();
+        assert_eq!(
+            err.mark,
+            Some(Mark {
+                line: 1,
+                col: 4 + MAX_DEPTH - 1
+            })
+        );
+        assert_eq!(
+            err.message,
+            "lists and mappings nest more than 128 levels deep here"
+        );
+        // Block lists nest with no flow level limit of the scanner's.
+        let block = "- ".repeat(100_000) + "x\n";
+        let err = parse_one(&block).unwrap_err();
+        assert_eq!(
+            err.mark,
+            Some(Mark {
+                line: 1,
+                col: 2 * MAX_DEPTH + 1
+            })
+        );
+        let aliased = format!("a: &a {}\nb: [[*a]]\n", nested(MAX_DEPTH - 2));
+        let err = parse_one(&aliased).unwrap_err();
+        assert_eq!(err.mark, Some(Mark { line: 2, col: 6 }));
+    }
+
+    #[test]
+    fn errors_at_the_end_point_at_the_end() {
+        let err = parse_one("a: {b").unwrap_err();
+        assert_eq!(err.mark, Some(Mark { line: 1, col: 6 }));
+        let err = parse_one("a: [\n").unwrap_err();
+        assert_eq!(err.mark, Some(Mark { line: 2, col: 1 }));
+    }
+
+    #[test]
+    fn one_document_only() {
+        let err = parse_one("a: 1\n---\nb: 2\n").unwrap_err();
+        assert_eq!(err.mark, Some(Mark { line: 2, col: 1 }));
+        assert_eq!(
+            err.message,
+            "a second YAML document starts here; a configuration file holds one"
+        );
+        assert_eq!(to_json("---\na: 1\n...\n")["a"], 1);
+    }
+
+    #[test]
+    fn a_leading_byte_order_mark_is_skipped() {
+        let (sample, problems) = load("\u{feff}name: web\n");
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(sample.unwrap().name.mark, Mark { line: 1, col: 7 });
+        let err = decode(b"\xef\xbb\xbfname: \xff").unwrap_err();
+        assert_eq!(err.mark, Some(Mark { line: 1, col: 7 }));
+    }
+
+    #[test]
+    fn characters_yaml_forbids_are_each_refused_with_their_place() {
+        let text =
+            "a: o\0x\r\nb: \u{1}\rc: [\u{7f}, \u{9f}, \u{85}\t\u{a0}]\nd: \u{feff}\u{ffff}\n";
+        let (problems, more) = parse(text).unwrap_err().into_parts();
+        assert_eq!(more, 0);
+        let found: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            found,
+            [
+                "1:5: a NUL byte is not allowed in a configuration (YAML forbids control characters)",
+                "2:4: control character U+0001 is not allowed in a configuration (YAML forbids control characters)",
+                "3:5: control character U+007F is not allowed in a configuration (YAML forbids control characters)",
+                "3:8: control character U+009F is not allowed in a configuration (YAML forbids control characters)",
+                "4:4: a byte order mark (U+FEFF) is allowed only at the start of the file",
+                "4:5: U+FFFF is not a character; YAML does not allow it",
+            ]
+        );
+        let (problems, more) = parse(&"\0".repeat(1000)).unwrap_err().into_parts();
+        assert_eq!((problems.len(), more), (MAX_SHOWN, 1000 - MAX_SHOWN));
+    }
+
+    #[test]
+    fn bytes_that_are_not_utf8_are_refused_with_their_place() {
+        let err = decode(b"a: 1\r\nb: caf\xe9\n").unwrap_err();
+        assert_eq!(err.mark, Some(Mark { line: 2, col: 7 }));
+        assert_eq!(
+            err.message,
+            "byte 0xE9 is not UTF-8; a configuration must be UTF-8 text"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_of_a_large_mapping_are_found() {
+        let mut text: String = (0..50_000).map(|i| format!("k{i}: v\n")).collect();
+        text.push_str("k49999: again\n");
+        let err = parse_one(&text).unwrap_err();
+        assert_eq!(
+            err.mark,
+            Some(Mark {
+                line: 50_001,
+                col: 1
+            })
+        );
+        assert_eq!(err.message, "duplicate key `k49999`");
     }
 }

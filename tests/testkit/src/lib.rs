@@ -14,6 +14,9 @@ mod pattern;
 pub mod proxy;
 
 pub use origin::{expected_bytes_sha256, serve_http, Origin};
-pub use proxy::{run_edgeward, set_default_binary, DeadEndpoint, Proxy, ProxyBuilder};
+pub use proxy::{
+    run_edgeward, run_edgeward_bounded, set_default_binary, BoundedRun, DeadEndpoint, Proxy,
+    ProxyBuilder,
+};
 /// The HTTP client the helpers return, re-exported so tests name the same version.
 pub use reqwest;

@@ -534,6 +534,98 @@ pub fn run_edgeward(args: &[&str], files: &[(&str, &str)]) -> Output {
         .unwrap_or_else(|e| panic!("running {}: {e}", binary.display()))
 }
 
+/// A run of edgeward under [`run_edgeward_bounded`]: its output, how long it took and the most
+/// memory it was seen to hold.
+#[derive(Debug)]
+pub struct BoundedRun {
+    pub output: Output,
+    pub elapsed: Duration,
+    /// The largest resident set (`VmHWM`, in bytes) sampled while it ran; 0 when it ended
+    /// before the first sample.
+    pub peak_memory: u64,
+}
+
+/// Runs edgeward like [`run_edgeward`] (with files of any bytes), watching it: it is killed,
+/// and the test fails, once it runs longer than `time_limit` or its resident memory grows
+/// past `memory_limit` (sampled every few milliseconds from /proc). For inputs meant to be
+/// refused quickly and cheaply, such as YAML alias bombs, so that a regression fails the test instead of eating
+/// the machine.
+pub fn run_edgeward_bounded(
+    args: &[&str],
+    files: &[(&str, &[u8])],
+    time_limit: Duration,
+    memory_limit: u64,
+) -> BoundedRun {
+    let binary = absolute(&default_binary());
+    let dir = write_files(files, &[]);
+    let dir_str = dir.path().to_str().expect("temp dir path is not UTF-8");
+    // Output goes to files, so that a child writing much cannot block on a full pipe.
+    let stdout_path = dir.path().join(".edgeward-stdout");
+    let stderr_path = dir.path().join(".edgeward-stderr");
+    let create = |path: &Path| {
+        std::fs::File::create(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    };
+    let started = std::time::Instant::now();
+    let mut child = Command::new(&binary)
+        .args(args.iter().map(|arg| arg.replace("{dir}", dir_str)))
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(create(&stdout_path))
+        .stderr(create(&stderr_path))
+        .spawn()
+        .unwrap_or_else(|e| panic!("running {}: {e}", binary.display()));
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_memory = 0;
+    let (status, over) = loop {
+        if let Some(status) = child.try_wait().expect("waiting for edgeward") {
+            break (status, None);
+        }
+        peak_memory = peak_memory.max(high_water_mark(&status_file));
+        let over = if peak_memory > memory_limit {
+            Some(format!("its memory grew past {} MiB", memory_limit >> 20))
+        } else if started.elapsed() > time_limit {
+            Some(format!("it ran longer than {time_limit:?}"))
+        } else {
+            None
+        };
+        if over.is_some() {
+            let _ = child.kill();
+            break (child.wait().expect("waiting for edgeward"), over);
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let elapsed = started.elapsed();
+    let output = Output {
+        status,
+        stdout: std::fs::read(&stdout_path).unwrap_or_default(),
+        stderr: std::fs::read(&stderr_path).unwrap_or_default(),
+    };
+    if let Some(over) = over {
+        panic!(
+            "edgeward {args:?} was killed: {over}; stderr so far:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    BoundedRun {
+        output,
+        elapsed,
+        peak_memory,
+    }
+}
+
+/// `VmHWM` (the peak resident set) of a process from its /proc status file, in bytes; 0 when
+/// it cannot be read (the process has ended).
+fn high_water_mark(status_file: &str) -> u64 {
+    std::fs::read_to_string(status_file)
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib << 10)
+        })
+        .unwrap_or(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
