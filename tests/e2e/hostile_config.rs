@@ -17,7 +17,8 @@ const MINIMAL: &str = "listeners: [{address: 127.0.0.1:8080}]\nupstreams: {u: {b
 const TIME_LIMIT: Duration = Duration::from_secs(15);
 const MEMORY_LIMIT: u64 = 512 << 20;
 
-const TOP_LEVEL_KEYS: &str = "listeners, workers, work_stealing, access_log, shutdown_timeout, \
+const TOP_LEVEL_KEYS: &str =
+    "listeners, workers, work_stealing, access_log, shutdown_timeout, client, \
                               upstreams, routes, filters, wasm, admin, geo, cache";
 
 /// Runs `validate` and `run` on `bytes` (as `c.yaml`) within the limits and checks that both
