@@ -637,6 +637,108 @@ async fn an_origin_that_hangs_up_gets_the_client_a_502_or_a_stale_copy_never_a_c
 }
 
 #[tokio::test]
+async fn freshness_is_read_as_caches_commonly_read_it() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "").await;
+    // Each path once more: a hit (stored, still fresh) or a miss (not stored, or stale).
+    let old_date = ("h", "last-modified:Thu, 01 Jan 2015 00:00:00 GMT");
+    let no_store = ("h", "cache-control:no-store");
+    let cases: [(&str, &[(&str, &str)], bool); 12] = [
+        // Heuristic freshness: a tenth of the time since Last-Modified, for statuses
+        // cacheable by default or with `public`.
+        ("heuristic", &[old_date], true),
+        ("heuristic-599", &[("status", "599"), old_date], false),
+        (
+            "heuristic-599-public",
+            &[("status", "599"), ("h", "cache-control:public"), old_date],
+            true,
+        ),
+        // HTTP-dates in any letter case and in asctime form.
+        (
+            "expires-case",
+            &[("h", "expires:THU, 01 JAN 2099 00:00:00 gmt")],
+            true,
+        ),
+        (
+            "expires-asctime",
+            &[("h", "expires:Thu Jan  1 00:00:00 2099")],
+            true,
+        ),
+        // An invalid CDN-Cache-Control is ignored: Cache-Control's no-store governs.
+        (
+            "cdn-wrong-type",
+            &[("h", "cdn-cache-control:max-age=\"600\""), no_store],
+            false,
+        ),
+        (
+            "cdn-garbage",
+            &[("h", "cdn-cache-control:max-age=600, &&&&&"), no_store],
+            false,
+        ),
+        (
+            "cdn-valid",
+            &[("h", "cdn-cache-control:max-age=600"), no_store],
+            true,
+        ),
+        // must-understand lets a known status be stored despite no-store.
+        (
+            "must-understand",
+            &[("h", "cache-control:max-age=600, no-store, must-understand")],
+            true,
+        ),
+        (
+            "must-understand-599",
+            &[
+                ("status", "599"),
+                ("h", "cache-control:max-age=600, no-store, must-understand"),
+            ],
+            false,
+        ),
+        // Age: the first value of the line.
+        (
+            "age-old-first",
+            &[("h", "cache-control:max-age=600"), ("h", "age:7200, 0")],
+            false,
+        ),
+        (
+            "age-young-first",
+            &[("h", "cache-control:max-age=600"), ("h", "age:0, 7200")],
+            true,
+        ),
+    ];
+    for (name, query, stored) in cases {
+        let mut url = reqwest::Url::parse(&format!("http://origin/cache/{name}")).unwrap();
+        url.query_pairs_mut().extend_pairs(query);
+        let path = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+        get(&proxy, &path).await;
+        let again = get(&proxy, &path).await;
+        assert_eq!(
+            again.cache().is_hit(),
+            stored,
+            "{name}: {}",
+            again.cache_status()
+        );
+        let asked = if stored { 1 } else { 2 };
+        assert_eq!(origin.hits_for(&format!("/cache/{name}")), asked, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn language_preferences_in_another_order_or_case_select_the_same_variant() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "").await;
+    let path = "/cache/lang?h=cache-control:max-age=60&h=vary:accept-language";
+    let first = request(&proxy, "GET", path, &[("accept-language", "en, de;q=0.5")]).await;
+    assert_eq!(first.n(), 1);
+    for same in ["de;q=0.5, en", "EN , De;Q=0.500", "en;q=1.0,de;q=0.5"] {
+        let answer = request(&proxy, "GET", path, &[("accept-language", same)]).await;
+        assert!(answer.cache().is_hit(), "{same}: {}", answer.cache_status());
+    }
+    let other = request(&proxy, "GET", path, &[("accept-language", "de, en;q=0.5")]).await;
+    assert_eq!(other.n(), 2, "another preference is another variant");
+}
+
+#[tokio::test]
 async fn concurrent_misses_make_one_origin_request() {
     let origin = Origin::start("origin").await;
     let proxy = caching_proxy(&origin, "enabled: true", "").await;
