@@ -500,6 +500,10 @@ pub(crate) fn freshen(
 /// does not match the date. Anything else (another time zone, missing or extra separators,
 /// a one-digit hour) is not a date.
 pub(crate) fn http_date(value: &[u8]) -> Option<SystemTime> {
+    // ASCII only: the fixed positions below then fall on character boundaries.
+    if !value.is_ascii() {
+        return None;
+    }
     let text = std::str::from_utf8(value).ok()?.trim_matches(' ');
     let lower = text.to_ascii_lowercase();
     let (year, month, day, time) = if let Some((weekday, rest)) = lower.split_once(", ") {
@@ -1666,6 +1670,9 @@ mod tests {
             "Thu, 18 Aug 2050 24:01:18 GMT",
             "Thu, 18 Foo 2050 02:01:18 GMT",
             "Xyz, 18 Aug 2050 02:01:18 GMT",
+            // 24 bytes, as asctime, but not ASCII.
+            "Thü Aug  8 02:01:18 205",
+            "ü, 18 Aug 2050 02:01:18 GMT",
         ] {
             assert_eq!(http_date(invalid.as_bytes()), None, "{invalid:?}");
         }
