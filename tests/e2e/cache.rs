@@ -643,7 +643,9 @@ async fn freshness_is_read_as_caches_commonly_read_it() {
     // Each path once more: a hit (stored, still fresh) or a miss (not stored, or stale).
     let old_date = ("h", "last-modified:Thu, 01 Jan 2015 00:00:00 GMT");
     let no_store = ("h", "cache-control:no-store");
-    let cases: [(&str, &[(&str, &str)], bool); 12] = [
+    /// A path's name, its query pairs, and whether it is stored.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+    let cases: [Case; 12] = [
         // Heuristic freshness: a tenth of the time since Last-Modified, for statuses
         // cacheable by default or with `public`.
         ("heuristic", &[old_date], true),
