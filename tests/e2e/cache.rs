@@ -448,6 +448,299 @@ async fn stale_if_error_serves_stale_while_the_origin_fails() {
 }
 
 #[tokio::test]
+async fn a_304_updates_the_stored_headers_it_carries() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "").await;
+    // The 200 says version 1 and max-age=1; the 304 that revalidates it says version 2, a
+    // longer max-age, a new field and a Content-Length of its own (empty) body.
+    let path = "/cache/update304?etag=v1&h=cache-control:max-age=1&h=x-version:1\
+                &h=content-type:text/plain&nm=x-version:2&nm=cache-control:max-age=60\
+                &nm=x-added:yes&nm=content-type:text/plain;charset=utf-8";
+    let first = get(&proxy, path).await;
+    assert_eq!(first.header("x-version"), Some("1"));
+    let stored_length = first.header("content-length").map(str::to_owned);
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+
+    let revalidated = get(&proxy, path).await;
+    assert!(
+        revalidated.cache().is_stale_with_status(304),
+        "{}",
+        revalidated.cache_status()
+    );
+    for answer in [&revalidated, &get(&proxy, path).await] {
+        assert_eq!(answer.status, 200);
+        assert_eq!(
+            answer.header("x-version"),
+            Some("2"),
+            "{}",
+            answer.cache_status()
+        );
+        assert_eq!(answer.header("x-added"), Some("yes"));
+        assert_eq!(answer.header("cache-control"), Some("max-age=60"));
+        assert_eq!(
+            answer.header("content-type"),
+            Some("text/plain;charset=utf-8")
+        );
+        // The stored body and its length are kept.
+        assert_eq!(answer.header("content-length"), stored_length.as_deref());
+        assert_eq!(answer.n(), 1);
+    }
+    // The 304's max-age=60 is the freshness now: a hit, not another revalidation.
+    let hit = get(&proxy, path).await;
+    hit.cache().assert_hit_with_ttl(50..=60);
+    assert_eq!(origin.hits_for("/cache/update304"), 2);
+}
+
+#[tokio::test]
+async fn hits_carry_the_age_the_origin_gave_plus_their_time_in_the_cache() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "").await;
+    // Already 30 s old when it arrived: fresh for 30 s more, and Age counts from 30.
+    let path = "/cache/aged?h=cache-control:max-age=60&h=age:30";
+    assert_eq!(get(&proxy, path).await.header("age"), Some("30"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let hit = get(&proxy, path).await;
+    hit.cache().assert_hit_with_ttl(25..=29);
+    let age: u64 = hit.header("age").unwrap().parse().unwrap();
+    assert!((31..=35).contains(&age), "Age {age}");
+}
+
+#[tokio::test]
+async fn a_clients_conditional_request_is_answered_from_the_cache_or_passed_on() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "").await;
+    let path = "/cache/conditional?etag=v1&h=cache-control:max-age=60";
+    let matching = [("if-none-match", "\"v0\", \"v1\"")];
+    let other = [("if-none-match", "\"v2\"")];
+
+    // A miss: the origin is asked for the whole response (to store it), and the client still
+    // gets its 304.
+    let miss = request(&proxy, "GET", path, &matching).await;
+    assert_eq!(miss.status, 304, "{}", miss.cache_status());
+    assert!(miss.body.is_empty());
+    assert_eq!(miss.header("etag"), Some("\"v1\""));
+    assert!(!origin.last_request_headers().contains_key("if-none-match"));
+    // Hits: 304 when a tag matches, the stored 200 when none does.
+    let hit = request(&proxy, "GET", path, &matching).await;
+    assert_eq!(hit.status, 304);
+    assert!(hit.cache().is_hit(), "{}", hit.cache_status());
+    let full = request(&proxy, "GET", path, &other).await;
+    assert_eq!((full.status, full.n()), (200, 1));
+    let head = request(&proxy, "HEAD", path, &matching).await;
+    assert_eq!(head.status, 304);
+    assert_eq!(origin.hits_for("/cache/conditional"), 1);
+
+    // If-Modified-Since against a stored response without Last-Modified compares with its
+    // Date (RFC 9111 §4.3.2).
+    let dated = "/cache/dated?h=cache-control:max-age=60";
+    let first = get(&proxy, dated).await;
+    let date = first.header("date").unwrap().to_owned();
+    let since = request(&proxy, "GET", dated, &[("if-modified-since", &date)]).await;
+    assert_eq!(since.status, 304, "{}", since.cache_status());
+    let earlier = "Thu, 01 Jan 2015 00:00:00 GMT";
+    let before = request(&proxy, "GET", dated, &[("if-modified-since", earlier)]).await;
+    assert_eq!((before.status, before.n()), (200, 1));
+    assert_eq!(origin.hits_for("/cache/dated"), 1);
+
+    // Responses the cache does not store: the client's validators are still honoured, by
+    // the cache on the first request and by the origin once the URL is known uncacheable.
+    let uncacheable = "/cache/uncacheable?etag=v1&h=cache-control:no-store";
+    for round in 1..=2 {
+        let answer = request(&proxy, "GET", uncacheable, &matching).await;
+        assert_eq!(
+            answer.status,
+            304,
+            "request {round}: {}",
+            answer.cache_status()
+        );
+        let answer = request(&proxy, "GET", uncacheable, &other).await;
+        assert_eq!(answer.status, 200, "request {round}");
+    }
+}
+
+#[tokio::test]
+async fn head_requests_fill_revalidate_and_use_the_stored_get() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "").await;
+
+    // A HEAD miss fetches the whole GET response and stores it: a later GET is a hit with
+    // the body.
+    let path = "/cache/head-first?h=cache-control:max-age=60";
+    let head = request(&proxy, "HEAD", path, &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    let length = head.header("content-length").map(str::to_owned);
+    let hit = get(&proxy, path).await;
+    assert!(hit.cache().is_hit(), "{}", hit.cache_status());
+    assert_eq!(hit.n(), 1);
+    assert_eq!(hit.header("content-length"), length.as_deref());
+    assert_eq!(origin.hits_for("/cache/head-first"), 1);
+
+    // A HEAD for a stale object revalidates it (RFC 9111 §4.3.5): the 304 updates the
+    // stored GET, which later GETs are served.
+    let path = "/cache/head-stale?etag=v1&h=cache-control:max-age=1&h=x-version:1\
+                &nm=x-version:2&nm=cache-control:max-age=60";
+    get(&proxy, path).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let head = request(&proxy, "HEAD", path, &[]).await;
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    assert!(
+        head.cache().is_stale_with_status(304),
+        "{}",
+        head.cache_status()
+    );
+    assert_eq!(head.header("x-version"), Some("2"));
+    let hit = get(&proxy, path).await;
+    assert!(hit.cache().is_hit(), "{}", hit.cache_status());
+    assert_eq!((hit.n(), hit.header("x-version")), (1, Some("2")));
+    assert_eq!(origin.hits_for("/cache/head-stale"), 2);
+}
+
+#[tokio::test]
+async fn an_origin_that_hangs_up_gets_the_client_a_502_or_a_stale_copy_never_a_closed_connection() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "stale_if_error: 300s", "").await;
+    let allowed = "/cache/hangup?h=cache-control:max-age=1";
+    let forbidden = "/cache/hangup-strict?h=cache-control:max-age=1,must-revalidate";
+    let s_maxage = "/cache/hangup-shared?h=cache-control:s-maxage=1";
+    for path in [allowed, forbidden, s_maxage] {
+        assert_eq!(get(&proxy, path).await.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    origin.set_hang_up(true);
+
+    // Nothing stored: a 502 with the JSON error body, not a dropped connection.
+    let missing = get(&proxy, "/cache/hangup-missing").await;
+    assert_eq!(missing.status, 502);
+    assert_eq!(missing.json()["status"], 502, "{:?}", missing.body);
+    // Stale within the route's stale-if-error window: served stale.
+    let stale = get(&proxy, allowed).await;
+    assert_eq!((stale.status, stale.n()), (200, 1));
+    assert_eq!(
+        stale.cache().detail(),
+        Some("stale-if-error"),
+        "{}",
+        stale.cache_status()
+    );
+    // must-revalidate, and s-maxage (proxy-revalidate for a shared cache), forbid it.
+    for path in [forbidden, s_maxage] {
+        let answer = get(&proxy, path).await;
+        assert_eq!(answer.status, 502, "{path}: {}", answer.cache_status());
+    }
+
+    origin.set_hang_up(false);
+    let recovered = get(&proxy, allowed).await;
+    assert_eq!(recovered.status, 200);
+    assert_eq!(recovered.cache_status(), "edgeward; fwd=stale; stored");
+    assert!(recovered.n() > 1, "a new response");
+}
+
+#[tokio::test]
+async fn freshness_is_read_as_caches_commonly_read_it() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "").await;
+    // Each path once more: a hit (stored, still fresh) or a miss (not stored, or stale).
+    let old_date = ("h", "last-modified:Thu, 01 Jan 2015 00:00:00 GMT");
+    let no_store = ("h", "cache-control:no-store");
+    /// A path's name, its query pairs, and whether it is stored.
+    type Case<'a> = (&'a str, &'a [(&'a str, &'a str)], bool);
+    let cases: [Case; 12] = [
+        // Heuristic freshness: a tenth of the time since Last-Modified, for statuses
+        // cacheable by default or with `public`.
+        ("heuristic", &[old_date], true),
+        ("heuristic-599", &[("status", "599"), old_date], false),
+        (
+            "heuristic-599-public",
+            &[("status", "599"), ("h", "cache-control:public"), old_date],
+            true,
+        ),
+        // HTTP-dates in any letter case and in asctime form.
+        (
+            "expires-case",
+            &[("h", "expires:THU, 01 JAN 2099 00:00:00 gmt")],
+            true,
+        ),
+        (
+            "expires-asctime",
+            &[("h", "expires:Thu Jan  1 00:00:00 2099")],
+            true,
+        ),
+        // An invalid CDN-Cache-Control is ignored: Cache-Control's no-store governs.
+        (
+            "cdn-wrong-type",
+            &[("h", "cdn-cache-control:max-age=\"600\""), no_store],
+            false,
+        ),
+        (
+            "cdn-garbage",
+            &[("h", "cdn-cache-control:max-age=600, &&&&&"), no_store],
+            false,
+        ),
+        (
+            "cdn-valid",
+            &[("h", "cdn-cache-control:max-age=600"), no_store],
+            true,
+        ),
+        // must-understand lets a known status be stored despite no-store.
+        (
+            "must-understand",
+            &[("h", "cache-control:max-age=600, no-store, must-understand")],
+            true,
+        ),
+        (
+            "must-understand-599",
+            &[
+                ("status", "599"),
+                ("h", "cache-control:max-age=600, no-store, must-understand"),
+            ],
+            false,
+        ),
+        // Age: the first value of the line.
+        (
+            "age-old-first",
+            &[("h", "cache-control:max-age=600"), ("h", "age:7200, 0")],
+            false,
+        ),
+        (
+            "age-young-first",
+            &[("h", "cache-control:max-age=600"), ("h", "age:0, 7200")],
+            true,
+        ),
+    ];
+    for (name, query, stored) in cases {
+        let mut url = reqwest::Url::parse(&format!("http://origin/cache/{name}")).unwrap();
+        url.query_pairs_mut().extend_pairs(query);
+        let path = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+        get(&proxy, &path).await;
+        let again = get(&proxy, &path).await;
+        assert_eq!(
+            again.cache().is_hit(),
+            stored,
+            "{name}: {}",
+            again.cache_status()
+        );
+        let asked = if stored { 1 } else { 2 };
+        assert_eq!(origin.hits_for(&format!("/cache/{name}")), asked, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn language_preferences_in_another_order_or_case_select_the_same_variant() {
+    let origin = Origin::start("origin").await;
+    let proxy = caching_proxy(&origin, "enabled: true", "").await;
+    let path = "/cache/lang?h=cache-control:max-age=60&h=vary:accept-language";
+    let first = request(&proxy, "GET", path, &[("accept-language", "en, de;q=0.5")]).await;
+    assert_eq!(first.n(), 1);
+    for same in ["de;q=0.5, en", "EN , De;Q=0.500", "en;q=1.0,de;q=0.5"] {
+        let answer = request(&proxy, "GET", path, &[("accept-language", same)]).await;
+        assert!(answer.cache().is_hit(), "{same}: {}", answer.cache_status());
+    }
+    let other = request(&proxy, "GET", path, &[("accept-language", "de, en;q=0.5")]).await;
+    assert_eq!(other.n(), 2, "another preference is another variant");
+}
+
+#[tokio::test]
 async fn concurrent_misses_make_one_origin_request() {
     let origin = Origin::start("origin").await;
     let proxy = caching_proxy(&origin, "enabled: true", "").await;

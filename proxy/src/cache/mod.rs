@@ -189,13 +189,20 @@ pub(crate) fn admission(
             let mut stored = response.clone();
             // One client's cookies are never handed to another.
             stored.remove_header(&http::header::SET_COOKIE);
-            RespCacheable::Cacheable(CacheMeta::new(
+            let age = policy::age(&response.headers);
+            let mut meta = CacheMeta::new(
                 now + freshness.fresh_for,
                 now,
                 secs(freshness.stale_while_revalidate),
                 secs(freshness.stale_if_error),
                 stored,
-            ))
+            );
+            // The `Age` of hits counts from when the response was generated, not received
+            // (RFC 9111 §4.2.3): it already was `age` old.
+            if let Some(born) = now.checked_sub(age).filter(|_| !age.is_zero()) {
+                meta.set_epoch_override(born);
+            }
+            RespCacheable::Cacheable(meta)
         }
         Decision::Skip(reason) => {
             RespCacheable::Uncacheable(NoCacheReason::Custom(reason.as_str()))

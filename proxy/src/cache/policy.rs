@@ -5,13 +5,17 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use http::header::{AGE, AUTHORIZATION, DATE, EXPIRES, SET_COOKIE, VARY};
+use http::header::{
+    AGE, AUTHORIZATION, CONTENT_LENGTH, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH,
+    LAST_MODIFIED, SET_COOKIE, VARY,
+};
+use http::HeaderName;
 use http::{HeaderMap, Method, StatusCode};
 use pingora::cache::cache_control::{CacheControl, DirectiveKey, DELTA_SECONDS_OVERFLOW_VALUE};
 use pingora::cache::key::HashBinary;
 use pingora::cache::VarianceBuilder;
 use pingora::http::{RequestHeader, ResponseHeader};
-use pingora::protocols::http::conditional_filter::resp_header_as_http_date;
+use pingora::protocols::http::conditional_filter::weak_validate_etag;
 
 /// What a route says when the response does not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +91,10 @@ pub(crate) fn decide(
         return Decision::Skip(SkipReason::Status);
     }
     let directives = Directives::governing(&response.headers);
-    if directives.has("no-store") {
+    // RFC 9111 §5.2.2.3: `must-understand` lets a cache that knows the status's caching rules
+    // ignore `no-store`; one that does not (a status unknown to it) must not store.
+    let understood = directives.has("must-understand") && understood_status(status);
+    if directives.has("no-store") && !understood {
         return Decision::Skip(SkipReason::NoStore);
     }
     // RFC 9111 lets a shared cache store the rest of a `private="field"` response; we do not
@@ -172,9 +179,14 @@ struct Directives {
 
 impl Directives {
     fn governing(headers: &HeaderMap) -> Self {
+        // RFC 9213 §2.1: a `CDN-Cache-Control` that is not a valid Structured Field Dictionary
+        // is ignored entirely, as if absent.
         let field = [ControlField::Surrogate, ControlField::Cdn]
             .into_iter()
-            .find(|targeted| headers.contains_key(targeted.header_name()))
+            .find(|targeted| match targeted {
+                ControlField::Cdn => sf::valid_cdn_cache_control(headers),
+                other => headers.contains_key(other.header_name()),
+            })
             .unwrap_or(ControlField::Cache);
         Directives {
             field,
@@ -231,26 +243,54 @@ fn freshness_lifetime(
                 .default_ttl
                 .filter(|_| cacheable_by_default(response.status))
         })
+        .or_else(|| match directives.field {
+            ControlField::Cache => heuristic_lifetime(directives, response, now),
+            ControlField::Surrogate | ControlField::Cdn => None,
+        })
+}
+
+/// Most heuristic freshness a response gets, however old its `Last-Modified`.
+const MAX_HEURISTIC_FRESHNESS: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// RFC 9111 §4.2.2 heuristic freshness: a tenth of the time since `Last-Modified` (at most a
+/// day), for statuses cacheable by default or a response marked `public`; `None` without a
+/// usable `Last-Modified`, or with one later than the response's `Date`.
+fn heuristic_lifetime(
+    directives: &Directives,
+    response: &ResponseHeader,
+    now: SystemTime,
+) -> Option<Duration> {
+    if !(cacheable_by_default(response.status) || directives.has("public")) {
+        return None;
+    }
+    let last_modified = single_date(&response.headers, &LAST_MODIFIED)?;
+    let date = single_date(&response.headers, &DATE).unwrap_or(now);
+    let unchanged_for = date.duration_since(last_modified).ok()?;
+    Some((unchanged_for / 10).min(MAX_HEURISTIC_FRESHNESS))
+}
+
+/// The date in a field that appears once, read as any HTTP-date format allows (see
+/// [`http_date`]); `None` when absent, repeated or unreadable.
+fn single_date(headers: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
+    let mut lines = headers.get_all(name).iter();
+    let value = lines.next()?;
+    if lines.next().is_some() {
+        return None;
+    }
+    http_date(value.as_bytes())
 }
 
 /// `Expires` minus `Date` (or `now` without a usable `Date`); `None` without `Expires`. An invalid
-/// `Expires` such as `0` is a time in the past (RFC 9111 §5.3).
+/// `Expires` such as `0`, or one given twice, is a time in the past (RFC 9111 §5.3).
 fn expires_lifetime(response: &ResponseHeader, now: SystemTime) -> Option<Duration> {
-    match resp_header_as_http_date(response, EXPIRES) {
-        Ok(None) => None,
-        Err(_) => Some(Duration::ZERO),
-        Ok(Some(expires)) => {
-            let date = match resp_header_as_http_date(response, DATE) {
-                Ok(Some(date)) => SystemTime::from(date),
-                Ok(None) | Err(_) => now,
-            };
-            Some(
-                SystemTime::from(expires)
-                    .duration_since(date)
-                    .unwrap_or(Duration::ZERO),
-            )
-        }
+    if !response.headers.contains_key(EXPIRES) {
+        return None;
     }
+    let Some(expires) = single_date(&response.headers, &EXPIRES) else {
+        return Some(Duration::ZERO);
+    };
+    let date = single_date(&response.headers, &DATE).unwrap_or(now);
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
 }
 
 /// RFC 9110 §15.1: the statuses a cache may store without explicit freshness (206 is never stored).
@@ -270,21 +310,33 @@ fn stale_windows(directives: &Directives, defaults: &Defaults) -> (Duration, Dur
     {
         return (Duration::ZERO, Duration::ZERO);
     }
+    // `s-maxage` carries `proxy-revalidate` for a shared cache (RFC 9111 §5.2.2.10): the
+    // route's windows do not apply, only windows the response grants itself.
+    let (route_revalidate, route_error) = if directives.has("s-maxage") {
+        (Duration::ZERO, Duration::ZERO)
+    } else {
+        (defaults.stale_while_revalidate, defaults.stale_if_error)
+    };
     (
         directives
             .seconds(DirectiveKey::StaleWhileRevalidate)
-            .unwrap_or(defaults.stale_while_revalidate),
+            .unwrap_or(route_revalidate),
         directives
             .seconds(DirectiveKey::StaleIfError)
-            .unwrap_or(defaults.stale_if_error),
+            .unwrap_or(route_error),
     )
 }
 
-/// How old the response already was when we received it; an unreadable `Age` is ignored.
-fn age(headers: &HeaderMap) -> Duration {
+/// How old the response already was when we received it (RFC 9111 §5.1): the first value of
+/// the first `Age` line, without parameters; an unreadable `Age` is ignored.
+pub(crate) fn age(headers: &HeaderMap) -> Duration {
     headers
         .get(AGE)
-        .and_then(|value| delta_seconds(value.as_bytes().trim_ascii()))
+        .and_then(|value| {
+            let first = value.as_bytes().split(|&b| b == b',').next()?;
+            let first = first.split(|&b| b == b';').next()?;
+            delta_seconds(first.trim_ascii())
+        })
         .unwrap_or(Duration::ZERO)
 }
 
@@ -315,6 +367,8 @@ fn vary_names(headers: &HeaderMap) -> impl Iterator<Item = String> + '_ {
 
 /// All of the request's values for `name` as one list with the whitespace around its items
 /// removed, so `gzip, br`, `gzip,br` and two lines `gzip` and `br` select the same variant.
+/// `Accept-Encoding` and `Accept-Language` are preference lists of case-insensitive tokens:
+/// those are also put in order of preference, so `en, de` and `De, EN` are one variant.
 fn normalized_request_value(headers: &HeaderMap, name: &str) -> Vec<u8> {
     let items: Vec<&[u8]> = headers
         .get_all(name)
@@ -322,7 +376,428 @@ fn normalized_request_value(headers: &HeaderMap, name: &str) -> Vec<u8> {
         .flat_map(|line| line.as_bytes().split(|&b| b == b','))
         .map(<[u8]>::trim_ascii)
         .collect();
-    items.join(&b',')
+    match name {
+        "accept-encoding" | "accept-language" => preference_list(&items),
+        _ => items.join(&b','),
+    }
+}
+
+/// Items of a preference list (`token;q=0.5`), lower-case, without spaces, most preferred first
+/// and in byte order among equals; `q=1` (the default) is left out.
+fn preference_list(items: &[&[u8]]) -> Vec<u8> {
+    let mut ranked: Vec<(u16, Vec<u8>)> = items
+        .iter()
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            let lower = item.to_ascii_lowercase();
+            let mut parts = lower.split(|&b| b == b';').map(<[u8]>::trim_ascii);
+            let token = parts.next().unwrap_or_default().to_vec();
+            let weight = parts
+                .find_map(|param| param.strip_prefix(b"q="))
+                .and_then(qvalue)
+                .unwrap_or(1000);
+            (weight, token)
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    let mut list = Vec::new();
+    for (i, (weight, token)) in ranked.into_iter().enumerate() {
+        if i > 0 {
+            list.push(b',');
+        }
+        list.extend_from_slice(&token);
+        if weight != 1000 {
+            list.extend_from_slice(format!(";q={weight}").as_bytes());
+        }
+    }
+    list
+}
+
+/// An RFC 9110 §12.4.2 qvalue in thousandths: `0`, `0.5`, `1.000`; `None` when not one.
+fn qvalue(text: &[u8]) -> Option<u16> {
+    let (whole, fraction) = match text.iter().position(|&b| b == b'.') {
+        Some(dot) => (&text[..dot], &text[dot + 1..]),
+        None => (text, &[][..]),
+    };
+    if whole.len() != 1 || fraction.len() > 3 || !fraction.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut thousandths = 0u16;
+    for i in 0..3 {
+        thousandths = thousandths * 10 + fraction.get(i).map_or(0, |d| u16::from(d - b'0'));
+    }
+    match whole[0] {
+        b'0' => Some(thousandths),
+        b'1' if thousandths == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+/// RFC 9110 §13.1: whether a request's `If-None-Match` or `If-Modified-Since` is satisfied by
+/// the response the cache would send (a `200`), so that a `304` answers it. `If-None-Match`
+/// compares entity tags weakly and, when present, makes `If-Modified-Since` ignored; a
+/// response without `Last-Modified` is compared by its `Date` (RFC 9111 §4.3.2).
+pub(crate) fn not_modified(request: &RequestHeader, response: &ResponseHeader) -> bool {
+    if response.status != StatusCode::OK {
+        return false;
+    }
+    if request.headers.contains_key(IF_NONE_MATCH) {
+        return response.headers.get(ETAG).is_some_and(|etag| {
+            request
+                .headers
+                .get_all(IF_NONE_MATCH)
+                .iter()
+                .any(|candidates| weak_validate_etag(candidates.as_bytes(), etag.as_bytes()))
+        });
+    }
+    if !matches!(request.method, Method::GET | Method::HEAD) {
+        return false;
+    }
+    let Some(since) = single_date(&request.headers, &IF_MODIFIED_SINCE) else {
+        return false;
+    };
+    let modified = if response.headers.contains_key(LAST_MODIFIED) {
+        single_date(&response.headers, &LAST_MODIFIED)
+    } else {
+        single_date(&response.headers, &DATE)
+    };
+    modified.is_some_and(|modified| modified <= since)
+}
+
+/// Fields a `304` does not change in the stored response it validates: the stored body's
+/// framing, the variant's `Vary` (the variance stays as stored), and cookies, which are never
+/// stored.
+const KEPT_ON_UPDATE: [HeaderName; 4] = [
+    CONTENT_LENGTH,
+    http::header::TRANSFER_ENCODING,
+    VARY,
+    SET_COOKIE,
+];
+
+/// The stored response's head updated with the fields of the `304` that validated it (RFC 9111
+/// §3.2, §4.3.4): each field the `304` carries replaces the stored one, except
+/// [`KEPT_ON_UPDATE`]. The stored `Age` goes: the age is the `304`'s now.
+pub(crate) fn freshen(
+    stored: &ResponseHeader,
+    not_modified: &ResponseHeader,
+) -> pingora::Result<ResponseHeader> {
+    let mut updated = stored.clone();
+    updated.remove_header(&AGE);
+    for name in not_modified.headers.keys() {
+        if KEPT_ON_UPDATE.contains(name) {
+            continue;
+        }
+        updated.remove_header(name);
+        for value in not_modified.headers.get_all(name) {
+            updated.append_header(name.clone(), value.clone())?;
+        }
+    }
+    Ok(updated)
+}
+
+/// RFC 9110 §5.6.7 HTTP-date in any of its three formats (IMF-fixdate, obsolete RFC 850,
+/// asctime), read the way caches commonly do: letter case is ignored and so is a weekday that
+/// does not match the date. Anything else (another time zone, missing or extra separators,
+/// a one-digit hour) is not a date.
+pub(crate) fn http_date(value: &[u8]) -> Option<SystemTime> {
+    // ASCII only: the fixed positions below then fall on character boundaries.
+    if !value.is_ascii() {
+        return None;
+    }
+    let text = std::str::from_utf8(value).ok()?.trim_matches(' ');
+    let lower = text.to_ascii_lowercase();
+    let (year, month, day, time) = if let Some((weekday, rest)) = lower.split_once(", ") {
+        if SHORT_DAYS.contains(&weekday) {
+            // IMF-fixdate: `Sun, 06 Nov 1994 08:49:37 GMT`.
+            let [day, month, year, time, zone] = split_exact::<5>(rest, ' ')?;
+            (zone == "gmt").then_some(())?;
+            (
+                digits(year, 4)?,
+                month_number(month)?,
+                digits(day, 2)?,
+                time,
+            )
+        } else if LONG_DAYS.contains(&weekday) {
+            // RFC 850: `Sunday, 06-Nov-94 08:49:37 GMT`; two-digit years up to 69 are 20xx.
+            let [date, time, zone] = split_exact::<3>(rest, ' ')?;
+            (zone == "gmt").then_some(())?;
+            let [day, month, year] = split_exact::<3>(date, '-')?;
+            let year = digits(year, 2)?;
+            let year = if year < 70 { 2000 + year } else { 1900 + year };
+            (year, month_number(month)?, digits(day, 2)?, time)
+        } else {
+            return None;
+        }
+    } else {
+        // asctime: `Sun Nov  6 08:49:37 1994`.
+        let bytes = lower.as_bytes();
+        if bytes.len() != 24 || [3, 7, 10, 19].iter().any(|&i| bytes[i] != b' ') {
+            return None;
+        }
+        SHORT_DAYS.contains(&&lower[..3]).then_some(())?;
+        let day = lower[8..10].trim_start_matches(' ');
+        (
+            digits(&lower[20..], 4)?,
+            month_number(&lower[4..7])?,
+            digits(day, day.len().max(1))?,
+            &lower[11..19],
+        )
+    };
+    let [hour, minute, second] = split_exact::<3>(time, ':')?;
+    let (hour, minute, second) = (digits(hour, 2)?, digits(minute, 2)?, digits(second, 2)?);
+    if !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let seconds = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second.min(59));
+    let offset = Duration::from_secs(seconds.unsigned_abs());
+    if seconds >= 0 {
+        SystemTime::UNIX_EPOCH.checked_add(offset)
+    } else {
+        SystemTime::UNIX_EPOCH.checked_sub(offset)
+    }
+}
+
+const SHORT_DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+const LONG_DAYS: [&str; 7] = [
+    "monday",
+    "tuesday",
+    "wednesday",
+    "thursday",
+    "friday",
+    "saturday",
+    "sunday",
+];
+const MONTHS: [&str; 12] = [
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+];
+
+/// `text` split at `separator` into exactly `N` non-empty parts.
+fn split_exact<const N: usize>(text: &str, separator: char) -> Option<[&str; N]> {
+    let mut parts = text.split(separator);
+    let mut out = [""; N];
+    for slot in &mut out {
+        *slot = parts.next().filter(|part| !part.is_empty())?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// Exactly `len` ASCII digits, as a number.
+fn digits(text: &str, len: usize) -> Option<u32> {
+    (text.len() == len && text.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| text.parse().ok())
+        .flatten()
+}
+
+fn month_number(name: &str) -> Option<u32> {
+    MONTHS
+        .iter()
+        .position(|m| *m == name)
+        .and_then(|i| u32::try_from(i + 1).ok())
+}
+
+/// Days from 1970-01-01 to the given proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(year: u32, month: u32, day: u32) -> i64 {
+    let year = i64::from(year) - i64::from(month <= 2);
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let month = i64::from(month);
+    let day_of_year =
+        (153 * (if month > 2 { month - 3 } else { month + 9 }) + 2) / 5 + i64::from(day) - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+/// RFC 9111 §5.2.2.3: statuses whose caching rules this cache knows (those of RFC 9110), for
+/// `must-understand`.
+fn understood_status(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200..=206 | 300..=305 | 307 | 308 | 400..=417 | 421 | 422 | 426 | 500..=505
+    )
+}
+
+/// Structured Field Dictionaries (RFC 8941 §3.2), as `CDN-Cache-Control` is written.
+mod sf {
+    use http::HeaderMap;
+
+    /// Directives whose value is a number of seconds: any other type makes the field invalid.
+    const DELTA_SECONDS: [&[u8]; 4] = [
+        b"max-age",
+        b"s-maxage",
+        b"stale-while-revalidate",
+        b"stale-if-error",
+    ];
+
+    /// Whether the response has a `CDN-Cache-Control` that is a valid dictionary, its lines
+    /// joined, with integers for the directives that count seconds.
+    pub(super) fn valid_cdn_cache_control(headers: &HeaderMap) -> bool {
+        let mut lines = headers.get_all("cdn-cache-control").iter().peekable();
+        if lines.peek().is_none() {
+            return false;
+        }
+        let joined: Vec<&[u8]> = lines.map(|line| line.as_bytes()).collect();
+        let joined = joined.join(&b","[..]);
+        Parser {
+            input: &joined,
+            at: 0,
+        }
+        .dictionary()
+        .is_some()
+    }
+
+    #[derive(PartialEq)]
+    enum Item {
+        Integer,
+        Other,
+    }
+
+    struct Parser<'a> {
+        input: &'a [u8],
+        at: usize,
+    }
+
+    impl Parser<'_> {
+        fn peek(&self) -> Option<u8> {
+            self.input.get(self.at).copied()
+        }
+
+        fn eat(&mut self, byte: u8) -> bool {
+            let found = self.peek() == Some(byte);
+            self.at += usize::from(found);
+            found
+        }
+
+        fn skip(&mut self, space: impl Fn(u8) -> bool) {
+            while self.peek().is_some_and(&space) {
+                self.at += 1;
+            }
+        }
+
+        fn dictionary(&mut self) -> Option<()> {
+            self.skip(|b| b == b' ');
+            if self.peek().is_none() {
+                return Some(());
+            }
+            loop {
+                let key = self.key()?.to_ascii_lowercase();
+                let numeric = DELTA_SECONDS.contains(&key.as_slice());
+                if self.eat(b'=') {
+                    if self.peek() == Some(b'(') {
+                        (!numeric).then_some(())?;
+                        self.inner_list()?;
+                    } else {
+                        let item = self.bare_item()?;
+                        (!numeric || item == Item::Integer).then_some(())?;
+                        self.parameters()?;
+                    }
+                } else {
+                    // A bare key is the boolean true.
+                    (!numeric).then_some(())?;
+                    self.parameters()?;
+                }
+                self.skip(|b| b == b' ' || b == b'\t');
+                if self.peek().is_none() {
+                    return Some(());
+                }
+                self.eat(b',').then_some(())?;
+                self.skip(|b| b == b' ' || b == b'\t');
+                self.peek()?;
+            }
+        }
+
+        /// A key; upper-case letters are let through (`Max-Age`), as directives are commonly
+        /// written, though RFC 8941 keys are lower-case.
+        fn key(&mut self) -> Option<&[u8]> {
+            let start = self.at;
+            let first = self.peek()?;
+            (first.is_ascii_alphabetic() || first == b'*').then_some(())?;
+            self.skip(|b| b.is_ascii_alphanumeric() || b"_-.*".contains(&b));
+            Some(&self.input[start..self.at])
+        }
+
+        fn parameters(&mut self) -> Option<()> {
+            while self.eat(b';') {
+                self.skip(|b| b == b' ');
+                self.key()?;
+                if self.eat(b'=') {
+                    self.bare_item()?;
+                }
+            }
+            Some(())
+        }
+
+        fn inner_list(&mut self) -> Option<()> {
+            self.eat(b'(').then_some(())?;
+            loop {
+                self.skip(|b| b == b' ');
+                if self.eat(b')') {
+                    return self.parameters();
+                }
+                self.bare_item()?;
+                self.parameters()?;
+                matches!(self.peek(), Some(b' ' | b')')).then_some(())?;
+            }
+        }
+
+        fn bare_item(&mut self) -> Option<Item> {
+            match self.peek()? {
+                b'-' | b'0'..=b'9' => self.number(),
+                b'"' => self.string(),
+                b':' => self.bytes(),
+                b'?' => {
+                    self.at += 1;
+                    matches!(self.peek(), Some(b'0' | b'1')).then_some(())?;
+                    self.at += 1;
+                    Some(Item::Other)
+                }
+                b if b.is_ascii_alphabetic() || b == b'*' => {
+                    self.skip(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b));
+                    Some(Item::Other)
+                }
+                _ => None,
+            }
+        }
+
+        fn number(&mut self) -> Option<Item> {
+            self.eat(b'-');
+            let start = self.at;
+            self.skip(|b| b.is_ascii_digit());
+            let whole = self.at - start;
+            (1..=15).contains(&whole).then_some(())?;
+            if !self.eat(b'.') {
+                return Some(Item::Integer);
+            }
+            let start = self.at;
+            self.skip(|b| b.is_ascii_digit());
+            (whole <= 12 && (1..=3).contains(&(self.at - start))).then_some(Item::Other)
+        }
+
+        fn string(&mut self) -> Option<Item> {
+            self.eat(b'"');
+            loop {
+                match self.peek()? {
+                    b'"' => {
+                        self.at += 1;
+                        return Some(Item::Other);
+                    }
+                    b'\\' => {
+                        self.at += 1;
+                        matches!(self.peek(), Some(b'"' | b'\\')).then_some(())?;
+                        self.at += 1;
+                    }
+                    0x20..=0x7e => self.at += 1,
+                    _ => return None,
+                }
+            }
+        }
+
+        fn bytes(&mut self) -> Option<Item> {
+            self.eat(b':');
+            self.skip(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b));
+            self.eat(b':').then_some(Item::Other)
+        }
+    }
 }
 
 #[cfg(test)]
@@ -455,15 +930,17 @@ mod tests {
 
     #[test]
     fn invalid_max_age_is_already_stale() {
-        for value in [
-            "max-age=soon",
-            "max-age",
-            "max-age=-5",
-            "s-maxage=1.5, max-age=60",
-        ] {
+        for value in ["max-age=soon", "max-age", "max-age=-5"] {
             let decision = decide_get(200, &[("cache-control", value)], &ROUTE);
             assert_eq!(decision, stored(0, 10, 20), "{value}");
         }
+        // An invalid s-maxage still forbids the route's stale windows.
+        let decision = decide_get(
+            200,
+            &[("cache-control", "s-maxage=1.5, max-age=60")],
+            &ROUTE,
+        );
+        assert_eq!(decision, stored(0, 0, 0));
     }
 
     #[test]
@@ -565,8 +1042,10 @@ mod tests {
 
     #[test]
     fn plus_suffix_is_invalid_outside_surrogate_control_max_age() {
+        // Not a structured field at all: CDN-Cache-Control is ignored, and nothing else gives
+        // freshness.
         let decision = decide_get(200, &[("cdn-cache-control", "max-age=60+30")], &NO_DEFAULTS);
-        assert_eq!(decision, fresh(0));
+        assert_eq!(decision, skip(SkipReason::NoFreshness));
         let decision = decide_get(200, &[("cache-control", "max-age=60+30")], &NO_DEFAULTS);
         assert_eq!(decision, fresh(0));
     }
@@ -831,7 +1310,7 @@ mod tests {
 
     #[test]
     fn unparseable_age_is_ignored() {
-        for age in ["", "old", "-20", "20.5", "1, 2"] {
+        for age in ["", "old", "-20", "20.5", ", 2"] {
             let decision = decide_get(
                 200,
                 &[("cache-control", "max-age=60"), ("age", age)],
@@ -948,8 +1427,21 @@ mod tests {
 
     #[test]
     fn route_stale_defaults_apply_without_stale_directives() {
-        let decision = decide_get(200, &[("cache-control", "s-maxage=60")], &ROUTE);
+        let decision = decide_get(200, &[("cache-control", "max-age=60")], &ROUTE);
         assert_eq!(decision, stored(60, 10, 20));
+    }
+
+    #[test]
+    fn s_maxage_keeps_only_the_responses_own_stale_windows() {
+        // RFC 9111 §5.2.2.10: s-maxage means proxy-revalidate for a shared cache.
+        let decision = decide_get(200, &[("cache-control", "s-maxage=60")], &ROUTE);
+        assert_eq!(decision, stored(60, 0, 0));
+        let decision = decide_get(
+            200,
+            &[("cache-control", "s-maxage=60, stale-if-error=30")],
+            &ROUTE,
+        );
+        assert_eq!(decision, stored(60, 0, 30));
     }
 
     #[test]
@@ -1121,5 +1613,308 @@ mod tests {
             "vary",
             "accept-encoding, origin"
         )])));
+    }
+
+    #[test]
+    fn age_is_the_first_value_of_the_first_line_without_parameters() {
+        let with_age = |age: &str| {
+            decide_get(
+                200,
+                &[("cache-control", "max-age=60"), ("age", age)],
+                &NO_DEFAULTS,
+            )
+        };
+        assert_eq!(with_age("1, 2"), fresh(59));
+        assert_eq!(with_age("7200, 0"), fresh(0));
+        assert_eq!(with_age("0, 7200"), fresh(60));
+        assert_eq!(with_age("20;foo=bar"), fresh(40));
+    }
+
+    #[test]
+    fn http_dates_are_read_in_any_letter_case_and_all_three_formats() {
+        let at = |secs: u64| Some(UNIX_EPOCH + secs_of(secs));
+        fn secs_of(secs: u64) -> Duration {
+            Duration::from_secs(secs)
+        }
+        // 1994-11-06 08:49:37 UTC, the RFC's example.
+        let example = at(784_111_777);
+        for text in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "SUN, 06 NOV 1994 08:49:37 gmt",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "Sun Nov  6 08:49:37 1994",
+            // A weekday that does not match the date is ignored.
+            "Thu, 06 Nov 1994 08:49:37 GMT",
+        ] {
+            assert_eq!(http_date(text.as_bytes()), example, "{text:?}");
+        }
+        assert_eq!(http_date(NOW_DATE.as_bytes()), Some(now()));
+        assert_eq!(
+            http_date(b"Thursday, 18-Aug-50 02:01:18 GMT"),
+            http_date(b"Thu, 18 Aug 2050 02:01:18 GMT")
+        );
+        assert_eq!(http_date(b"Thu, 01 Jan 1970 00:00:00 GMT"), at(0));
+        assert!(http_date(b"Wed, 31 Dec 1969 23:59:59 GMT").is_some());
+        for invalid in [
+            "",
+            "0",
+            "Thu, 18 Aug 2050 02:01:18 UTC",
+            "Thu, 18 Aug 2050 02:01:18 AEST",
+            "Thu, 18 Aug 50 02:01:18 GMT",
+            "Thu 18 Aug 2050 02:01:18 GMT",
+            "Thu, 18  Aug  2050 02:01:18 GMT",
+            "Thu, 18-Aug-2050 02:01:18 GMT",
+            "Thu, 18 Aug 2050 02.01.18 GMT",
+            "Thu, 18 Aug 2050 2:01:18 GMT",
+            "Thu, 32 Aug 2050 02:01:18 GMT",
+            "Thu, 18 Aug 2050 24:01:18 GMT",
+            "Thu, 18 Foo 2050 02:01:18 GMT",
+            "Xyz, 18 Aug 2050 02:01:18 GMT",
+            // 24 bytes, as asctime, but not ASCII.
+            "Thü Aug  8 02:01:18 205",
+            "ü, 18 Aug 2050 02:01:18 GMT",
+        ] {
+            assert_eq!(http_date(invalid.as_bytes()), None, "{invalid:?}");
+        }
+    }
+
+    #[test]
+    fn expires_is_read_leniently_but_only_once() {
+        let decision = decide_get(
+            200,
+            &[
+                ("date", NOW_DATE),
+                ("expires", "TUE, 14 NOV 2023 22:14:20 gmt"),
+            ],
+            &NO_DEFAULTS,
+        );
+        assert_eq!(decision, fresh(60));
+        let decision = decide_get(
+            200,
+            &[
+                ("date", NOW_DATE),
+                ("expires", NOW_PLUS_60_DATE),
+                ("expires", NOW_PLUS_60_DATE),
+            ],
+            &NO_DEFAULTS,
+        );
+        assert_eq!(decision, fresh(0));
+    }
+
+    #[test]
+    fn last_modified_gives_a_tenth_of_its_age_as_heuristic_freshness() {
+        // Modified 1000 s before the response's Date: fresh for 100 s.
+        let modified = "Tue, 14 Nov 2023 21:56:40 GMT";
+        let decision = decide_get(
+            200,
+            &[("date", NOW_DATE), ("last-modified", modified)],
+            &NO_DEFAULTS,
+        );
+        assert_eq!(decision, fresh(100));
+        // Statuses not cacheable by default need `public`.
+        let decision = decide_get(
+            599,
+            &[("date", NOW_DATE), ("last-modified", modified)],
+            &NO_DEFAULTS,
+        );
+        assert_eq!(decision, skip(SkipReason::NoFreshness));
+        let decision = decide_get(
+            599,
+            &[
+                ("date", NOW_DATE),
+                ("last-modified", modified),
+                ("cache-control", "public"),
+            ],
+            &NO_DEFAULTS,
+        );
+        assert_eq!(decision, fresh(100));
+        // At most a day, however old.
+        let decision = decide_get(
+            200,
+            &[
+                ("date", NOW_DATE),
+                ("last-modified", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ],
+            &NO_DEFAULTS,
+        );
+        assert_eq!(decision, fresh(86_400));
+        // A route's default_ttl is the operator's word and comes first; explicit freshness
+        // before both.
+        let decision = decide_get(
+            200,
+            &[("date", NOW_DATE), ("last-modified", modified)],
+            &ROUTE,
+        );
+        assert_eq!(decision, stored(300, 10, 20));
+        let decision = decide_get(
+            200,
+            &[
+                ("date", NOW_DATE),
+                ("last-modified", modified),
+                ("cache-control", "max-age=5"),
+            ],
+            &NO_DEFAULTS,
+        );
+        assert_eq!(decision, fresh(5));
+        // Modified after its own Date, or a targeted field that gives no freshness: none.
+        let decision = decide_get(
+            200,
+            &[("date", NOW_DATE), ("last-modified", NOW_PLUS_60_DATE)],
+            &NO_DEFAULTS,
+        );
+        assert_eq!(decision, skip(SkipReason::NoFreshness));
+        let decision = decide_get(
+            200,
+            &[
+                ("date", NOW_DATE),
+                ("last-modified", modified),
+                ("cdn-cache-control", "public"),
+            ],
+            &NO_DEFAULTS,
+        );
+        assert_eq!(decision, skip(SkipReason::NoFreshness));
+    }
+
+    #[test]
+    fn must_understand_overrides_no_store_for_known_statuses_only() {
+        let cache_control = ("cache-control", "max-age=60, no-store, must-understand");
+        assert_eq!(decide_get(200, &[cache_control], &NO_DEFAULTS), fresh(60));
+        assert_eq!(
+            decide_get(599, &[cache_control], &NO_DEFAULTS),
+            skip(SkipReason::NoStore)
+        );
+    }
+
+    #[test]
+    fn an_invalid_cdn_cache_control_is_ignored() {
+        for invalid in [
+            "max-age=10000, &&&&&",
+            "max-age=\"10000\"",
+            "max-age",
+            "max-age=60,",
+            "max-age=(1 2)",
+            "private=\"unterminated",
+        ] {
+            let decision = decide_get(
+                200,
+                &[
+                    ("cdn-cache-control", invalid),
+                    ("cache-control", "no-store"),
+                ],
+                &NO_DEFAULTS,
+            );
+            assert_eq!(decision, skip(SkipReason::NoStore), "{invalid:?}");
+        }
+        for valid in [
+            "max-age=60",
+            "MaX-aGe=60",
+            "max-age=60, stale-if-error=10;x=?1, public",
+            "max-age=60, foo=\"bar\", baz=(a b \"c\"), q=0.5, t=:aGk=:",
+        ] {
+            let decision = decide_get(
+                200,
+                &[("cdn-cache-control", valid), ("cache-control", "no-store")],
+                &NO_DEFAULTS,
+            );
+            assert!(matches!(decision, Decision::Store(_)), "{valid:?}");
+        }
+    }
+
+    #[test]
+    fn language_and_encoding_preferences_are_normalised() {
+        for header in ["accept-language", "accept-encoding"] {
+            let of = |value: &str| variance_of(&[header], &[(header, value)]);
+            assert_eq!(of("en, de"), of("de, en"), "{header}");
+            assert_eq!(of("en, de"), of("De , EN"), "{header}");
+            assert_eq!(of("en;q=0.5, de"), of("de;q=1.0, en;q=0.500"), "{header}");
+            assert_ne!(of("en;q=0.5, de"), of("en, de"), "{header}");
+        }
+        // Other fields keep their order and case.
+        let of = |value: &str| variance_of(&["x-list"], &[("x-list", value)]);
+        assert_ne!(of("a, b"), of("b, a"));
+    }
+
+    #[test]
+    fn conditional_requests_are_answered_by_validators() {
+        let stored = response(
+            200,
+            &[
+                ("etag", "W/\"v1\""),
+                ("date", NOW_DATE),
+                ("last-modified", NOW_MINUS_10_DATE),
+            ],
+        );
+        let answers = |headers: &[(&str, &str)]| not_modified(&request("GET", headers), &stored);
+        assert!(answers(&[("if-none-match", "\"v1\"")]));
+        assert!(answers(&[("if-none-match", "\"v0\", W/\"v1\"")]));
+        assert!(!answers(&[("if-none-match", "\"v2\"")]));
+        // If-None-Match wins over If-Modified-Since.
+        assert!(!answers(&[
+            ("if-none-match", "\"v2\""),
+            ("if-modified-since", NOW_DATE)
+        ]));
+        assert!(answers(&[("if-modified-since", NOW_MINUS_10_DATE)]));
+        assert!(!answers(&[(
+            "if-modified-since",
+            "Tue, 14 Nov 2023 22:13:09 GMT"
+        )]));
+        assert!(!answers(&[]));
+        // Without Last-Modified, the stored Date stands in for it.
+        let undated = response(200, &[("date", NOW_DATE)]);
+        let since = |date: &str| request("GET", &[("if-modified-since", date)]);
+        assert!(not_modified(&since(NOW_DATE), &undated));
+        assert!(!not_modified(&since(NOW_MINUS_10_DATE), &undated));
+        // Only a 200 becomes a 304.
+        let missing = response(404, &[("etag", "\"v1\"")]);
+        assert!(!not_modified(
+            &request("GET", &[("if-none-match", "\"v1\"")]),
+            &missing
+        ));
+    }
+
+    #[test]
+    fn a_304_updates_the_stored_fields_except_framing_vary_and_cookies() {
+        let stored = response(
+            200,
+            &[
+                ("content-length", "36"),
+                ("content-type", "text/plain"),
+                ("x-kept", "old"),
+                ("x-updated", "old"),
+                ("x-updated", "older"),
+                ("vary", "accept-encoding"),
+                ("age", "30"),
+                ("cache-control", "max-age=1"),
+            ],
+        );
+        let not_modified = response(
+            304,
+            &[
+                ("content-length", "0"),
+                ("x-updated", "new"),
+                ("vary", "origin"),
+                ("set-cookie", "a=b"),
+                ("cache-control", "max-age=3600"),
+                ("content-type", "text/plain; charset=utf-8"),
+            ],
+        );
+        let updated = freshen(&stored, &not_modified).unwrap();
+        let values = |name: &str| -> Vec<&str> {
+            updated
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect()
+        };
+        assert_eq!(updated.status, 200);
+        assert_eq!(values("content-length"), ["36"]);
+        assert_eq!(values("x-kept"), ["old"]);
+        assert_eq!(values("x-updated"), ["new"]);
+        assert_eq!(values("vary"), ["accept-encoding"]);
+        assert_eq!(values("cache-control"), ["max-age=3600"]);
+        assert_eq!(values("content-type"), ["text/plain; charset=utf-8"]);
+        assert!(values("set-cookie").is_empty());
+        assert!(values("age").is_empty());
     }
 }

@@ -1,13 +1,14 @@
 //! The cache's part in the response phases: the `Cache-Status` header, the object size limit
-//! on bodies without a length, and which failures may be answered with a stale object.
+//! on bodies without a length, the stored head a revalidating `304` updates, and which failures
+//! may be answered with a stale object.
 
 use bytes::Bytes;
-use pingora::cache::NoCacheReason;
+use pingora::cache::{CachePhase, NoCacheReason};
 use pingora::http::ResponseHeader;
 use pingora::prelude::*;
 use pingora::{ErrorSource, ErrorType};
 
-use super::context::RequestCtx;
+use super::context::{CacheState, RequestCtx};
 use super::forwarding;
 use crate::cache::{self, Cache, Outcome};
 
@@ -74,4 +75,34 @@ pub(super) fn serve_stale(ctx: &mut RequestCtx, error: Option<&Error>) -> bool {
                     | ErrorType::ReadTimedout
             )
     })
+}
+
+/// Keeps the origin's `304` to a revalidation of a stored response, for
+/// [`freshened_head`]. Pingora only carries a few of its fields over to the stored response.
+pub(super) fn keep_not_modified(
+    session: &Session,
+    response: &ResponseHeader,
+    state: &mut CacheState,
+) {
+    if response.status == http::StatusCode::NOT_MODIFIED
+        && session.cache.phase() == CachePhase::Stale
+    {
+        state.not_modified = Some(Box::new(response.clone()));
+    }
+}
+
+/// During a revalidation answered `304`: the stored head (`stored`, as Pingora merged it) with
+/// every field of the `304` applied (RFC 9111 §4.3.4), which is what gets stored and served.
+/// `None` otherwise.
+pub(super) fn freshened_head(
+    session: &Session,
+    stored: &ResponseHeader,
+    state: &mut CacheState,
+) -> Result<Option<ResponseHeader>> {
+    match state.not_modified.take() {
+        Some(not_modified) if session.cache.phase() == CachePhase::Stale => {
+            cache::policy::freshen(stored, &not_modified).map(Some)
+        }
+        _ => Ok(None),
+    }
 }

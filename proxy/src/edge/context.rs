@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::HeaderValue;
+use pingora::http::ResponseHeader;
 
 use super::answers::{Answer, Refusal};
 use crate::body_length::DeclaredLength;
@@ -55,6 +56,8 @@ pub(crate) struct CacheState {
     pub bypass: Option<&'static str>,
     /// What the cache did, once the response head is known.
     pub outcome: Option<Outcome>,
+    /// The origin's `304` to a revalidation, whose fields update the stored response.
+    pub not_modified: Option<Box<ResponseHeader>>,
 }
 
 /// The route's filter chain and what it decided.

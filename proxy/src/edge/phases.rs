@@ -272,12 +272,26 @@ impl ProxyHttp for Edge {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
-        Ok(match (self.route_cache(ctx), &self.cache) {
-            (Some(route_cache), Some(cache)) => {
-                cache::admission(session.req_header(), resp, route_cache, cache.max_object())
-            }
-            _ => RespCacheable::Uncacheable(NoCacheReason::NeverEnabled),
-        })
+        let freshened = caching::freshened_head(session, resp, &mut ctx.cache)?;
+        let resp = freshened.as_ref().unwrap_or(resp);
+        let (Some(route_cache), Some(cache)) = (self.route_cache(ctx), &self.cache) else {
+            return Ok(RespCacheable::Uncacheable(NoCacheReason::NeverEnabled));
+        };
+        Ok(cache::admission(
+            session.req_header(),
+            resp,
+            route_cache,
+            cache.max_object(),
+        ))
+    }
+
+    fn cache_not_modified_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<bool> {
+        Ok(cache::policy::not_modified(session.req_header(), resp))
     }
 
     fn should_serve_stale(
@@ -329,7 +343,10 @@ impl ProxyHttp for Edge {
         if let Some(cache) = &self.cache {
             purge::invalidate_after(cache, session.req_header(), status);
         }
-        filtering::response_head(session, upstream_response, ctx, ResponsePhase::BeforeCache).await
+        filtering::response_head(session, upstream_response, ctx, ResponsePhase::BeforeCache)
+            .await?;
+        caching::keep_not_modified(session, upstream_response, &mut ctx.cache);
+        Ok(())
     }
 
     fn upstream_response_body_filter(

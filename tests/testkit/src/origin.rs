@@ -12,8 +12,10 @@
 //!   [`Origin::hits_for`]): `h=Name:Value` adds a response header (repeatable), `status=N`,
 //!   `size=N` sends `N` pattern bytes (as `/bytes`; `chunked=1` without a length) instead of
 //!   the JSON body `{"origin", "path", "n" (this path's hit count), "headers"}`, `etag=V`
-//!   sends `ETag: "V"` and answers `304` to a matching `If-None-Match`, `delay=MS` waits
-//!   first. [`Origin::set_failure`] makes these answer an error status instead.
+//!   sends `ETag: "V"` and answers `304` to an `If-None-Match` listing it, `nm=Name:Value` sets a
+//!   header on such `304`s only (replacing an `h=` one of that name), `delay=MS` waits
+//!   first. [`Origin::set_failure`] makes these answer an error status instead, and
+//!   [`Origin::set_hang_up`] makes them close the connection without any answer.
 //! - anything else: a JSON echo of the request (see [`Origin::start`]).
 //!
 //! Every response carries `x-origin: <name>` so tests can see which origin answered.
@@ -67,7 +69,25 @@ struct State {
     hits_by_path: Mutex<BTreeMap<String, usize>>,
     /// Status `/cache/...` answers with instead of its response.
     failure: Mutex<Option<u16>>,
+    /// `/cache/...` closes the connection instead of answering.
+    hang_up: AtomicBool,
 }
+
+/// Marks a response that is not sent: the connection is closed instead.
+#[derive(Clone, Copy)]
+struct HangUp;
+
+/// What a connection closed for [`HangUp`] reports to hyper.
+#[derive(Debug)]
+struct HungUp;
+
+impl std::fmt::Display for HungUp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the origin hangs up on purpose")
+    }
+}
+
+impl std::error::Error for HungUp {}
 
 impl Origin {
     /// Starts an origin named `name` on 127.0.0.1:<ephemeral>. Must be called inside a tokio
@@ -95,6 +115,7 @@ impl Origin {
             last_request_headers: Mutex::new(BTreeMap::new()),
             hits_by_path: Mutex::new(BTreeMap::new()),
             failure: Mutex::new(None),
+            hang_up: AtomicBool::new(false),
         });
         let server = serve_http(listener, {
             let state = state.clone();
@@ -147,6 +168,12 @@ impl Origin {
         *self.state.failure.lock().unwrap() = status;
     }
 
+    /// Makes `/cache/...` close the connection without answering (true), as an origin that
+    /// crashes mid-request, or answer normally again (false).
+    pub fn set_hang_up(&self, hang_up: bool) {
+        self.state.hang_up.store(hang_up, Ordering::SeqCst);
+    }
+
     /// Headers of the last non-/healthz request received (lower-case names; repeated values
     /// joined with ", ").
     pub fn last_request_headers(&self) -> BTreeMap<String, String> {
@@ -183,7 +210,14 @@ where
                     connections.spawn(async move {
                         let service = service_fn(move |request| {
                             let answer = handle(request);
-                            async move { Ok::<_, Infallible>(answer.await) }
+                            async move {
+                                let response = answer.await;
+                                // hyper closes the connection, unanswered, on a service error.
+                                match response.extensions().get::<HangUp>() {
+                                    Some(_) => Err(HungUp),
+                                    None => Ok(response),
+                                }
+                            }
                         });
                         // Errors here are clients going away mid-request; nothing to report.
                         let _ = auto::Builder::new(TokioExecutor::new())
@@ -294,6 +328,11 @@ async fn shaped(state: &State, path: &str, req: Request<Incoming>) -> Response<B
     if let Some(ms) = param("delay").and_then(|ms| ms.parse().ok()) {
         tokio::time::sleep(Duration::from_millis(ms)).await;
     }
+    if state.hang_up.load(Ordering::SeqCst) {
+        let mut response = text(StatusCode::INTERNAL_SERVER_ERROR, "never sent\n");
+        response.extensions_mut().insert(HangUp);
+        return response;
+    }
     if let Some(status) = *state.failure.lock().unwrap() {
         return text(
             StatusCode::from_u16(status).unwrap(),
@@ -309,12 +348,27 @@ async fn shaped(state: &State, path: &str, req: Request<Incoming>) -> Response<B
     }
     if let Some(etag) = param("etag") {
         let quoted = format!("\"{etag}\"");
+        // Any tag of the list, compared weakly.
         let matches = req
             .headers()
-            .get(hyper::header::IF_NONE_MATCH)
-            .is_some_and(|v| v.as_bytes() == quoted.as_bytes());
+            .get_all(hyper::header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|tag| tag.trim().trim_start_matches("W/") == quoted);
         builder = builder.header(hyper::header::ETAG, quoted);
         if matches {
+            if let Some(headers) = builder.headers_mut() {
+                for (_, header) in params.iter().filter(|(n, _)| n == "nm") {
+                    let (name, value) = header
+                        .split_once(':')
+                        .unwrap_or_else(|| panic!("nm={header} is not Name:Value"));
+                    headers.insert(
+                        hyper::header::HeaderName::from_bytes(name.trim().as_bytes()).unwrap(),
+                        HeaderValue::from_str(value.trim()).unwrap(),
+                    );
+                }
+            }
             return builder
                 .status(StatusCode::NOT_MODIFIED)
                 .body(full(String::new()))
