@@ -15,8 +15,8 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -34,7 +34,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::config::{ClientLimits, Listener};
 use crate::metrics;
-use crate::sync::lock;
 
 /// What a client whose request head timed out is told before the connection closes.
 const REQUEST_TIMEOUT: &[u8] =
@@ -68,8 +67,8 @@ pub(crate) struct Connection {
     began: AtomicBool,
     /// An HTTP/2 client got as far as its first frame.
     handshaken: AtomicBool,
-    /// When the current phase must end, if it must.
-    deadline: Mutex<Option<Instant>>,
+    /// When the current phase must end, if it must ([`Deadline`]).
+    deadline: AtomicU64,
     /// The guard's deadline passed: the stream answers no more reads.
     expired: AtomicBool,
 }
@@ -82,7 +81,7 @@ impl Connection {
             phase: AtomicU8::new(Phase::Head as u8),
             began: AtomicBool::new(false),
             handshaken: AtomicBool::new(false),
-            deadline: Mutex::new(Some(Instant::now() + limits.header_timeout)),
+            deadline: AtomicU64::new(Deadline::encode(Some(limits.header_timeout))),
             expired: AtomicBool::new(false),
         }
     }
@@ -98,11 +97,12 @@ impl Connection {
 
     fn enter(&self, phase: Phase, deadline: Option<Duration>) {
         self.phase.store(phase as u8, Ordering::Relaxed);
-        *lock(&self.deadline) = deadline.map(|d| Instant::now() + d);
+        self.deadline
+            .store(Deadline::encode(deadline), Ordering::Relaxed);
     }
 
     fn deadline(&self) -> Option<Instant> {
-        *lock(&self.deadline)
+        Deadline::decode(self.deadline.load(Ordering::Relaxed))
     }
 
     /// The request head is complete: from now on the request's own timeouts apply.
@@ -136,6 +136,27 @@ impl Connection {
             }
             Phase::Request | Phase::H2 => {}
         }
+    }
+}
+
+/// Deadlines as nanoseconds after the process's first, so that they fit an atomic; 0 is none.
+struct Deadline;
+
+static EPOCH: LazyLock<Instant> = LazyLock::new(Instant::now);
+
+impl Deadline {
+    /// The deadline `after` from now, encoded.
+    fn encode(after: Option<Duration>) -> u64 {
+        after.map_or(0, |after| {
+            let at = Instant::now() + after;
+            u64::try_from(at.saturating_duration_since(*EPOCH).as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1)
+        })
+    }
+
+    fn decode(encoded: u64) -> Option<Instant> {
+        (encoded != 0).then(|| *EPOCH + Duration::from_nanos(encoded))
     }
 }
 
@@ -477,16 +498,27 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             if let Poll::Ready(out) = serve.as_mut().poll(cx) {
                 return Poll::Ready(out);
             }
-            // The proxy moved the deadline while it ran: re-arm.
-            let Some(deadline) = connection.deadline() else {
-                return Poll::Pending;
-            };
-            if armed != Some(deadline) {
-                armed = Some(deadline);
-                timer.as_mut().reset(deadline.into());
-            }
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
+            // The proxy moves the deadline as requests come and go. The timer is re-armed at
+            // once only for an earlier deadline; a later one is taken up when the timer fires,
+            // which keeps timer updates off the path of every request.
+            loop {
+                let Some(deadline) = connection.deadline() else {
+                    return Poll::Pending;
+                };
+                if armed.is_none_or(|at| deadline < at) {
+                    armed = Some(deadline);
+                    timer.as_mut().reset(deadline.into());
+                }
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                match armed {
+                    Some(at) if deadline > at => {
+                        armed = Some(deadline);
+                        timer.as_mut().reset(deadline.into());
+                    }
+                    _ => break,
+                }
             }
             let kind = match connection.phase() {
                 Phase::Idle => "idle",

@@ -95,16 +95,8 @@ impl ProxyHttp for Edge {
         RequestCtx::new(&self.inflight)
     }
 
-    async fn early_request_filter(
-        &self,
-        session: &mut Session,
-        _ctx: &mut RequestCtx,
-    ) -> Result<()> {
-        connections::request_started(session.as_downstream_mut());
-        Ok(())
-    }
-
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        connections::request_started(session.as_downstream_mut());
         ctx.request_id = forwarding::request_id(session.req_header());
         session
             .req_header_mut()
