@@ -63,7 +63,7 @@ def callgrind_total(out_file: Path) -> int:
 def count(binary: Path, scenario, folder: Path, ports: run.Ports, origin: int, args) -> float:
     title, path, chain, headers = scenario
     port = ports.take()
-    name = f"{binary.parent.name}-{len(chain)}"
+    name = f"{binary.name}-{len(chain)}"
     config = folder / f"{name}.yaml"
     # A small instance pool: the default one reserves more address space than valgrind allows.
     config.write_text(
@@ -105,7 +105,10 @@ def count(binary: Path, scenario, folder: Path, ports: run.Ports, origin: int, a
         dumps = sorted(folder.glob("callgrind.out.*"))
         if not dumps:
             raise SystemExit("callgrind wrote no dump")
-        return callgrind_total(dumps[-1]) / args.requests
+        # Kept for `callgrind_annotate`, named by binary and scenario.
+        kept = folder / f"{binary.name}-{title.split(',')[0].replace(' ', '-')}.callgrind"
+        dumps[-1].rename(kept)
+        return callgrind_total(kept) / args.requests
     finally:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()

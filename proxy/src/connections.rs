@@ -350,9 +350,8 @@ impl Peek for ClientStream {
     }
 }
 
-/// The proxy read a request head: the request's own timeouts apply now (the gap allowed in
-/// its body; the idle time before the next request), and requests pipelined behind it are
-/// served in order (RFC 9112 §9.3.2).
+/// The proxy read a request head: the request's own timeout applies now (the gap allowed in
+/// its body), and requests pipelined behind it are served in order (RFC 9112 §9.3.2).
 pub(crate) fn request_started(session: &mut ServerSession) {
     let ServerSession::H1(h1) = session else {
         return;
@@ -364,8 +363,10 @@ pub(crate) fn request_started(session: &mut ServerSession) {
         return;
     };
     h1.set_read_timeout(Some(limits.body_timeout));
+    // The guard bounds the wait for the next request (`idle_timeout`, then `header_timeout`);
+    // Pingora's keep-alive timeout would arm a timer on every read of it besides.
     if h1.get_keepalive_timeout().is_some() {
-        h1.set_server_keepalive(Some(limits.idle_timeout.as_secs().max(1)));
+        h1.set_server_keepalive(Some(0));
     }
     h1.set_pipelining_enabled(true);
 }
