@@ -23,9 +23,20 @@ pub(super) fn host_problem(req: &RequestHeader) -> Option<&'static str> {
         (None, _) => Some("an HTTP/1.1 request needs a Host header"),
         (Some(_), Some(_)) => Some("a request may have only one Host header"),
         (Some(host), None) => {
-            let valid = host
-                .to_str()
-                .is_ok_and(|h| h.is_empty() || h.parse::<http::uri::Authority>().is_ok());
+            // `name` or `name:port` needs no parsing; anything else must be an authority.
+            let bytes = host.as_bytes();
+            let (name, port) = match bytes.iter().position(|b| *b == b':') {
+                Some(colon) => (&bytes[..colon], Some(&bytes[colon + 1..])),
+                None => (bytes, None),
+            };
+            let plain = name
+                .iter()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'))
+                && port.is_none_or(|p| !p.is_empty() && p.iter().all(u8::is_ascii_digit));
+            let valid = plain
+                || host
+                    .to_str()
+                    .is_ok_and(|h| h.parse::<http::uri::Authority>().is_ok());
             (!valid).then_some("the Host header is not a valid host")
         }
     }
@@ -247,6 +258,34 @@ mod tests {
         assert_eq!(strip_path_prefix(&uri, "/api/").to_string(), "/users?x=1");
         let uri: http::Uri = "/api".parse().unwrap();
         assert_eq!(strip_path_prefix(&uri, "/api").to_string(), "/");
+    }
+
+    #[test]
+    fn an_http11_request_needs_exactly_one_valid_host() {
+        let request = |hosts: &[&str], version| {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            req.set_version(version);
+            for host in hosts {
+                req.append_header("host", *host).unwrap();
+            }
+            host_problem(&req)
+        };
+        for good in [
+            "example.com",
+            "example.com:8080",
+            "127.0.0.1:1",
+            "[::1]:8080",
+            "x_y.test",
+            "",
+        ] {
+            assert_eq!(request(&[good], Version::HTTP_11), None, "{good:?}");
+        }
+        for bad in ["a b", "a:b:c", "exa mple.com:80", "[::1"] {
+            assert!(request(&[bad], Version::HTTP_11).is_some(), "{bad:?}");
+        }
+        assert!(request(&[], Version::HTTP_11).is_some());
+        assert!(request(&["a", "a"], Version::HTTP_11).is_some());
+        assert_eq!(request(&[], Version::HTTP_10), None);
     }
 
     #[test]
