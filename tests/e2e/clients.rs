@@ -362,3 +362,117 @@ async fn a_client_that_goes_away_is_counted_and_not_logged_as_an_error() {
         .collect();
     assert!(errors.is_empty(), "{errors:#?}");
 }
+
+/// An HTTP/2 frame: 9-byte header and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
+    let mut frame = vec![length[1], length[2], length[3], kind, flags];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(payload);
+    frame
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+/// `GET /` in HPACK, from the static table (`:method GET`, `:scheme http`, `:path /`), with
+/// a literal `:authority`.
+fn h2_get_block() -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x84, 0x41, 9];
+    block.extend_from_slice(b"localhost");
+    block
+}
+
+/// Whether the server sent a GOAWAY among `received` frames.
+fn has_goaway(received: &[u8]) -> bool {
+    let mut at = 0;
+    while at + 9 <= received.len() {
+        let length = usize::from(received[at]) << 16
+            | usize::from(received[at + 1]) << 8
+            | usize::from(received[at + 2]);
+        if received[at + 3] == GOAWAY {
+            return true;
+        }
+        at += 9 + length;
+    }
+    false
+}
+
+#[tokio::test]
+async fn an_http2_client_resetting_streams_in_a_flood_is_sent_away() {
+    let origin = Origin::start("origin").await;
+    let proxy = proxy_with_limits(&origin, "{}").await;
+    // "Rapid reset" (CVE-2023-44487): open a stream and cancel it at once, thousands of times.
+    let mut bytes = H2_PREFACE.to_vec();
+    bytes.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    for i in 0..5_000u32 {
+        let stream = 2 * i + 1;
+        bytes.extend(h2_frame(
+            HEADERS,
+            END_STREAM | END_HEADERS,
+            stream,
+            &h2_get_block(),
+        ));
+        bytes.extend(h2_frame(RST_STREAM, 0, stream, &8u32.to_be_bytes()));
+    }
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    let _ = stream.write_all(&bytes).await;
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0; 65536];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the connection stays open");
+    assert!(has_goaway(&received), "no GOAWAY");
+    // Far fewer requests than streams reached the origin, and the proxy serves on.
+    assert!(
+        origin.hits() < 1_000,
+        "{} requests reached the origin",
+        origin.hits()
+    );
+    let response = client::h2c().get(proxy.url("/fine")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn an_http2_header_block_that_never_ends_is_refused() {
+    let origin = Origin::start("origin").await;
+    let proxy = proxy_with_limits(&origin, "{}").await;
+    // "CONTINUATION flood": a header block continued for ever, each frame a valid header.
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    let mut opening = H2_PREFACE.to_vec();
+    opening.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    opening.extend(h2_frame(HEADERS, END_STREAM, 1, &h2_get_block()));
+    stream.write_all(&opening).await.unwrap();
+    // A literal header without indexing: `x-flood: aaa...`.
+    let mut header = vec![0x00, 7];
+    header.extend_from_slice(b"x-flood");
+    header.push(100);
+    header.extend_from_slice(&[b'a'; 100]);
+    let continuation = h2_frame(CONTINUATION, 0, 1, &header);
+    let flood = async {
+        for _ in 0..100_000 {
+            if stream.write_all(&continuation).await.is_err() {
+                return true;
+            }
+        }
+        false
+    };
+    let cut = tokio::time::timeout(Duration::from_secs(20), flood).await;
+    assert_eq!(cut, Ok(true), "the proxy took 10 MB of one header block");
+    assert_eq!(origin.hits(), 0);
+    let response = client::h2c().get(proxy.url("/fine")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+}
