@@ -139,6 +139,8 @@ async fn a_request_body_that_stops_arriving_gets_408_at_the_body_timeout() {
     let (answer, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
     assert!(answer.contains("\"error\":\"request_timeout\""), "{answer}");
+    // The body was read before anything went upstream: the origin never saw the request.
+    assert_eq!(origin.hits(), 0);
     let lived = closed.expect("the connection stays open") - started;
     assert!(lived >= Duration::from_secs(1), "closed after {lived:?}");
     metrics_showing(&proxy, &[(&timeouts(&proxy, "body"), 1.0)]).await;
@@ -373,6 +375,7 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 }
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const DATA: u8 = 0x0;
 const HEADERS: u8 = 0x1;
 const RST_STREAM: u8 = 0x3;
 const SETTINGS: u8 = 0x4;
@@ -389,14 +392,14 @@ fn h2_get_block() -> Vec<u8> {
     block
 }
 
-/// Whether the server sent a GOAWAY among `received` frames.
-fn has_goaway(received: &[u8]) -> bool {
+/// Whether the server sent a frame of `kind` among the `received` frames.
+fn has_frame(received: &[u8], kind: u8) -> bool {
     let mut at = 0;
     while at + 9 <= received.len() {
         let length = usize::from(received[at]) << 16
             | usize::from(received[at + 1]) << 8
             | usize::from(received[at + 2]);
-        if received[at + 3] == GOAWAY {
+        if received[at + 3] == kind {
             return true;
         }
         at += 9 + length;
@@ -435,7 +438,7 @@ async fn an_http2_client_resetting_streams_in_a_flood_is_sent_away() {
     })
     .await;
     assert!(closed.is_ok(), "the connection stays open");
-    assert!(has_goaway(&received), "no GOAWAY");
+    assert!(has_frame(&received, GOAWAY), "no GOAWAY");
     // Far fewer requests than streams reached the origin, and the proxy serves on.
     assert!(
         origin.hits() < 1_000,
@@ -475,4 +478,66 @@ async fn an_http2_header_block_that_never_ends_is_refused() {
     assert_eq!(origin.hits(), 0);
     let response = client::h2c().get(proxy.url("/fine")).send().await.unwrap();
     assert_eq!(response.status(), 200);
+}
+
+#[tokio::test]
+async fn a_small_body_found_malformed_never_reaches_the_upstream() {
+    let origin = Origin::start("origin").await;
+    let proxy = proxy_with_limits(&origin, "{}").await;
+    // A chunked body that is malformed from its first chunk (a size that is not hexadecimal),
+    // and one whose length breaks its Content-Length, read ahead before going upstream.
+    for request in [
+        &b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"[..],
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nshort",
+    ] {
+        let started = Instant::now();
+        let mut stream = send(&proxy, request).await;
+        stream.shutdown().await.unwrap();
+        let (answer, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+        assert!(closed.is_some());
+        assert!(started.elapsed() < Duration::from_secs(5));
+        if request.starts_with(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer") {
+            assert!(answer.starts_with("HTTP/1.1 400 "), "{answer:?}");
+        }
+    }
+    assert_eq!(
+        origin.hits(),
+        0,
+        "the origin saw a malformed HTTP/1.1 request"
+    );
+    // HTTP/2: a body shorter than its content-length.
+    let mut headers = vec![0x83, 0x86, 0x84, 0x41, 9];
+    headers.extend_from_slice(b"localhost");
+    headers.extend_from_slice(&[0x5c, 2]);
+    headers.extend_from_slice(b"10");
+    let mut bytes = H2_PREFACE.to_vec();
+    bytes.extend(h2_frame(SETTINGS, 0, 0, &[]));
+    bytes.extend(h2_frame(HEADERS, END_HEADERS, 1, &headers));
+    bytes.extend(h2_frame(DATA, END_STREAM, 1, b"short"));
+    let mut stream = send(&proxy, &bytes).await;
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        let mut buf = [0; 4096];
+        while let Ok(n @ 1..) = stream.read(&mut buf).await {
+            received.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(
+        has_frame(&received, RST_STREAM)
+            || has_frame(&received, GOAWAY)
+            || has_frame(&received, HEADERS),
+        "no answer to the short body: {received:?}"
+    );
+    assert_eq!(origin.hits(), 0, "the origin saw a malformed request");
+    // Well-formed small bodies still arrive whole.
+    let response = client::h2c()
+        .post(proxy.url("/upload"))
+        .body("0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echo: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(echo["body_bytes"], 10);
 }

@@ -14,15 +14,12 @@ use crate::body_length::DeclaredLength;
 use crate::cache::Outcome;
 use crate::config::{Route, UpstreamId};
 use crate::metrics;
-use crate::request_buffering::RequestBuffer;
 use crate::wasm::FilterChain;
 
 pub(crate) struct RequestCtx {
     pub started: Instant,
     pub request_id: HeaderValue,
     pub route: Option<Arc<Route>>,
-    /// A small request body, held until complete.
-    pub request_buffer: RequestBuffer,
     /// Set when edgeward answered on its own (no route, no endpoint, upstream failure).
     pub refusal: Option<Refusal>,
     pub upstream: UpstreamState,
@@ -110,7 +107,6 @@ impl RequestCtx {
             started: Instant::now(),
             request_id: HeaderValue::from_static(""),
             route: None,
-            request_buffer: RequestBuffer::default(),
             refusal: None,
             upstream: UpstreamState::default(),
             cache: CacheState::default(),

@@ -29,7 +29,7 @@ use crate::config::{ResponsePhase, RouteCache};
 use crate::connections;
 use crate::geo::Geo;
 use crate::metrics;
-use crate::request_buffering::RequestBuffer;
+use crate::request_buffering;
 use crate::routing::{request_host, RouteTable};
 use crate::upstream::Upstreams;
 use crate::wasm::FilterHost;
@@ -126,7 +126,6 @@ impl ProxyHttp for Edge {
         };
         ctx.route = Some(route.clone());
         ctx.upstream.chosen = Some(route.upstream);
-        ctx.request_buffer = RequestBuffer::for_request(&session.req_header().headers);
         if let Some(route_cache) = &route.cache {
             ctx.cache.bypass = cache::bypass_reason(session.req_header(), route_cache);
             ctx.cache.on = ctx.cache.bypass.is_none() && self.cache.is_some();
@@ -145,6 +144,7 @@ impl ProxyHttp for Edge {
                 .write_continue_response()
                 .await?;
         }
+        request_buffering::read_small_body(session).await?;
         Ok(false)
     }
 
@@ -220,11 +220,6 @@ impl ProxyHttp for Edge {
         end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // A small body goes on (to the filters and upstream) once complete.
-        *body = ctx.request_buffer.pass(body.take(), end_of_stream);
-        if !end_of_stream && body.as_ref().is_some_and(Bytes::is_empty) {
-            return Ok(());
-        }
         filtering::request_body(session, body, end_of_stream, ctx).await
     }
 
