@@ -43,6 +43,7 @@ FUZZ_CASES ?= 20000
 fuzz: export PROPTEST_CASES := $(FUZZ_CASES)
 fuzz: setup
 	$(CARGO) test --locked -p edgeward --lib proptests
+	cd filters && $(CARGO) test --locked -p jwt-auth --target-dir $(FILTERS_TARGET_DIR) proptests
 
 # edgeward against nginx on this machine (bench/run.py; docs/benchmarks.md), then the
 # in-process costs of the filter host. BENCH_SECONDS, BENCH_ROUNDS and BENCH_ONLY tune the first.

@@ -102,6 +102,8 @@ pub mod verify;
 mod filter;
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod test_keys;
 
 proxy_wasm::main! {{

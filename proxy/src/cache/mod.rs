@@ -8,12 +8,14 @@ mod index;
 pub(crate) mod key;
 mod meta;
 pub(crate) mod policy;
+#[cfg(test)]
+mod proptests;
 mod status;
 mod store;
 
 use std::borrow::Cow;
 use std::net::IpAddr;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::predictor::Predictor;
@@ -198,8 +200,10 @@ pub(crate) fn admission(
                 stored,
             );
             // The `Age` of hits counts from when the response was generated, not received
-            // (RFC 9111 §4.2.3): it already was `age` old.
-            if let Some(born) = now.checked_sub(age).filter(|_| !age.is_zero()) {
+            // (RFC 9111 §4.2.3): it already was `age` old. Not born before the epoch, though,
+            // which a stored meta cannot say (`Age: 2000000000` is 63 years).
+            if !age.is_zero() {
+                let born = now.checked_sub(age).unwrap_or(UNIX_EPOCH).max(UNIX_EPOCH);
                 meta.set_epoch_override(born);
             }
             RespCacheable::Cacheable(meta)

@@ -9,8 +9,7 @@ use http::header::{
     AGE, AUTHORIZATION, CONTENT_LENGTH, DATE, ETAG, EXPIRES, IF_MODIFIED_SINCE, IF_NONE_MATCH,
     LAST_MODIFIED, SET_COOKIE, VARY,
 };
-use http::HeaderName;
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use pingora::cache::cache_control::{CacheControl, DirectiveKey, DELTA_SECONDS_OVERFLOW_VALUE};
 use pingora::cache::key::HashBinary;
 use pingora::cache::VarianceBuilder;
@@ -190,7 +189,7 @@ impl Directives {
             .unwrap_or(ControlField::Cache);
         Directives {
             field,
-            parsed: CacheControl::from_headers_named(field.header_name(), headers),
+            parsed: parse_directives(field.header_name(), headers),
         }
     }
 
@@ -217,6 +216,26 @@ impl Directives {
         };
         Some(delta_seconds(bytes).unwrap_or(Duration::ZERO))
     }
+}
+
+/// The directives of field `name`. Whitespace at the start of a line is not part of its value
+/// (RFC 9110 §5.5): the HTTP/1 parser drops it, but a filter's header writes (`before_cache`)
+/// can keep it, and Pingora's parser would then miss the line's first directive (`\tprivate`).
+fn parse_directives(name: &'static str, headers: &HeaderMap) -> Option<CacheControl> {
+    let lines = headers.get_all(name);
+    if !lines
+        .iter()
+        .any(|line| line.as_bytes().first().is_some_and(u8::is_ascii_whitespace))
+    {
+        return CacheControl::from_headers_named(name, headers);
+    }
+    let mut trimmed = HeaderMap::new();
+    for line in lines {
+        if let Ok(value) = HeaderValue::from_bytes(line.as_bytes().trim_ascii_start()) {
+            trimmed.append(HeaderName::from_static(name), value);
+        }
+    }
+    CacheControl::from_headers_named(name, &trimmed)
 }
 
 /// How long the response is fresh from its generation (RFC 9111 §4.2.1), or `None` when it gives
@@ -630,13 +649,14 @@ mod sf {
     ];
 
     /// Whether the response has a `CDN-Cache-Control` that is a valid dictionary, its lines
-    /// joined, with integers for the directives that count seconds.
+    /// joined (without the whitespace around them, which is not part of a field's value),
+    /// with integers for the directives that count seconds.
     pub(super) fn valid_cdn_cache_control(headers: &HeaderMap) -> bool {
         let mut lines = headers.get_all("cdn-cache-control").iter().peekable();
         if lines.peek().is_none() {
             return false;
         }
-        let joined: Vec<&[u8]> = lines.map(|line| line.as_bytes()).collect();
+        let joined: Vec<&[u8]> = lines.map(|line| line.as_bytes().trim_ascii()).collect();
         let joined = joined.join(&b","[..]);
         Parser {
             input: &joined,
@@ -969,6 +989,46 @@ mod tests {
             let decision = decide_get(200, &[("cache-control", value)], &ROUTE);
             assert_eq!(decision, skip(SkipReason::Private), "{value}");
         }
+    }
+
+    /// Found by `cache::proptests::no_store_is_never_stored` and `private_is_never_stored`:
+    /// a line that started with whitespace hid its first directive.
+    #[test]
+    fn whitespace_before_a_line_hides_no_directive() {
+        for (field, value) in [
+            ("cache-control", "  No-stOre=23.68"),
+            ("cache-control", "\tprivate, max-age=60"),
+            ("cdn-cache-control", "\tprivate"),
+            ("surrogate-control", " no-store"),
+        ] {
+            let headers = [("cache-control", "public, max-age=60"), (field, value)];
+            let decision = decide_get(
+                200,
+                &headers[usize::from(field == "cache-control")..],
+                &ROUTE,
+            );
+            assert!(
+                matches!(
+                    decision,
+                    Decision::Skip(SkipReason::NoStore | SkipReason::Private)
+                ),
+                "{field}: {value:?} gave {decision:?}"
+            );
+        }
+        // The regression of the property: `CDN-Cache-Control` governs, its second line private.
+        let decision = decide_get(
+            200,
+            &[
+                ("cache-control", "max-age=60"),
+                ("cdn-cache-control", "immutable=qgo"),
+                (
+                    "cdn-cache-control",
+                    "\tprivate=\"set-cookie, must-revalidate\"",
+                ),
+            ],
+            &ROUTE,
+        );
+        assert_eq!(decision, skip(SkipReason::Private));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 mod diagnostic;
 mod model;
 #[cfg(test)]
-mod proptests;
+pub(crate) mod proptests;
 mod raw;
 mod units;
 mod validate;

@@ -17,7 +17,9 @@ const PATH: &str = "/nonexistent-edgeward-proptests/c.yaml";
 /// Cases per property when `PROPTEST_CASES` does not say: few, as `make test` runs them.
 const DEFAULT_CASES: u32 = 64;
 
-fn proptest_config() -> ProptestConfig {
+/// The configuration of every property test of edgeward: [`DEFAULT_CASES`] unless
+/// `PROPTEST_CASES` says, and no regression files.
+pub(crate) fn proptest_config() -> ProptestConfig {
     let mut config = ProptestConfig::default();
     if std::env::var_os("PROPTEST_CASES").is_none() {
         config.cases = DEFAULT_CASES;

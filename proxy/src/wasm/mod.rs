@@ -21,6 +21,8 @@ mod instance;
 mod mailbox;
 mod plugin;
 mod preinit;
+#[cfg(test)]
+mod proptests;
 mod reaper;
 mod services;
 mod shared;
