@@ -9,6 +9,10 @@
 //! [`Connection`] when a request head was complete and when the response was done; [`Guarded`]
 //! runs the connection with the deadline that follows and drops it when the deadline passes,
 //! after a `408` if a request had begun.
+//!
+//! On a TLS listener the guard first runs the TLS handshake (`tls::Acceptor`), under the same
+//! deadline: the handshake and the first request head must together arrive within
+//! `header_timeout` of accept. Pingora then gets the TLS stream, wrapped like any other.
 
 use std::fmt;
 use std::future::Future;
@@ -34,6 +38,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::config::{ClientLimits, Listener};
 use crate::metrics;
+use crate::tls::{self, TlsError};
 
 /// What a client whose request head timed out is told before the connection closes.
 const REQUEST_TIMEOUT: &[u8] =
@@ -55,6 +60,8 @@ enum Phase {
     Idle,
     /// HTTP/2: streams and idleness are bounded by the HTTP/2 settings.
     H2,
+    /// A TLS listener's handshake, before any request.
+    Handshake,
 }
 
 /// The state a connection's stream, the proxy and its guard share. They all run in the
@@ -74,11 +81,11 @@ pub(crate) struct Connection {
 }
 
 impl Connection {
-    fn new(limits: ClientLimits, listener: Arc<str>) -> Self {
+    fn new(limits: ClientLimits, listener: Arc<str>, phase: Phase) -> Self {
         Connection {
             limits,
             listener,
-            phase: AtomicU8::new(Phase::Head as u8),
+            phase: AtomicU8::new(phase as u8),
             began: AtomicBool::new(false),
             handshaken: AtomicBool::new(false),
             deadline: AtomicU64::new(Deadline::encode(Some(limits.header_timeout))),
@@ -91,8 +98,14 @@ impl Connection {
             0 => Phase::Head,
             1 => Phase::Request,
             2 => Phase::Idle,
-            _ => Phase::H2,
+            3 => Phase::H2,
+            _ => Phase::Handshake,
         }
+    }
+
+    /// A new phase under the same deadline.
+    fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
     }
 
     fn enter(&self, phase: Phase, deadline: Option<Duration>) {
@@ -134,7 +147,7 @@ impl Connection {
             {
                 self.enter(Phase::H2, None)
             }
-            Phase::Request | Phase::H2 => {}
+            Phase::Request | Phase::H2 | Phase::Handshake => {}
         }
     }
 }
@@ -183,6 +196,16 @@ impl ClientStream {
 
     /// Once the deadline passed: offers the `408` (when a request began) and reads nothing
     /// more; the guard closes the connection.
+    fn wrap(inner: Stream, connection: Arc<Connection>) -> Stream {
+        Box::new(ClientStream {
+            inner,
+            connection,
+            peeked: Vec::new(),
+            total: 0,
+            answered: false,
+        })
+    }
+
     fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if !self.answered {
             self.answered = true;
@@ -398,6 +421,24 @@ struct ListenerSlots {
     name: Arc<str>,
     limits: ClientLimits,
     open: AtomicUsize,
+    /// The handshakes of a TLS listener.
+    tls: Option<tls::Acceptor>,
+}
+
+/// Of `listeners` (each with its `address`), the one that accepts connections to `local`: the
+/// listener of that address, or else one on an unspecified address (`0.0.0.0`, `::`), which
+/// accepts for every address of its port.
+pub(crate) fn listener_at<T>(
+    listeners: &[T],
+    address: impl Fn(&T) -> SocketAddr,
+    local: SocketAddr,
+) -> Option<&T> {
+    listeners.iter().find(|l| address(l) == local).or_else(|| {
+        listeners.iter().find(|l| {
+            let address = address(l);
+            address.port() == local.port() && address.ip().is_unspecified()
+        })
+    })
 }
 
 /// Counts a connection as open on its listener for as long as it lives.
@@ -420,33 +461,33 @@ pub(crate) struct Guarded<A> {
 }
 
 impl<A> Guarded<A> {
-    pub(crate) fn new(app: A, listeners: &[Listener]) -> Self {
-        Guarded {
-            app: Arc::new(app),
-            listeners: listeners
-                .iter()
-                .map(|l| ListenerSlots {
+    pub(crate) fn new(app: A, listeners: &[Listener]) -> Result<Self, TlsError> {
+        let listeners = listeners
+            .iter()
+            .map(|l| {
+                let name: Arc<str> = Arc::from(l.address.to_string());
+                let tls = match &l.tls {
+                    Some(settings) => Some(tls::Acceptor::new(l.address, name.clone(), settings)?),
+                    None => None,
+                };
+                Ok(ListenerSlots {
                     address: l.address,
-                    name: Arc::from(l.address.to_string()),
+                    name,
                     limits: l.client,
                     open: AtomicUsize::new(0),
+                    tls,
                 })
-                .collect(),
-        }
+            })
+            .collect::<Result<_, TlsError>>()?;
+        Ok(Guarded {
+            app: Arc::new(app),
+            listeners,
+        })
     }
 
-    /// The listener that accepted a connection to `local` (the port decides; a listener on
-    /// an unspecified address accepts for every address of its port).
+    /// The listener that accepted a connection to `local`.
     fn listener(&self, local: Option<SocketAddr>) -> Option<&ListenerSlots> {
-        let local = local?;
-        self.listeners
-            .iter()
-            .find(|l| l.address == local)
-            .or_else(|| {
-                self.listeners
-                    .iter()
-                    .find(|l| l.address.port() == local.port() && l.address.ip().is_unspecified())
-            })
+        listener_at(&self.listeners, |l| l.address, local?)
     }
 
     /// A place for a new connection, or `None` when its listener is full.
@@ -484,64 +525,98 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             return self.app.process_new(stream, shutdown).await;
         };
         let _slot = self.admit(listener)?;
-        let connection = Arc::new(Connection::new(listener.limits, listener.name.clone()));
-        let stream: Stream = Box::new(ClientStream {
-            inner: stream,
-            connection: connection.clone(),
-            peeked: Vec::new(),
-            total: 0,
-            answered: false,
-        });
-        let mut serve = self.app.process_new(stream, shutdown);
-        let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
-        let mut armed = None;
-        std::future::poll_fn(|cx| {
-            if let Poll::Ready(out) = serve.as_mut().poll(cx) {
-                return Poll::Ready(out);
-            }
-            // The proxy moves the deadline as requests come and go. The timer is re-armed at
-            // once only for an earlier deadline; a later one is taken up when the timer fires,
-            // which keeps timer updates off the path of every request.
-            loop {
-                let Some(deadline) = connection.deadline() else {
-                    return Poll::Pending;
-                };
-                if armed.is_none_or(|at| deadline < at) {
-                    armed = Some(deadline);
-                    timer.as_mut().reset(deadline.into());
-                }
-                if timer.as_mut().poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                match armed {
-                    Some(at) if deadline > at => {
-                        armed = Some(deadline);
-                        timer.as_mut().reset(deadline.into());
-                    }
-                    _ => break,
-                }
-            }
-            let kind = match connection.phase() {
-                Phase::Idle => "idle",
-                Phase::Head | Phase::H2 | Phase::Request => "header",
-            };
-            metrics::global()
-                .client_timeouts
-                .with_label_values(&[&connection.listener, kind])
-                .inc();
-            log::debug!(
-                "closing a client connection on {}: {kind} timeout",
-                connection.listener
-            );
-            // One more turn lets a reader waiting for the head offer its `408`.
-            connection.expired.store(true, Ordering::Relaxed);
-            let _ = serve.as_mut().poll(cx);
-            Poll::Ready(None)
-        })
-        .await
+        let Some(tls) = &listener.tls else {
+            let connection = Arc::new(Connection::new(
+                listener.limits,
+                listener.name.clone(),
+                Phase::Head,
+            ));
+            let stream = ClientStream::wrap(stream, connection.clone());
+            return guard(&connection, None, self.app.process_new(stream, shutdown)).await;
+        };
+        let connection = Arc::new(Connection::new(
+            listener.limits,
+            listener.name.clone(),
+            Phase::Handshake,
+        ));
+        let serve = async {
+            let stream = tls.accept(stream).await?;
+            // Pingora serves HTTP/2 when ALPN chose it; its preface is held to the deadline
+            // that bounded the handshake.
+            connection.set_phase(match stream.selected_alpn_proto() {
+                Some(ALPN::H2) => Phase::H2,
+                _ => Phase::Head,
+            });
+            let stream = ClientStream::wrap(Box::new(stream), connection.clone());
+            self.app.process_new(stream, shutdown).await
+        };
+        guard(&connection, Some(tls), serve).await
     }
 
     async fn cleanup(&self) {
         self.app.cleanup().await
     }
+}
+
+/// Runs a connection (`serve`) until it ends or its deadline passes; then the connection is
+/// closed, after the `408` a begun request gets. A TLS listener's `tls` counts the handshakes
+/// that time out.
+async fn guard(
+    connection: &Connection,
+    tls: Option<&tls::Acceptor>,
+    serve: impl Future<Output = Option<Stream>>,
+) -> Option<Stream> {
+    let mut serve = std::pin::pin!(serve);
+    let mut timer = Box::pin(tokio::time::sleep(Duration::ZERO));
+    let mut armed = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = serve.as_mut().poll(cx) {
+            return Poll::Ready(out);
+        }
+        // The proxy moves the deadline as requests come and go. The timer is re-armed at
+        // once only for an earlier deadline; a later one is taken up when the timer fires,
+        // which keeps timer updates off the path of every request.
+        loop {
+            let Some(deadline) = connection.deadline() else {
+                return Poll::Pending;
+            };
+            if armed.is_none_or(|at| deadline < at) {
+                armed = Some(deadline);
+                timer.as_mut().reset(deadline.into());
+            }
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match armed {
+                Some(at) if deadline > at => {
+                    armed = Some(deadline);
+                    timer.as_mut().reset(deadline.into());
+                }
+                _ => break,
+            }
+        }
+        let kind = match connection.phase() {
+            Phase::Idle => "idle",
+            Phase::Handshake => {
+                if let Some(tls) = tls {
+                    tls.timed_out();
+                }
+                "header"
+            }
+            Phase::Head | Phase::H2 | Phase::Request => "header",
+        };
+        metrics::global()
+            .client_timeouts
+            .with_label_values(&[&connection.listener, kind])
+            .inc();
+        log::debug!(
+            "closing a client connection on {}: {kind} timeout",
+            connection.listener
+        );
+        // One more turn lets a reader waiting for the head offer its `408`.
+        connection.expired.store(true, Ordering::Relaxed);
+        let _ = serve.as_mut().poll(cx);
+        Poll::Ready(None)
+    })
+    .await
 }

@@ -23,5 +23,6 @@ mod request_buffering;
 mod routing;
 pub mod server;
 mod sync;
+mod tls;
 mod upstream;
 pub mod wasm;

@@ -45,6 +45,9 @@ pub(crate) struct Metrics {
     pub cache_purged: IntCounterVec,
     pub cache_disk_errors: IntCounterVec,
     pub access_log_dropped: IntCounter,
+    pub tls_handshakes: IntCounterVec,
+    pub tls_connections: IntCounterVec,
+    pub tls_certificate_expiry: IntGaugeVec,
     custom: Mutex<Custom>,
 }
 
@@ -221,6 +224,21 @@ impl Metrics {
                 "Access log lines dropped because the log target did not keep up.",
             )
             .unwrap_or_else(|e| unreachable_metric("edgeward_access_log_dropped_total", e)),
+            tls_handshakes: counter(
+                "edgeward_tls_handshakes_total",
+                "TLS handshakes on client connections, by listener and result (ok, no_certificate, protocol_version, certificate_rejected, plaintext_http, not_tls, timeout, error).",
+                &["listener", "result"],
+            ),
+            tls_connections: counter(
+                "edgeward_tls_connections_total",
+                "Client connections that completed their TLS handshake, by listener, TLS version and handshake (full, resumed).",
+                &["listener", "version", "handshake"],
+            ),
+            tls_certificate_expiry: gauge(
+                "edgeward_tls_certificate_expiry_seconds",
+                "When each listener certificate expires (its notAfter), in seconds since the Unix epoch, by certificate.",
+                &["certificate"],
+            ),
             custom: Mutex::new(Custom::default()),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -249,6 +267,9 @@ impl Metrics {
             Box::new(metrics.cache_purged.clone()),
             Box::new(metrics.cache_disk_errors.clone()),
             Box::new(metrics.access_log_dropped.clone()),
+            Box::new(metrics.tls_handshakes.clone()),
+            Box::new(metrics.tls_connections.clone()),
+            Box::new(metrics.tls_certificate_expiry.clone()),
         ];
         for collector in collectors {
             if let Err(e) = metrics.registry.register(collector) {

@@ -23,6 +23,7 @@ use crate::connections::Guarded;
 use crate::edge::Edge;
 use crate::geo::{Geo, GeoError};
 use crate::routing::RouteTable;
+use crate::tls::TlsError;
 use crate::upstream::{UpstreamError, Upstreams};
 use crate::wasm::{FilterHost, WasmError};
 
@@ -43,6 +44,8 @@ pub enum ServerError {
     Cache(#[from] CacheError),
     #[error("cannot open the access log")]
     AccessLog(#[source] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 /// Binds `address` as Pingora will (with `SO_REUSEADDR`) and lets it go, without listening: a
@@ -94,7 +97,13 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let addresses: Vec<String> = config
         .listeners
         .iter()
-        .map(|l| format!("http://{}", l.address))
+        .map(|l| match (&l.tls, l.redirect_https) {
+            (Some(_), _) => format!("https://{}", l.address),
+            (None, Some(port)) => {
+                format!("http://{} (redirecting to https port {port})", l.address)
+            }
+            (None, None) => format!("http://{}", l.address),
+        })
         .collect();
     let geo = match &config.geo {
         Some(settings) => Some(Arc::new(Geo::open(
@@ -103,8 +112,14 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         )?)),
         None => None,
     };
+    let redirects = config
+        .listeners
+        .iter()
+        .filter_map(|l| Some((l.address, l.redirect_https?)))
+        .collect();
     let edge = Edge::new(
         RouteTable::new(config.routes),
+        redirects,
         upstreams,
         filters,
         geo,
@@ -130,7 +145,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     http.handle_init_modules();
     let mut proxy = Service::new(
         "edgeward".to_string(),
-        Guarded::new(http, &config.listeners),
+        Guarded::new(http, &config.listeners)?,
     );
     for listener in &config.listeners {
         proxy.add_tcp(&listener.address.to_string());

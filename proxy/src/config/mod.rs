@@ -312,6 +312,92 @@ mod tests {
         );
     }
 
+    /// A folder with `a.pem`/`a.key` (for `a.test` and `*.a.test`) and `b.key` (another key).
+    fn certificate_files() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names = vec!["a.test".to_string(), "*.a.test".to_string()];
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.path().join("a.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("a.key"), key.serialize_pem()).unwrap();
+        let other = rcgen::KeyPair::generate().unwrap();
+        std::fs::write(dir.path().join("b.key"), other.serialize_pem()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn tls_listeners_load_their_certificates() {
+        let dir = certificate_files();
+        let text = "listeners:\n  - address: 127.0.0.1:8443\n    tls:\n      certificates:\n        - {cert: a.pem, key: a.key}\n        - {cert: a.pem, key: a.key, hosts: [Api.Example.test, '*.example.test']}\n      default: a.pem\n      min_version: '1.3'\n      alpn: [http/1.1]\n  - {address: 127.0.0.1:8080, redirect_https: true}\n  - {address: 127.0.0.1:8081, redirect_https: 8443}\n  - {address: 127.0.0.1:8082, redirect_https: false}\nupstreams: {u: {builtin: echo}}\nroutes: [{upstream: u}]\n";
+        let config = from_str(text, &dir.path().join("e.yaml")).unwrap();
+        let tls = config.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(tls.default, TlsDefault::Certificate(0));
+        assert_eq!(tls.min_version, TlsVersion::Tls13);
+        assert_eq!(tls.alpn, [Alpn::Http11]);
+        assert_eq!(tls.certificates[0].name, "a.pem");
+        let served = |i: usize| -> Vec<String> {
+            tls.certificates[i]
+                .served
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(served(0), ["a.test", "*.a.test"]);
+        assert_eq!(served(1), ["api.example.test", "*.example.test"]);
+        let redirects: Vec<Option<u16>> =
+            config.listeners.iter().map(|l| l.redirect_https).collect();
+        assert_eq!(redirects, [None, Some(443), Some(8443), None]);
+        // Defaults: the first certificate, TLS 1.2 and up, h2 then http/1.1.
+        let text = "listeners: [{address: 127.0.0.1:8443, tls: {certificates: [{cert: a.pem, key: a.key}]}}]\nupstreams: {u: {builtin: echo}}\nroutes: [{upstream: u}]\n";
+        let config = from_str(text, &dir.path().join("e.yaml")).unwrap();
+        let tls = config.listeners[0].tls.as_ref().unwrap();
+        assert_eq!(
+            (tls.default, tls.min_version, tls.alpn.as_slice()),
+            (
+                TlsDefault::Certificate(0),
+                TlsVersion::Tls12,
+                [Alpn::H2, Alpn::Http11].as_slice()
+            )
+        );
+    }
+
+    #[test]
+    fn tls_problems_are_placed() {
+        let dir = certificate_files();
+        let text = "listeners:\n  - address: 127.0.0.1:8443\n    tls:\n      certificates:\n        - {cert: missing.pem, key: a.key}\n        - {cert: a.pem, key: b.key}\n        - {cert: a.pem, key: a.key, hosts: ['bad host', '']}\n        - {cert: a.pem}\n      default: c.pem\n      min_version: '1.1'\n      alpn: [h2, spdy, h2]\n  - {address: 127.0.0.1:8080, redirect_https: maybe}\n  - {address: 127.0.0.1:8081, redirect_https: true, tls: {certificates: [{cert: a.pem, key: a.key}]}}\n  - {address: 127.0.0.1:8082, tls: {certificates: []}}\n  - {address: 127.0.0.1:8083, tls: {}}\nupstreams: {u: {builtin: echo}}\nroutes: [{upstream: u}]\n";
+        let problems = match from_str(text, &dir.path().join("e.yaml")) {
+            Err(ConfigError::Invalid { problems, .. }) => problems
+                .iter()
+                .map(|p| {
+                    p.to_string()
+                        .replace(&dir.path().display().to_string(), "DIR")
+                })
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            problems,
+            [
+                "5:18: tls: cannot read `DIR/missing.pem`: No such file or directory (os error 2)",
+                "6:30: tls: the key in `DIR/b.key` does not belong to the certificate in `DIR/a.pem` (the first certificate of the file must be the server's own, followed by its intermediates)",
+                "7:45: `hosts`: `bad host` is not a host name like `api.example.com` or `*.example.com`",
+                "7:57: `hosts`: `` is not a host name like `api.example.com` or `*.example.com`",
+                "8:11: a certificate needs `cert` (its PEM chain) and `key` (its PEM private key)",
+                "9:16: `default` names `c.pem`, which is not the `cert` of one of this listener's certificates (missing.pem, a.pem, a.pem, a.pem); or write `default: reject`",
+                "10:20: unknown min_version `1.1`; expected one of: 1.2, 1.3",
+                "11:18: unknown alpn protocol `spdy`; expected h2 or http/1.1",
+                "11:24: alpn protocol `h2` is listed twice",
+                "12:47: `redirect_https` must be true, false or the HTTPS port (1 to 65535), found `maybe`",
+                "13:47: `redirect_https` is for plain-HTTP listeners; this one has `tls`",
+                "14:51: `certificates` needs at least one `{cert: FILE, key: FILE}`",
+                "15:36: `tls` needs `certificates`: a list of `{cert: FILE, key: FILE}`",
+            ]
+        );
+    }
+
     #[test]
     fn caching_routes_get_cache_defaults() {
         let text = "listeners: [{address: 127.0.0.1:8080}]\nupstreams: {u: {endpoints: ['127.0.0.1:9000']}}\nroutes:\n  - {upstream: u, match: {path_prefix: /a/}}\n  - {match: {path_prefix: /s/}, upstream: u, cache: {default_ttl: 1m, key: [host, path, 'header:x-device', 'cookie:tier'], bypass: {headers: [authorization], cookies: [session]}}}\n";

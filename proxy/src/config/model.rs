@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -170,11 +171,74 @@ pub enum FailurePolicy {
     FailOpen,
 }
 
-/// A plain-HTTP listener; it speaks HTTP/1.x and cleartext HTTP/2 (prior knowledge).
+/// A listener: plain HTTP (HTTP/1.x and cleartext HTTP/2 with prior knowledge), or HTTPS
+/// when it has `tls` (HTTP/1.x and HTTP/2 as ALPN negotiates).
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub address: SocketAddr,
     pub client: ClientLimits,
+    pub tls: Option<ListenerTls>,
+    /// A plain-HTTP listener that answers every request with `308` to `https://` on this
+    /// port.
+    pub redirect_https: Option<u16>,
+}
+
+/// What a TLS listener serves.
+#[derive(Debug, Clone)]
+pub struct ListenerTls {
+    /// In the order written; the first that serves a name wins.
+    pub certificates: Vec<TlsCertificate>,
+    /// For clients that send no SNI, or one no certificate serves.
+    pub default: TlsDefault,
+    pub min_version: TlsVersion,
+    /// Offered in this order of preference; empty: no ALPN (HTTP/1.x only).
+    pub alpn: Vec<Alpn>,
+}
+
+/// One certificate of a listener, loaded and checked.
+#[derive(Debug, Clone)]
+pub struct TlsCertificate {
+    /// The `cert` path as written in the configuration: the certificate's name in messages
+    /// and metrics.
+    pub name: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// The names SNI is matched against: `hosts` when given, else the certificate's DNS
+    /// names.
+    pub(crate) served: Vec<crate::tls::certificate::ServedName>,
+    pub(crate) loaded: Arc<crate::tls::certificate::Certificate>,
+}
+
+/// The certificate for a client whose SNI no certificate serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsDefault {
+    /// Index in [`ListenerTls::certificates`].
+    Certificate(usize),
+    /// The handshake fails.
+    Reject,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum TlsVersion {
+    Tls12,
+    Tls13,
+}
+
+/// Application protocols a TLS listener offers in ALPN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Alpn {
+    H2,
+    Http11,
+}
+
+impl Alpn {
+    /// The protocol's ALPN identifier.
+    pub fn id(self) -> &'static [u8] {
+        match self {
+            Alpn::H2 => b"h2",
+            Alpn::Http11 => b"http/1.1",
+        }
+    }
 }
 
 /// What a listener allows each client: how long it may take to send a request head, stay

@@ -140,6 +140,25 @@ pub(super) struct RawLimits {
 pub(super) struct RawListener {
     pub address: Option<Located<String>>,
     pub client: Option<Located<RawClient>>,
+    pub tls: Option<Located<RawTls>>,
+    /// `true`, `false` or a port.
+    pub redirect_https: Option<Located<String>>,
+}
+
+/// A listener's `tls:`.
+#[derive(Debug, Deserialize)]
+pub(super) struct RawTls {
+    pub certificates: Option<Located<Vec<Located<RawCertificate>>>>,
+    pub default: Option<Located<String>>,
+    pub min_version: Option<Located<String>>,
+    pub alpn: Option<Located<Vec<Located<String>>>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RawCertificate {
+    pub cert: Option<Located<String>>,
+    pub key: Option<Located<String>>,
+    pub hosts: Option<Located<Vec<Located<String>>>>,
 }
 
 /// `client:`, at the top level and per listener.

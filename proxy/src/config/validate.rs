@@ -15,6 +15,7 @@ use super::units::{parse_duration, parse_size};
 use super::yaml::Located;
 
 mod cache;
+mod tls;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const DEFAULT_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -537,10 +538,25 @@ impl<'a> Validator<'a> {
                 Ok(addr) if !seen.insert(addr) => {
                     self.error(address.mark, format!("listener address {addr} is used twice"))
                 }
-                Ok(addr) => listeners.push(Listener {
-                    address: addr,
-                    client: self.client(listener.client.as_ref(), client),
-                }),
+                Ok(addr) => {
+                    let tls = listener.tls.as_ref().and_then(|tls| self.listener_tls(tls));
+                    let redirect_https = listener.redirect_https.as_ref().and_then(|redirect| {
+                        let port = self.redirect_https(redirect);
+                        if port.is_some() && listener.tls.is_some() {
+                            self.error(
+                                redirect.mark,
+                                "`redirect_https` is for plain-HTTP listeners; this one has `tls`",
+                            );
+                        }
+                        port
+                    });
+                    listeners.push(Listener {
+                        address: addr,
+                        client: self.client(listener.client.as_ref(), client),
+                        tls,
+                        redirect_https,
+                    })
+                }
                 Err(_) => self.error(
                     address.mark,
                     format!(

@@ -188,6 +188,30 @@ pub(super) fn json(
     Ok((head, Bytes::from(body)))
 }
 
+/// `308 Permanent Redirect` to the request's URL on HTTPS (`port`), for listeners with
+/// `redirect_https`; `400` when the request names no usable host.
+pub(super) async fn redirect_to_https(
+    session: &mut Session,
+    request_id: &HeaderValue,
+    port: u16,
+) -> Result<()> {
+    let local = session
+        .server_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip());
+    let Some(location) = super::forwarding::https_location(session.req_header(), port, local)
+    else {
+        session.set_keepalive(None);
+        let message = "the request names no host to redirect to";
+        return refuse(session, request_id, Refusal::BadRequest, message).await;
+    };
+    let mut head = ResponseHeader::build(308, Some(3))?;
+    head.insert_header(header::LOCATION, location)?;
+    head.insert_header(REQUEST_ID, request_id.clone())?;
+    head.set_content_length(0)?;
+    send(session, (head, Bytes::new())).await
+}
+
 /// Writes a whole answer, then reads what the client is still sending.
 pub(super) async fn send(
     session: &mut Session,

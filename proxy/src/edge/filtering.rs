@@ -11,7 +11,7 @@ use pingora::prelude::*;
 
 use super::answers::{self, closed_by_filter, Answer};
 use super::context::RequestCtx;
-use super::forwarding::protocol_name;
+use super::forwarding::{protocol_name, scheme};
 use crate::body_length::{DeclaredLength, LengthMismatch};
 use crate::config::{ResponsePhase, Route};
 use crate::geo::Geo;
@@ -43,6 +43,7 @@ pub(super) fn stream_info(
         geo: geo.cloned(),
         server: session.server_addr().and_then(|a| a.as_inet()).copied(),
         protocol: protocol_name(session.req_header().version),
+        scheme: scheme(session),
         request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
         route: Arc::from(route.name.as_str()),
         upstream: Arc::from(upstreams.get(route.upstream).name()),

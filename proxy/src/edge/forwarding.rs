@@ -109,6 +109,44 @@ pub(super) fn rewrite_upstream_request(
     add_forwarding_headers(session, upstream_request)
 }
 
+/// `https://host[:port]/path?query`: the request's URL on HTTPS at `port` (left out when it
+/// is 443). The host is the request's (`:authority` or `Host`, without its port); a request
+/// without a usable one is sent to the address it came to, `local`.
+pub(super) fn https_location(
+    req: &RequestHeader,
+    port: u16,
+    local: Option<std::net::IpAddr>,
+) -> Option<HeaderValue> {
+    let host = crate::routing::request_host(req).filter(|host| {
+        let name = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_');
+        let ipv6 = |b: u8| b.is_ascii_hexdigit() || matches!(b, b':' | b'.');
+        match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+            Some(literal) => !literal.is_empty() && literal.bytes().all(ipv6),
+            None => !host.is_empty() && host.bytes().all(name),
+        }
+    });
+    let mut location = String::with_capacity(64);
+    location.push_str("https://");
+    match (host, local) {
+        (Some(host), _) => location.push_str(host),
+        (None, Some(std::net::IpAddr::V4(ip))) => {
+            let _ = write!(location, "{ip}");
+        }
+        (None, Some(std::net::IpAddr::V6(ip))) => {
+            let _ = write!(location, "[{ip}]");
+        }
+        (None, None) => return None,
+    }
+    if port != 443 {
+        let _ = write!(location, ":{port}");
+    }
+    match req.uri.path_and_query().map(|pq| pq.as_str()) {
+        Some(path) if path.starts_with('/') => location.push_str(path),
+        _ => location.push('/'),
+    }
+    HeaderValue::from_str(&location).ok()
+}
+
 /// Keeps a sane client-supplied request id (so traces join up), otherwise makes a new one.
 pub(super) fn request_id(req: &RequestHeader) -> HeaderValue {
     let supplied = req.headers.get(REQUEST_ID).filter(|v| {
@@ -141,6 +179,15 @@ fn new_request_id() -> HeaderValue {
     match hex::encode_to_slice(raw, &mut id) {
         Ok(()) => HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0")),
         Err(_) => HeaderValue::from_static("0"),
+    }
+}
+
+/// The scheme the client used: `https` on a TLS connection, else `http`.
+pub(super) fn scheme(session: &Session) -> &'static str {
+    if session.digest().is_some_and(|d| d.ssl_digest.is_some()) {
+        "https"
+    } else {
+        "http"
     }
 }
 
@@ -185,7 +232,8 @@ fn add_forwarding_headers(session: &Session, upstream_request: &mut RequestHeade
         let _ = write!(chain, "{}", client.ip());
         upstream_request.insert_header("x-forwarded-for", chain)?;
     }
-    upstream_request.insert_header("x-forwarded-proto", HeaderValue::from_static("http"))?;
+    let proto = HeaderValue::from_static(scheme(session));
+    upstream_request.insert_header("x-forwarded-proto", proto)?;
     let original_host = match downstream.uri.authority() {
         Some(authority) => Some(HeaderValue::from_str(authority.as_str()).ok()),
         None => Some(downstream.headers.get(header::HOST).cloned()),
@@ -286,6 +334,38 @@ mod tests {
         assert!(request(&[], Version::HTTP_11).is_some());
         assert!(request(&["a", "a"], Version::HTTP_11).is_some());
         assert_eq!(request(&[], Version::HTTP_10), None);
+    }
+
+    #[test]
+    fn https_locations_keep_the_host_path_and_query_and_drop_the_port() {
+        let location = |target: &str, host: Option<&str>, port: u16| {
+            let mut req = RequestHeader::build("GET", target.as_bytes(), None).unwrap();
+            if let Some(host) = host {
+                req.insert_header("host", host).unwrap();
+            }
+            let local = "192.0.2.1".parse().ok();
+            https_location(&req, port, local).map(|v| v.to_str().unwrap().to_string())
+        };
+        let at = |s: &str| Some(s.to_string());
+        assert_eq!(
+            location("/a/b?x=1&y", Some("Example.test:8080"), 443),
+            at("https://Example.test/a/b?x=1&y")
+        );
+        assert_eq!(
+            location("/", Some("example.test"), 8443),
+            at("https://example.test:8443/")
+        );
+        assert_eq!(
+            location("/p", Some("[::1]:8080"), 443),
+            at("https://[::1]/p")
+        );
+        assert_eq!(
+            location("http://other.test:81/x?q", Some("ignored.test"), 443),
+            at("https://other.test/x?q")
+        );
+        assert_eq!(location("/p", None, 443), at("https://192.0.2.1/p"));
+        assert_eq!(location("/p", Some("a\"b"), 443), at("https://192.0.2.1/p"));
+        assert_eq!(location("*", Some("x.test"), 443), at("https://x.test/"));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! (routing, upstream, cache, the filter host, the access log) what to do and applies the
 //! answer; the work is in the files beside this one.
 
+use std::net::SocketAddr;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Instant;
@@ -36,6 +37,9 @@ use crate::wasm::FilterHost;
 
 pub(crate) struct Edge {
     routes: RouteTable,
+    /// Plain-HTTP listeners that send every request to HTTPS, and the HTTPS port; empty on
+    /// most configurations, which then spend nothing on it.
+    redirects: Vec<(SocketAddr, u16)>,
     geo: Option<Arc<Geo>>,
     upstreams: Arc<Upstreams>,
     filters: FilterHost,
@@ -47,6 +51,7 @@ pub(crate) struct Edge {
 impl Edge {
     pub(crate) fn new(
         routes: RouteTable,
+        redirects: Vec<(SocketAddr, u16)>,
         upstreams: Arc<Upstreams>,
         filters: FilterHost,
         geo: Option<Arc<Geo>>,
@@ -55,6 +60,7 @@ impl Edge {
     ) -> Self {
         Edge {
             routes,
+            redirects,
             geo,
             upstreams,
             filters,
@@ -67,6 +73,13 @@ impl Edge {
     /// Requests currently being served; graceful shutdown waits for this to reach zero.
     pub(crate) fn inflight(&self) -> Arc<AtomicUsize> {
         self.inflight.clone()
+    }
+
+    /// The HTTPS port, when the request came to a listener that redirects to HTTPS.
+    fn redirect_port(&self, session: &Session) -> Option<u16> {
+        let local = *session.server_addr()?.as_inet()?;
+        connections::listener_at(&self.redirects, |(address, _)| *address, local)
+            .map(|(_, port)| *port)
     }
 
     fn upstream_name(&self, ctx: &RequestCtx) -> Option<&str> {
@@ -101,6 +114,12 @@ impl ProxyHttp for Edge {
         session
             .req_header_mut()
             .insert_header(REQUEST_ID, ctx.request_id.clone())?;
+        if !self.redirects.is_empty() {
+            if let Some(port) = self.redirect_port(session) {
+                answers::redirect_to_https(session, &ctx.request_id, port).await?;
+                return Ok(true);
+            }
+        }
         if let Some(cache) = self
             .cache
             .as_ref()

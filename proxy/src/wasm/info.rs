@@ -29,6 +29,8 @@ pub struct StreamInfo {
     pub(crate) client: Option<SocketAddr>,
     pub(crate) server: Option<SocketAddr>,
     pub(crate) protocol: &'static str,
+    /// `https` on a TLS listener, `http` otherwise.
+    pub(crate) scheme: &'static str,
     pub(crate) request_id: String,
     pub(crate) route: Arc<str>,
     pub(crate) upstream: Arc<str>,
@@ -62,6 +64,7 @@ impl Default for StreamInfo {
             client: None,
             server: None,
             protocol: "HTTP/1.1",
+            scheme: "http",
             request_id: String::new(),
             route: Arc::from(""),
             upstream: Arc::from(""),

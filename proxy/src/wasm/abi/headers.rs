@@ -66,7 +66,7 @@ fn entries(state: &HostState, map: Map) -> Option<Vec<(&[u8], &[u8])>> {
         .as_ref()
         .filter(|_| state.call.on_own_stream())?;
     match map {
-        Map::RequestHeaders => Some(request_entries(&http.request)),
+        Map::RequestHeaders => Some(request_entries(&http.request, http.stream.scheme)),
         Map::ResponseHeaders => http.response.as_ref().map(response_entries),
         Map::CallResponseHeaders | Map::CallResponseTrailers | Map::Absent => None,
     }
@@ -79,14 +79,14 @@ fn borrowed(pairs: &[(Vec<u8>, Vec<u8>)]) -> Vec<(&[u8], &[u8])> {
         .collect()
 }
 
-fn request_entries(req: &RequestHeader) -> Vec<(&[u8], &[u8])> {
+fn request_entries<'a>(req: &'a RequestHeader, scheme: &'static str) -> Vec<(&'a [u8], &'a [u8])> {
     let mut out = Vec::with_capacity(req.headers.len() + 4);
     out.push((&b":method"[..], req.method.as_str().as_bytes()));
     out.push((&b":path"[..], req.raw_path()));
     if let Some(authority) = authority(req) {
         out.push((&b":authority"[..], authority));
     }
-    out.push((&b":scheme"[..], &b"http"[..]));
+    out.push((&b":scheme"[..], scheme.as_bytes()));
     out.extend(
         req.headers
             .iter()
@@ -417,7 +417,7 @@ mod tests {
         req.insert_header("host", "example.com").unwrap();
         req.insert_header("x-one", "1").unwrap();
         req.append_header("x-one", "2").unwrap();
-        let entries = request_entries(&req);
+        let entries = request_entries(&req, "https");
         let keys: Vec<&[u8]> = entries.iter().map(|(k, _)| *k).collect();
         assert_eq!(
             keys,
@@ -431,6 +431,7 @@ mod tests {
             ]
         );
         assert_eq!(first_value(&entries, b":path"), Some(&b"/a?b=1"[..]));
+        assert_eq!(first_value(&entries, b":scheme"), Some(&b"https"[..]));
         assert_eq!(first_value(&entries, b"Host"), Some(&b"example.com"[..]));
         assert_eq!(first_value(&entries, b"X-One"), Some(&b"1"[..]));
     }

@@ -177,7 +177,7 @@ fn request(http: &HttpData, path: &[&[u8]]) -> Option<Vec<u8>> {
         [b"url_path"] => req.uri.path().as_bytes().to_vec(),
         [b"query"] => req.uri.query().unwrap_or("").as_bytes().to_vec(),
         [b"host"] => request_authority(req)?.to_vec(),
-        [b"scheme"] => b"http".to_vec(),
+        [b"scheme"] => info.scheme.as_bytes().to_vec(),
         [b"method"] => req.method.as_str().as_bytes().to_vec(),
         [b"protocol"] => info.protocol.as_bytes().to_vec(),
         [b"id"] => info.request_id.as_bytes().to_vec(),
