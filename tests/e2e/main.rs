@@ -20,3 +20,4 @@ mod jwt;
 mod lifecycle;
 mod routing;
 mod support;
+mod tls;

@@ -117,8 +117,7 @@ impl Outcome {
                 | AlertDescription::CertificateRevoked
                 | AlertDescription::CertificateExpired
                 | AlertDescription::CertificateUnknown
-                | AlertDescription::UnknownCA
-                | AlertDescription::AccessDenied,
+                | AlertDescription::UnknownCA,
             ) => Outcome::CertificateRejected,
             _ => Outcome::Error,
         }

@@ -36,6 +36,17 @@ pub fn h2c() -> Client {
         .expect("building h2c client")
 }
 
+/// A reqwest client builder for HTTPS (rustls) that trusts only `ca_pem` (a PEM root
+/// certificate, such as a test CA's): HTTP/2 or HTTP/1.1 as ALPN negotiates. Point names at
+/// the proxy with [`ClientBuilder::resolve`].
+pub fn https(ca_pem: &[u8]) -> ClientBuilder {
+    let root = reqwest::Certificate::from_pem(ca_pem).expect("a PEM root certificate");
+    builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(root)
+}
+
 /// A streaming request body of `n` deterministic pseudo-random bytes (the same bytes as the
 /// origin's `/bytes/{n}`), generated lazily in 64 KiB chunks so huge uploads use constant
 /// memory. Its length is unknown to reqwest, so HTTP/1.1 sends it chunked unless the request
