@@ -397,6 +397,10 @@ mod tests {
             assert_eq!(loaded.dns_names, ["example.test", "*.example.test"]);
             assert!(loaded.not_after > loaded.not_before);
             assert!(!loaded.expired_at(unix_now()));
+            // One file may hold both, in either order.
+            let both = files.write("both.pem", format!("{}{}", key.serialize_pem(), cert.pem()));
+            let loaded = Certificate::load(&both, &both).unwrap();
+            assert_eq!(loaded.key.cert.len(), 1);
         }
     }
 
