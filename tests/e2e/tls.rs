@@ -482,6 +482,70 @@ routes:
 }
 
 #[tokio::test]
+async fn the_header_timeout_bounds_handshake_and_head_but_not_a_working_http2_connection() {
+    let pki = Pki::new();
+    let leaf = pki.leaf(&["site.example.test"]);
+    let proxy = start_with(
+        r#"
+listeners:
+  - address: "{{listen}}"
+    client: {header_timeout: 1s, idle_timeout: 10s}
+    tls: {certificates: [{cert: site.pem, key: site.key}]}
+admin: {address: "{{admin}}"}
+upstreams: {e: {builtin: echo}}
+routes: [{upstream: e}]
+"#,
+        &[("site.pem", &leaf.chain), ("site.key", &leaf.key)],
+    )
+    .await;
+    let h2 = client::https(pki.root_pem().as_bytes())
+        .resolve("site.example.test", proxy.addr())
+        .build()
+        .unwrap();
+    let url = format!("https://site.example.test:{}/", proxy.addr().port());
+    let first = h2.get(&url).send().await.unwrap();
+    assert_eq!(first.version(), http::Version::HTTP_2);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let second = h2.get(&url).send().await.unwrap();
+    assert_eq!(second.status(), 200);
+    // The HTTP/2 connection lived through the header timeout.
+    let header_timeouts = format!(
+        "edgeward_client_timeouts_total{{listener=\"{}\",timeout=\"header\"}}",
+        proxy.addr()
+    );
+    assert_eq!(
+        crate::support::metric_if_exposed(&proxy, &header_timeouts).await,
+        None
+    );
+    // A client that finishes its handshake but sends no request is closed at the timeout,
+    // counted as a header timeout, not as a failed handshake.
+    let started = Instant::now();
+    let mut idle = connect(
+        proxy.addr(),
+        Some("site.example.test"),
+        &verifying(&pki, BOTH),
+    )
+    .await
+    .unwrap();
+    let (answer, closed) = read_until_closed(&mut idle, PATIENCE).await;
+    assert_eq!(answer, b"");
+    let lived = closed.expect("an idle TLS connection stayed open") - started;
+    assert!(
+        lived >= Duration::from_millis(900),
+        "closed after {lived:?}"
+    );
+    metrics_showing(
+        &proxy,
+        &[
+            (&header_timeouts, 1.0),
+            (&handshakes(&proxy, "timeout"), 0.0),
+            (&handshakes(&proxy, "ok"), 2.0),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
 async fn x_forwarded_proto_follows_the_connection() {
     let pki = Pki::new();
     let certs = SniCertificates::new(&pki);
