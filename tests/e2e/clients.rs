@@ -150,15 +150,17 @@ async fn a_request_body_that_stops_arriving_gets_408_at_the_body_timeout() {
 async fn connections_past_max_connections_are_closed_at_once_and_counted() {
     let origin = Origin::start("origin").await;
     let proxy = proxy_with_limits(&origin, "{max_connections: 3, header_timeout: 30s}").await;
-    // Three clients hold their connections with unfinished heads.
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        held.push(send(&proxy, b"GET / HTTP/1.1\r\n").await);
-    }
+    // The testkit's readiness probe connected and left; once its place is free, three clients
+    // hold their connections with unfinished heads.
     let gauge = format!(
         "edgeward_client_connections{{listener=\"{}\"}}",
         proxy.addr()
     );
+    metrics_showing(&proxy, &[(&gauge, 0.0)]).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(send(&proxy, b"GET / HTTP/1.1\r\n").await);
+    }
     metrics_showing(&proxy, &[(&gauge, 3.0)]).await;
     let mut fourth = send(&proxy, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
     let (answer, closed) = read_until_closed(&mut fourth, Duration::from_secs(10)).await;
