@@ -679,7 +679,8 @@ async fn hostile_proxy(origin: &Origin, on_error: &str, isolation: &str) -> Prox
     module: $hostile
     on_error: {on_error}
     isolation: {isolation}
-    limits: {{memory: 32MiB, cpu: 100ms}}
+    # Small enough that filling it stays far within the CPU limit on a slow machine.
+    limits: {{memory: 8MiB, cpu: 100ms}}
 "#
         ),
         &[("hostile", filters::HOSTILE.to_string())],
