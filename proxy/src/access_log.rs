@@ -33,6 +33,8 @@ pub(crate) struct Entry<'a> {
     pub duration: Duration,
     /// Why the request failed, when edgeward answered with an error.
     pub error: Option<&'a str>,
+    /// What the upstream's failure was, in words (a TLS verification error, say).
+    pub error_detail: Option<&'a str>,
 }
 
 /// Where lines go. Requests append to a shared buffer; a background thread writes it out
@@ -197,6 +199,10 @@ impl Entry<'_> {
         if let Some(error) = self.error {
             out.extend_from_slice(key!("error").as_bytes());
             write_str(out, error);
+        }
+        if let Some(detail) = self.error_detail {
+            out.extend_from_slice(key!("error_detail").as_bytes());
+            write_str(out, detail);
         }
         out.push(b'}');
     }
@@ -397,6 +403,7 @@ mod tests {
             endpoint: Some("[2001:db8::1]:8080".parse().unwrap()),
             duration: Duration::from_micros(12_034),
             error: None,
+            error_detail: None,
         }
     }
 
@@ -430,12 +437,14 @@ mod tests {
         );
         let failed = Entry {
             error: Some("upstream_unavailable"),
+            error_detail: Some("ConnectRefused context: \"refused\""),
             client: None,
             duration: Duration::from_nanos(999),
             ..entry()
         };
         let json = decoded(&failed);
         assert_eq!(json["error"], "upstream_unavailable");
+        assert_eq!(json["error_detail"], "ConnectRefused context: \"refused\"");
         assert_eq!(json["client"], serde_json::Value::Null);
         assert_eq!(json["duration_ms"], 0.0);
     }

@@ -18,6 +18,7 @@ mod host_services;
 mod hostile_config;
 mod jwt;
 mod lifecycle;
+mod origin_tls;
 mod routing;
 mod support;
 mod tls;

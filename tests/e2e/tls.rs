@@ -28,21 +28,21 @@ const NOT_AFTER_UNIX: f64 = 4_070_908_800.0;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A test CA: a root, and the intermediate that signs the leaf certificates.
-struct Pki {
+pub(crate) struct Pki {
     root: CertifiedIssuer<'static, KeyPair>,
     intermediate: CertifiedIssuer<'static, KeyPair>,
 }
 
 /// A leaf certificate as the proxy's files hold it: `chain` (the leaf, then the
 /// intermediate) and `key`; `der` is the leaf, to tell which certificate a client saw.
-struct Leaf {
-    chain: String,
-    key: String,
+pub(crate) struct Leaf {
+    pub(crate) chain: String,
+    pub(crate) key: String,
     der: CertificateDer<'static>,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let ca = |name: &str| {
             let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
             params
@@ -68,20 +68,30 @@ impl Pki {
         Pki { root, intermediate }
     }
 
-    fn root_pem(&self) -> String {
+    pub(crate) fn root_pem(&self) -> String {
         self.root.pem()
     }
 
     /// An ECDSA P-256 leaf for `names`.
-    fn leaf(&self, names: &[&str]) -> Leaf {
+    pub(crate) fn leaf(&self, names: &[&str]) -> Leaf {
         self.leaf_with_key(names, KeyPair::generate().unwrap())
     }
 
     fn leaf_with_key(&self, names: &[&str], key: KeyPair) -> Leaf {
+        self.issue(names, key, ExtendedKeyUsagePurpose::ServerAuth)
+    }
+
+    /// An ECDSA P-256 client certificate (for mutual TLS) for `name`.
+    pub(crate) fn client_leaf(&self, name: &str) -> Leaf {
+        let key = KeyPair::generate().unwrap();
+        self.issue(&[name], key, ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(&self, names: &[&str], key: KeyPair, purpose: ExtendedKeyUsagePurpose) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
         params.not_after = rcgen::date_time_ymd(NOT_AFTER.0, NOT_AFTER.1, NOT_AFTER.2);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.extended_key_usages = vec![purpose];
         let cert = params.signed_by(&key, &self.intermediate).unwrap();
         Leaf {
             chain: format!("{}{}", cert.pem(), self.intermediate.pem()),

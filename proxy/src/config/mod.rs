@@ -229,18 +229,78 @@ mod tests {
     fn endpoints_accept_ipv6_and_hostnames_and_reject_junk() {
         let text = "listeners: [{address: '[::1]:8080'}]\nupstreams: {u: {endpoints: ['[::1]:9000', 'localhost:9001']}}\nroutes: [{upstream: u}]\n";
         let config = from_str(text, Path::new("t.yaml")).unwrap();
-        let Origin::Endpoints(addrs) = &config.upstreams[0].origin else {
+        let Origin::Endpoints(endpoints) = &config.upstreams[0].origin else {
             panic!()
         };
-        assert!(addrs.contains(&"[::1]:9000".parse().unwrap()));
-        assert!(addrs.iter().any(|a| a.port() == 9001));
+        assert_eq!(endpoints[0].addr, "[::1]:9000".parse().unwrap());
+        assert_eq!(endpoints[0].host, "::1");
+        assert!(endpoints
+            .iter()
+            .any(|e| e.addr.port() == 9001 && e.host == "localhost"));
+        assert!(config.upstreams[0].tls.is_none());
+        assert_eq!(config.upstreams[0].protocol, UpstreamProtocol::Http1);
         let bad = problems(
-            "listeners: [{address: 127.0.0.1:8080}]\nupstreams: {u: {endpoints: ['http://x:1', 'nohost', 'no.such.host.invalid:80']}}\nroutes: [{upstream: u}]\n",
+            "listeners: [{address: 127.0.0.1:8080}]\nupstreams: {u: {endpoints: ['http://x:1/api', 'nohost', 'no.such.host.invalid:80', 'ftp://a:1']}}\nroutes: [{upstream: u}]\n",
         );
-        assert_eq!(bad.len(), 3, "{bad:?}");
-        assert!(bad[0].contains("without scheme"));
-        assert!(bad[1].contains("host:port"));
-        assert!(bad[2].contains("cannot resolve"));
+        assert_eq!(bad.len(), 4, "{bad:?}");
+        assert!(bad[0].contains("without path"), "{bad:?}");
+        assert!(bad[1].contains("host:port"), "{bad:?}");
+        assert!(bad[2].contains("cannot resolve"), "{bad:?}");
+        assert!(bad[3].contains("without path"), "{bad:?}");
+    }
+
+    #[test]
+    fn https_endpoints_speak_verified_tls_and_negotiate_http2() {
+        let text = "listeners: [{address: 127.0.0.1:8080}]\nupstreams:\n  s: {endpoints: ['https://127.0.0.1', 'https://[::1]:8443/']}\n  h: {endpoints: ['http://127.0.0.1']}\n  t: {endpoints: ['127.0.0.1:9443'], tls: {sni: Origin.Example.com, verify: false}, http2: false}\n  c: {endpoints: ['127.0.0.1:9000'], http2: true}\nroutes: [{upstream: s}]\n";
+        let config = from_str(text, Path::new("t.yaml")).unwrap();
+        let [s, h, t, c] = &config.upstreams[..] else {
+            panic!()
+        };
+        let Origin::Endpoints(endpoints) = &s.origin else {
+            panic!()
+        };
+        assert_eq!(endpoints[0].addr, "127.0.0.1:443".parse().unwrap());
+        assert_eq!(endpoints[1].addr, "[::1]:8443".parse().unwrap());
+        let tls = s.tls.as_ref().unwrap();
+        assert!(tls.verify && tls.sni.is_none() && tls.ca.is_none());
+        assert_eq!(s.protocol, UpstreamProtocol::Negotiated);
+        let Origin::Endpoints(endpoints) = &h.origin else {
+            panic!()
+        };
+        assert_eq!(endpoints[0].addr, "127.0.0.1:80".parse().unwrap());
+        assert!(h.tls.is_none());
+        let tls = t.tls.as_ref().unwrap();
+        assert!(!tls.verify);
+        assert_eq!(tls.sni.as_deref(), Some("origin.example.com"));
+        assert_eq!(t.protocol, UpstreamProtocol::Http1);
+        assert!(c.tls.is_none());
+        assert_eq!(c.protocol, UpstreamProtocol::Http2);
+    }
+
+    #[test]
+    fn origin_tls_mistakes_are_reported_where_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("junk.pem"), "not pem").unwrap();
+        let text = "listeners: [{address: 127.0.0.1:8080}]\nupstreams:\n  a: {endpoints: ['https://127.0.0.1', 'http://127.0.0.2']}\n  b: {endpoints: ['http://127.0.0.1'], tls: {}}\n  c: {endpoints: ['127.0.0.1:1'], tls: {client_cert: x.pem}}\n  d: {endpoints: ['127.0.0.1:1'], tls: {ca: junk.pem, sni: 'a b'}}\n  e: {endpoints: ['127.0.0.1:1'], tls: {ca: missing.pem, verfy: false}}\n  f: {builtin: echo, tls: {}}\nroutes: [{upstream: a}]\n";
+        let path = dir.path().join("t.yaml");
+        std::fs::write(&path, text).unwrap();
+        let error = load(&path).unwrap_err();
+        let joined = error.to_string();
+        for expected in [
+            "3:40: error: the endpoints of upstream `a` mix schemes",
+            "4:45: error: upstream `b` has `http://` endpoints and a `tls` section",
+            "5:54: error: a client certificate needs both `client_cert`",
+            "junk.pem` holds no certificate",
+            "6:60: error: `sni` must be a host name or an IP address, found `a b`",
+            "7:45: error: tls: cannot read",
+            "7:58: error: unknown key `verfy`; did you mean `verify`?",
+            "8:27: error: builtin origins are served in cleartext",
+        ] {
+            assert!(
+                joined.contains(expected),
+                "missing {expected:?} in:\n{joined}"
+            );
+        }
     }
 
     #[test]

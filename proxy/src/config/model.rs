@@ -293,13 +293,48 @@ pub struct Upstream {
     /// Extra attempts, on other endpoints where possible, when connecting fails.
     pub retries: u32,
     pub health_check: Option<HealthCheck>,
+    /// `None`: cleartext.
+    pub tls: Option<OriginTls>,
+    pub protocol: UpstreamProtocol,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Origin {
     /// Resolved at load time; a hostname contributes every address it resolves to.
-    Endpoints(Vec<SocketAddr>),
+    Endpoints(Vec<Endpoint>),
     Builtin(Builtin),
+}
+
+/// One address of an upstream, with the name it was written with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    /// The host name or address literal of the entry that gave this address: the SNI and
+    /// the name the origin's certificate must carry, unless `tls.sni` says otherwise.
+    pub host: String,
+}
+
+/// How edgeward speaks TLS to an upstream's endpoints.
+#[derive(Debug, Clone)]
+pub struct OriginTls {
+    /// Sent as SNI and verified instead of each endpoint's own host name.
+    pub sni: Option<String>,
+    /// Whether the origin's certificate must chain to a trusted root and carry the name.
+    pub verify: bool,
+    /// Roots trusted instead of the system's (DER); `None`: the system's roots.
+    pub ca: Option<Arc<Vec<Vec<u8>>>>,
+    /// Shown to origins that ask for a client certificate.
+    pub(crate) client_identity: Option<Arc<crate::tls::certificate::ClientIdentity>>,
+}
+
+/// The HTTP version edgeward speaks to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    Http1,
+    /// HTTP/2 only: over TLS by ALPN, in cleartext with prior knowledge (h2c).
+    Http2,
+    /// Over TLS, HTTP/2 when the origin offers it in ALPN, HTTP/1.1 otherwise.
+    Negotiated,
 }
 
 /// Origins served inside edgeward itself.
@@ -322,7 +357,7 @@ pub struct HealthCheck {
     pub path: String,
     pub interval: Duration,
     pub timeout: Duration,
-    /// Host header of the probe; defaults to the endpoint address.
+    /// Host header of the probe; defaults to the endpoint's host as written.
     pub host: Option<String>,
     /// Consecutive successes that bring an endpoint back into rotation.
     pub healthy_threshold: usize,

@@ -181,6 +181,18 @@ pub(super) struct RawUpstream {
     pub idle_timeout: Option<Located<String>>,
     pub retries: Option<Located<String>>,
     pub health_check: Option<Located<RawHealthCheck>>,
+    pub tls: Option<Located<RawOriginTls>>,
+    pub http2: Option<Located<bool>>,
+}
+
+/// An upstream's `tls:`.
+#[derive(Debug, Deserialize)]
+pub(super) struct RawOriginTls {
+    pub sni: Option<Located<String>>,
+    pub verify: Option<Located<bool>>,
+    pub ca: Option<Located<String>>,
+    pub client_cert: Option<Located<String>>,
+    pub client_key: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]

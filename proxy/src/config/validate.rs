@@ -2,7 +2,7 @@
 //! only when there are none.
 
 use std::collections::{HashMap, HashSet};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use super::units::{parse_duration, parse_size};
 use super::yaml::Located;
 
 mod cache;
+mod origin;
 mod tls;
 
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -596,6 +597,8 @@ impl<'a> Validator<'a> {
                 ),
             );
         }
+        let mut tls = None;
+        let mut protocol = UpstreamProtocol::Http1;
         let origin = match (&raw.endpoints, &raw.builtin) {
             (Some(_), Some(builtin)) => {
                 self.error(
@@ -614,7 +617,12 @@ impl<'a> Validator<'a> {
                 );
                 Origin::Endpoints(Vec::new())
             }
-            (Some(endpoints), None) => Origin::Endpoints(self.endpoints(name, endpoints)),
+            (Some(endpoints), None) => {
+                let settings = self.origin(name, raw, endpoints);
+                tls = settings.tls;
+                protocol = settings.protocol;
+                Origin::Endpoints(settings.endpoints)
+            }
             (None, Some(builtin)) => match builtin.trim() {
                 "echo" => Origin::Builtin(Builtin::Echo),
                 other => {
@@ -648,6 +656,12 @@ impl<'a> Validator<'a> {
             }
             self.health_check(hc)
         });
+        if let (Origin::Builtin(_), Some(raw_tls)) = (&origin, &raw.tls) {
+            self.error(
+                raw_tls.mark,
+                "builtin origins are served in cleartext; remove `tls`",
+            );
+        }
         Upstream {
             name: name.value.clone(),
             origin,
@@ -666,63 +680,9 @@ impl<'a> Validator<'a> {
             idle_timeout: self.duration(&raw.idle_timeout, "idle_timeout", DEFAULT_IDLE_TIMEOUT),
             retries,
             health_check,
+            tls,
+            protocol,
         }
-    }
-
-    /// Resolves `host:port` entries now, so that a bad name fails the load, not a request.
-    fn endpoints(
-        &mut self,
-        name: &Located<String>,
-        raw: &Located<Vec<Located<String>>>,
-    ) -> Vec<SocketAddr> {
-        if raw.is_empty() {
-            self.error(
-                raw.mark,
-                format!("upstream `{}` has an empty `endpoints` list", name.value),
-            );
-        }
-        let mut addrs: Vec<SocketAddr> = Vec::new();
-        // Every address so far, so that a name resolving to one already listed adds nothing.
-        let mut seen = HashSet::new();
-        for endpoint in raw.iter() {
-            let text = endpoint.trim();
-            if text.contains("://") || text.contains('/') {
-                self.error(
-                    endpoint.mark,
-                    format!("endpoint must be host:port without scheme or path, found `{text}`"),
-                );
-                continue;
-            }
-            if let Ok(addr) = text.parse::<SocketAddr>() {
-                addrs.push(addr);
-                seen.insert(addr);
-                continue;
-            }
-            let has_port = text.rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty() && !host.contains(':') && port.parse::<u16>().is_ok()
-            });
-            if !has_port {
-                self.error(
-                    endpoint.mark,
-                    format!("endpoint must be host:port (IPv6 in brackets), found `{text}`"),
-                );
-                continue;
-            }
-            match text.to_socket_addrs() {
-                Ok(resolved) => {
-                    for addr in resolved {
-                        if seen.insert(addr) {
-                            addrs.push(addr);
-                        }
-                    }
-                }
-                Err(e) => self.error(
-                    endpoint.mark,
-                    format!("cannot resolve endpoint `{text}`: {e}"),
-                ),
-            }
-        }
-        addrs
     }
 
     fn health_check(&mut self, raw: &Located<RawHealthCheck>) -> HealthCheck {

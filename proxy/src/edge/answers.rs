@@ -19,6 +19,8 @@ pub(crate) enum Refusal {
     NoHealthyEndpoint,
     UpstreamTimeout,
     UpstreamUnavailable,
+    /// The TLS handshake with the upstream failed: most often its certificate did not verify.
+    UpstreamTls,
     BadRequest,
     /// The client paused inside its request body for longer than `client.body_timeout`.
     RequestTimeout,
@@ -30,7 +32,7 @@ impl Refusal {
         match self {
             Refusal::NoRoute => 404,
             Refusal::PurgeForbidden => 403,
-            Refusal::NoHealthyEndpoint | Refusal::UpstreamUnavailable => 502,
+            Refusal::NoHealthyEndpoint | Refusal::UpstreamUnavailable | Refusal::UpstreamTls => 502,
             Refusal::UpstreamTimeout => 504,
             Refusal::BadRequest => 400,
             Refusal::RequestTimeout => 408,
@@ -45,6 +47,7 @@ impl Refusal {
             Refusal::NoHealthyEndpoint => "no_healthy_endpoint",
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::UpstreamUnavailable => "upstream_unavailable",
+            Refusal::UpstreamTls => "upstream_tls",
             Refusal::BadRequest => "bad_request",
             Refusal::RequestTimeout => "request_timeout",
             Refusal::Internal => "internal_error",
@@ -55,7 +58,10 @@ impl Refusal {
     pub(crate) fn is_upstream_failure(self) -> bool {
         matches!(
             self,
-            Refusal::NoHealthyEndpoint | Refusal::UpstreamTimeout | Refusal::UpstreamUnavailable
+            Refusal::NoHealthyEndpoint
+                | Refusal::UpstreamTimeout
+                | Refusal::UpstreamUnavailable
+                | Refusal::UpstreamTls
         )
     }
 
@@ -67,6 +73,9 @@ impl Refusal {
                 ErrorSource::Upstream | ErrorSource::Unset,
                 ConnectTimedout | ReadTimedout | WriteTimedout,
             ) => Refusal::UpstreamTimeout,
+            (ErrorSource::Upstream | ErrorSource::Unset, TLSHandshakeFailure | InvalidCert) => {
+                Refusal::UpstreamTls
+            }
             (ErrorSource::Upstream, _) => Refusal::UpstreamUnavailable,
             (_, ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure) => {
                 Refusal::UpstreamUnavailable
@@ -86,6 +95,9 @@ impl Refusal {
             Refusal::UpstreamTimeout => format!("upstream `{upstream}` did not answer in time"),
             Refusal::UpstreamUnavailable => {
                 format!("upstream `{upstream}` failed: {}", e.etype().as_str())
+            }
+            Refusal::UpstreamTls => {
+                format!("upstream `{upstream}` failed the TLS handshake (see the access log)")
             }
             Refusal::BadRequest => format!("bad request: {}", e.etype().as_str()),
             Refusal::RequestTimeout => "the request body stopped arriving".to_string(),

@@ -42,6 +42,8 @@ pub(crate) struct UpstreamState {
     pub status: Option<u16>,
     /// Body bytes received, against the cache's object size limit.
     pub body_bytes: u64,
+    /// What went wrong with the upstream, for the access log, when it failed.
+    pub failure: Option<String>,
 }
 
 /// What the cache does for a request.

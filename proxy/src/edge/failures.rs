@@ -69,6 +69,9 @@ async fn refuse(
     unanswered: bool,
 ) {
     ctx.refusal = Some(refusal);
+    if refusal.is_upstream_failure() {
+        ctx.upstream.failure = Some(e.to_string());
+    }
     if let (true, Some(upstream)) = (refusal.is_upstream_failure(), upstream) {
         metrics::global()
             .upstream_failures

@@ -57,6 +57,7 @@ pub(super) fn log_request(
         endpoint: ctx.upstream.endpoint,
         duration,
         error: ctx.refusal.map(Refusal::code).or(ctx.filters.error),
+        error_detail: ctx.upstream.failure.as_deref(),
     });
 }
 

@@ -70,6 +70,13 @@ pub(crate) enum CertificateError {
         cert.display()
     )]
     KeyMismatch { cert: PathBuf, key: PathBuf },
+    #[error("`{}`: certificate {number} of the file cannot be a trust anchor", path.display())]
+    Anchor {
+        path: PathBuf,
+        /// From 1, in file order.
+        number: usize,
+        source: rustls::Error,
+    },
 }
 
 impl CertificateError {
@@ -83,7 +90,8 @@ impl CertificateError {
             | CertificateError::Parse { path, .. }
             | CertificateError::NoKey { path }
             | CertificateError::EncryptedKey { path }
-            | CertificateError::UnsupportedKey { path, .. } => path,
+            | CertificateError::UnsupportedKey { path, .. }
+            | CertificateError::Anchor { path, .. } => path,
             CertificateError::KeyMismatch { key, .. } => key,
         }
     }
@@ -110,13 +118,21 @@ impl Certificate {
     /// and `key` (its private key, PKCS#8, PKCS#1 or SEC1 PEM), and checks that they belong
     /// together.
     pub(crate) fn load(cert: &Path, key: &Path) -> Result<Certificate, CertificateError> {
+        Certificate::load_with_key(cert, key).map(|(certificate, _)| certificate)
+    }
+
+    /// [`Certificate::load`], also giving the private key as read.
+    fn load_with_key(
+        cert: &Path,
+        key: &Path,
+    ) -> Result<(Certificate, PrivateKeyDer<'static>), CertificateError> {
         let cert_pem = read(cert)?;
         let chain = certificates(cert, &cert_pem)?;
         let key_pem = read(key)?;
         let key_der = private_key(key, &key_pem)?;
         let signing_key = provider()
             .key_provider
-            .load_private_key(key_der)
+            .load_private_key(key_der.clone_key())
             .map_err(|source| CertificateError::UnsupportedKey {
                 path: key.to_path_buf(),
                 source,
@@ -144,13 +160,14 @@ impl Certificate {
                 })
             }
         }
-        Ok(Certificate {
+        let certificate = Certificate {
             key: Arc::new(certified),
             dns_names,
             not_before,
             not_after,
             not_after_text,
-        })
+        };
+        Ok((certificate, key_der))
     }
 
     /// Whether the certificate is outside its validity period at Unix time `now`.
@@ -161,6 +178,60 @@ impl Certificate {
     pub(crate) fn not_yet_valid_at(&self, now: i64) -> bool {
         now < self.not_before
     }
+}
+
+/// The certificate edgeward shows an origin that asks for one (mutual TLS): the chain and
+/// its key as DER, checked as a server certificate is.
+pub(crate) struct ClientIdentity {
+    /// End entity first.
+    pub(crate) chain: Vec<Vec<u8>>,
+    pub(crate) key: Vec<u8>,
+}
+
+impl ClientIdentity {
+    pub(crate) fn load(cert: &Path, key: &Path) -> Result<ClientIdentity, CertificateError> {
+        let (certificate, key_der) = Certificate::load_with_key(cert, key)?;
+        let key_bytes = key_der.secret_der().to_vec();
+        // The TLS client reads the key back from its DER by its structure alone: check now
+        // that it can, rather than at the first connection.
+        if let Err(reason) = PrivateKeyDer::try_from(key_bytes.as_slice()) {
+            return Err(CertificateError::UnsupportedKey {
+                path: key.to_path_buf(),
+                source: rustls::Error::General(reason.to_string()),
+            });
+        }
+        Ok(ClientIdentity {
+            chain: certificate.key.cert.iter().map(|c| c.to_vec()).collect(),
+            key: key_bytes,
+        })
+    }
+}
+
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("chain", &self.chain.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The certificates of a PEM bundle that origins' certificates are verified against: each
+/// parses and can be a trust anchor.
+pub(crate) fn load_trust_anchors(path: &Path) -> Result<Vec<Vec<u8>>, CertificateError> {
+    let pem = read(path)?;
+    let bundle = certificates(path, &pem)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for (index, der) in bundle.iter().enumerate() {
+        parse(path, index + 1, der)?;
+        roots
+            .add(der.clone())
+            .map_err(|source| CertificateError::Anchor {
+                path: path.to_path_buf(),
+                number: index + 1,
+                source,
+            })?;
+    }
+    Ok(bundle.iter().map(|der| der.to_vec()).collect())
 }
 
 /// The current Unix time in seconds.

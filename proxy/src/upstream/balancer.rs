@@ -3,14 +3,13 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use pingora::http::RequestHeader;
-use pingora::lb::health_check::HttpHealthCheck;
 use pingora::lb::selection::{BackendIter, BackendSelection, Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, LoadBalancer};
 use pingora::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora::services::background::BackgroundService;
 
-use crate::config::{Balancing, HealthCheck, Upstream};
+use super::health::EndpointCheck;
+use crate::config::Balancing;
 
 pub(super) enum Balancer {
     RoundRobin(Arc<LoadBalancer<RoundRobin>>),
@@ -21,12 +20,15 @@ pub(super) enum Balancer {
 type Accept<'a> = &'a dyn Fn(&SocketAddr, bool) -> bool;
 
 impl Balancer {
-    pub(super) fn new(upstream: &Upstream, endpoints: &[SocketAddr]) -> std::io::Result<Self> {
-        let hc = upstream.health_check.as_ref();
-        Ok(match upstream.balancing {
-            Balancing::RoundRobin => Balancer::RoundRobin(build(endpoints, hc)?),
-            Balancing::Random => Balancer::Random(build(endpoints, hc)?),
-            Balancing::ConsistentHash => Balancer::Consistent(build(endpoints, hc)?),
+    pub(super) fn new(
+        balancing: Balancing,
+        endpoints: &[SocketAddr],
+        check: Option<EndpointCheck>,
+    ) -> std::io::Result<Self> {
+        Ok(match balancing {
+            Balancing::RoundRobin => Balancer::RoundRobin(build(endpoints, check)?),
+            Balancing::Random => Balancer::Random(build(endpoints, check)?),
+            Balancing::ConsistentHash => Balancer::Consistent(build(endpoints, check)?),
         })
     }
 
@@ -73,7 +75,7 @@ fn inet(backend: &Backend) -> Option<SocketAddr> {
 
 fn build<S>(
     endpoints: &[SocketAddr],
-    hc: Option<&HealthCheck>,
+    check: Option<EndpointCheck>,
 ) -> std::io::Result<Arc<LoadBalancer<S>>>
 where
     S: BackendSelection + Send + Sync + 'static,
@@ -81,27 +83,10 @@ where
 {
     // Addresses are already resolved, so this performs no DNS lookup.
     let mut lb = LoadBalancer::<S>::try_from_iter(endpoints.iter().copied())?;
-    if let Some(hc) = hc {
-        lb.set_health_check(Box::new(http_check(hc)?));
-        lb.health_check_frequency = Some(hc.interval);
+    if let Some(check) = check {
+        lb.health_check_frequency = Some(check.interval());
+        lb.set_health_check(Box::new(check));
         lb.parallel_health_check = true;
     }
     Ok(Arc::new(lb))
-}
-
-fn http_check(hc: &HealthCheck) -> std::io::Result<HttpHealthCheck> {
-    let host = hc.host.as_deref().unwrap_or("localhost");
-    let mut check = HttpHealthCheck::new(host, false);
-    let mut req =
-        RequestHeader::build("GET", hc.path.as_bytes(), None).map_err(std::io::Error::other)?;
-    req.insert_header("host", host)
-        .map_err(std::io::Error::other)?;
-    req.insert_header("user-agent", "edgeward-health-check")
-        .map_err(std::io::Error::other)?;
-    check.req = req;
-    check.peer_template.options.connection_timeout = Some(hc.timeout);
-    check.peer_template.options.read_timeout = Some(hc.timeout);
-    check.consecutive_success = hc.healthy_threshold;
-    check.consecutive_failure = hc.unhealthy_threshold;
-    Ok(check)
 }

@@ -3,6 +3,8 @@
 
 mod balancer;
 mod echo;
+mod health;
+mod peer;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,8 +14,10 @@ use pingora::services::background::{background_service, BackgroundService};
 use pingora::services::ServiceWithDependents;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{self, Origin, UpstreamId};
+use crate::config::{self, Endpoint, Origin, UpstreamId};
 use balancer::Balancer;
+use health::EndpointCheck;
+use peer::PeerSettings;
 
 /// How many candidates a selection may look at before giving up (Ketama walks a ring).
 const MAX_SELECTION_STEPS: usize = 256;
@@ -40,6 +44,7 @@ pub(crate) struct Upstreams {
 pub(crate) struct UpstreamEntry {
     config: config::Upstream,
     balancer: Balancer,
+    peers: Arc<PeerSettings>,
 }
 
 impl Upstreams {
@@ -53,7 +58,7 @@ impl Upstreams {
         let mut builtins = Vec::new();
         for upstream in upstreams {
             let endpoints = match &upstream.origin {
-                Origin::Endpoints(addrs) => addrs.clone(),
+                Origin::Endpoints(endpoints) => endpoints.clone(),
                 Origin::Builtin(config::Builtin::Echo) => {
                     let origin = echo::EchoOrigin::bind(&upstream.name).map_err(|source| {
                         UpstreamError::Builtin {
@@ -63,20 +68,31 @@ impl Upstreams {
                     })?;
                     let addr = origin.addr();
                     builtins.push(origin);
-                    vec![addr]
+                    vec![Endpoint {
+                        addr,
+                        host: addr.ip().to_string(),
+                    }]
                 }
             };
-            let balancer =
-                Balancer::new(upstream, &endpoints).map_err(|source| UpstreamError::Balancer {
+            let peers = Arc::new(PeerSettings::new(upstream, &endpoints));
+            let check = upstream
+                .health_check
+                .as_ref()
+                .map(|settings| EndpointCheck::new(settings, peers.clone()));
+            let addrs: Vec<SocketAddr> = endpoints.iter().map(|endpoint| endpoint.addr).collect();
+            let balancer = Balancer::new(upstream.balancing, &addrs, check).map_err(|source| {
+                UpstreamError::Balancer {
                     upstream: upstream.name.clone(),
                     source,
-                })?;
+                }
+            })?;
             if upstream.health_check.is_some() {
                 health_checked.push(balancer.background());
             }
             entries.push(UpstreamEntry {
                 config: upstream.clone(),
                 balancer,
+                peers,
             });
         }
         let mut services: Vec<Box<dyn ServiceWithDependents>> = Vec::new();
@@ -126,13 +142,7 @@ impl UpstreamEntry {
 
     /// Connection settings for one endpoint; connections are pooled per endpoint.
     pub(crate) fn peer(&self, addr: SocketAddr) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        let options = &mut peer.options;
-        options.connection_timeout = Some(self.config.connect_timeout);
-        options.read_timeout = Some(self.config.read_timeout);
-        options.write_timeout = Some(self.config.write_timeout);
-        options.idle_timeout = Some(self.config.idle_timeout);
-        peer
+        self.peers.peer(addr)
     }
 }
 

@@ -1,4 +1,6 @@
-//! Real HTTP origins, served in-process by hyper on 127.0.0.1 (HTTP/1.1 and h2c).
+//! Real HTTP origins, served in-process by hyper on 127.0.0.1: HTTP/1.1 and h2c, or HTTPS
+//! (HTTP/2 or HTTP/1.1 by ALPN, optionally requiring a client certificate) with
+//! [`Origin::start_tls`].
 //!
 //! Paths:
 //! - `/healthz`: 200 "ok", or 503 after [`Origin::set_healthy`]`(false)`.
@@ -41,6 +43,9 @@ use hyper_util::server::conn::auto;
 use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::task::{JoinHandle, JoinSet};
+use tokio_rustls::rustls;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::TlsAcceptor;
 
 use crate::pattern::Pattern;
 
@@ -98,8 +103,18 @@ impl Origin {
     /// joined with ", "), "body_bytes", "body_sha256", "received_at_unix_ns"}`. The request
     /// body is hashed as it streams in, so uploads of any size use constant memory.
     /// `received_at_unix_ns` is when the request's head reached the origin (the system
-    /// clock, in nanoseconds since the Unix epoch; before the wait of `/delay/{ms}`).
+    /// clock, in nanoseconds since the Unix epoch; before the wait of `/delay/{ms}`);
+    /// `"version"` is the HTTP version the request came in (`HTTP/1.1`, `HTTP/2.0`).
     pub async fn start(name: &str) -> Origin {
+        Origin::start_with(name, None).await
+    }
+
+    /// As [`Origin::start`], but serving HTTPS only, with `tls`.
+    pub async fn start_tls(name: &str, tls: &OriginTls) -> Origin {
+        Origin::start_with(name, Some(tls.acceptor())).await
+    }
+
+    async fn start_with(name: &str, tls: Option<TlsAcceptor>) -> Origin {
         let name_header = HeaderValue::from_str(name)
             .unwrap_or_else(|e| panic!("origin name {name:?} is not a valid header value: {e}"));
         let listener = TcpListener::bind("127.0.0.1:0")
@@ -117,7 +132,7 @@ impl Origin {
             failure: Mutex::new(None),
             hang_up: AtomicBool::new(false),
         });
-        let server = serve_http(listener, {
+        let server = serve(listener, tls, {
             let state = state.clone();
             move |request| handle(state.clone(), request)
         });
@@ -189,10 +204,71 @@ impl Drop for Origin {
     }
 }
 
+/// How an HTTPS origin serves: its certificate chain and key (PEM), and the root its
+/// clients' certificates must chain to, when it requires one.
+pub struct OriginTls {
+    pub chain_pem: String,
+    pub key_pem: String,
+    pub client_ca_pem: Option<String>,
+    /// ALPN protocols offered, most preferred first (`h2`, `http/1.1`).
+    pub alpn: Vec<&'static str>,
+}
+
+impl OriginTls {
+    fn acceptor(&self) -> TlsAcceptor {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let chain = rustls::pki_types::CertificateDer::pem_slice_iter(self.chain_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("origin certificate chain PEM");
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(self.key_pem.as_bytes())
+            .expect("origin key PEM");
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions");
+        let builder = match &self.client_ca_pem {
+            None => builder.with_no_client_auth(),
+            Some(ca) => {
+                let mut roots = rustls::RootCertStore::empty();
+                for der in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+                    roots.add(der.expect("client CA PEM")).expect("client CA");
+                }
+                let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider,
+                )
+                .build()
+                .expect("client verifier");
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder
+            .with_single_cert(chain, key)
+            .expect("origin certificate and key");
+        config.alpn_protocols = self.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
+        TlsAcceptor::from(Arc::new(config))
+    }
+}
+
 /// Serves HTTP/1.1 and h2c on `listener` with `handle` until the returned task is aborted;
 /// aborting it also closes every open connection (they live in the task's `JoinSet`).
 /// For tests that need a server with behaviour an [`Origin`] does not have.
 pub fn serve_http<H, Fut, B>(listener: TcpListener, handle: H) -> JoinHandle<()>
+where
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    serve(listener, None, handle)
+}
+
+/// A connection, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+/// [`serve_http`], over TLS when `tls` is given (a failed handshake closes that connection).
+fn serve<H, Fut, B>(listener: TcpListener, tls: Option<TlsAcceptor>, handle: H) -> JoinHandle<()>
 where
     H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Response<B>> + Send + 'static,
@@ -207,6 +283,7 @@ where
                 accepted = listener.accept() => {
                     let Ok((stream, _)) = accepted else { continue };
                     let handle = handle.clone();
+                    let tls = tls.clone();
                     connections.spawn(async move {
                         let service = service_fn(move |request| {
                             let answer = handle(request);
@@ -219,6 +296,13 @@ where
                                 }
                             }
                         });
+                        let stream: Box<dyn Io> = match tls {
+                            None => Box::new(stream),
+                            Some(acceptor) => match acceptor.accept(stream).await {
+                                Ok(stream) => Box::new(stream),
+                                Err(_) => return,
+                            },
+                        };
                         // Errors here are clients going away mid-request; nothing to report.
                         let _ = auto::Builder::new(TokioExecutor::new())
                             .serve_connection(TokioIo::new(stream), service)
@@ -423,6 +507,7 @@ async fn echo(state: &State, req: Request<Incoming>, received: SystemTime) -> Re
         "body_bytes": body_bytes,
         "body_sha256": hex(&hasher.finalize()),
         "received_at_unix_ns": unix_nanos(received),
+        "version": format!("{:?}", parts.version),
     });
     Response::builder()
         .header(CONTENT_TYPE, "application/json")

@@ -10,7 +10,7 @@ use super::super::raw::{RawCertificate, RawTls};
 use super::super::yaml::{parse_bool, Located};
 use super::Validator;
 use crate::causes;
-use crate::tls::certificate::{unix_now, Certificate, ServedName};
+use crate::tls::certificate::{unix_now, Certificate, CertificateError, ServedName};
 
 /// The port `redirect_https: true` sends clients to.
 const HTTPS_PORT: u16 = 443;
@@ -158,12 +158,7 @@ impl Validator<'_> {
         let loaded = match Certificate::load(&cert_path, &key_path) {
             Ok(loaded) => loaded,
             Err(e) => {
-                let mark = if e.file() == key_path && cert_path != key_path {
-                    key.mark
-                } else {
-                    cert.mark
-                };
-                self.error(mark, format!("tls: {}", causes::describe(&e)));
+                self.certificate_error(&e, cert, key);
                 return None;
             }
         };
@@ -201,6 +196,24 @@ impl Validator<'_> {
             served,
             loaded: Arc::new(loaded),
         })
+    }
+
+    /// Records why the pair `cert`/`key` cannot be used, at the key that names the file at
+    /// fault.
+    pub(super) fn certificate_error(
+        &mut self,
+        e: &CertificateError,
+        cert: &Located<String>,
+        key: &Located<String>,
+    ) {
+        let mark = if e.file() == self.base_dir.join(key.trim())
+            && e.file() != self.base_dir.join(cert.trim())
+        {
+            key.mark
+        } else {
+            cert.mark
+        };
+        self.error(mark, format!("tls: {}", causes::describe(e)));
     }
 
     /// `redirect_https`: `true` (port 443), `false`, or the HTTPS port.
