@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus), `/healthz` (the process answers), `/ready`
-//! (fit to take traffic: not shutting down, and every filter able to start instances) and
+//! (fit to take traffic: not shutting down, and every filter able to start instances),
+//! `/config` (the configuration generation in use), `POST /config/reload` and
 //! `POST /cache/purge`. It listens on its own address, loopback by default, never on a proxy
 //! listener.
 
@@ -15,8 +16,10 @@ use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 
 use crate::cache::{Cache, PurgeMode, PurgeTarget};
+use crate::causes;
 use crate::local_http::{reply, Handler, LocalServer, Reply};
 use crate::metrics;
+use crate::runtime::{Generation, Generations};
 
 /// Purge requests are a few hundred bytes; anything much larger is a mistake.
 const MAX_PURGE_REQUEST: usize = 64 << 10;
@@ -25,8 +28,9 @@ const MAX_PURGE_REQUEST: usize = 64 << 10;
 pub(crate) struct Readiness {
     /// Set when a shutdown started: load balancers should stop sending traffic.
     pub draining: AtomicBool,
-    /// Names of filters that cannot start instances now (crash back-off).
-    pub unavailable_filters: Box<dyn Fn() -> Vec<String> + Send + Sync>,
+    /// The filters of the generation serving now: which cannot start instances (crash
+    /// back-off).
+    pub generations: Arc<Generations>,
 }
 
 pub(crate) struct AdminServer(LocalServer);
@@ -35,16 +39,22 @@ impl AdminServer {
     pub(crate) fn bind(
         addr: SocketAddr,
         readiness: Arc<Readiness>,
+        generations: Arc<Generations>,
         cache: Option<Arc<Cache>>,
     ) -> std::io::Result<Self> {
         let handler: Handler = Arc::new(move |req| -> Reply {
             let readiness = readiness.clone();
+            let generations = generations.clone();
             let cache = cache.clone();
             Box::pin(async move {
-                if req.uri().path() == "/cache/purge" {
-                    return purge(req, cache.as_deref()).await;
+                match req.uri().path() {
+                    "/cache/purge" => purge(req, cache.as_deref()).await,
+                    "/config/reload" => reload(req, &generations).await,
+                    "/config" if req.method() == Method::GET => {
+                        config_in_use(&generations.current())
+                    }
+                    path => route(req.method(), path, &readiness),
                 }
-                route(req.method(), req.uri().path(), &readiness)
             })
         });
         Ok(AdminServer(LocalServer::bind(
@@ -67,7 +77,7 @@ fn route(
         (&Method::GET, "/healthz") => reply(200, "text/plain", "ok\n"),
         (&Method::GET, "/ready") => {
             let draining = readiness.draining.load(Ordering::Acquire);
-            let unavailable = (readiness.unavailable_filters)();
+            let unavailable = readiness.generations.current().filters.unavailable();
             let ready = !draining && unavailable.is_empty();
             let body = serde_json::json!({
                 "ready": ready,
@@ -80,12 +90,59 @@ fn route(
                 body.to_string(),
             )
         }
-        (_, "/metrics" | "/healthz" | "/ready") => reply(405, "text/plain", "method not allowed\n"),
+        (_, "/metrics" | "/healthz" | "/ready" | "/config") => {
+            reply(405, "text/plain", "method not allowed\n")
+        }
         _ => reply(
             404,
             "text/plain",
-            "not found: try /metrics, /healthz, /ready or POST /cache/purge\n",
+            "not found: try /metrics, /healthz, /ready, /config, POST /config/reload or POST /cache/purge\n",
         ),
+    }
+}
+
+/// `GET /config`: the generation serving new requests.
+fn config_in_use(generation: &Generation) -> hyper::Response<Full<Bytes>> {
+    let loaded_at = generation
+        .loaded_at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    let body = serde_json::json!({
+        "generation": generation.number,
+        "loaded_at_unix": loaded_at,
+        "source_sha256": generation.source_sha256,
+    });
+    reply(200, "application/json", body.to_string())
+}
+
+/// `POST /config/reload`: reloads the configuration file and answers how it went: the new
+/// generation, or the problems (as `edgeward validate` prints them), the one in use unchanged.
+async fn reload(
+    req: hyper::Request<Incoming>,
+    generations: &Generations,
+) -> hyper::Response<Full<Bytes>> {
+    if req.method() != Method::POST {
+        let body = serde_json::json!({"error": "use POST"});
+        return reply(405, "application/json", body.to_string());
+    }
+    if let Some((status, why)) = cross_site_refusal(req.headers(), false) {
+        let body = serde_json::json!({"error": why});
+        return reply(status, "application/json", body.to_string());
+    }
+    match generations.reload().await {
+        Ok(number) => {
+            let body = serde_json::json!({"reloaded": true, "generation": number});
+            reply(200, "application/json", body.to_string())
+        }
+        Err(e) => {
+            let problems: Vec<String> = causes::describe(&e).lines().map(str::to_string).collect();
+            let body = serde_json::json!({
+                "reloaded": false,
+                "generation": generations.current().number,
+                "problems": problems,
+            });
+            reply(422, "application/json", body.to_string())
+        }
     }
 }
 
@@ -102,7 +159,7 @@ async fn purge(
     if req.method() != Method::POST {
         return error(405, "use POST");
     }
-    if let Some((status, why)) = cross_site_refusal(req.headers()) {
+    if let Some((status, why)) = cross_site_refusal(req.headers(), true) {
         return error(status, why);
     }
     let Some(cache) = cache else {
@@ -144,14 +201,19 @@ async fn purge(
 
 /// Why a request that changes state is refused as one a browser could have been made to send
 /// from another site: a browser sends `text/plain` and form bodies across sites without asking,
-/// but not JSON; and it names the page's site in `Origin`.
-fn cross_site_refusal(headers: &http::HeaderMap) -> Option<(u16, &'static str)> {
-    let json = headers
+/// but not JSON; and it names the page's site in `Origin`. A request without a body (`has_body`
+/// false) may leave out `Content-Type`, but a form or text body is refused all the same.
+fn cross_site_refusal(headers: &http::HeaderMap, has_body: bool) -> Option<(u16, &'static str)> {
+    let content_type = headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
-    if !json {
+        .map(str::trim);
+    let acceptable = match content_type {
+        Some(kind) => kind.eq_ignore_ascii_case("application/json"),
+        None => !has_body,
+    };
+    if !acceptable {
         return Some((415, "send the body as `Content-Type: application/json`"));
     }
     let origin = headers.get(http::header::ORIGIN).map(|v| v.as_bytes());

@@ -21,6 +21,7 @@ mod local_http;
 mod metrics;
 mod request_buffering;
 mod routing;
+mod runtime;
 pub mod server;
 mod sync;
 mod tls;

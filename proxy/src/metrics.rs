@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{LazyLock, Mutex};
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    exponential_buckets, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry,
 };
 
@@ -48,6 +48,9 @@ pub(crate) struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub tls_connections: IntCounterVec,
     pub tls_certificate_expiry: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+    pub config_last_reload: Gauge,
+    pub config_generation: IntGauge,
     custom: Mutex<Custom>,
 }
 
@@ -239,6 +242,21 @@ impl Metrics {
                 "When each listener certificate expires (its notAfter), in seconds since the Unix epoch, by certificate.",
                 &["certificate"],
             ),
+            config_reloads: counter(
+                "edgeward_config_reloads_total",
+                "Configuration reloads, by result (ok, error).",
+                &["result"],
+            ),
+            config_last_reload: Gauge::new(
+                "edgeward_config_last_reload_success_timestamp_seconds",
+                "When the configuration in use was loaded (at start or by the last successful reload), in seconds since the Unix epoch.",
+            )
+            .unwrap_or_else(|e| unreachable_metric("edgeward_config_last_reload_success_timestamp_seconds", e)),
+            config_generation: IntGauge::new(
+                "edgeward_config_generation",
+                "The number of the configuration generation serving new requests (1 at start, one more per successful reload).",
+            )
+            .unwrap_or_else(|e| unreachable_metric("edgeward_config_generation", e)),
             custom: Mutex::new(Custom::default()),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -270,6 +288,9 @@ impl Metrics {
             Box::new(metrics.tls_handshakes.clone()),
             Box::new(metrics.tls_connections.clone()),
             Box::new(metrics.tls_certificate_expiry.clone()),
+            Box::new(metrics.config_reloads.clone()),
+            Box::new(metrics.config_last_reload.clone()),
+            Box::new(metrics.config_generation.clone()),
         ];
         for collector in collectors {
             if let Err(e) = metrics.registry.register(collector) {

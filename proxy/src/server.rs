@@ -21,11 +21,8 @@ use crate::cache::{Cache, CacheError};
 use crate::config::Config;
 use crate::connections::Guarded;
 use crate::edge::Edge;
-use crate::geo::{Geo, GeoError};
-use crate::routing::RouteTable;
+use crate::runtime::{BuildError, Reloader};
 use crate::tls::TlsError;
-use crate::upstream::{UpstreamError, Upstreams};
-use crate::wasm::{FilterHost, WasmError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -35,11 +32,7 @@ pub enum ServerError {
         source: std::io::Error,
     },
     #[error(transparent)]
-    Upstream(#[from] UpstreamError),
-    #[error(transparent)]
-    Filters(#[from] WasmError),
-    #[error(transparent)]
-    Geo(#[from] GeoError),
+    Runtime(#[from] BuildError),
     #[error(transparent)]
     Cache(#[from] CacheError),
     #[error("cannot open the access log")]
@@ -68,28 +61,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             source,
         })?;
     }
-    let filters = FilterHost::load(&config)?;
-    let (upstreams, upstream_services) = Upstreams::build(&config.upstreams)?;
-    let upstreams = Arc::new(upstreams);
-    filters.serve_upstreams(upstreams.clone());
-    let filter_services = filters.background_services();
-    let readiness = Arc::new(Readiness {
-        draining: AtomicBool::new(false),
-        unavailable_filters: Box::new(filters.unavailable_filters()),
-    });
     let cache = match &config.cache {
         Some(settings) => Some(Arc::new(Cache::open(settings)?)),
-        None => None,
-    };
-    let admin = match &config.admin {
-        Some(admin) => Some(
-            AdminServer::bind(admin.address, readiness.clone(), cache.clone()).map_err(
-                |source| ServerError::Listen {
-                    address: admin.address,
-                    source,
-                },
-            )?,
-        ),
         None => None,
     };
     let access_log = AccessLogger::open(&config.access_log).map_err(ServerError::AccessLog)?;
@@ -105,27 +78,33 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             (None, None) => format!("http://{}", l.address),
         })
         .collect();
-    let geo = match &config.geo {
-        Some(settings) => Some(Arc::new(Geo::open(
-            &settings.database,
-            settings.trusted_proxies.clone(),
-        )?)),
-        None => None,
-    };
     let redirects = config
         .listeners
         .iter()
         .filter_map(|l| Some((l.address, l.redirect_https?)))
         .collect();
-    let edge = Edge::new(
-        RouteTable::new(config.routes),
-        redirects,
-        upstreams,
-        filters,
-        geo,
-        cache,
-        access_log.clone(),
-    );
+    // Builds the first generation: compiles the filters, binds builtin origins, opens geo.
+    let (generations, reloader) = Reloader::new(&config)?;
+    let readiness = Arc::new(Readiness {
+        draining: AtomicBool::new(false),
+        generations: generations.clone(),
+    });
+    let admin = match &config.admin {
+        Some(admin) => Some(
+            AdminServer::bind(
+                admin.address,
+                readiness.clone(),
+                generations.clone(),
+                cache.clone(),
+            )
+            .map_err(|source| ServerError::Listen {
+                address: admin.address,
+                source,
+            })?,
+        ),
+        None => None,
+    };
+    let edge = Edge::new(generations, redirects, cache, access_log.clone());
     let drain = GracefulSignals {
         inflight: edge.inflight(),
         timeout: config.shutdown_timeout,
@@ -151,11 +130,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         proxy.add_tcp(&listener.address.to_string());
     }
     server.add_service(proxy);
-    server.add_services(upstream_services);
-    server.add_services(filter_services);
+    server.add_service(background_service("configuration", reloader));
     if let (Some(admin), Some(settings)) = (admin, &config.admin) {
         log::info!(
-            "admin listener on http://{} (/metrics, /healthz, /ready, /cache/purge)",
+            "admin listener on http://{} (/metrics, /healthz, /ready, /config, /config/reload, /cache/purge)",
             settings.address
         );
         server.add_service(background_service("admin", admin));

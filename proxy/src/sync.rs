@@ -1,7 +1,13 @@
 //! Locking, and batches for background threads, shared by every module.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
+
+/// Work a part of the runtime needs done in the background (health checks, filter ticks,
+/// callouts, builtin origins), run until its shutdown watch fires.
+pub(crate) type BackgroundTask =
+    Arc<dyn pingora::services::background::BackgroundService + Send + Sync>;
 
 /// Locks `mutex` even if a thread panicked while holding it. For state that stays consistent
 /// between statements (every caller's case): failing every later request because one panicked
@@ -31,6 +37,8 @@ pub(crate) fn wait_until<'a, T>(
 pub(crate) struct Batches<T> {
     pending: Mutex<Vec<T>>,
     arrived: Condvar,
+    /// Set by [`Batches::close`]: the thread handles what is left and ends.
+    closed: AtomicBool,
 }
 
 impl<T: Send + 'static> Batches<T> {
@@ -38,6 +46,7 @@ impl<T: Send + 'static> Batches<T> {
         Arc::new(Batches {
             pending: Mutex::new(pending),
             arrived: Condvar::new(),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -57,6 +66,15 @@ impl<T: Send + 'static> Batches<T> {
     /// The current batch; an empty one takes its place.
     pub(crate) fn take(&self) -> Vec<T> {
         std::mem::take(&mut *lock(&self.pending))
+    }
+
+    /// Ends the thread once it has handled what is queued.
+    pub(crate) fn close(&self) {
+        // Set under the lock, so that the thread cannot miss it between its check and its wait.
+        let pending = lock(&self.pending);
+        self.closed.store(true, Ordering::Release);
+        drop(pending);
+        self.arrived.notify_all();
     }
 
     /// Keeps a spent batch's allocation for the next batch, unless one has started already.
@@ -83,8 +101,12 @@ impl<T: Send + 'static> Batches<T> {
                 drop(wait_until(
                     &batches.arrived,
                     lock(&batches.pending),
-                    |pending| !pending.is_empty(),
+                    |pending| !pending.is_empty() || batches.closed.load(Ordering::Acquire),
                 ));
+                if batches.closed.load(Ordering::Acquire) {
+                    handle(&batches);
+                    return;
+                }
                 std::thread::sleep(gather);
                 handle(&batches);
             })
@@ -113,6 +135,29 @@ mod tests {
             items.extend(received.recv_timeout(Duration::from_secs(30)).unwrap());
         }
         assert_eq!(items, [0, 1, 2]);
+    }
+
+    #[test]
+    fn a_closed_batch_ends_its_thread_after_handling_what_is_left() {
+        let batches = Batches::new(Vec::new());
+        let (handled, received) = std::sync::mpsc::channel();
+        batches
+            .spawn_handler("test-close", Duration::from_millis(5), move |batches| {
+                let _ = handled.send(batches.take());
+            })
+            .unwrap();
+        batches.add(|pending| pending.push(7));
+        batches.close();
+        let mut items = Vec::new();
+        // The sender is dropped when the thread ends.
+        loop {
+            match received.recv_timeout(Duration::from_secs(30)) {
+                Ok(batch) => items.extend(batch),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => panic!("the thread goes on"),
+            }
+        }
+        assert_eq!(items, [7]);
     }
 
     #[test]

@@ -19,6 +19,7 @@ mod hostile_config;
 mod jwt;
 mod lifecycle;
 mod origin_tls;
+mod reload;
 mod routing;
 mod support;
 mod tls;

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use diagnostic::Problems;
 pub use diagnostic::{Diagnostic, Mark, MAX_SHOWN};
 pub use model::*;
+use sha2::Digest;
 
 /// The largest configuration edgeward reads, checked before parsing.
 pub const MAX_SIZE: usize = 16 << 20;
@@ -139,9 +140,10 @@ pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
     };
     let base_dir = path.parent().unwrap_or(Path::new("."));
     let mut validator = validate::Validator::new(base_dir);
-    let config = validator.config(raw, path);
+    let mut config = validator.config(raw, path);
     problems.append(std::mem::take(&mut validator.problems));
     if problems.is_empty() {
+        config.source_sha256 = hex::encode(sha2::Sha256::digest(text.as_bytes()));
         Ok(config)
     } else {
         Err(invalid(path, problems))

@@ -12,6 +12,8 @@ use http::{HeaderName, HeaderValue, Method};
 pub struct Config {
     /// The file this configuration was read from (relative paths inside it start at its folder).
     pub source: PathBuf,
+    /// SHA-256 of the configuration's text, hex: which version of the file is in use.
+    pub source_sha256: String,
     pub listeners: Vec<Listener>,
     /// Worker threads serving the listeners.
     pub workers: usize,

@@ -173,6 +173,7 @@ impl<'a> Validator<'a> {
         let wasm = self.wasm(raw.wasm.as_ref());
         Config {
             source: source.to_path_buf(),
+            source_sha256: String::new(),
             listeners,
             workers,
             work_stealing: raw.work_stealing.as_deref().copied().unwrap_or(true),

@@ -14,6 +14,7 @@ use crate::body_length::DeclaredLength;
 use crate::cache::Outcome;
 use crate::config::{Route, UpstreamId};
 use crate::metrics;
+use crate::runtime::Generation;
 use crate::wasm::FilterChain;
 
 pub(crate) struct RequestCtx {
@@ -25,6 +26,8 @@ pub(crate) struct RequestCtx {
     pub upstream: UpstreamState,
     pub cache: CacheState,
     pub filters: FilterState,
+    /// The configuration this request runs on, from its start to its end.
+    pub generation: Arc<Generation>,
     _inflight: InflightGuard,
 }
 
@@ -102,7 +105,7 @@ impl FilterState {
 
 impl RequestCtx {
     /// A new request's context; it counts in `inflight` for as long as it lives.
-    pub(crate) fn new(inflight: &Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(inflight: &Arc<AtomicUsize>, generation: Arc<Generation>) -> Self {
         inflight.fetch_add(1, Ordering::AcqRel);
         metrics::global().inflight.inc();
         RequestCtx {
@@ -113,6 +116,7 @@ impl RequestCtx {
             upstream: UpstreamState::default(),
             cache: CacheState::default(),
             filters: FilterState::default(),
+            generation,
             _inflight: InflightGuard(inflight.clone()),
         }
     }

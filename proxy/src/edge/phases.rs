@@ -28,21 +28,18 @@ use crate::body_length::DeclaredLength;
 use crate::cache::{self, Cache};
 use crate::config::{ResponsePhase, RouteCache};
 use crate::connections;
-use crate::geo::Geo;
 use crate::metrics;
 use crate::request_buffering;
-use crate::routing::{request_host, RouteTable};
-use crate::upstream::Upstreams;
-use crate::wasm::FilterHost;
+use crate::routing::request_host;
+use crate::runtime::Generations;
 
 pub(crate) struct Edge {
-    routes: RouteTable,
+    /// Routes, upstreams, filters and the geo database: each request takes the generation
+    /// serving when it starts and keeps it to its end.
+    generations: Arc<Generations>,
     /// Plain-HTTP listeners that send every request to HTTPS, and the HTTPS port; empty on
     /// most configurations, which then spend nothing on it.
     redirects: Vec<(SocketAddr, u16)>,
-    geo: Option<Arc<Geo>>,
-    upstreams: Arc<Upstreams>,
-    filters: FilterHost,
     cache: Option<Arc<Cache>>,
     access_log: AccessLogger,
     inflight: Arc<AtomicUsize>,
@@ -50,20 +47,14 @@ pub(crate) struct Edge {
 
 impl Edge {
     pub(crate) fn new(
-        routes: RouteTable,
+        generations: Arc<Generations>,
         redirects: Vec<(SocketAddr, u16)>,
-        upstreams: Arc<Upstreams>,
-        filters: FilterHost,
-        geo: Option<Arc<Geo>>,
         cache: Option<Arc<Cache>>,
         access_log: AccessLogger,
     ) -> Self {
         Edge {
-            routes,
+            generations,
             redirects,
-            geo,
-            upstreams,
-            filters,
             cache,
             access_log,
             inflight: Arc::new(AtomicUsize::new(0)),
@@ -82,8 +73,10 @@ impl Edge {
             .map(|(_, port)| *port)
     }
 
-    fn upstream_name(&self, ctx: &RequestCtx) -> Option<&str> {
-        ctx.upstream.chosen.map(|id| self.upstreams.get(id).name())
+    fn upstream_name<'a>(&self, ctx: &'a RequestCtx) -> Option<&'a str> {
+        ctx.upstream
+            .chosen
+            .map(|id| ctx.generation.upstreams.get(id).name())
     }
 
     /// The request's route's caching, when the cache is on for this request.
@@ -105,7 +98,7 @@ impl ProxyHttp for Edge {
     fn init_downstream_modules(&self, _modules: &mut HttpModules) {}
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::new(&self.inflight)
+        RequestCtx::new(&self.inflight, self.generations.current())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -135,7 +128,8 @@ impl ProxyHttp for Edge {
             answers::refuse(session, &ctx.request_id, Refusal::BadRequest, problem).await?;
             return Ok(true);
         }
-        let Some(route) = self.routes.find(session.req_header()) else {
+        let generation = ctx.generation.clone();
+        let Some(route) = generation.routes.find(session.req_header()) else {
             let req = session.req_header();
             let host = request_host(req).unwrap_or("");
             let message = format!("no route matches {} {host}{}", req.method, req.uri.path());
@@ -149,9 +143,11 @@ impl ProxyHttp for Edge {
             ctx.cache.bypass = cache::bypass_reason(session.req_header(), route_cache);
             ctx.cache.on = ctx.cache.bypass.is_none() && self.cache.is_some();
         }
-        let info =
-            || filtering::stream_info(session, ctx, route, self.geo.as_ref(), &self.upstreams);
-        if let Some(chain) = self.filters.chain(route, info, ctx.started) {
+        let info = || {
+            let geo = generation.geo.as_ref();
+            filtering::stream_info(session, ctx, route, geo, &generation.upstreams)
+        };
+        if let Some(chain) = generation.filters.chain(route, info, ctx.started) {
             if filtering::request_headers(session, ctx, chain).await? {
                 return Ok(true);
             }
@@ -172,7 +168,8 @@ impl ProxyHttp for Edge {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        let Some(upstream) = ctx.upstream.chosen.map(|id| self.upstreams.get(id)) else {
+        let generation = ctx.generation.clone();
+        let Some(upstream) = ctx.upstream.chosen.map(|id| generation.upstreams.get(id)) else {
             return Error::e_explain(
                 ErrorType::InternalError,
                 "no upstream chosen before endpoint selection",
@@ -211,7 +208,7 @@ impl ProxyHttp for Edge {
         let retries = ctx
             .upstream
             .chosen
-            .map_or(0, |id| self.upstreams.get(id).retries());
+            .map_or(0, |id| ctx.generation.upstreams.get(id).retries());
         e.set_retry(ctx.upstream.failed_endpoints.len() <= retries as usize);
         e
     }
@@ -408,7 +405,12 @@ impl ProxyHttp for Edge {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let upstream = self.upstream_name(ctx);
+        // The name lives in the generation, which the request's context holds: keep it apart.
+        let generation = ctx.generation.clone();
+        let upstream = ctx
+            .upstream
+            .chosen
+            .map(|id| generation.upstreams.get(id).name());
         failures::answer(session, e, ctx, upstream).await
     }
 

@@ -41,8 +41,14 @@ pub(super) struct EchoOrigins(pub(super) Vec<EchoOrigin>);
 
 #[async_trait::async_trait]
 impl BackgroundService for EchoOrigins {
-    async fn start(&self, _shutdown: ShutdownWatch) {
-        futures_util::future::join_all(self.0.iter().map(|origin| origin.0.serve())).await;
+    /// Serves until `shutdown`, which comes when the runtime generation these origins belong
+    /// to is retired (not when the process drains: requests in flight still need them).
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let serving = futures_util::future::join_all(self.0.iter().map(|origin| origin.0.serve()));
+        tokio::select! {
+            _ = serving => {}
+            _ = shutdown.changed() => {}
+        }
     }
 }
 

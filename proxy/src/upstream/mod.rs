@@ -9,12 +9,10 @@ mod peer;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use pingora::server::ShutdownWatch;
-use pingora::services::background::{background_service, BackgroundService};
-use pingora::services::ServiceWithDependents;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{self, Endpoint, Origin, UpstreamId};
+use crate::sync::BackgroundTask;
 use balancer::Balancer;
 use health::EndpointCheck;
 use peer::PeerSettings;
@@ -48,13 +46,13 @@ pub(crate) struct UpstreamEntry {
 }
 
 impl Upstreams {
-    /// Builds the upstreams and the background services they need: the health-check loop and
+    /// Builds the upstreams and the background tasks they need: the health-check loops and
     /// the builtin origins (bound here, so their addresses are known before serving starts).
     pub(crate) fn build(
         upstreams: &[config::Upstream],
-    ) -> Result<(Upstreams, Vec<Box<dyn ServiceWithDependents>>), UpstreamError> {
+    ) -> Result<(Upstreams, Vec<BackgroundTask>), UpstreamError> {
         let mut entries = Vec::with_capacity(upstreams.len());
-        let mut health_checked = Vec::new();
+        let mut tasks: Vec<BackgroundTask> = Vec::new();
         let mut builtins = Vec::new();
         for upstream in upstreams {
             let endpoints = match &upstream.origin {
@@ -87,7 +85,7 @@ impl Upstreams {
                 }
             })?;
             if upstream.health_check.is_some() {
-                health_checked.push(balancer.background());
+                tasks.push(balancer.background());
             }
             entries.push(UpstreamEntry {
                 config: upstream.clone(),
@@ -95,20 +93,10 @@ impl Upstreams {
                 peers,
             });
         }
-        let mut services: Vec<Box<dyn ServiceWithDependents>> = Vec::new();
-        if !health_checked.is_empty() {
-            services.push(Box::new(background_service(
-                "health checks",
-                RunAll(health_checked),
-            )));
-        }
         if !builtins.is_empty() {
-            services.push(Box::new(background_service(
-                "builtin origins",
-                echo::EchoOrigins(builtins),
-            )));
+            tasks.push(Arc::new(echo::EchoOrigins(builtins)));
         }
-        Ok((Upstreams { entries }, services))
+        Ok((Upstreams { entries }, tasks))
     }
 
     pub(crate) fn get(&self, id: UpstreamId) -> &UpstreamEntry {
@@ -143,16 +131,5 @@ impl UpstreamEntry {
     /// Connection settings for one endpoint; connections are pooled per endpoint.
     pub(crate) fn peer(&self, addr: SocketAddr) -> HttpPeer {
         self.peers.peer(addr)
-    }
-}
-
-/// Runs several background tasks on one service (one runtime thread instead of one each).
-struct RunAll(Vec<Arc<dyn BackgroundService + Send + Sync>>);
-
-#[async_trait::async_trait]
-impl BackgroundService for RunAll {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        let tasks = self.0.iter().map(|task| task.start(shutdown.clone()));
-        futures_util::future::join_all(tasks).await;
     }
 }

@@ -35,11 +35,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use pingora::services::background::{background_service, BackgroundService};
-use pingora::services::ServiceWithDependents;
 use wasmtime::Linker;
 
 use crate::config::{Config, Isolation, Route};
+use crate::sync::BackgroundTask;
 use crate::upstream::Upstreams;
 use dispatch::Dispatcher;
 use engine::WasmEngine;
@@ -181,15 +180,12 @@ impl FilterHost {
     }
 
     /// Names the filters that cannot start instances right now (for readiness).
-    pub(crate) fn unavailable_filters(&self) -> impl Fn() -> Vec<String> + Send + Sync + 'static {
-        let plugins = self.plugins.clone();
-        move || {
-            plugins
-                .iter()
-                .filter(|p| p.is_backing_off())
-                .map(|p| p.info.name.clone())
-                .collect()
-        }
+    pub(crate) fn unavailable(&self) -> Vec<String> {
+        self.plugins
+            .iter()
+            .filter(|p| p.is_backing_off())
+            .map(|p| p.info.name.clone())
+            .collect()
     }
 
     /// Lets filters' callouts reach the upstreams.
@@ -197,27 +193,8 @@ impl FilterHost {
         self.dispatcher.serve_upstreams(upstreams);
     }
 
-    /// The background services driving `on_tick`, callouts and queue notices.
-    pub(crate) fn background_services(&self) -> Vec<Box<dyn ServiceWithDependents>> {
-        vec![
-            Box::new(background_service(
-                "filter ticks",
-                Shared(self.ticker.clone()),
-            )),
-            Box::new(background_service(
-                "filter callouts",
-                Shared(self.dispatcher.clone()),
-            )),
-        ]
-    }
-}
-
-/// Runs a service the host also keeps a handle to as a Pingora background service.
-struct Shared<S>(Arc<S>);
-
-#[async_trait::async_trait]
-impl<S: BackgroundService + Send + Sync> BackgroundService for Shared<S> {
-    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
-        self.0.start(shutdown).await
+    /// The background tasks driving `on_tick`, callouts and queue notices.
+    pub(crate) fn background_tasks(&self) -> Vec<BackgroundTask> {
+        vec![self.ticker.clone(), self.dispatcher.clone()]
     }
 }

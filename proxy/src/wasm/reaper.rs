@@ -1,6 +1,7 @@
 //! Drops per-request instances on a thread of its own: resetting an instance's memory takes
 //! microseconds that no request should wait for.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::error::WasmError;
@@ -10,10 +11,21 @@ use crate::sync::Batches;
 /// How long the reaper lets finished instances gather before dropping them.
 const REAP_INTERVAL: Duration = Duration::from_millis(1);
 
-/// Where finished per-request instances wait for the reaper thread.
+/// Where finished per-request instances wait for the reaper thread. The thread ends when the
+/// last clone is dropped (a reload's old filters are gone).
 #[derive(Clone)]
 pub(crate) struct Reaper {
-    pending: std::sync::Arc<Batches<SharedInstance>>,
+    pending: Arc<Batches<SharedInstance>>,
+    _thread: Arc<ReaperThread>,
+}
+
+/// Closes the reaper's batches when dropped, which ends its thread.
+struct ReaperThread(Arc<Batches<SharedInstance>>);
+
+impl Drop for ReaperThread {
+    fn drop(&mut self) {
+        self.0.close();
+    }
 }
 
 impl Reaper {
@@ -23,7 +35,10 @@ impl Reaper {
         pending
             .spawn_handler("wasm-reaper", REAP_INTERVAL, |batches| drop(batches.take()))
             .map_err(|e| WasmError::Thread("instance reaper", e))?;
-        Ok(Reaper { pending })
+        Ok(Reaper {
+            _thread: Arc::new(ReaperThread(pending.clone())),
+            pending,
+        })
     }
 
     pub(crate) fn reap(&self, instance: SharedInstance) {

@@ -293,6 +293,28 @@ impl Proxy {
         }
     }
 
+    /// Replaces the configuration file with `yaml`, whose placeholders get the addresses they
+    /// got at start (a new placeholder is a mistake in the test). The file is replaced by a
+    /// rename, as deployment tools do, so the proxy never reads half of it.
+    pub fn rewrite_config(&self, yaml: &str) {
+        let mut text = yaml.to_owned();
+        for name in placeholder_names(yaml) {
+            let addr = self.placeholder_addr(&name);
+            text = text.replace(&format!("{{{{{name}}}}}"), &addr.to_string());
+        }
+        self.write_file("edgeward.yaml", text);
+    }
+
+    /// Writes (or replaces, by a rename) a file next to the configuration.
+    pub fn write_file(&self, relative_name: &str, contents: impl AsRef<[u8]>) {
+        let path = self._dir.path().join(relative_name);
+        let staged = self._dir.path().join(format!(".{relative_name}.new"));
+        std::fs::write(&staged, contents)
+            .unwrap_or_else(|e| panic!("writing {}: {e}", staged.display()));
+        std::fs::rename(&staged, &path)
+            .unwrap_or_else(|e| panic!("renaming to {}: {e}", path.display()));
+    }
+
     /// `http://127.0.0.1:port{path}` for `{{listen}}`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr())

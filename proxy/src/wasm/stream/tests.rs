@@ -911,7 +911,7 @@ async fn one_crash_of_a_shared_instance_counts_once_however_many_requests_wait_o
         .filter_traps
         .with_label_values(&["crash-once"])
         .get();
-    let backing_off = (host.host.unavailable_filters())();
+    let backing_off = host.host.unavailable();
     // The next request gets a fresh instance at once, which pauses it as usual.
     let mut next_chain = host.chain();
     let mut next = request();

@@ -1,0 +1,344 @@
+//! The runtime generation: what requests read from the configuration (routes, upstreams and
+//! their health checks, filters, the geo database), built whole from one configuration file
+//! and replaced whole by a reload. A request holds the generation it started on until it
+//! ends, so it finishes on the configuration it began with; a generation's background tasks
+//! (health checks, filter ticks and callouts, builtin origins) stop once its last request
+//! has ended and a newer generation serves.
+//!
+//! Reloads (`SIGHUP`, or `POST /config/reload` on the admin listener) run one at a time on
+//! the [`Reloader`] service: read and validate the file, check that it changes nothing a
+//! reload cannot change (listeners, workers, the cache's storage, the admin listener, the
+//! access log), build the new generation off the request path (filters are compiled and
+//! configured there), and swap. Anything failing leaves the serving generation in place.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::causes;
+use crate::config::{self, Config, ConfigError, Listener};
+use crate::geo::{Geo, GeoError};
+use crate::metrics;
+use crate::routing::RouteTable;
+use crate::sync::{lock, BackgroundTask};
+use crate::upstream::{UpstreamError, Upstreams};
+use crate::wasm::{FilterHost, WasmError};
+
+/// Why a configuration could not become a generation.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Filters(#[from] WasmError),
+    #[error(transparent)]
+    Geo(#[from] GeoError),
+}
+
+/// Why a reload changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(
+        "the new configuration changes {}, which a reload cannot change; restart edgeward for that",
+        .0.join(", ")
+    )]
+    NeedsRestart(Vec<&'static str>),
+    #[error("the new configuration cannot start")]
+    Build(#[source] BuildError),
+    #[error("edgeward is shutting down")]
+    ShuttingDown,
+}
+
+pub(crate) struct Generation {
+    pub(crate) number: u64,
+    pub(crate) loaded_at: SystemTime,
+    /// SHA-256 of the configuration file's bytes, hex.
+    pub(crate) source_sha256: String,
+    pub(crate) routes: RouteTable,
+    pub(crate) upstreams: Arc<Upstreams>,
+    pub(crate) filters: FilterHost,
+    pub(crate) geo: Option<Arc<Geo>>,
+    /// Started once the generation is installed.
+    tasks: Mutex<Vec<BackgroundTask>>,
+    /// Fires when the generation is dropped, which ends its tasks.
+    retired: watch::Sender<bool>,
+}
+
+impl Generation {
+    /// Builds everything `config` needs to serve; binds builtin origins, compiles and starts
+    /// the filters. Blocking: filters compile here.
+    pub(crate) fn build(config: &Config, number: u64) -> Result<Generation, BuildError> {
+        let filters = FilterHost::load(config)?;
+        let (upstreams, mut tasks) = Upstreams::build(&config.upstreams)?;
+        let upstreams = Arc::new(upstreams);
+        filters.serve_upstreams(upstreams.clone());
+        tasks.extend(filters.background_tasks());
+        let geo = match &config.geo {
+            Some(settings) => Some(Arc::new(Geo::open(
+                &settings.database,
+                settings.trusted_proxies.clone(),
+            )?)),
+            None => None,
+        };
+        Ok(Generation {
+            number,
+            loaded_at: SystemTime::now(),
+            source_sha256: config.source_sha256.clone(),
+            routes: RouteTable::new(config.routes.clone()),
+            upstreams,
+            filters,
+            geo,
+            tasks: Mutex::new(tasks),
+            retired: watch::channel(false).0,
+        })
+    }
+
+    /// Spawns the generation's background tasks on the current tokio runtime.
+    fn start_tasks(&self) {
+        for task in lock(&self.tasks).drain(..) {
+            let retired = self.retired.subscribe();
+            tokio::spawn(async move { task.start(retired).await });
+        }
+    }
+}
+
+impl Drop for Generation {
+    fn drop(&mut self) {
+        log::debug!("configuration generation {} retired", self.number);
+        self.retired.send_replace(true);
+    }
+}
+
+/// A request for a reload: where its outcome goes.
+type ReloadRequest = oneshot::Sender<Result<u64, ReloadError>>;
+
+/// The serving generation, and the way to ask for a reload.
+pub(crate) struct Generations {
+    current: RwLock<Arc<Generation>>,
+    reloads: mpsc::Sender<ReloadRequest>,
+}
+
+impl Generations {
+    /// The generation a request starting now uses.
+    pub(crate) fn current(&self) -> Arc<Generation> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn install(&self, generation: Arc<Generation>) {
+        let number = generation.number;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = generation;
+        metrics::global().config_generation.set(number as i64);
+    }
+
+    /// Reloads the configuration file; the new generation's number, or why nothing changed.
+    pub(crate) async fn reload(&self) -> Result<u64, ReloadError> {
+        let (answer, outcome) = oneshot::channel();
+        self.reloads
+            .send(answer)
+            .await
+            .map_err(|_| ReloadError::ShuttingDown)?;
+        outcome.await.map_err(|_| ReloadError::ShuttingDown)?
+    }
+}
+
+/// The settings a reload cannot change (they are bound when the process starts), as the
+/// configuration that started the process has them.
+struct Fixed {
+    listeners: Vec<String>,
+    workers: usize,
+    work_stealing: bool,
+    admin: String,
+    cache: String,
+    access_log: String,
+    shutdown_timeout: std::time::Duration,
+}
+
+impl Fixed {
+    fn of(config: &Config) -> Fixed {
+        Fixed {
+            listeners: config.listeners.iter().map(listener_summary).collect(),
+            workers: config.workers,
+            work_stealing: config.work_stealing,
+            admin: format!("{:?}", config.admin),
+            cache: format!("{:?}", config.cache),
+            access_log: format!("{:?}", config.access_log),
+            shutdown_timeout: config.shutdown_timeout,
+        }
+    }
+
+    /// The names of the settings `other` changes.
+    fn changed_by(&self, other: &Fixed) -> Vec<&'static str> {
+        [
+            (self.listeners != other.listeners, "`listeners`"),
+            (self.workers != other.workers, "`workers`"),
+            (self.work_stealing != other.work_stealing, "`work_stealing`"),
+            (self.admin != other.admin, "`admin`"),
+            (self.cache != other.cache, "`cache`"),
+            (self.access_log != other.access_log, "`access_log`"),
+            (
+                self.shutdown_timeout != other.shutdown_timeout,
+                "`shutdown_timeout`",
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(changed, name)| changed.then_some(name))
+        .collect()
+    }
+}
+
+/// A listener as a reload compares it: its certificates by file, not by content (certificate
+/// files are re-read by rotation, not by reloads).
+fn listener_summary(listener: &Listener) -> String {
+    let tls = listener.tls.as_ref().map(|tls| {
+        let certificates: Vec<_> = tls
+            .certificates
+            .iter()
+            .map(|c| (&c.cert, &c.key, &c.served))
+            .collect();
+        format!(
+            "{certificates:?} {:?} {:?} {:?}",
+            tls.default, tls.min_version, tls.alpn
+        )
+    });
+    format!(
+        "{} {:?} {:?} {tls:?}",
+        listener.address, listener.client, listener.redirect_https
+    )
+}
+
+/// The Pingora background service that starts the first generation's tasks and runs
+/// reloads, one at a time, on its own runtime.
+pub(crate) struct Reloader {
+    generations: Arc<Generations>,
+    source: PathBuf,
+    fixed: Fixed,
+    next_number: AtomicU64,
+    requests: Mutex<Option<mpsc::Receiver<ReloadRequest>>>,
+}
+
+impl Reloader {
+    /// The first generation, built from `config`, and the service that will serve it.
+    pub(crate) fn new(config: &Config) -> Result<(Arc<Generations>, Reloader), BuildError> {
+        let source = config.source.clone();
+        let fixed = Fixed::of(config);
+        let first = Generation::build(config, 1)?;
+        let (sender, receiver) = mpsc::channel(8);
+        let generations = Arc::new(Generations {
+            current: RwLock::new(Arc::new(first)),
+            reloads: sender,
+        });
+        metrics::global().config_generation.set(1);
+        metrics::global()
+            .config_last_reload
+            .set(unix_seconds(SystemTime::now()));
+        let reloader = Reloader {
+            generations: generations.clone(),
+            source,
+            fixed,
+            next_number: AtomicU64::new(2),
+            requests: Mutex::new(Some(receiver)),
+        };
+        Ok((generations, reloader))
+    }
+
+    async fn reload(&self) -> Result<u64, ReloadError> {
+        let source = self.source.clone();
+        let config = tokio::task::spawn_blocking(move || config::load(&source))
+            .await
+            .map_err(|_| ReloadError::ShuttingDown)??;
+        let changed = self.fixed.changed_by(&Fixed::of(&config));
+        if !changed.is_empty() {
+            return Err(ReloadError::NeedsRestart(changed));
+        }
+        let number = self.next_number.fetch_add(1, Ordering::Relaxed);
+        let built = tokio::task::spawn_blocking(move || Generation::build(&config, number))
+            .await
+            .map_err(|_| ReloadError::ShuttingDown)?;
+        let generation = Arc::new(built.map_err(ReloadError::Build)?);
+        generation.start_tasks();
+        self.generations.install(generation);
+        Ok(number)
+    }
+
+    /// Reloads, and tells the log and the metrics how it went.
+    async fn reload_and_report(&self, trigger: &str) -> Result<u64, ReloadError> {
+        log::info!("{trigger}: reloading {}", self.source.display());
+        let outcome = self.reload().await;
+        let metrics = metrics::global();
+        match &outcome {
+            Ok(number) => {
+                metrics.config_reloads.with_label_values(&["ok"]).inc();
+                metrics
+                    .config_last_reload
+                    .set(unix_seconds(SystemTime::now()));
+                log::info!("configuration generation {number} serves new requests");
+            }
+            Err(e) => {
+                metrics.config_reloads.with_label_values(&["error"]).inc();
+                log::error!(
+                    "reload failed; the configuration in use is unchanged: {}",
+                    causes::describe(e)
+                );
+            }
+        }
+        outcome
+    }
+}
+
+#[async_trait::async_trait]
+impl BackgroundService for Reloader {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.generations.current().start_tasks();
+        let Some(mut requests) = lock(&self.requests).take() else {
+            return;
+        };
+        let mut hangups = match signal(SignalKind::hangup()) {
+            Ok(hangups) => Some(hangups),
+            Err(e) => {
+                log::error!("cannot watch for SIGHUP: {e}; reload through the admin listener");
+                None
+            }
+        };
+        loop {
+            let hangup = async {
+                match hangups.as_mut() {
+                    Some(hangups) => hangups.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = hangup => {
+                    // The outcome is in the log and the metrics.
+                    let _ = self.reload_and_report("SIGHUP").await;
+                }
+                request = requests.recv() => match request {
+                    Some(answer) => {
+                        let outcome = self.reload_and_report("POST /config/reload").await;
+                        let _ = answer.send(outcome);
+                    }
+                    None => return,
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+fn unix_seconds(time: SystemTime) -> f64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}

@@ -1,0 +1,306 @@
+//! Live reloads, end to end: the configuration file rewritten under a running proxy, then
+//! `SIGHUP` or `POST /config/reload`; what changes, what is refused, and requests that span
+//! a reload.
+
+use edgeward_testkit::{client, filters, Origin, Proxy};
+use sha2::{Digest, Sha256};
+
+use crate::support::{admin_json, config, eventually, metrics_showing, start_proxy};
+
+/// Routes `/{name}/...` to the origin `$name`; `names` picks which of `a`, `b`, `c` exist.
+fn routing(names: &[&str], vars: &[(&str, String)]) -> String {
+    let upstreams: String = names
+        .iter()
+        .map(|n| format!("  {n}: {{endpoints: [\"${n}\"]}}\n"))
+        .collect();
+    let routes: String = names
+        .iter()
+        .map(|n| format!("  - {{name: {n}, match: {{path_prefix: /{n}/}}, upstream: {n}}}\n"))
+        .collect();
+    config(
+        &format!(
+            "listeners: [{{address: \"{{{{listen}}}}\"}}]\nadmin: {{address: \"{{{{admin}}}}\"}}\nupstreams:\n{upstreams}routes:\n{routes}"
+        ),
+        vars,
+    )
+}
+
+async fn status_of(client: &edgeward_testkit::reqwest::Client, proxy: &Proxy, path: &str) -> u16 {
+    client
+        .get(proxy.url(path))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// `POST /config/reload` on the admin listener: (status, JSON answer).
+async fn reload(proxy: &Proxy) -> (u16, serde_json::Value) {
+    let url = format!("http://{}/config/reload", proxy.placeholder_addr("admin"));
+    let response = client::http1().post(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn sighup_and_the_admin_endpoint_swap_the_routes_of_a_running_proxy() {
+    let (a, b, c) = (
+        Origin::start("a").await,
+        Origin::start("b").await,
+        Origin::start("c").await,
+    );
+    let vars = [
+        ("a", a.addr().to_string()),
+        ("b", b.addr().to_string()),
+        ("c", c.addr().to_string()),
+    ];
+    let proxy = start_proxy(&routing(&["a"], &vars)).await;
+    // One keep-alive connection throughout: reloads do not touch client connections.
+    let http = client::http1();
+    assert_eq!(status_of(&http, &proxy, "/a/x").await, 200);
+    assert_eq!(status_of(&http, &proxy, "/b/x").await, 404);
+
+    proxy.rewrite_config(&routing(&["b"], &vars));
+    proxy.signal("HUP");
+    eventually("the SIGHUP reload", || async {
+        (status_of(&http, &proxy, "/b/x").await == 200).then_some(())
+    })
+    .await;
+    assert_eq!(status_of(&http, &proxy, "/a/x").await, 404);
+    assert_eq!(b.hits(), 1);
+
+    let third = routing(&["a", "c"], &vars);
+    proxy.rewrite_config(&third);
+    let (status, answer) = reload(&proxy).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["generation"], 3, "{answer}");
+    // The answer comes once the new generation serves.
+    assert_eq!(status_of(&http, &proxy, "/c/x").await, 200);
+    assert_eq!(status_of(&http, &proxy, "/a/x").await, 200);
+
+    let (status, in_use) = admin_json(&proxy, "/config").await;
+    assert_eq!(status, 200);
+    assert_eq!(in_use["generation"], 3);
+    let written = third
+        .replace("{{listen}}", &proxy.addr().to_string())
+        .replace("{{admin}}", &proxy.placeholder_addr("admin").to_string());
+    assert_eq!(
+        in_use["source_sha256"],
+        hex::encode(Sha256::digest(written.as_bytes())),
+        "{in_use}"
+    );
+    metrics_showing(
+        &proxy,
+        &[
+            (r#"edgeward_config_reloads_total{result="ok"}"#, 2.0),
+            ("edgeward_config_generation", 3.0),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_configuration_that_fails_anywhere_changes_nothing() {
+    let a = Origin::start("a").await;
+    let vars = [("a", a.addr().to_string())];
+    let good = routing(&["a"], &vars);
+    let proxy = start_proxy(&good).await;
+
+    // Invalid: a route to an upstream that does not exist.
+    proxy.rewrite_config(&good.replace("upstream: a}", "upstream: nowhere}"));
+    let (status, answer) = reload(&proxy).await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(answer["reloaded"], false);
+    assert_eq!(answer["generation"], 1);
+    let problems = answer["problems"].to_string();
+    assert!(
+        problems.contains("edgeward.yaml:6:") && problems.contains("nowhere"),
+        "{answer}"
+    );
+
+    // Valid, but a filter refuses its configuration when it starts.
+    let failing = format!(
+        "{good}filters:\n  broken: {{module: {}}}\n",
+        filters::CONFIGURE_FAILS
+    )
+    .replace("upstream: a}", "upstream: a, filters: [broken]}");
+    proxy.rewrite_config(&failing);
+    let (status, answer) = reload(&proxy).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["problems"].to_string().contains("on_configure"),
+        "{answer}"
+    );
+
+    // Valid, but it moves the listener: that needs a restart.
+    let moved = good.replace("{{listen}}", "127.0.0.1:1");
+    proxy.rewrite_config(&moved);
+    let (status, answer) = reload(&proxy).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["problems"].to_string().contains("`listeners`"),
+        "{answer}"
+    );
+
+    // The first configuration serves throughout.
+    assert_eq!(status_of(&client::http1(), &proxy, "/a/x").await, 200);
+    let (_, in_use) = admin_json(&proxy, "/config").await;
+    assert_eq!(in_use["generation"], 1);
+    metrics_showing(
+        &proxy,
+        &[
+            (r#"edgeward_config_reloads_total{result="error"}"#, 3.0),
+            ("edgeward_config_generation", 1.0),
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_in_flight_finishes_on_the_configuration_it_started_with() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    let every_path_to = |name: &str| {
+        config(
+            &format!(
+                "listeners: [{{address: \"{{{{listen}}}}\"}}]\nadmin: {{address: \"{{{{admin}}}}\"}}\nupstreams: {{u: {{endpoints: [\"${name}\"]}}}}\nroutes: [{{upstream: u}}]\n"
+            ),
+            &[("a", a.addr().to_string()), ("b", b.addr().to_string())],
+        )
+    };
+    let proxy = start_proxy(&every_path_to("a")).await;
+    // The origin sends its head, then its body after a pause: the reload lands in between.
+    let slow = client::http1()
+        .get(proxy.url("/trickle/200000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(slow.status(), 200);
+    proxy.rewrite_config(&every_path_to("b"));
+    let (status, answer) = reload(&proxy).await;
+    assert_eq!(status, 200, "{answer}");
+    let fresh: serde_json::Value = client::http1()
+        .get(proxy.url("/fresh"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(fresh["origin"], "b");
+    // The slow response, begun on the old generation, arrives whole from `a`.
+    assert_eq!(slow.headers()["x-origin"], "a");
+    let body = slow.bytes().await.unwrap();
+    assert_eq!(body.len(), 200_000);
+}
+
+#[tokio::test]
+async fn a_filter_module_replaced_on_disk_is_picked_up_by_a_reload() {
+    let origin = Origin::start("origin").await;
+    let with_filter = |filter_config: &str| {
+        config(
+            &format!(
+                "listeners: [{{address: \"{{{{listen}}}}\"}}]\nadmin: {{address: \"{{{{admin}}}}\"}}\nupstreams: {{u: {{endpoints: [\"$origin\"]}}}}\nfilters:\n  edit: {{module: filter.wasm, config: {filter_config}}}\nroutes: [{{upstream: u, filters: [edit]}}]\n"
+            ),
+            &[("origin", origin.addr().to_string())],
+        )
+    };
+    let rewriter = std::fs::read(filters::HEADER_REWRITER).unwrap();
+    let responder = std::fs::read(filters::LOCAL_RESPONDER).unwrap();
+    crate::support::use_built_binary();
+    let proxy = Proxy::builder(&with_filter(
+        "{name: v1, response: {set: {x-version: \"1\"}}}",
+    ))
+    .file("filter.wasm", rewriter)
+    .start()
+    .await;
+    let response = client::http1().get(proxy.url("/x")).send().await.unwrap();
+    assert_eq!(response.headers()["x-version"], "1");
+
+    proxy.write_file("filter.wasm", responder);
+    proxy.rewrite_config(&with_filter(
+        "{phase: request_headers, status: 418, body: v2}",
+    ));
+    proxy.signal("HUP");
+    eventually("the new module", || async {
+        let response = client::http1().get(proxy.url("/x")).send().await.unwrap();
+        (response.status() == 418).then_some(())
+    })
+    .await;
+    // The new module answers by itself: nothing more reaches the origin.
+    let hits = origin.hits();
+    let response = client::http1().get(proxy.url("/y")).send().await.unwrap();
+    assert_eq!(response.status(), 418);
+    assert_eq!(response.text().await.unwrap(), "v2");
+    assert_eq!(origin.hits(), hits);
+}
+
+#[tokio::test]
+async fn reloads_are_refused_to_cross_site_browsers() {
+    let a = Origin::start("a").await;
+    let proxy = start_proxy(&routing(&["a"], &[("a", a.addr().to_string())])).await;
+    let url = format!("http://{}/config/reload", proxy.placeholder_addr("admin"));
+    let form = client::http1()
+        .post(&url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("x=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 415);
+    let cross_site = client::http1()
+        .post(&url)
+        .header("origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), 403);
+    let get = client::http1().get(&url).send().await.unwrap();
+    assert_eq!(get.status(), 405);
+    let (_, in_use) = admin_json(&proxy, "/config").await;
+    assert_eq!(in_use["generation"], 1);
+}
+
+#[tokio::test]
+async fn retired_generations_are_freed_once_their_requests_end() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        "listeners: [{address: \"{{listen}}\"}]\nadmin: {address: \"{{admin}}\"}\nupstreams:\n  u: {endpoints: [\"$origin\"], health_check: {path: /healthz, interval: 100ms}}\nfilters:\n  edit: {module: $rewriter, config: {name: e, response: {set: {x-edit: \"1\"}}}}\nroutes: [{upstream: u, filters: [edit]}]\n",
+        &[
+            ("origin", origin.addr().to_string()),
+            ("rewriter", filters::HEADER_REWRITER.to_string()),
+        ],
+    );
+    let proxy = start_proxy(&yaml).await;
+    let threads = |name: &str| {
+        proxy
+            .thread_names()
+            .iter()
+            .filter(|thread| thread.as_str() == name)
+            .count()
+    };
+    assert_eq!((threads("wasm-reaper"), threads("wasm-epoch")), (1, 1));
+    for generation in 2..=6 {
+        let (status, answer) = reload(&proxy).await;
+        assert_eq!(
+            (status, answer["generation"].as_u64()),
+            (200, Some(generation))
+        );
+        let response = client::http1().get(proxy.url("/x")).send().await.unwrap();
+        assert_eq!(response.headers()["x-edit"], "1");
+    }
+    // Each generation has its own filter threads; the retired ones end with their generation.
+    eventually("retired generations' threads to end", || async {
+        (threads("wasm-reaper") == 1 && threads("wasm-epoch") == 1).then_some(())
+    })
+    .await;
+    // Health checks run for the serving generation only: a few per interval, not six times
+    // as many.
+    let before = origin.requests() - origin.hits();
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let checks = origin.requests() - origin.hits() - before;
+    assert!(
+        checks <= 15,
+        "{checks} health checks in 1 s at one per 100 ms"
+    );
+}
