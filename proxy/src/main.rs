@@ -21,10 +21,14 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start serving the configuration (after checking it like `validate`).
+    /// Start serving the configuration (after checking it like `validate`). SIGHUP reloads it.
     Run {
         #[arg(long, short, default_value = "config/edgeward.yaml")]
         config: PathBuf,
+        /// Reload whenever the configuration file or a file it names (filter modules,
+        /// certificates, the geo database) changes.
+        #[arg(long)]
+        watch: bool,
     },
     /// Check a configuration and report every problem found, with file:line:column.
     Validate {
@@ -71,7 +75,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config } => {
+        Command::Run { config, watch } => {
             let config = match edgeward::config::load(&config) {
                 Ok(config) => config,
                 Err(e) => {
@@ -80,7 +84,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match edgeward::server::run(config) {
+            match edgeward::server::run(config, watch) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("edgeward: {}", with_causes(e));

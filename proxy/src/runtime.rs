@@ -5,7 +5,8 @@
 //! (health checks, filter ticks and callouts, builtin origins) stop once its last request
 //! has ended and a newer generation serves.
 //!
-//! Reloads (`SIGHUP`, or `POST /config/reload` on the admin listener) run one at a time on
+//! Reloads (`SIGHUP`, `POST /config/reload` on the admin listener, or with `run --watch` a
+//! change to the configuration file or a file it names) run one at a time on
 //! the [`Reloader`] service: read and validate the file, check that it changes nothing a
 //! reload cannot change (listeners, workers, the cache's storage, the admin listener, the
 //! access log), build the new generation off the request path (filters are compiled and
@@ -14,7 +15,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
@@ -220,6 +221,58 @@ fn listener_summary(listener: &Listener) -> String {
     )
 }
 
+/// How often `--watch` looks at the watched files.
+const WATCH_INTERVAL: Duration = Duration::from_millis(500);
+
+/// What `--watch` knows of the files a configuration reads: a change counts once two looks
+/// in a row agree on it, so that a file being written is not read half-way.
+struct FileWatch {
+    files: Vec<PathBuf>,
+    /// As they were when the configuration in use (or the last attempt) was read.
+    baseline: Vec<Option<Stamp>>,
+    /// A change seen at the last look, to be confirmed by the next one.
+    seen: Option<Vec<Option<Stamp>>>,
+}
+
+/// When a file was changed, as far as its metadata tells: `None` for a missing file.
+type Stamp = (SystemTime, u64, u64);
+
+fn stamps(files: &[PathBuf]) -> Vec<Option<Stamp>> {
+    use std::os::unix::fs::MetadataExt;
+    files
+        .iter()
+        .map(|file| {
+            let meta = std::fs::metadata(file).ok()?;
+            Some((meta.modified().ok()?, meta.len(), meta.ino()))
+        })
+        .collect()
+}
+
+impl FileWatch {
+    fn new(files: Vec<PathBuf>) -> FileWatch {
+        FileWatch {
+            baseline: stamps(&files),
+            files,
+            seen: None,
+        }
+    }
+
+    /// Whether the files changed and have stayed so since the previous look.
+    fn changed(&mut self) -> bool {
+        let now = stamps(&self.files);
+        if now == self.baseline {
+            self.seen = None;
+            return false;
+        }
+        if self.seen.as_ref() == Some(&now) {
+            self.seen = None;
+            return true;
+        }
+        self.seen = Some(now);
+        false
+    }
+}
+
 /// The Pingora background service that starts the first generation's tasks and runs
 /// reloads, one at a time, on its own runtime.
 pub(crate) struct Reloader {
@@ -228,11 +281,16 @@ pub(crate) struct Reloader {
     fixed: Fixed,
     next_number: AtomicU64,
     requests: Mutex<Option<mpsc::Receiver<ReloadRequest>>>,
+    /// With `run --watch`.
+    watch: Option<Mutex<FileWatch>>,
 }
 
 impl Reloader {
     /// The first generation, built from `config`, and the service that will serve it.
-    pub(crate) fn new(config: &Config) -> Result<(Arc<Generations>, Reloader), BuildError> {
+    pub(crate) fn new(
+        config: &Config,
+        watch: bool,
+    ) -> Result<(Arc<Generations>, Reloader), BuildError> {
         let source = config.source.clone();
         let fixed = Fixed::of(config);
         let first = Generation::build(config, 1)?;
@@ -251,15 +309,27 @@ impl Reloader {
             fixed,
             next_number: AtomicU64::new(2),
             requests: Mutex::new(Some(receiver)),
+            watch: watch.then(|| Mutex::new(FileWatch::new(config.inputs.clone()))),
         };
         Ok((generations, reloader))
     }
 
     async fn reload(&self) -> Result<u64, ReloadError> {
         let source = self.source.clone();
-        let config = tokio::task::spawn_blocking(move || config::load(&source))
+        let loaded = tokio::task::spawn_blocking(move || config::load(&source))
             .await
-            .map_err(|_| ReloadError::ShuttingDown)??;
+            .map_err(|_| ReloadError::ShuttingDown)?;
+        if let Some(watch) = &self.watch {
+            // Watch what this attempt read, from now on: a broken file is not retried until
+            // it changes again.
+            let mut watch = lock(watch);
+            let files = match &loaded {
+                Ok(config) => config.inputs.clone(),
+                Err(_) => std::mem::take(&mut watch.files),
+            };
+            *watch = FileWatch::new(files);
+        }
+        let config = loaded?;
         let changed = self.fixed.changed_by(&Fixed::of(&config));
         if !changed.is_empty() {
             return Err(ReloadError::NeedsRestart(changed));
@@ -313,6 +383,8 @@ impl BackgroundService for Reloader {
                 None
             }
         };
+        let mut looks = tokio::time::interval(WATCH_INTERVAL);
+        looks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let hangup = async {
                 match hangups.as_mut() {
@@ -321,6 +393,12 @@ impl BackgroundService for Reloader {
                 }
             };
             tokio::select! {
+                _ = looks.tick(), if self.watch.is_some() => {
+                    let changed = self.watch.as_ref().is_some_and(|watch| lock(watch).changed());
+                    if changed {
+                        let _ = self.reload_and_report("a watched file changed").await;
+                    }
+                }
                 _ = hangup => {
                     // The outcome is in the log and the metrics.
                     let _ = self.reload_and_report("SIGHUP").await;

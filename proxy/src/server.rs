@@ -52,8 +52,9 @@ fn check_bindable(address: SocketAddr) -> std::io::Result<()> {
     socket.bind(address)
 }
 
-/// Serves `config` until SIGTERM/SIGINT and the drain that follows.
-pub fn run(config: Config) -> Result<(), ServerError> {
+/// Serves `config` until SIGTERM/SIGINT and the drain that follows; reloads it on SIGHUP and
+/// `POST /config/reload`, and with `watch` whenever it or a file it names changes.
+pub fn run(config: Config, watch: bool) -> Result<(), ServerError> {
     // Pingora binds later and would only log a failure; check now for a clear error.
     for listener in &config.listeners {
         check_bindable(listener.address).map_err(|source| ServerError::Listen {
@@ -84,7 +85,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         .filter_map(|l| Some((l.address, l.redirect_https?)))
         .collect();
     // Builds the first generation: compiles the filters, binds builtin origins, opens geo.
-    let (generations, reloader) = Reloader::new(&config)?;
+    let (generations, reloader) = Reloader::new(&config, watch)?;
     let readiness = Arc::new(Readiness {
         draining: AtomicBool::new(false),
         generations: generations.clone(),

@@ -304,3 +304,69 @@ async fn retired_generations_are_freed_once_their_requests_end() {
         "{checks} health checks in 1 s at one per 100 ms"
     );
 }
+
+#[tokio::test]
+async fn run_watch_reloads_when_a_module_or_the_configuration_changes() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    let every_path_to = |name: &str| {
+        config(
+            &format!(
+                "listeners: [{{address: \"{{{{listen}}}}\"}}]\nadmin: {{address: \"{{{{admin}}}}\"}}\nupstreams: {{u: {{endpoints: [\"${name}\"]}}}}\nfilters: {{edit: {{module: filter.wasm}}}}\nroutes: [{{upstream: u, filters: [edit]}}]\n"
+            ),
+            &[("a", a.addr().to_string()), ("b", b.addr().to_string())],
+        )
+    };
+    crate::support::use_built_binary();
+    let proxy = Proxy::builder(&every_path_to("a"))
+        .file(
+            "filter.wasm",
+            std::fs::read(filters::HEADER_REWRITER).unwrap(),
+        )
+        .arg("--watch")
+        .start()
+        .await;
+    let get = || async {
+        let response = client::http1().get(proxy.url("/x")).send().await.unwrap();
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap_or_default().to_string())
+        };
+        (header("x-chain"), header("x-count"), header("x-origin"))
+    };
+    assert_eq!(
+        get().await,
+        (Some("header_rewriter".into()), None, Some("a".into()))
+    );
+
+    // Only the module changes: the same configuration, another filter in the file.
+    proxy.write_file("filter.wasm", std::fs::read(filters::COUNTER).unwrap());
+    eventually("the rebuilt module", || async {
+        let (chain, count, _) = get().await;
+        (chain.is_none() && count.is_some()).then_some(())
+    })
+    .await;
+
+    // A broken configuration is reported once and not retried until it changes again.
+    proxy.rewrite_config("listeners: [{address: \"{{listen}}\"}]\nroutes: []\n");
+    metrics_showing(
+        &proxy,
+        &[(r#"edgeward_config_reloads_total{result="error"}"#, 1.0)],
+    )
+    .await;
+    proxy.rewrite_config(&every_path_to("b"));
+    eventually("the configuration change", || async {
+        let (_, _, origin) = get().await;
+        (origin.as_deref() == Some("b")).then_some(())
+    })
+    .await;
+    metrics_showing(
+        &proxy,
+        &[
+            (r#"edgeward_config_reloads_total{result="error"}"#, 1.0),
+            (r#"edgeward_config_reloads_total{result="ok"}"#, 2.0),
+        ],
+    )
+    .await;
+}

@@ -14,6 +14,9 @@ pub struct Config {
     pub source: PathBuf,
     /// SHA-256 of the configuration's text, hex: which version of the file is in use.
     pub source_sha256: String,
+    /// The configuration file and every file it names that edgeward reads (filter modules,
+    /// certificates and keys, the geo database).
+    pub inputs: Vec<PathBuf>,
     pub listeners: Vec<Listener>,
     /// Worker threads serving the listeners.
     pub workers: usize,

@@ -39,6 +39,8 @@ const DEFAULT_MAX_INSTANCES: u32 = 1000;
 pub(super) struct Validator<'a> {
     base_dir: &'a Path,
     pub(super) problems: Problems,
+    /// Every file the configuration reads (modules, certificates, databases), for `--watch`.
+    inputs: Vec<PathBuf>,
 }
 
 impl<'a> Validator<'a> {
@@ -46,7 +48,18 @@ impl<'a> Validator<'a> {
         Validator {
             base_dir,
             problems: Problems::default(),
+            inputs: Vec::new(),
         }
+    }
+
+    /// The path of a file the configuration names as written (relative to its folder),
+    /// remembered as one of its inputs.
+    fn input(&mut self, written: &str) -> PathBuf {
+        let path = self.base_dir.join(written.trim());
+        if !self.inputs.contains(&path) {
+            self.inputs.push(path.clone());
+        }
+        path
     }
 
     fn error(&mut self, mark: Mark, message: impl Into<String>) {
@@ -171,9 +184,12 @@ impl<'a> Validator<'a> {
         let a_route_caches = routes.iter().any(|r| r.cache.is_some());
         let cache = self.cache(raw.cache.as_ref(), a_route_caches);
         let wasm = self.wasm(raw.wasm.as_ref());
+        let mut inputs = vec![source.to_path_buf()];
+        inputs.append(&mut self.inputs);
         Config {
             source: source.to_path_buf(),
             source_sha256: String::new(),
+            inputs,
             listeners,
             workers,
             work_stealing: raw.work_stealing.as_deref().copied().unwrap_or(true),
@@ -194,7 +210,7 @@ impl<'a> Validator<'a> {
             self.error(raw.mark, "`geo` needs a `database` (a MaxMind .mmdb file)");
             return None;
         };
-        let path = self.base_dir.join(database.trim());
+        let path = self.input(database);
         if let Err(e) = std::fs::File::open(&path) {
             self.error(
                 database.mark,
@@ -319,7 +335,7 @@ impl<'a> Validator<'a> {
                 PathBuf::new()
             }
             Some(module) => {
-                let path = self.base_dir.join(module.trim());
+                let path = self.input(module);
                 if let Err(e) = std::fs::File::open(&path)
                     .and_then(|f| f.metadata())
                     .and_then(|m| {

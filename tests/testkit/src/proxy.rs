@@ -185,9 +185,16 @@ pub struct ProxyBuilder {
     binary: Option<PathBuf>,
     files: Vec<(String, Vec<u8>)>,
     env: Vec<(String, String)>,
+    args: Vec<String>,
 }
 
 impl ProxyBuilder {
+    /// An extra argument of `edgeward run`, after `--config <file>` (e.g. `--watch`).
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
     /// Path of the edgeward binary. Tests pass `env!("CARGO_BIN_EXE_edgeward")`.
     pub fn binary(mut self, path: impl Into<PathBuf>) -> Self {
         self.binary = Some(path.into());
@@ -224,6 +231,7 @@ impl ProxyBuilder {
             .arg("run")
             .arg("--config")
             .arg(&config)
+            .args(&self.args)
             .current_dir(dir.path())
             .env("EDGEWARD_LOG", "info")
             .envs(self.env)
@@ -268,6 +276,7 @@ impl Proxy {
             binary: None,
             files: Vec::new(),
             env: Vec::new(),
+            args: Vec::new(),
         }
     }
 

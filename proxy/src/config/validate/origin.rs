@@ -198,7 +198,7 @@ impl Validator<'_> {
             );
         }
         let ca = raw.ca.as_ref().and_then(|ca| {
-            let path = self.base_dir.join(ca.trim());
+            let path = self.input(ca);
             match load_trust_anchors(&path) {
                 Ok(anchors) => Some(Arc::new(anchors)),
                 Err(e) => {
@@ -210,8 +210,8 @@ impl Validator<'_> {
         let client_identity = match (&raw.client_cert, &raw.client_key) {
             (None, None) => None,
             (Some(cert), Some(key)) => {
-                let cert_path = self.base_dir.join(cert.trim());
-                let key_path = self.base_dir.join(key.trim());
+                let cert_path = self.input(cert);
+                let key_path = self.input(key);
                 match ClientIdentity::load(&cert_path, &key_path) {
                     Ok(identity) => Some(Arc::new(identity)),
                     Err(e) => {

@@ -153,8 +153,8 @@ impl Validator<'_> {
                 })
                 .collect::<Vec<_>>()
         });
-        let cert_path = self.base_dir.join(cert.trim());
-        let key_path = self.base_dir.join(key.trim());
+        let cert_path = self.input(cert);
+        let key_path = self.input(key);
         let loaded = match Certificate::load(&cert_path, &key_path) {
             Ok(loaded) => loaded,
             Err(e) => {
