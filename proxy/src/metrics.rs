@@ -48,6 +48,7 @@ pub(crate) struct Metrics {
     pub tls_handshakes: IntCounterVec,
     pub tls_connections: IntCounterVec,
     pub tls_certificate_expiry: IntGaugeVec,
+    pub tls_certificate_reloads: IntCounterVec,
     custom: Mutex<Custom>,
 }
 
@@ -239,6 +240,11 @@ impl Metrics {
                 "When each listener certificate expires (its notAfter), in seconds since the Unix epoch, by certificate.",
                 &["certificate"],
             ),
+            tls_certificate_reloads: counter(
+                "edgeward_tls_certificate_reloads_total",
+                "Changed certificate files read by a TLS listener, by listener, certificate and result (ok: now served; error: refused, the previous certificate still serves).",
+                &["listener", "certificate", "result"],
+            ),
             custom: Mutex::new(Custom::default()),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -270,6 +276,7 @@ impl Metrics {
             Box::new(metrics.tls_handshakes.clone()),
             Box::new(metrics.tls_connections.clone()),
             Box::new(metrics.tls_certificate_expiry.clone()),
+            Box::new(metrics.tls_certificate_reloads.clone()),
         ];
         for collector in collectors {
             if let Err(e) = metrics.registry.register(collector) {

@@ -23,7 +23,7 @@ use crate::connections::Guarded;
 use crate::edge::Edge;
 use crate::geo::{Geo, GeoError};
 use crate::routing::RouteTable;
-use crate::tls::TlsError;
+use crate::tls::{self, TlsError};
 use crate::upstream::{UpstreamError, Upstreams};
 use crate::wasm::{FilterHost, WasmError};
 
@@ -143,9 +143,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let mut http = HttpProxy::new(edge, server.configuration.clone());
     http.server_options = Some(options);
     http.handle_init_modules();
+    let mut rotation = tls::Rotation::default();
     let mut proxy = Service::new(
         "edgeward".to_string(),
-        Guarded::new(http, &config.listeners)?,
+        Guarded::new(http, &config.listeners, &mut rotation)?,
     );
     for listener in &config.listeners {
         proxy.add_tcp(&listener.address.to_string());
@@ -153,6 +154,9 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     server.add_service(proxy);
     server.add_services(upstream_services);
     server.add_services(filter_services);
+    if !rotation.is_empty() {
+        server.add_service(background_service("tls certificates", rotation));
+    }
     if let (Some(admin), Some(settings)) = (admin, &config.admin) {
         log::info!(
             "admin listener on http://{} (/metrics, /healthz, /ready, /cache/purge)",

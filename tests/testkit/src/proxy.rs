@@ -241,7 +241,7 @@ impl ProxyBuilder {
             stdout,
             stderr,
             readers: [stdout_reader, stderr_reader],
-            _dir: dir,
+            dir,
         };
         proxy.wait_until_ready().await;
         proxy
@@ -256,7 +256,7 @@ pub struct Proxy {
     stderr: Lines,
     readers: [JoinHandle<()>; 2],
     /// Holds the config (and extra files) for as long as the proxy runs.
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Proxy {
@@ -291,6 +291,12 @@ impl Proxy {
                 self.addrs.keys().collect::<Vec<_>>()
             ),
         }
+    }
+
+    /// The proxy's working directory, where its config and the builder's extra files are: a
+    /// test may change those files while it runs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// `http://127.0.0.1:port{path}` for `{{listen}}`.
