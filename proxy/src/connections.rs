@@ -462,13 +462,22 @@ pub(crate) struct Guarded<A> {
 }
 
 impl<A> Guarded<A> {
-    pub(crate) fn new(app: A, listeners: &[Listener]) -> Result<Self, TlsError> {
+    /// The TLS listeners' certificates go to `rotation` to be watched.
+    pub(crate) fn new(
+        app: A,
+        listeners: &[Listener],
+        rotation: &mut tls::Rotation,
+    ) -> Result<Self, TlsError> {
         let listeners = listeners
             .iter()
             .map(|l| {
                 let name: Arc<str> = Arc::from(l.address.to_string());
                 let tls = match &l.tls {
-                    Some(settings) => Some(tls::Acceptor::new(l.address, name.clone(), settings)?),
+                    Some(settings) => {
+                        let acceptor = tls::Acceptor::new(l.address, name.clone(), settings)?;
+                        rotation.watch(name.clone(), settings, acceptor.certificates().clone());
+                        Some(acceptor)
+                    }
                     None => None,
                 };
                 Ok(ListenerSlots {

@@ -51,6 +51,7 @@ pub(crate) struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_last_reload: Gauge,
     pub config_generation: IntGauge,
+    pub tls_certificate_reloads: IntCounterVec,
     custom: Mutex<Custom>,
 }
 
@@ -257,6 +258,11 @@ impl Metrics {
                 "The number of the configuration generation serving new requests (1 at start, one more per successful reload).",
             )
             .unwrap_or_else(|e| unreachable_metric("edgeward_config_generation", e)),
+            tls_certificate_reloads: counter(
+                "edgeward_tls_certificate_reloads_total",
+                "Changed certificate files read by a TLS listener, by listener, certificate and result (ok: now served; error: refused, the previous certificate still serves).",
+                &["listener", "certificate", "result"],
+            ),
             custom: Mutex::new(Custom::default()),
         };
         let collectors: Vec<Box<dyn prometheus::core::Collector>> = vec![
@@ -291,6 +297,7 @@ impl Metrics {
             Box::new(metrics.config_reloads.clone()),
             Box::new(metrics.config_last_reload.clone()),
             Box::new(metrics.config_generation.clone()),
+            Box::new(metrics.tls_certificate_reloads.clone()),
         ];
         for collector in collectors {
             if let Err(e) = metrics.registry.register(collector) {

@@ -211,8 +211,8 @@ fn listener_summary(listener: &Listener) -> String {
             .map(|c| (&c.cert, &c.key, &c.served))
             .collect();
         format!(
-            "{certificates:?} {:?} {:?} {:?}",
-            tls.default, tls.min_version, tls.alpn
+            "{certificates:?} {:?} {:?} {:?} {:?}",
+            tls.default, tls.min_version, tls.alpn, tls.reload_interval
         )
     });
     format!(

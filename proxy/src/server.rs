@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::connections::Guarded;
 use crate::edge::Edge;
 use crate::runtime::{BuildError, Reloader};
-use crate::tls::TlsError;
+use crate::tls::{self, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -123,15 +123,19 @@ pub fn run(config: Config, watch: bool) -> Result<(), ServerError> {
     let mut http = HttpProxy::new(edge, server.configuration.clone());
     http.server_options = Some(options);
     http.handle_init_modules();
+    let mut rotation = tls::Rotation::default();
     let mut proxy = Service::new(
         "edgeward".to_string(),
-        Guarded::new(http, &config.listeners)?,
+        Guarded::new(http, &config.listeners, &mut rotation)?,
     );
     for listener in &config.listeners {
         proxy.add_tcp(&listener.address.to_string());
     }
     server.add_service(proxy);
     server.add_service(background_service("configuration", reloader));
+    if !rotation.is_empty() {
+        server.add_service(background_service("tls certificates", rotation));
+    }
     if let (Some(admin), Some(settings)) = (admin, &config.admin) {
         log::info!(
             "admin listener on http://{} (/metrics, /healthz, /ready, /config, /config/reload, /cache/purge)",

@@ -19,7 +19,7 @@ use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, SupportedProtocolVers
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{config, metrics_showing, use_built_binary};
+use crate::support::{config, eventually, metrics_showing, use_built_binary, wait_for_log};
 
 /// Every test leaf certificate expires then: far off, and known for the expiry gauge.
 const NOT_AFTER: (i32, u8, u8) = (2099, 1, 1);
@@ -78,19 +78,30 @@ impl Pki {
     }
 
     fn leaf_with_key(&self, names: &[&str], key: KeyPair) -> Leaf {
-        self.issue(names, key, ExtendedKeyUsagePurpose::ServerAuth)
+        self.issue(names, key, ExtendedKeyUsagePurpose::ServerAuth, NOT_AFTER)
+    }
+
+    /// A leaf that expires on `not_after` (year, month, day).
+    fn leaf_until(&self, names: &[&str], key: KeyPair, not_after: (i32, u8, u8)) -> Leaf {
+        self.issue(names, key, ExtendedKeyUsagePurpose::ServerAuth, not_after)
     }
 
     /// An ECDSA P-256 client certificate (for mutual TLS) for `name`.
     pub(crate) fn client_leaf(&self, name: &str) -> Leaf {
         let key = KeyPair::generate().unwrap();
-        self.issue(&[name], key, ExtendedKeyUsagePurpose::ClientAuth)
+        self.issue(&[name], key, ExtendedKeyUsagePurpose::ClientAuth, NOT_AFTER)
     }
 
-    fn issue(&self, names: &[&str], key: KeyPair, purpose: ExtendedKeyUsagePurpose) -> Leaf {
+    fn issue(
+        &self,
+        names: &[&str],
+        key: KeyPair,
+        purpose: ExtendedKeyUsagePurpose,
+        not_after: (i32, u8, u8),
+    ) -> Leaf {
         let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut params = CertificateParams::new(names).unwrap();
-        params.not_after = rcgen::date_time_ymd(NOT_AFTER.0, NOT_AFTER.1, NOT_AFTER.2);
+        params.not_after = rcgen::date_time_ymd(not_after.0, not_after.1, not_after.2);
         params.extended_key_usages = vec![purpose];
         let cert = params.signed_by(&key, &self.intermediate).unwrap();
         Leaf {
@@ -1101,6 +1112,210 @@ fn validate_reports_tls_problems_at_their_place_and_warns_of_expiry() {
         stderr.contains("certificate `old.pem` expired on"),
         "{stderr}"
     );
+}
+
+/// A TLS listener serving `certs/site.pem` that looks at its files every 100 ms, and keeps
+/// idle connections for long enough to outlast a slow test.
+const ROTATION_CONFIG: &str = r#"
+listeners:
+  - address: "{{listen}}"
+    client: {idle_timeout: 10m}
+    tls:
+      certificates: [{cert: certs/site.pem, key: certs/site.key}]
+      reload_interval: 100ms
+admin: {address: "{{admin}}"}
+upstreams: {e: {builtin: echo}}
+routes: [{upstream: e}]
+"#;
+
+/// Puts `contents` at `path` as certificate tools that write atomically do: a new file renamed
+/// over the old one.
+fn replace_file(path: &std::path::Path, contents: &str) {
+    let new = path.with_extension("new");
+    std::fs::write(&new, contents).unwrap();
+    std::fs::rename(&new, path).unwrap();
+}
+
+/// `GET path` over `stream`, leaving the connection open: the answer, as far as its
+/// `Content-Length` goes.
+async fn get_kept_alive(
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
+    host: &str,
+    path: &str,
+) -> String {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut received = Vec::new();
+    let answer = async {
+        let mut buf = [0; 4096];
+        loop {
+            if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&received[..end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .unwrap_or_else(|| panic!("no content-length: {head}"))
+                    .trim()
+                    .parse()
+                    .unwrap();
+                if received.len() >= end + 4 + length {
+                    return;
+                }
+            }
+            let n = stream.read(&mut buf).await.unwrap();
+            assert!(n > 0, "the connection closed after {received:?}");
+            received.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(PATIENCE, answer)
+        .await
+        .unwrap_or_else(|_| panic!("no answer to GET {path} within {PATIENCE:?}"));
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// The series of `certs/site.pem`'s reloads with `result` on `proxy`'s `{{listen}}` listener.
+fn reloads(proxy: &Proxy, result: &str) -> String {
+    format!(
+        "edgeward_tls_certificate_reloads_total{{listener=\"{}\",certificate=\"certs/site.pem\",result=\"{result}\"}}",
+        proxy.addr()
+    )
+}
+
+const SITE_EXPIRY: &str = "edgeward_tls_certificate_expiry_seconds{certificate=\"certs/site.pem\"}";
+
+/// The proxy of [`ROTATION_CONFIG`], serving `leaf` at first.
+async fn start_rotating(leaf: &Leaf) -> Proxy {
+    start_with(
+        ROTATION_CONFIG,
+        &[
+            ("certs/site.pem", &leaf.chain),
+            ("certs/site.key", &leaf.key),
+        ],
+    )
+    .await
+}
+
+/// Waits until a new handshake for `sni`, by a client trusting `pki`, gets `leaf`. Each try
+/// has a client of its own: a resumed session would skip the certificate.
+async fn until_served(proxy: &Proxy, sni: &str, pki: &Pki, leaf: &Leaf) {
+    eventually(
+        &format!("a new handshake for {sni} to get the new certificate"),
+        || async {
+            let tls = connect(proxy.addr(), Some(sni), &verifying(pki, BOTH))
+                .await
+                .ok()?;
+            (served(&tls) == leaf.der).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_rotated_certificate_serves_new_handshakes_while_an_open_connection_goes_on() {
+    let pki = Pki::new();
+    let old = pki.leaf(&["site.example.test"]);
+    let proxy = start_rotating(&old).await;
+    let sni = Some("site.example.test");
+    let mut open = connect(proxy.addr(), sni, &verifying(&pki, BOTH))
+        .await
+        .unwrap();
+    let answer = get_kept_alive(&mut open, "site.example.test", "/before").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+
+    // Renewed by another CA, with one more name and a later expiry; the key first, then the
+    // certificate, each renamed into place.
+    let renewed_pki = Pki::new();
+    let renewed = renewed_pki.leaf_until(
+        &["site.example.test", "www.example.test"],
+        KeyPair::generate().unwrap(),
+        (2098, 6, 1),
+    );
+    let certs = proxy.dir().join("certs");
+    replace_file(&certs.join("site.key"), &renewed.key);
+    replace_file(&certs.join("site.pem"), &renewed.chain);
+    until_served(&proxy, "www.example.test", &renewed_pki, &renewed).await;
+    let tls = connect(proxy.addr(), sni, &any_certificate(BOTH, &[]))
+        .await
+        .unwrap();
+    assert!(served(&tls) == renewed.der);
+
+    // The connection made before goes on, with the certificate it was made with.
+    assert!(served(&open) == old.der);
+    let answer = get(&mut open, "site.example.test", "/after").await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    metrics_showing(
+        &proxy,
+        &[
+            (&reloads(&proxy, "ok"), 1.0),
+            (SITE_EXPIRY, 4_052_419_200.0),
+        ],
+    )
+    .await;
+    wait_for_log(&proxy, "certificate `certs/site.pem` reloaded").await;
+}
+
+#[tokio::test]
+async fn a_broken_replacement_leaves_the_certificate_serving_and_is_reported() {
+    let pki = Pki::new();
+    let good = pki.leaf(&["site.example.test"]);
+    let proxy = start_rotating(&good).await;
+    let site_pem = proxy.dir().join("certs/site.pem");
+    let other = pki.leaf(&["site.example.test"]);
+    // With the served certificate's own key: only its dates are wrong.
+    let expired = pki.leaf_until(
+        &["site.example.test"],
+        KeyPair::from_pem(&good.key).unwrap(),
+        (2001, 1, 1),
+    );
+    // What `certs/site.pem` becomes (`None`: it is deleted), and what the log says of it.
+    let breakages = [
+        ("holds no certificate", Some("not a certificate\n")),
+        (
+            "does not belong to the certificate",
+            Some(other.chain.as_str()),
+        ),
+        ("expired on", Some(expired.chain.as_str())),
+        ("cannot read", None),
+    ];
+    for (errors, (reason, contents)) in (1..).zip(breakages) {
+        match contents {
+            Some(contents) => replace_file(&site_pem, contents),
+            None => std::fs::remove_file(&site_pem).unwrap(),
+        }
+        metrics_showing(
+            &proxy,
+            &[
+                (&reloads(&proxy, "error"), f64::from(errors)),
+                (&reloads(&proxy, "ok"), 0.0),
+                (SITE_EXPIRY, NOT_AFTER_UNIX),
+            ],
+        )
+        .await;
+        let line = wait_for_log(&proxy, reason).await;
+        assert!(
+            line.contains("ERROR")
+                && line.contains("certificate `certs/site.pem` cannot be served")
+                && line.contains(&format!("{}`", site_pem.display())),
+            "the line names neither the certificate nor its file: {line}"
+        );
+        // New handshakes still get the certificate served before.
+        let tls = connect(
+            proxy.addr(),
+            Some("site.example.test"),
+            &verifying(&pki, BOTH),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("after a replacement that {reason}: {e}"));
+        assert!(served(&tls) == good.der, "after {reason}");
+    }
+
+    // A good pair again is served.
+    let fixed = pki.leaf(&["site.example.test"]);
+    replace_file(&proxy.dir().join("certs/site.key"), &fixed.key);
+    replace_file(&site_pem, &fixed.chain);
+    until_served(&proxy, "site.example.test", &pki, &fixed).await;
+    metrics_showing(&proxy, &[(&reloads(&proxy, "ok"), 1.0)]).await;
 }
 
 /// Accepts any certificate: for the tests that look at which certificate was served.

@@ -393,12 +393,13 @@ mod tests {
     #[test]
     fn tls_listeners_load_their_certificates() {
         let dir = certificate_files();
-        let text = "listeners:\n  - address: 127.0.0.1:8443\n    tls:\n      certificates:\n        - {cert: a.pem, key: a.key}\n        - {cert: a.pem, key: a.key, hosts: [Api.Example.test, '*.example.test']}\n      default: a.pem\n      min_version: '1.3'\n      alpn: [http/1.1]\n  - {address: 127.0.0.1:8080, redirect_https: true}\n  - {address: 127.0.0.1:8081, redirect_https: 8443}\n  - {address: 127.0.0.1:8082, redirect_https: false}\nupstreams: {u: {builtin: echo}}\nroutes: [{upstream: u}]\n";
+        let text = "listeners:\n  - address: 127.0.0.1:8443\n    tls:\n      certificates:\n        - {cert: a.pem, key: a.key}\n        - {cert: a.pem, key: a.key, hosts: [Api.Example.test, '*.example.test']}\n      default: a.pem\n      min_version: '1.3'\n      alpn: [http/1.1]\n      reload_interval: 250ms\n  - {address: 127.0.0.1:8080, redirect_https: true}\n  - {address: 127.0.0.1:8081, redirect_https: 8443}\n  - {address: 127.0.0.1:8082, redirect_https: false}\nupstreams: {u: {builtin: echo}}\nroutes: [{upstream: u}]\n";
         let config = from_str(text, &dir.path().join("e.yaml")).unwrap();
         let tls = config.listeners[0].tls.as_ref().unwrap();
         assert_eq!(tls.default, TlsDefault::Certificate(0));
         assert_eq!(tls.min_version, TlsVersion::Tls13);
         assert_eq!(tls.alpn, [Alpn::Http11]);
+        assert_eq!(tls.reload_interval, Duration::from_millis(250));
         assert_eq!(tls.certificates[0].name, "a.pem");
         let served = |i: usize| -> Vec<String> {
             tls.certificates[i]
@@ -412,16 +413,23 @@ mod tests {
         let redirects: Vec<Option<u16>> =
             config.listeners.iter().map(|l| l.redirect_https).collect();
         assert_eq!(redirects, [None, Some(443), Some(8443), None]);
-        // Defaults: the first certificate, TLS 1.2 and up, h2 then http/1.1.
+        // Defaults: the first certificate, TLS 1.2 and up, h2 then http/1.1, a look at the
+        // files every 5 seconds.
         let text = "listeners: [{address: 127.0.0.1:8443, tls: {certificates: [{cert: a.pem, key: a.key}]}}]\nupstreams: {u: {builtin: echo}}\nroutes: [{upstream: u}]\n";
         let config = from_str(text, &dir.path().join("e.yaml")).unwrap();
         let tls = config.listeners[0].tls.as_ref().unwrap();
         assert_eq!(
-            (tls.default, tls.min_version, tls.alpn.as_slice()),
+            (
+                tls.default,
+                tls.min_version,
+                tls.alpn.as_slice(),
+                tls.reload_interval
+            ),
             (
                 TlsDefault::Certificate(0),
                 TlsVersion::Tls12,
-                [Alpn::H2, Alpn::Http11].as_slice()
+                [Alpn::H2, Alpn::Http11].as_slice(),
+                Duration::from_secs(5)
             )
         );
     }
@@ -429,7 +437,7 @@ mod tests {
     #[test]
     fn tls_problems_are_placed() {
         let dir = certificate_files();
-        let text = "listeners:\n  - address: 127.0.0.1:8443\n    tls:\n      certificates:\n        - {cert: missing.pem, key: a.key}\n        - {cert: a.pem, key: b.key}\n        - {cert: a.pem, key: a.key, hosts: ['bad host', '']}\n        - {cert: a.pem}\n      default: c.pem\n      min_version: '1.1'\n      alpn: [h2, spdy, h2]\n  - {address: 127.0.0.1:8080, redirect_https: maybe}\n  - {address: 127.0.0.1:8081, redirect_https: true, tls: {certificates: [{cert: a.pem, key: a.key}]}}\n  - {address: 127.0.0.1:8082, tls: {certificates: []}}\n  - {address: 127.0.0.1:8083, tls: {}}\nupstreams: {u: {builtin: echo}}\nroutes: [{upstream: u}]\n";
+        let text = "listeners:\n  - address: 127.0.0.1:8443\n    tls:\n      certificates:\n        - {cert: missing.pem, key: a.key}\n        - {cert: a.pem, key: b.key}\n        - {cert: a.pem, key: a.key, hosts: ['bad host', '']}\n        - {cert: a.pem}\n      default: c.pem\n      min_version: '1.1'\n      alpn: [h2, spdy, h2]\n  - {address: 127.0.0.1:8080, redirect_https: maybe}\n  - {address: 127.0.0.1:8081, redirect_https: true, tls: {certificates: [{cert: a.pem, key: a.key}], reload_interval: 0s}}\n  - {address: 127.0.0.1:8082, tls: {certificates: []}}\n  - {address: 127.0.0.1:8083, tls: {}}\nupstreams: {u: {builtin: echo}}\nroutes: [{upstream: u}]\n";
         let problems = match from_str(text, &dir.path().join("e.yaml")) {
             Err(ConfigError::Invalid { problems, .. }) => problems
                 .iter()
@@ -454,6 +462,7 @@ mod tests {
                 "11:24: alpn protocol `h2` is listed twice",
                 "12:47: `redirect_https` must be true, false or the HTTPS port (1 to 65535), found `maybe`",
                 "13:47: `redirect_https` is for plain-HTTP listeners; this one has `tls`",
+                "13:119: `reload_interval` must be longer than zero",
                 "14:51: `certificates` needs at least one `{cert: FILE, key: FILE}`",
                 "15:36: `tls` needs `certificates`: a list of `{cert: FILE, key: FILE}`",
             ]

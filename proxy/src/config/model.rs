@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
+use crate::tls::certificate::{Certificate, ServedName};
+
 #[derive(Debug)]
 pub struct Config {
     /// The file this configuration was read from (relative paths inside it start at its folder).
@@ -198,6 +200,8 @@ pub struct ListenerTls {
     pub min_version: TlsVersion,
     /// Offered in this order of preference; empty: no ALPN (HTTP/1.x only).
     pub alpn: Vec<Alpn>,
+    /// How often the certificate and key files are looked at for a rotation.
+    pub reload_interval: Duration,
 }
 
 /// One certificate of a listener, loaded and checked.
@@ -208,10 +212,47 @@ pub struct TlsCertificate {
     pub name: String,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// `hosts` as configured.
+    pub(crate) hosts: Option<Vec<ServedName>>,
     /// The names SNI is matched against: `hosts` when given, else the certificate's DNS
     /// names.
-    pub(crate) served: Vec<crate::tls::certificate::ServedName>,
-    pub(crate) loaded: Arc<crate::tls::certificate::Certificate>,
+    pub(crate) served: Vec<ServedName>,
+    pub(crate) loaded: Arc<Certificate>,
+}
+
+impl TlsCertificate {
+    /// `loaded` served under `name`, for `hosts` or else for its own names.
+    pub(crate) fn new(
+        name: String,
+        cert: PathBuf,
+        key: PathBuf,
+        hosts: Option<Vec<ServedName>>,
+        loaded: Certificate,
+    ) -> TlsCertificate {
+        let served = match &hosts {
+            Some(hosts) => hosts.clone(),
+            None => loaded.served_names(&name),
+        };
+        TlsCertificate {
+            name,
+            cert,
+            key,
+            hosts,
+            served,
+            loaded: Arc::new(loaded),
+        }
+    }
+
+    /// The same certificate entry serving `loaded`, a new version of its files.
+    pub(crate) fn replaced_by(&self, loaded: Certificate) -> TlsCertificate {
+        TlsCertificate::new(
+            self.name.clone(),
+            self.cert.clone(),
+            self.key.clone(),
+            self.hosts.clone(),
+            loaded,
+        )
+    }
 }
 
 /// The certificate for a client whose SNI no certificate serves.

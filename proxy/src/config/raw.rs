@@ -152,6 +152,7 @@ pub(super) struct RawTls {
     pub default: Option<Located<String>>,
     pub min_version: Option<Located<String>>,
     pub alpn: Option<Located<Vec<Located<String>>>>,
+    pub reload_interval: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]

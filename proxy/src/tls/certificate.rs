@@ -97,6 +97,49 @@ impl CertificateError {
     }
 }
 
+/// What tells one version of a file from another without reading it: which file it is (a
+/// rename puts another in place), its size, and when it was last written. Following links, so
+/// that a link switched to another file (as Kubernetes updates a mounted secret) is a change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileStamp {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+impl FileStamp {
+    /// `None` when the file cannot be looked at (missing, not allowed): loading it tells why.
+    fn of(path: &Path) -> Option<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let metadata = std::fs::metadata(path).ok()?;
+        Some(FileStamp {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            size: metadata.size(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+        })
+    }
+}
+
+/// The stamps of a certificate's two files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stamps {
+    cert: Option<FileStamp>,
+    key: Option<FileStamp>,
+}
+
+impl Stamps {
+    pub(crate) fn of(cert: &Path, key: &Path) -> Stamps {
+        Stamps {
+            cert: FileStamp::of(cert),
+            key: FileStamp::of(key),
+        }
+    }
+}
+
 /// A certificate chain with its key, ready for rustls, and what its end-entity certificate
 /// says.
 #[derive(Debug)]
@@ -111,6 +154,8 @@ pub(crate) struct Certificate {
     pub(crate) not_after: i64,
     /// `notAfter` as the certificate tells it, for messages.
     pub(crate) not_after_text: String,
+    /// The files as they were just before they were read: a later change is a rotation.
+    pub(crate) stamps: Stamps,
 }
 
 impl Certificate {
@@ -126,6 +171,7 @@ impl Certificate {
         cert: &Path,
         key: &Path,
     ) -> Result<(Certificate, PrivateKeyDer<'static>), CertificateError> {
+        let stamps = Stamps::of(cert, key);
         let cert_pem = read(cert)?;
         let chain = certificates(cert, &cert_pem)?;
         let key_pem = read(key)?;
@@ -166,8 +212,28 @@ impl Certificate {
             not_before,
             not_after,
             not_after_text,
+            stamps,
         };
         Ok((certificate, key_der))
+    }
+
+    /// The names SNI is matched against when the configuration names none (`hosts`): its DNS
+    /// names that are host names or `*.` wildcards of one label. `name` is the certificate's,
+    /// for the warning about the names left out.
+    pub(crate) fn served_names(&self, name: &str) -> Vec<ServedName> {
+        self.dns_names
+            .iter()
+            .filter_map(|dns| {
+                let served = ServedName::parse(dns);
+                if served.is_none() {
+                    log::warn!(
+                        "certificate `{name}`: its name `{dns}` is not matched against SNI \
+                         (only host names and `*.` wildcards of one label are)"
+                    );
+                }
+                served
+            })
+            .collect()
     }
 
     /// Whether the certificate is outside its validity period at Unix time `now`.
@@ -393,7 +459,7 @@ pub(crate) mod testing {
     use super::*;
     use crate::config::TlsCertificate;
 
-    /// A self-signed ECDSA P-256 certificate for `names`, served for `served`.
+    /// A self-signed ECDSA P-256 certificate served for its `names`.
     pub(crate) fn certificate(name: &str, names: &[&str]) -> TlsCertificate {
         let key = rcgen::KeyPair::generate().unwrap();
         let params =
@@ -402,19 +468,23 @@ pub(crate) mod testing {
         let cert = params.self_signed(&key).unwrap();
         let der = PrivateKeyDer::from_pem_slice(key.serialize_pem().as_bytes()).unwrap();
         let signing_key = provider().key_provider.load_private_key(der).unwrap();
-        TlsCertificate {
-            name: name.to_string(),
-            cert: PathBuf::from(name),
-            key: PathBuf::from(name),
-            served: names.iter().filter_map(|n| ServedName::parse(n)).collect(),
-            loaded: Arc::new(Certificate {
+        TlsCertificate::new(
+            name.to_string(),
+            PathBuf::from(name),
+            PathBuf::from(name),
+            None,
+            Certificate {
                 key: Arc::new(CertifiedKey::new(vec![cert.der().clone()], signing_key)),
                 dns_names: names.iter().map(|n| n.to_string()).collect(),
                 not_before: 0,
                 not_after: i64::MAX,
                 not_after_text: String::new(),
-            }),
-        }
+                stamps: Stamps {
+                    cert: None,
+                    key: None,
+                },
+            },
+        )
     }
 }
 
@@ -557,6 +627,39 @@ mod tests {
         )
         .unwrap_err();
         assert!(matches!(e, CertificateError::KeyMismatch { .. }), "{e:?}");
+    }
+
+    #[test]
+    fn stamps_change_with_a_rewrite_a_rename_a_switched_link_or_a_removal() {
+        let files = Files::new();
+        let stamps = |path: &Path| Stamps::of(path, path);
+        let path = files.write("c.pem", "one");
+        let first = stamps(&path);
+        assert_eq!(stamps(&path), first, "unchanged");
+        files.write("c.pem", "one, longer");
+        let rewritten = stamps(&path);
+        assert_ne!(rewritten, first, "rewritten in place");
+        std::fs::rename(files.write("new.pem", "one, longer"), &path).unwrap();
+        let renamed = stamps(&path);
+        assert_ne!(renamed, rewritten, "renamed over");
+        // As Kubernetes updates a mounted secret: a link switched to another file.
+        let link = files.dir.path().join("link.pem");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        let linked = stamps(&link);
+        assert_eq!(linked, renamed);
+        let switched = files.dir.path().join("switched.pem");
+        std::os::unix::fs::symlink(files.write("other.pem", "two"), &switched).unwrap();
+        std::fs::rename(&switched, &link).unwrap();
+        assert_ne!(stamps(&link), linked, "link switched");
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            stamps(&path),
+            Stamps {
+                cert: None,
+                key: None
+            },
+            "removed"
+        );
     }
 
     #[test]

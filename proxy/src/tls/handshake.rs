@@ -20,7 +20,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::config::{ListenerTls, TlsVersion};
 use crate::metrics;
 use crate::tls::certificate::provider;
-use crate::tls::store::CertificateStore;
+use crate::tls::store::{CertificateStore, LiveStore};
 use crate::tls::stream::{version_name, TlsStream};
 
 /// Sessions each listener remembers for clients that resume by session id (TLS 1.2 without
@@ -168,6 +168,8 @@ impl Counters {
 pub(crate) struct Acceptor {
     listener: Arc<str>,
     acceptor: tokio_rustls::TlsAcceptor,
+    /// What the configuration's resolver asks: a rotation replaces it.
+    certificates: Arc<LiveStore>,
     counters: Counters,
 }
 
@@ -185,11 +187,12 @@ impl Acceptor {
             TlsVersion::Tls12 => &[&rustls::version::TLS13, &rustls::version::TLS12],
             TlsVersion::Tls13 => &[&rustls::version::TLS13],
         };
+        let certificates = Arc::new(LiveStore::new(CertificateStore::new(tls)));
         let mut config = ServerConfig::builder_with_provider(provider().clone())
             .with_protocol_versions(versions)
             .map_err(setup)?
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(CertificateStore::new(tls)));
+            .with_cert_resolver(certificates.clone());
         config.alpn_protocols = tls.alpn.iter().map(|p| p.id().to_vec()).collect();
         // Resumption: stateless tickets (their key rotates every 6 hours; a ticket lives 12),
         // and a session cache for TLS 1.2 clients that resume by id. No 0-RTT data: it could
@@ -208,7 +211,13 @@ impl Acceptor {
             counters: Counters::new(&name),
             listener: name,
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            certificates,
         })
+    }
+
+    /// The listener's certificates, for the rotation to replace.
+    pub(crate) fn certificates(&self) -> &Arc<LiveStore> {
+        &self.certificates
     }
 
     /// The handshake of a new connection: its TLS stream, or `None` when the connection is
@@ -382,6 +391,7 @@ mod tests {
             default: TlsDefault::Reject,
             min_version: TlsVersion::Tls12,
             alpn: vec![Alpn::H2, Alpn::Http11],
+            reload_interval: Duration::from_secs(5),
         };
         let name = "unit-test-reject";
         let acceptor = Acceptor::new(([127, 0, 0, 1], 1).into(), Arc::from(name), &tls).unwrap();

@@ -7,11 +7,14 @@
 //! - `store`: a listener's certificates by SNI (rustls's `ResolvesServerCert`)
 //! - `handshake`: a listener's rustls configuration, the first-byte check, the counting
 //! - `stream`: the TLS connection as Pingora's IO traits
+//! - `rotation`: certificate files watched, and a replacement swapped in without a restart
 
 pub(crate) mod certificate;
 mod handshake;
+mod rotation;
 mod store;
 mod stream;
 
 pub(crate) use handshake::Acceptor;
 pub(crate) use handshake::TlsError;
+pub(crate) use rotation::Rotation;

@@ -3,12 +3,15 @@
 //! neither serves, or who sends none, gets the default certificate, or no handshake when the
 //! listener rejects them.
 //!
-//! rustls asks [`CertificateStore`] during each handshake (`ResolvesServerCert`): one or two
-//! hash lookups, no allocation. A later rotation swaps what a listener's store holds.
+//! rustls asks a listener's [`LiveStore`] during each handshake (`ResolvesServerCert`): a
+//! lock-free load of its current [`CertificateStore`], then one or two hash lookups, no
+//! allocation. A rotation (`tls::rotation`) builds a new store and swaps it in whole; a
+//! handshake in flight keeps the store it loaded.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
@@ -78,9 +81,30 @@ impl std::fmt::Debug for CertificateStore {
     }
 }
 
-impl ResolvesServerCert for CertificateStore {
+/// A listener's certificates as its rustls configuration resolves them: the current store,
+/// replaced whole by a rotation.
+#[derive(Debug)]
+pub(crate) struct LiveStore(ArcSwap<CertificateStore>);
+
+impl LiveStore {
+    pub(crate) fn new(store: CertificateStore) -> Self {
+        LiveStore(ArcSwap::from_pointee(store))
+    }
+
+    /// New handshakes get `store`'s certificates from now on.
+    pub(crate) fn replace(&self, store: CertificateStore) {
+        self.0.store(Arc::new(store));
+    }
+
+    /// The certificate for a client that sent `sni`, from the store current now.
+    pub(crate) fn find(&self, sni: Option<&str>) -> Option<Arc<CertifiedKey>> {
+        self.0.load().find(sni).cloned()
+    }
+}
+
+impl ResolvesServerCert for LiveStore {
     fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.find(client_hello.server_name()).cloned()
+        self.find(client_hello.server_name())
     }
 }
 
@@ -100,6 +124,7 @@ mod tests {
             default,
             min_version: TlsVersion::Tls12,
             alpn: vec![Alpn::H2],
+            reload_interval: std::time::Duration::from_secs(5),
         };
         (CertificateStore::new(&tls), tls)
     }

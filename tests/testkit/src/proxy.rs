@@ -249,7 +249,7 @@ impl ProxyBuilder {
             stdout,
             stderr,
             readers: [stdout_reader, stderr_reader],
-            _dir: dir,
+            dir,
         };
         proxy.wait_until_ready().await;
         proxy
@@ -264,7 +264,7 @@ pub struct Proxy {
     stderr: Lines,
     readers: [JoinHandle<()>; 2],
     /// Holds the config (and extra files) for as long as the proxy runs.
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Proxy {
@@ -316,12 +316,18 @@ impl Proxy {
 
     /// Writes (or replaces, by a rename) a file next to the configuration.
     pub fn write_file(&self, relative_name: &str, contents: impl AsRef<[u8]>) {
-        let path = self._dir.path().join(relative_name);
-        let staged = self._dir.path().join(format!(".{relative_name}.new"));
+        let path = self.dir.path().join(relative_name);
+        let staged = self.dir.path().join(format!(".{relative_name}.new"));
         std::fs::write(&staged, contents)
             .unwrap_or_else(|e| panic!("writing {}: {e}", staged.display()));
         std::fs::rename(&staged, &path)
             .unwrap_or_else(|e| panic!("renaming to {}: {e}", path.display()));
+    }
+
+    /// The proxy's working directory, where its config and the builder's extra files are: a
+    /// test may change those files while it runs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// `http://127.0.0.1:port{path}` for `{{listen}}`.

@@ -3,7 +3,7 @@
 //! positioned error of `edgeward validate`, and what was checked is what serves.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::time::Duration;
 
 use super::super::model::{Alpn, ListenerTls, TlsCertificate, TlsDefault, TlsVersion};
 use super::super::raw::{RawCertificate, RawTls};
@@ -14,6 +14,8 @@ use crate::tls::certificate::{unix_now, Certificate, CertificateError, ServedNam
 
 /// The port `redirect_https: true` sends clients to.
 const HTTPS_PORT: u16 = 443;
+/// How often certificate files are looked at for a rotation: a look is a `stat` of each file.
+const DEFAULT_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 impl Validator<'_> {
     /// A listener's TLS settings; `None` when they are unusable (the problems are recorded).
@@ -107,6 +109,11 @@ impl Validator<'_> {
                 alpn
             }
         };
+        let reload_interval = self.duration(
+            &raw.reload_interval,
+            "reload_interval",
+            DEFAULT_RELOAD_INTERVAL,
+        );
         if !complete {
             return None;
         }
@@ -116,6 +123,7 @@ impl Validator<'_> {
             default,
             min_version,
             alpn,
+            reload_interval,
         })
     }
 
@@ -172,30 +180,9 @@ impl Validator<'_> {
         } else if loaded.not_yet_valid_at(now) {
             log::warn!("certificate `{name}` is not valid yet: clients will refuse it until it is");
         }
-        let served = match hosts {
-            Some(hosts) => hosts,
-            None => loaded
-                .dns_names
-                .iter()
-                .filter_map(|dns| {
-                    let served = ServedName::parse(dns);
-                    if served.is_none() {
-                        log::warn!(
-                            "certificate `{name}`: its name `{dns}` is not matched against SNI \
-                             (only host names and `*.` wildcards of one label are)"
-                        );
-                    }
-                    served
-                })
-                .collect(),
-        };
-        Some(TlsCertificate {
-            name,
-            cert: cert_path,
-            key: key_path,
-            served,
-            loaded: Arc::new(loaded),
-        })
+        Some(TlsCertificate::new(
+            name, cert_path, key_path, hosts, loaded,
+        ))
     }
 
     /// Records why the pair `cert`/`key` cannot be used, at the key that names the file at
