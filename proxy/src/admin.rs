@@ -17,7 +17,8 @@ use pingora::services::background::BackgroundService;
 
 use crate::cache::{Cache, PurgeMode, PurgeTarget};
 use crate::causes;
-use crate::local_http::{reply, Handler, LocalServer, Reply};
+use crate::config::AdminToken;
+use crate::local_http::{reply, ClientAddr, Handler, LocalServer, Reply};
 use crate::metrics;
 use crate::runtime::{Generation, Generations};
 
@@ -41,12 +42,21 @@ impl AdminServer {
         readiness: Arc<Readiness>,
         generations: Arc<Generations>,
         cache: Option<Arc<Cache>>,
+        token: Option<AdminToken>,
     ) -> std::io::Result<Self> {
+        let token = Arc::new(token);
         let handler: Handler = Arc::new(move |req| -> Reply {
             let readiness = readiness.clone();
             let generations = generations.clone();
             let cache = cache.clone();
+            let token = token.clone();
             Box::pin(async move {
+                let path = req.uri().path();
+                if matches!(path, "/cache/purge" | "/config/reload") {
+                    if let Some(refusal) = unauthorized(&req, token.as_ref().as_ref()) {
+                        return refusal;
+                    }
+                }
                 match req.uri().path() {
                     "/cache/purge" => purge(req, cache.as_deref()).await,
                     "/config/reload" => reload(req, &generations).await,
@@ -99,6 +109,60 @@ fn route(
             "not found: try /metrics, /healthz, /ready, /config, POST /config/reload or POST /cache/purge\n",
         ),
     }
+}
+
+/// Why a request to an endpoint that changes state is refused: with a token configured, it
+/// must carry it (`Authorization: Bearer …`); without one, it must come from this host.
+fn unauthorized<B>(
+    req: &hyper::Request<B>,
+    token: Option<&AdminToken>,
+) -> Option<hyper::Response<Full<Bytes>>> {
+    let error = |status: u16, message: &str| {
+        let body = serde_json::json!({"error": message});
+        reply(status, "application/json", body.to_string())
+    };
+    match token {
+        Some(token) => {
+            let offered = req
+                .headers()
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+                .map(str::trim);
+            if offered.is_some_and(|offered| same_secret(offered, &token.0)) {
+                return None;
+            }
+            let mut refusal = error(401, "send the admin token as `Authorization: Bearer TOKEN`");
+            refusal.headers_mut().insert(
+                http::header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+            Some(refusal)
+        }
+        None => {
+            let local = req
+                .extensions()
+                .get::<ClientAddr>()
+                .is_some_and(|client| client.0.ip().is_loopback());
+            (!local).then(|| {
+                error(
+                    403,
+                    "only this host may reload or purge; set `admin.token` to allow others",
+                )
+            })
+        }
+    }
+}
+
+/// Compares without stopping at the first difference, so that the time taken does not tell
+/// how much of a guess was right.
+fn same_secret(offered: &str, secret: &str) -> bool {
+    offered.len() == secret.len()
+        && offered
+            .bytes()
+            .zip(secret.bytes())
+            .fold(0u8, |difference, (a, b)| difference | (a ^ b))
+            == 0
 }
 
 /// `GET /config`: the generation serving new requests.
@@ -257,5 +321,42 @@ fn url_target(url: &str) -> Option<PurgeTarget> {
 impl BackgroundService for AdminServer {
     async fn start(&self, _shutdown: ShutdownWatch) {
         self.0.serve().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(from: &str, authorization: Option<&str>) -> hyper::Request<()> {
+        let mut builder = hyper::Request::post("/config/reload");
+        if let Some(value) = authorization {
+            builder = builder.header("authorization", value);
+        }
+        let mut req = builder.body(()).unwrap();
+        req.extensions_mut()
+            .insert(ClientAddr(from.parse().unwrap()));
+        req
+    }
+
+    #[test]
+    fn without_a_token_only_this_host_may_change_state() {
+        assert!(unauthorized(&request("127.0.0.1:5000", None), None).is_none());
+        assert!(unauthorized(&request("[::1]:5000", None), None).is_none());
+        let refused = unauthorized(&request("10.1.2.3:5000", None), None).unwrap();
+        assert_eq!(refused.status(), 403);
+    }
+
+    #[test]
+    fn with_a_token_every_client_must_send_it() {
+        let token = AdminToken("0123456789abcdef-secret".into());
+        let allowed = request("10.1.2.3:5000", Some("Bearer 0123456789abcdef-secret"));
+        assert!(unauthorized(&allowed, Some(&token)).is_none());
+        for offered in [None, Some("Bearer wrong"), Some("0123456789abcdef-secret")] {
+            let refused = unauthorized(&request("127.0.0.1:5000", offered), Some(&token)).unwrap();
+            assert_eq!(refused.status(), 401, "{offered:?}");
+            assert_eq!(refused.headers()["www-authenticate"], "Bearer");
+        }
+        assert!(!format!("{token:?}").contains("secret"));
     }
 }

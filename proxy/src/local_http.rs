@@ -60,8 +60,8 @@ impl LocalServer {
             }
         };
         loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => stream,
+            let (stream, peer) = match listener.accept().await {
+                Ok(accepted) => accepted,
                 Err(e) => {
                     log::warn!("{}: accept failed: {e}", self.name);
                     continue;
@@ -69,7 +69,8 @@ impl LocalServer {
             };
             let handler = self.handler.clone();
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
+                let service = service_fn(move |mut req: Request<Incoming>| {
+                    req.extensions_mut().insert(ClientAddr(peer));
                     let reply = handler(req);
                     async move { Ok::<_, Infallible>(reply.await) }
                 });
@@ -81,6 +82,10 @@ impl LocalServer {
         }
     }
 }
+
+/// The address a request came from, in its extensions.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ClientAddr(pub(crate) SocketAddr);
 
 /// A response with `body` of `content_type`.
 pub(crate) fn reply(

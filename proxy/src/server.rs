@@ -97,6 +97,7 @@ pub fn run(config: Config, watch: bool) -> Result<(), ServerError> {
                 readiness.clone(),
                 generations.clone(),
                 cache.clone(),
+                admin.token.clone(),
             )
             .map_err(|source| ServerError::Listen {
                 address: admin.address,

@@ -370,3 +370,44 @@ async fn run_watch_reloads_when_a_module_or_the_configuration_changes() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn with_an_admin_token_reloads_and_purges_need_it() {
+    let a = Origin::start("a").await;
+    let yaml = routing(&["a"], &[("a", a.addr().to_string())]).replace(
+        "admin: {address: \"{{admin}}\"}",
+        "admin: {address: \"{{admin}}\", token_file: admin.token}\ncache: {}",
+    );
+    crate::support::use_built_binary();
+    let proxy = Proxy::builder(&yaml)
+        .file("admin.token", "correct-horse-battery-staple\n")
+        .start()
+        .await;
+    let admin = proxy.placeholder_addr("admin");
+    let post = |path: &str, token: Option<&str>| {
+        let mut request = client::http1()
+            .post(format!("http://{admin}{path}"))
+            .header("content-type", "application/json")
+            .body(r#"{"surrogate_key": "k"}"#);
+        if let Some(token) = token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        }
+        request.send()
+    };
+    for path in ["/config/reload", "/cache/purge"] {
+        let missing = post(path, None).await.unwrap();
+        assert_eq!(missing.status(), 401, "{path}");
+        assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+        let wrong = post(path, Some("correct-horse-battery-stapler"))
+            .await
+            .unwrap();
+        assert_eq!(wrong.status(), 401, "{path}");
+        let right = post(path, Some("correct-horse-battery-staple"))
+            .await
+            .unwrap();
+        assert_eq!(right.status(), 200, "{path}");
+    }
+    // Reading needs no token.
+    let (status, _) = admin_json(&proxy, "/config").await;
+    assert_eq!(status, 200);
+}

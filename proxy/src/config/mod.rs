@@ -252,6 +252,26 @@ mod tests {
     }
 
     #[test]
+    fn an_admin_token_is_long_printable_and_given_once() {
+        let with = |admin: &str| {
+            format!("listeners: [{{address: 127.0.0.1:8080}}]\nadmin: {admin}\nupstreams: {{u: {{endpoints: ['127.0.0.1:9000']}}}}\nroutes: [{{upstream: u}}]\n")
+        };
+        let config = from_str(&with("{token: ' 0123456789abcdef '}"), Path::new("t.yaml")).unwrap();
+        let token = config.admin.unwrap().token.unwrap();
+        assert_eq!(token.0, "0123456789abcdef");
+        assert!(!format!("{token:?}").contains("0123"));
+        let bad = problems(&with("{token: short}"));
+        assert!(bad[0].contains("at least 16 characters"), "{bad:?}");
+        let bad = problems(&with("{token: 'has spaces in the middle', token_file: t}"));
+        assert!(
+            bad[0].contains("`token` or `token_file`, not both"),
+            "{bad:?}"
+        );
+        let bad = problems(&with("{token_file: /no/such/token}"));
+        assert!(bad[0].contains("cannot read `token_file`"), "{bad:?}");
+    }
+
+    #[test]
     fn https_endpoints_speak_verified_tls_and_negotiate_http2() {
         let text = "listeners: [{address: 127.0.0.1:8080}]\nupstreams:\n  s: {endpoints: ['https://127.0.0.1', 'https://[::1]:8443/']}\n  h: {endpoints: ['http://127.0.0.1']}\n  t: {endpoints: ['127.0.0.1:9443'], tls: {sni: Origin.Example.com, verify: false}, http2: false}\n  c: {endpoints: ['127.0.0.1:9000'], http2: true}\nroutes: [{upstream: s}]\n";
         let config = from_str(text, Path::new("t.yaml")).unwrap();

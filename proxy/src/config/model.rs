@@ -103,6 +103,22 @@ pub struct GeoSettings {
 #[derive(Debug, Clone)]
 pub struct Admin {
     pub address: SocketAddr,
+    /// Required (`Authorization: Bearer …`) by the endpoints that change state; without it
+    /// they answer loopback clients only.
+    pub token: Option<AdminToken>,
+}
+
+/// The admin token. Its `Debug` shows a digest, never the token, so that it can be logged and
+/// compared.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(pub String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(self.0.as_bytes());
+        write!(f, "AdminToken(sha256:{})", hex::encode(&digest[..4]))
+    }
 }
 
 /// Settings of the WebAssembly engine shared by every filter.

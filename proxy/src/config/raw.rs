@@ -105,6 +105,8 @@ pub(super) struct RawGeo {
 #[derive(Debug, Deserialize)]
 pub(super) struct RawAdmin {
     pub address: Option<Located<String>>,
+    pub token: Option<Located<String>>,
+    pub token_file: Option<Located<String>>,
 }
 
 #[derive(Debug, Deserialize)]

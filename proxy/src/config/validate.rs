@@ -265,10 +265,50 @@ impl<'a> Validator<'a> {
                 }
             },
         };
+        let token = match (&raw.token, &raw.token_file) {
+            (Some(_), Some(file)) => {
+                self.error(file.mark, "give `token` or `token_file`, not both");
+                None
+            }
+            (Some(token), None) => self.admin_token(token.trim(), token.mark),
+            (None, Some(file)) => {
+                let path = self.input(file);
+                match std::fs::read_to_string(&path) {
+                    Ok(text) => self.admin_token(text.trim(), file.mark),
+                    Err(e) => {
+                        self.error(
+                            file.mark,
+                            format!("cannot read `token_file` {}: {e}", path.display()),
+                        );
+                        None
+                    }
+                }
+            }
+            (None, None) => None,
+        };
         if !address.ip().is_loopback() {
-            log::warn!("the admin listener on {address} is reachable from other hosts; it serves metrics and purges without authentication");
+            let mutating = if token.is_some() {
+                "reloads and purges need the token"
+            } else {
+                "reloads and purges are refused to other hosts (set `admin.token` to allow them)"
+            };
+            log::warn!(
+                "the admin listener on {address} is reachable from other hosts: anyone there can read its metrics; {mutating}"
+            );
         }
-        Admin { address }
+        Admin { address, token }
+    }
+
+    /// A usable admin token: long enough not to be guessed, and fit for a header.
+    fn admin_token(&mut self, token: &str, mark: Mark) -> Option<AdminToken> {
+        if token.len() < 16 || !token.bytes().all(|b| b.is_ascii_graphic()) {
+            self.error(
+                mark,
+                "the admin token must be at least 16 characters, printable ASCII without spaces",
+            );
+            return None;
+        }
+        Some(AdminToken(token.to_string()))
     }
 
     fn wasm(&mut self, raw: Option<&Located<RawWasm>>) -> WasmSettings {
