@@ -17,7 +17,7 @@ FILTERS_TARGET_DIR := $(CURDIR)/filters/target
 # Signed with the demo HMAC key of config/edgeward.yaml; expires in 2100.
 DEMO_TOKEN := eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImRlbW8ifQ.eyJpc3MiOiJodHRwczovL2RlbW8uZWRnZXdhcmQuZXhhbXBsZSIsImF1ZCI6ImVkZ2UtYXBpIiwic3ViIjoiZGVtby11c2VyIiwiZW1haWwiOiJkZW1vQGV4YW1wbGUuY29tIiwiaWF0IjoxNzY0MDAwMDAwLCJleHAiOjQxMDI0NDQ4MDB9.-uXvDZjqRwtuqjy467BmqXqH8cQKXiA57vZFKPTozmE
 
-.PHONY: run test fuzz stress bench bench-proxy bench-host bench-setup setup build filters check-format check-layers lint unit-and-e2e
+.PHONY: run test fuzz stress reload-test bench bench-proxy bench-host bench-setup setup build filters check-format check-layers lint unit-and-e2e
 
 run: build
 	@echo
@@ -59,6 +59,9 @@ bench-host: setup
 # connections, a 3-minute soak watching memory (bench/stress.py; docs/benchmarks.md).
 stress: build bench-setup
 	python3 bench/stress.py
+
+reload-test: build bench-setup
+	python3 bench/reload.py
 
 # The benchmark's reference proxy, load generators and taskset.
 bench-setup:

@@ -2,8 +2,9 @@
 //! their health checks, filters, the geo database), built whole from one configuration file
 //! and replaced whole by a reload. A request holds the generation it started on until it
 //! ends, so it finishes on the configuration it began with; a generation's background tasks
-//! (health checks, filter ticks and callouts, builtin origins) stop once its last request
-//! has ended and a newer generation serves.
+//! (filter ticks and callouts, builtin origins) stop once its last request has ended and a
+//! newer generation serves. An upstream configured as before is taken over whole, with its
+//! health state and its running health checks, which end with the last generation using it.
 //!
 //! Reloads (`SIGHUP`, `POST /config/reload` on the admin listener, or with `run --watch` a
 //! change to the configuration file or a file it names) run one at a time on
@@ -27,7 +28,7 @@ use crate::config::{self, Config, ConfigError, Listener};
 use crate::geo::{Geo, GeoError};
 use crate::metrics;
 use crate::routing::RouteTable;
-use crate::sync::{lock, BackgroundTask};
+use crate::sync::{lock, Task};
 use crate::upstream::{UpstreamError, Upstreams};
 use crate::wasm::{FilterHost, WasmError};
 
@@ -68,20 +69,31 @@ pub(crate) struct Generation {
     pub(crate) filters: FilterHost,
     pub(crate) geo: Option<Arc<Geo>>,
     /// Started once the generation is installed.
-    tasks: Mutex<Vec<BackgroundTask>>,
+    tasks: Mutex<Vec<Task>>,
     /// Fires when the generation is dropped, which ends its tasks.
     retired: watch::Sender<bool>,
 }
 
 impl Generation {
     /// Builds everything `config` needs to serve; binds builtin origins, compiles and starts
-    /// the filters. Blocking: filters compile here.
-    pub(crate) fn build(config: &Config, number: u64) -> Result<Generation, BuildError> {
+    /// the filters. Blocking: filters compile here. Upstreams configured as in `previous`
+    /// keep their health state.
+    pub(crate) fn build(
+        config: &Config,
+        number: u64,
+        previous: Option<&Generation>,
+    ) -> Result<Generation, BuildError> {
         let filters = FilterHost::load(config)?;
-        let (upstreams, mut tasks) = Upstreams::build(&config.upstreams)?;
+        let previous_upstreams = previous.map(|previous| &*previous.upstreams);
+        let (upstreams, mut tasks) = Upstreams::build(&config.upstreams, previous_upstreams)?;
         let upstreams = Arc::new(upstreams);
         filters.serve_upstreams(upstreams.clone());
-        tasks.extend(filters.background_tasks());
+        tasks.extend(
+            filters
+                .background_tasks()
+                .into_iter()
+                .map(|work| Task { work, until: None }),
+        );
         let geo = match &config.geo {
             Some(settings) => Some(Arc::new(Geo::open(
                 &settings.database,
@@ -105,8 +117,8 @@ impl Generation {
     /// Spawns the generation's background tasks on the current tokio runtime.
     fn start_tasks(&self) {
         for task in lock(&self.tasks).drain(..) {
-            let retired = self.retired.subscribe();
-            tokio::spawn(async move { task.start(retired).await });
+            let until = task.until.unwrap_or_else(|| self.retired.subscribe());
+            tokio::spawn(async move { task.work.start(until).await });
         }
     }
 }
@@ -293,7 +305,7 @@ impl Reloader {
     ) -> Result<(Arc<Generations>, Reloader), BuildError> {
         let source = config.source.clone();
         let fixed = Fixed::of(config);
-        let first = Generation::build(config, 1)?;
+        let first = Generation::build(config, 1, None)?;
         let (sender, receiver) = mpsc::channel(8);
         let generations = Arc::new(Generations {
             current: RwLock::new(Arc::new(first)),
@@ -335,9 +347,11 @@ impl Reloader {
             return Err(ReloadError::NeedsRestart(changed));
         }
         let number = self.next_number.fetch_add(1, Ordering::Relaxed);
-        let built = tokio::task::spawn_blocking(move || Generation::build(&config, number))
-            .await
-            .map_err(|_| ReloadError::ShuttingDown)?;
+        let current = self.generations.current();
+        let built =
+            tokio::task::spawn_blocking(move || Generation::build(&config, number, Some(&current)))
+                .await
+                .map_err(|_| ReloadError::ShuttingDown)?;
         let generation = Arc::new(built.map_err(ReloadError::Build)?);
         generation.start_tasks();
         self.generations.install(generation);

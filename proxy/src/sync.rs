@@ -9,6 +9,13 @@ use std::time::Duration;
 pub(crate) type BackgroundTask =
     Arc<dyn pingora::services::background::BackgroundService + Send + Sync>;
 
+/// A background task and what ends it: its own watch, or (`None`) the retirement of the
+/// configuration generation that starts it.
+pub(crate) struct Task {
+    pub(crate) work: BackgroundTask,
+    pub(crate) until: Option<pingora::server::ShutdownWatch>,
+}
+
 /// Locks `mutex` even if a thread panicked while holding it. For state that stays consistent
 /// between statements (every caller's case): failing every later request because one panicked
 /// would turn a bug into an outage.

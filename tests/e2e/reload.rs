@@ -411,3 +411,45 @@ async fn with_an_admin_token_reloads_and_purges_need_it() {
     let (status, _) = admin_json(&proxy, "/config").await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn an_unchanged_upstream_keeps_its_endpoints_health_across_a_reload() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    b.set_healthy(false);
+    // One check at start, the next an hour later: only the first check's verdict can count.
+    let yaml = |route: &str| {
+        config(
+            &format!(
+                "listeners: [{{address: \"{{{{listen}}}}\"}}]\nadmin: {{address: \"{{{{admin}}}}\"}}\nupstreams:\n  pool: {{endpoints: [\"$a\", \"$b\"], retries: 0, health_check: {{path: /healthz, interval: 1h}}}}\nroutes: [{{name: {route}, upstream: pool}}]\n"
+            ),
+            &[("a", a.addr().to_string()), ("b", b.addr().to_string())],
+        )
+    };
+    let proxy = start_proxy(&yaml("first")).await;
+    let origins_answering = || async {
+        let mut seen = Vec::new();
+        for _ in 0..6 {
+            let response = client::http1().get(proxy.url("/x")).send().await.unwrap();
+            seen.push(response.headers()["x-origin"].to_str().unwrap().to_string());
+        }
+        seen
+    };
+    eventually("b out of rotation", || async {
+        origins_answering()
+            .await
+            .iter()
+            .all(|o| o == "a")
+            .then_some(())
+    })
+    .await;
+    // b recovers, but no check will see it for an hour.
+    let b_hits = b.hits();
+    b.set_healthy(true);
+    proxy.rewrite_config(&yaml("second"));
+    let (status, answer) = reload(&proxy).await;
+    assert_eq!(status, 200, "{answer}");
+    // A fresh upstream would start with both healthy and check b at once; the kept one still
+    // knows b as unhealthy.
+    assert!(origins_answering().await.iter().all(|o| o == "a"));
+    assert_eq!(b.hits(), b_hits);
+}

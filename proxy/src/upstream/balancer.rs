@@ -11,6 +11,7 @@ use pingora::services::background::BackgroundService;
 use super::health::EndpointCheck;
 use crate::config::Balancing;
 
+#[derive(Clone)]
 pub(super) enum Balancer {
     RoundRobin(Arc<LoadBalancer<RoundRobin>>),
     Random(Arc<LoadBalancer<Random>>),

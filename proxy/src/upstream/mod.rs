@@ -12,10 +12,11 @@ use std::sync::Arc;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{self, Endpoint, Origin, UpstreamId};
-use crate::sync::BackgroundTask;
+use crate::sync::Task;
 use balancer::Balancer;
 use health::EndpointCheck;
 use peer::PeerSettings;
+use tokio::sync::watch;
 
 /// How many candidates a selection may look at before giving up (Ketama walks a ring).
 const MAX_SELECTION_STEPS: usize = 256;
@@ -39,22 +40,41 @@ pub(crate) struct Upstreams {
     entries: Vec<UpstreamEntry>,
 }
 
+#[derive(Clone)]
 pub(crate) struct UpstreamEntry {
     config: config::Upstream,
     balancer: Balancer,
     peers: Arc<PeerSettings>,
+    /// Ends the health checks once no generation uses this upstream any more.
+    _health_checks: Option<Arc<HealthChecks>>,
+}
+
+/// Stops an upstream's health-check loop when dropped.
+struct HealthChecks(watch::Sender<bool>);
+
+impl Drop for HealthChecks {
+    fn drop(&mut self) {
+        self.0.send_replace(true);
+    }
 }
 
 impl Upstreams {
     /// Builds the upstreams and the background tasks they need: the health-check loops and
     /// the builtin origins (bound here, so their addresses are known before serving starts).
+    /// An upstream configured exactly as in `previous` (a reload's current upstreams) is taken
+    /// over with its health state and its running health checks.
     pub(crate) fn build(
         upstreams: &[config::Upstream],
-    ) -> Result<(Upstreams, Vec<BackgroundTask>), UpstreamError> {
+        previous: Option<&Upstreams>,
+    ) -> Result<(Upstreams, Vec<Task>), UpstreamError> {
         let mut entries = Vec::with_capacity(upstreams.len());
-        let mut tasks: Vec<BackgroundTask> = Vec::new();
+        let mut tasks: Vec<Task> = Vec::new();
         let mut builtins = Vec::new();
         for upstream in upstreams {
+            if let Some(unchanged) = previous.and_then(|previous| previous.unchanged(upstream)) {
+                entries.push(unchanged.clone());
+                continue;
+            }
             let endpoints = match &upstream.origin {
                 Origin::Endpoints(endpoints) => endpoints.clone(),
                 Origin::Builtin(config::Builtin::Echo) => {
@@ -84,19 +104,40 @@ impl Upstreams {
                     source,
                 }
             })?;
-            if upstream.health_check.is_some() {
-                tasks.push(balancer.background());
-            }
+            let health_checks = upstream.health_check.is_some().then(|| {
+                let (stop, until) = watch::channel(false);
+                tasks.push(Task {
+                    work: balancer.background(),
+                    until: Some(until),
+                });
+                Arc::new(HealthChecks(stop))
+            });
             entries.push(UpstreamEntry {
                 config: upstream.clone(),
                 balancer,
                 peers,
+                _health_checks: health_checks,
             });
         }
         if !builtins.is_empty() {
-            tasks.push(Arc::new(echo::EchoOrigins(builtins)));
+            tasks.push(Task {
+                work: Arc::new(echo::EchoOrigins(builtins)),
+                until: None,
+            });
         }
         Ok((Upstreams { entries }, tasks))
+    }
+
+    /// The entry of an upstream configured exactly as `upstream`, if this has one. Builtin
+    /// origins are never taken over: they belong to the generation that bound them.
+    fn unchanged(&self, upstream: &config::Upstream) -> Option<&UpstreamEntry> {
+        if matches!(upstream.origin, Origin::Builtin(_)) {
+            return None;
+        }
+        let wanted = format!("{upstream:?}");
+        self.entries.iter().find(|entry| {
+            entry.config.name == upstream.name && format!("{:?}", entry.config) == wanted
+        })
     }
 
     pub(crate) fn get(&self, id: UpstreamId) -> &UpstreamEntry {
