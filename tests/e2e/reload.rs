@@ -453,3 +453,42 @@ async fn an_unchanged_upstream_keeps_its_endpoints_health_across_a_reload() {
     assert!(origins_answering().await.iter().all(|o| o == "a"));
     assert_eq!(b.hits(), b_hits);
 }
+
+#[tokio::test]
+async fn a_request_paused_by_a_filter_resumes_on_its_generation_after_a_reload() {
+    let (a, b) = (Origin::start("a").await, Origin::start("b").await);
+    let vars = [
+        ("a", a.addr().to_string()),
+        ("b", b.addr().to_string()),
+        ("pauser", filters::PAUSER.to_string()),
+    ];
+    let paused = config(
+        "listeners: [{address: \"{{listen}}\"}]\nadmin: {address: \"{{admin}}\"}\nupstreams: {u: {endpoints: [\"$a\"]}}\nfilters: {hold: {module: $pauser, config: {tick_ms: 100, resume_after_ticks: 30}}}\nroutes: [{upstream: u, filters: [hold]}]\n",
+        &vars,
+    );
+    let plain = config(
+        "listeners: [{address: \"{{listen}}\"}]\nadmin: {address: \"{{admin}}\"}\nupstreams: {u: {endpoints: [\"$b\"]}}\nroutes: [{upstream: u}]\n",
+        &vars,
+    );
+    let proxy = start_proxy(&paused).await;
+    let held = tokio::spawn(client::http1().get(proxy.url("/held")).send());
+    metrics_showing(&proxy, &[("edgeward_requests_in_flight", 1.0)]).await;
+    proxy.rewrite_config(&plain);
+    let (status, answer) = reload(&proxy).await;
+    assert_eq!(status, 200, "{answer}");
+    // Held for 3 s: still paused when the reload is done.
+    assert_eq!(a.hits(), 0);
+    let fresh = client::http1()
+        .get(proxy.url("/fresh"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(fresh.headers()["x-origin"], "b");
+    assert!(fresh.headers().get("x-resumed-after-ticks").is_none());
+    // The old generation's ticks resume the held request, which goes to the old upstream.
+    let held = held.await.unwrap().unwrap();
+    assert_eq!(held.status(), 200);
+    assert_eq!(held.headers()["x-origin"], "a");
+    assert_eq!(held.headers()["x-resumed-after-ticks"], "30");
+    assert_eq!(a.last_request_headers()["x-paused"], "1");
+}
