@@ -158,6 +158,19 @@ class Cores:
 # The origin and the contenders
 
 
+def certificate(folder: Path) -> tuple[Path, Path]:
+    """The certificate of this run's TLS listeners (both proxies', the demo's): ECDSA P-256,
+    self-signed, for localhost and 127.0.0.1 (the load generators do not verify it)."""
+    cert, key = folder / "tls-cert.pem", folder / "tls-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "30", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
 def origin_bodies(folder: Path) -> None:
     """Files the origin serves: /1k and /cache/1k, /cache/100k (cacheable)."""
     www = folder / "www"
@@ -489,14 +502,18 @@ def contenders(folder: Path, cache_dir: Path, ports: Ports, origin: int, workers
 # Idle memory of the demo
 
 
-def demo_idle_rss(folder: Path, ports: Ports, cores: Cores) -> tuple[float, float]:
-    """RSS of `config/edgeward.yaml` (moved to free ports) right after start and after 2000
-    requests over its routes followed by two idle seconds, in MiB."""
-    port, admin = ports.take(), ports.take()
+def demo_idle_rss(folder: Path, ports: Ports, cores: Cores, tls: tuple[Path, Path]) -> tuple[float, float]:
+    """RSS of `config/edgeward.yaml` (moved to free ports, serving this run's certificate)
+    right after start and after 2000 requests over its routes followed by two idle seconds, in
+    MiB."""
+    port, tls_port, admin = ports.take(), ports.take(), ports.take()
     text = DEMO_CONFIG.read_text()
     for old, new in [
         ("127.0.0.1:8080", f"127.0.0.1:{port}"),
+        ("127.0.0.1:8443", f"127.0.0.1:{tls_port}"),
         ("127.0.0.1:9901", f"127.0.0.1:{admin}"),
+        ("certs/localhost.pem", str(tls[0])),
+        ("certs/localhost.key", str(tls[1])),
         ("../filters/", f"{ROOT}/filters/"),
         ("geo/demo.mmdb", str(GEO_DATABASE)),
     ]:
@@ -539,9 +556,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    for tool in ["nginx", "wrk", "h2load"]:
+    for tool in ["nginx", "wrk", "h2load", "openssl"]:
         if not shutil.which(tool):
-            raise SystemExit(f"`{tool}` is missing: `make bench` installs it (apt-get install nginx wrk nghttp2-client)")
+            raise SystemExit(f"`{tool}` is missing: `make bench` installs it (apt-get install nginx wrk nghttp2-client openssl)")
     for needed in [EDGEWARD, FILTERS / "add_headers.wasm", GEO_DATABASE]:
         if not needed.exists():
             raise SystemExit(f"{needed} is missing: run `make bench` (it builds edgeward and the filters)")
@@ -551,6 +568,7 @@ def main() -> None:
     folder = ROOT / "target" / "bench" / time.strftime("%Y%m%d-%H%M%S")
     folder.mkdir(parents=True)
     ports = Ports(21000)
+    tls = certificate(folder)
     post_script = folder / "post-10k.lua"
     post_script.write_text('wrk.method = "POST"\nwrk.body = string.rep("x", 10240)\n'
                            'wrk.headers["Content-Type"] = "application/octet-stream"\n')
@@ -580,7 +598,7 @@ def main() -> None:
             print(f"{scenario.title} ...", file=sys.stderr, flush=True)
             results[scenario.title] = run_scenario(scenario, all_contenders, cores, folder, args, peak)
             empty_access_logs(folder)
-        idle = demo_idle_rss(folder, ports, cores) if not args.only else None
+        idle = demo_idle_rss(folder, ports, cores, tls) if not args.only else None
     finally:
         for contender in all_contenders.values():
             contender.stop()

@@ -28,21 +28,21 @@ const NOT_AFTER_UNIX: f64 = 4_070_908_800.0;
 const PATIENCE: Duration = Duration::from_secs(30);
 
 /// A test CA: a root, and the intermediate that signs the leaf certificates.
-struct Pki {
+pub(crate) struct Pki {
     root: CertifiedIssuer<'static, KeyPair>,
     intermediate: CertifiedIssuer<'static, KeyPair>,
 }
 
 /// A leaf certificate as the proxy's files hold it: `chain` (the leaf, then the
 /// intermediate) and `key`; `der` is the leaf, to tell which certificate a client saw.
-struct Leaf {
-    chain: String,
-    key: String,
+pub(crate) struct Leaf {
+    pub(crate) chain: String,
+    pub(crate) key: String,
     der: CertificateDer<'static>,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let ca = |name: &str| {
             let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
             params
@@ -68,12 +68,12 @@ impl Pki {
         Pki { root, intermediate }
     }
 
-    fn root_pem(&self) -> String {
+    pub(crate) fn root_pem(&self) -> String {
         self.root.pem()
     }
 
-    /// An ECDSA P-256 leaf for `names`.
-    fn leaf(&self, names: &[&str]) -> Leaf {
+    /// An ECDSA P-256 leaf for `names` (DNS names, or IP addresses).
+    pub(crate) fn leaf(&self, names: &[&str]) -> Leaf {
         self.leaf_with_key(names, KeyPair::generate().unwrap())
     }
 
