@@ -65,8 +65,8 @@ bench-host: setup
 stress: build bench-setup
 	python3 bench/stress.py
 
-# The benchmark's reference proxy, load generators and taskset (openssl, for its certificate,
-# comes with setup, through build).
+# The benchmark's reference proxy, load generators and taskset (openssl for its certificate and
+# cc for its wrk preload come with setup, through build).
 bench-setup:
 	@command -v nginx >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 && command -v h2load >/dev/null 2>&1 || { \
 		echo "installing nginx, wrk and h2load for the benchmark"; \
