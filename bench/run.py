@@ -3,9 +3,10 @@
 
 Starts a fast local origin (nginx serving fixed bodies), then, scenario by scenario, starts
 each contender (edgeward and nginx configured equivalently, or edgeward configurations
-against each other), and drives them with wrk (HTTP/1.1) or h2load (h2c) on loopback, in
-alternating rounds. Prints one Markdown table of medians, ratios from the same run, and the
-targets of issue 7 with their verdicts.
+against each other), and drives them with wrk (HTTP/1.1, in cleartext or over TLS 1.3) or
+h2load (h2c) on loopback, in alternating rounds. Then measures the memory an idle keep-alive
+connection holds, over TLS and in cleartext. Prints Markdown tables of medians, ratios from
+the same run, and the targets of issues 7 and 18 with their verdicts.
 
 The proxies under test share the first half of the cores; the load generator and the origin
 get the other half. Both proxies get the same number of workers (one per core of their half).
@@ -18,9 +19,11 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -45,6 +48,8 @@ DEMO_TOKEN = (
 CLIENT_IN_GERMANY = "198.51.100.7"
 CONNECTIONS = 64
 H2_STREAMS_PER_CONNECTION = 10
+# Idle keep-alive connections opened to measure the memory each holds.
+IDLE_CONNECTIONS = 1000
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -119,14 +124,24 @@ class Ports:
         return self.next - 1
 
 
+def unverified_tls() -> ssl.SSLContext:
+    """A client context for the benchmark's own self-signed certificate: TLS 1.3, no checks."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_3
+    return context
+
+
 def wait_until_serving(url: str, process: subprocess.Popen, headers: dict[str, str], what: str) -> None:
     deadline = time.monotonic() + 30
+    context = unverified_tls() if url.startswith("https:") else None
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"{what} exited with status {process.returncode} while starting")
         try:
             request = urllib.request.Request(url, headers=headers)
-            with urllib.request.urlopen(request, timeout=2) as response:
+            with urllib.request.urlopen(request, timeout=2, context=context) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -156,6 +171,45 @@ class Cores:
 
 # ---------------------------------------------------------------------------------------------
 # The origin and the contenders
+
+
+def certificate(folder: Path) -> tuple[Path, Path]:
+    """The certificate of this run's TLS listeners (both proxies', the demo's): ECDSA P-256,
+    self-signed, for localhost and 127.0.0.1 (the load generators do not verify it)."""
+    cert, key = folder / "tls-cert.pem", folder / "tls-key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "30", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+# wrk keeps each connection's TLS session when it reconnects (it reuses the connection's SSL
+# object), so after the first handshake every new connection resumes. Preloaded into wrk, this
+# forgets the session before each reconnection: every connection then makes a full handshake.
+NO_RESUMPTION_C = r"""#define _GNU_SOURCE
+#include <dlfcn.h>
+typedef struct ssl_st SSL;
+int SSL_clear(SSL *ssl) {
+    static int (*clear)(SSL *);
+    static int (*set_session)(SSL *, void *);
+    if (!clear) {
+        clear = (int (*)(SSL *))dlsym(RTLD_NEXT, "SSL_clear");
+        set_session = (int (*)(SSL *, void *))dlsym(RTLD_NEXT, "SSL_set_session");
+    }
+    set_session(ssl, 0);
+    return clear(ssl);
+}
+"""
+
+
+def no_resumption(folder: Path) -> Path:
+    source, library = folder / "no-resumption.c", folder / "no-resumption.so"
+    source.write_text(NO_RESUMPTION_C)
+    subprocess.run(["cc", "-shared", "-fPIC", "-O2", "-o", str(library), str(source)], check=True)
+    return library
 
 
 def origin_bodies(folder: Path) -> None:
@@ -193,10 +247,14 @@ http {{
 """
 
 
-def nginx_proxy_config(folder: Path, cache_dir: Path, port: int, h2_port: int, origin: int, workers: int) -> str:
+def nginx_proxy_config(
+    folder: Path, cache_dir: Path, port: int, h2_port: int, tls_port: int, tls: tuple[Path, Path], origin: int, workers: int
+) -> str:
     return f"""# nginx as the reference reverse proxy and cache, configured like edgeward: the same
 # per-request work (a request id, the forwarding headers, Via both ways, one JSON access-log
-# line with the same fields).
+# line with the same fields). TLS as edgeward's: 1.3 only here, the same certificate,
+# session tickets (nginx's default) and no server-side session cache (TLS 1.3 resumes by
+# ticket only in edgeward).
 worker_processes {workers};
 daemon off;
 pid {folder}/nginx.pid;
@@ -220,6 +278,10 @@ http {{
     server {{
         listen 127.0.0.1:{port} reuseport backlog=4096;
         listen 127.0.0.1:{h2_port} http2 reuseport backlog=4096;
+        listen 127.0.0.1:{tls_port} ssl reuseport backlog=4096;
+        ssl_certificate {tls[0]};
+        ssl_certificate_key {tls[1]};
+        ssl_protocols TLSv1.3;
         proxy_http_version 1.1;
         proxy_set_header Connection "";
         proxy_set_header Host $host;
@@ -270,15 +332,21 @@ FILTER_CONFIGS = {
 
 
 def edgeward_config(
-    folder: Path, name: str, port: int, origin: int, workers: int, chain: list[str], isolation: str
+    folder: Path, name: str, port: int, origin: int, workers: int, chain: list[str], isolation: str,
+    tls: tuple[int, Path, Path] | None = None,
 ) -> str:
-    """The same origin under every upstream name; `chain` runs on every route."""
+    """The same origin under every upstream name; `chain` runs on every route. `tls` (port,
+    certificate, key) adds a TLS 1.3 listener."""
     filters = "".join(
         f"\n  {f}:" + FILTER_CONFIGS[f].replace("$isolation", isolation) for f in chain
     )
     chain_yaml = f"[{', '.join(chain)}]"
+    listeners = f'{{address: "127.0.0.1:{port}"}}'
+    if tls:
+        listeners += (f', {{address: "127.0.0.1:{tls[0]}", '
+                      f'tls: {{certificates: [{{cert: {tls[1]}, key: {tls[2]}}}], min_version: "1.3"}}}}')
     return f"""# edgeward under benchmark: {name}
-listeners: [{{address: "127.0.0.1:{port}"}}]
+listeners: [{listeners}]
 workers: {workers}
 access_log: {folder}/edgeward-{name}-access.log
 geo: {{database: {GEO_DATABASE}, trusted_proxies: [127.0.0.1/32]}}
@@ -303,6 +371,7 @@ class Contender:
     command: list[str]
     port: int
     h2_port: int | None = None
+    tls_port: int | None = None
     process: subprocess.Popen | None = None
     pids: list[int] = field(default_factory=list)
 
@@ -315,6 +384,8 @@ class Contender:
             start_new_session=True,
         )
         wait_until_serving(f"http://127.0.0.1:{self.port}/1k", self.process, headers, self.name)
+        if self.tls_port:
+            wait_until_serving(f"https://127.0.0.1:{self.tls_port}/1k", self.process, headers, self.name)
         # taskset execs the proxy: the pid is the proxy's own.
         self.pids = process_tree(self.process.pid)
 
@@ -351,15 +422,18 @@ class Run:
 
 @dataclass
 class Load:
-    """What a scenario sends: path, method/body (a wrk Lua script), headers, protocol."""
+    """What a scenario sends: path, method/body (a wrk Lua script), headers, protocol (h2c, or
+    HTTP/1.1 in cleartext or over TLS), and a library preloaded into the load generator."""
 
     path: str
     headers: dict[str, str] = field(default_factory=dict)
     script: Path | None = None
     h2: bool = False
+    tls: bool = False
+    preload: Path | None = None
 
     def command(self, port: int, seconds: float, threads: int, log: Path) -> list[str]:
-        url = f"http://127.0.0.1:{port}{self.path}"
+        url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}{self.path}"
         header_args = [a for name, value in self.headers.items() for a in ("-H", f"{name}: {value}")]
         if self.h2:
             return [
@@ -415,9 +489,11 @@ def parse_h2load(output: str, log: Path) -> tuple[int, float, float, float]:
 
 def drive(contender: Contender, load: Load, seconds: float, cores: Cores, folder: Path) -> Run:
     log = folder / "h2load.log"
-    command = cores.pin(cores.load) + load.command(contender.h2_port if load.h2 else contender.port, seconds, len(cores.load), log)
+    port = contender.h2_port if load.h2 else contender.tls_port if load.tls else contender.port
+    command = cores.pin(cores.load) + load.command(port, seconds, len(cores.load), log)
+    env = {**os.environ, "LD_PRELOAD": str(load.preload)} if load.preload else None
     before = cpu_seconds(contender.pids)
-    output = subprocess.run(command, capture_output=True, text=True, check=False)
+    output = subprocess.run(command, capture_output=True, text=True, check=False, env=env)
     used = cpu_seconds(contender.pids) - before
     if output.returncode != 0:
         raise RuntimeError(f"{command[0]} failed: {output.stderr}{output.stdout}")
@@ -442,7 +518,7 @@ class Scenario:
     versus: str
 
 
-def scenarios(post_script: Path) -> list[Scenario]:
+def scenarios(post_script: Path, no_resumption_library: Path) -> list[Scenario]:
     auth = {"Authorization": f"Bearer {DEMO_TOKEN}", "X-Forwarded-For": CLIENT_IN_GERMANY}
     return [
         Scenario("1. proxy, 1 KiB GET", Load("/1k"), ["edgeward", "nginx"], "nginx"),
@@ -462,10 +538,29 @@ def scenarios(post_script: Path) -> list[Scenario]:
             ["edgeward+headers", "edgeward+headers (request)"],
             "first",
         ),
+        Scenario("6a. TLS, 1 KiB GET, keep-alive", Load("/1k", tls=True), ["edgeward", "nginx"], "nginx"),
+        # wrk opens a new connection after each `Connection: close` answer: req/s are
+        # handshakes/s. New clients make full handshakes (the session forgotten each time);
+        # returning ones resume with the session ticket the server sent (wrk's own behaviour).
+        Scenario(
+            "6b. TLS full handshakes, 1 KiB GET, connection per request",
+            Load("/1k", headers={"Connection": "close"}, tls=True, preload=no_resumption_library),
+            ["edgeward", "nginx"],
+            "nginx",
+        ),
+        Scenario(
+            "6c. TLS resumed handshakes, 1 KiB GET, connection per request",
+            Load("/1k", headers={"Connection": "close"}, tls=True),
+            ["edgeward", "nginx"],
+            "nginx",
+        ),
     ]
 
 
-def contenders(folder: Path, cache_dir: Path, ports: Ports, origin: int, workers: int) -> dict[str, Contender]:
+def contenders(
+    folder: Path, cache_dir: Path, ports: Ports, origin: int, workers: int, tls: tuple[Path, Path]
+) -> dict[str, Contender]:
+    """The proxies; `edgeward` and `nginx` also listen with TLS, on a port of their own."""
     made: dict[str, Contender] = {}
     for name, chain, isolation in [
         ("edgeward", [], "shared"),
@@ -474,29 +569,96 @@ def contenders(folder: Path, cache_dir: Path, ports: Ports, origin: int, workers
         ("edgeward+3 filters", ["jwt", "geo", "headers"], "shared"),
     ]:
         port = ports.take()
+        tls_port = ports.take() if name == "edgeward" else None
         file_name = re.sub(r"[^a-z0-9]+", "-", name).strip("-")
         path = folder / f"{file_name}.yaml"
-        path.write_text(edgeward_config(folder, file_name, port, origin, workers, chain, isolation))
-        made[name] = Contender(name, "edgeward", [str(EDGEWARD), "run", "--config", str(path)], port, port)
-    port, h2_port = ports.take(), ports.take()
+        tls_listener = (tls_port, *tls) if tls_port else None
+        path.write_text(edgeward_config(folder, file_name, port, origin, workers, chain, isolation, tls_listener))
+        made[name] = Contender(name, "edgeward", [str(EDGEWARD), "run", "--config", str(path)], port, port, tls_port)
+    port, h2_port, tls_port = ports.take(), ports.take(), ports.take()
     path = folder / "nginx.conf"
-    path.write_text(nginx_proxy_config(folder, cache_dir, port, h2_port, origin, workers))
-    made["nginx"] = Contender("nginx", "nginx", ["nginx", "-c", str(path), "-e", str(folder / "nginx-error.log")], port, h2_port)
+    path.write_text(nginx_proxy_config(folder, cache_dir, port, h2_port, tls_port, tls, origin, workers))
+    made["nginx"] = Contender(
+        "nginx", "nginx", ["nginx", "-c", str(path), "-e", str(folder / "nginx-error.log")], port, h2_port, tls_port
+    )
     return made
 
 
 # ---------------------------------------------------------------------------------------------
-# Idle memory of the demo
+# Idle memory: per connection, and of the demo
 
 
-def demo_idle_rss(folder: Path, ports: Ports, cores: Cores) -> tuple[float, float]:
-    """RSS of `config/edgeward.yaml` (moved to free ports) right after start and after 2000
-    requests over its routes followed by two idle seconds, in MiB."""
-    port, admin = ports.take(), ports.take()
+def open_with_one_request(port: int, context: ssl.SSLContext | None) -> socket.socket:
+    """A keep-alive connection (with its TLS handshake when `context`) that has been answered
+    one GET /1k, read to its end."""
+    connection = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if context:
+        connection = context.wrap_socket(connection, server_hostname="localhost")
+    connection.sendall(b"GET /1k HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    answer = b""
+    while b"\r\n\r\n" not in answer:
+        answer += connection.recv(65536) or b"<closed>"
+        if answer.endswith(b"<closed>"):
+            raise RuntimeError(f"connection closed before an answer: {answer!r}")
+    head, body = answer.split(b"\r\n\r\n", 1)
+    length = re.search(rb"(?im)^content-length:\s*(\d+)", head)
+    if not head.startswith(b"HTTP/1.1 200") or not length:
+        raise RuntimeError(f"unexpected answer: {head!r}")
+    while len(body) < int(length.group(1)):
+        body += connection.recv(65536)
+    return connection
+
+
+@dataclass
+class IdleMemory:
+    contender: str
+    tls: bool
+    connections: int
+    before_kib: int
+    after_kib: int
+
+    @property
+    def per_connection_kib(self) -> float:
+        return (self.after_kib - self.before_kib) / self.connections
+
+
+def idle_memory(contender: Contender, cores: Cores, folder: Path, tls: bool, count: int) -> IdleMemory:
+    """What `count` idle keep-alive connections hold in a fresh process: its RSS (nginx: master
+    and worker) before and after they were opened, each with its handshake and one 1 KiB GET,
+    then left idle for two seconds. The process is restarted first, so that memory freed by
+    earlier load is not reused for these connections (which would hide their cost)."""
+    contender.stop()
+    contender.start(cores, folder, {})
+    port = contender.tls_port if tls else contender.port
+    context = unverified_tls() if tls else None
+    held: list[socket.socket] = []
+    try:
+        # One connection first, closed, for what only the first one allocates.
+        open_with_one_request(port, context).close()
+        time.sleep(1)
+        before = status_kib(contender.pids, "VmRSS")
+        for _ in range(count):
+            held.append(open_with_one_request(port, context))
+        time.sleep(2)
+        after = status_kib(contender.pids, "VmRSS")
+    finally:
+        for connection in held:
+            connection.close()
+    return IdleMemory(contender.name, tls, count, before, after)
+
+
+def demo_idle_rss(folder: Path, ports: Ports, cores: Cores, tls: tuple[Path, Path]) -> tuple[float, float]:
+    """RSS of `config/edgeward.yaml` (moved to free ports, serving this run's certificate)
+    right after start and after 2000 requests over its routes followed by two idle seconds, in
+    MiB."""
+    port, tls_port, admin = ports.take(), ports.take(), ports.take()
     text = DEMO_CONFIG.read_text()
     for old, new in [
         ("127.0.0.1:8080", f"127.0.0.1:{port}"),
+        ("127.0.0.1:8443", f"127.0.0.1:{tls_port}"),
         ("127.0.0.1:9901", f"127.0.0.1:{admin}"),
+        ("certs/localhost.pem", str(tls[0])),
+        ("certs/localhost.key", str(tls[1])),
         ("../filters/", f"{ROOT}/filters/"),
         ("geo/demo.mmdb", str(GEO_DATABASE)),
     ]:
@@ -535,13 +697,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=float(os.environ.get("BENCH_SECONDS", 10)), help="length of each measured run")
     parser.add_argument("--warmup", type=float, default=2, help="unmeasured load before each run")
     parser.add_argument("--rounds", type=int, default=int(os.environ.get("BENCH_ROUNDS", 3)), help="alternating runs per contender")
-    parser.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""), help="run scenarios whose title contains this")
+    parser.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
+                        help="run only the scenarios whose title contains this, or one of several texts separated by `|` "
+                        "(`1. proxy|TLS`: scenario 1 and the TLS scenarios)")
+    parser.add_argument("--idle-connections", type=int, default=IDLE_CONNECTIONS, help="idle connections opened to measure their memory")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
 
-    for tool in ["nginx", "wrk", "h2load"]:
+    for tool in ["nginx", "wrk", "h2load", "openssl", "cc"]:
         if not shutil.which(tool):
-            raise SystemExit(f"`{tool}` is missing: `make bench` installs it (apt-get install nginx wrk nghttp2-client)")
+            raise SystemExit(f"`{tool}` is missing: `make bench` installs it (apt-get install nginx wrk nghttp2-client openssl build-essential)")
     for needed in [EDGEWARD, FILTERS / "add_headers.wasm", GEO_DATABASE]:
         if not needed.exists():
             raise SystemExit(f"{needed} is missing: run `make bench` (it builds edgeward and the filters)")
@@ -551,6 +716,10 @@ def main() -> None:
     folder = ROOT / "target" / "bench" / time.strftime("%Y%m%d-%H%M%S")
     folder.mkdir(parents=True)
     ports = Ports(21000)
+    # The idle-memory measurement holds a thousand connections open in this process.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 4 * args.idle_connections + 1024)), hard))
+    tls = certificate(folder)
     post_script = folder / "post-10k.lua"
     post_script.write_text('wrk.method = "POST"\nwrk.body = string.rep("x", 10240)\n'
                            'wrk.headers["Content-Type"] = "application/octet-stream"\n')
@@ -560,7 +729,8 @@ def main() -> None:
     print(f"# edgeward vs nginx, {time.strftime('%Y-%m-%d')}", flush=True)
     print(f"machine: {machine()}; proxies on cores {cores.proxy} with {workers} worker(s) each, "
           f"load generator and origin on cores {cores.load}; {CONNECTIONS} connections; "
-          f"{args.rounds} rounds of {args.seconds:g} s (after {args.warmup:g} s warm-up), medians")
+          f"{args.rounds} rounds of {args.seconds:g} s (after {args.warmup:g} s warm-up), medians; "
+          f"TLS 1.3 with an ECDSA P-256 certificate")
     print(f"configurations and logs: {folder}\n", flush=True)
 
     origin = subprocess.Popen(
@@ -569,18 +739,26 @@ def main() -> None:
     )
     # nginx caches in files: in memory (tmpfs) where the machine has one, as edgeward does.
     nginx_cache = Path(tempfile.mkdtemp(prefix="edgeward-bench-nginx-cache-", dir="/dev/shm" if Path("/dev/shm").is_dir() else folder))
-    all_contenders = contenders(folder, nginx_cache, ports, origin_port, workers)
+    all_contenders = contenders(folder, nginx_cache, ports, origin_port, workers, tls)
     results: dict[str, dict[str, list[Run]]] = {}
     peak: dict[str, float] = {}
+    wanted = [part for part in args.only.split("|") if part]
+    selected = [s for s in scenarios(post_script, no_resumption(folder)) if not wanted or any(part in s.title for part in wanted)]
+    per_connection: list[IdleMemory] = []
     try:
         wait_until_serving(f"http://127.0.0.1:{origin_port}/1k", origin, {}, "the origin")
-        for scenario in scenarios(post_script):
-            if args.only and args.only not in scenario.title:
-                continue
+        for scenario in selected:
             print(f"{scenario.title} ...", file=sys.stderr, flush=True)
             results[scenario.title] = run_scenario(scenario, all_contenders, cores, folder, args, peak)
             empty_access_logs(folder)
-        idle = demo_idle_rss(folder, ports, cores) if not args.only else None
+        if any(scenario.load.tls for scenario in selected):
+            print(f"idle memory, {args.idle_connections} connections ...", file=sys.stderr, flush=True)
+            for name in ["edgeward", "nginx"]:
+                for over_tls in [True, False]:
+                    measured = idle_memory(all_contenders[name], cores, folder, over_tls, args.idle_connections)
+                    per_connection.append(measured)
+                    print(f"  {name}{' (TLS)' if over_tls else ''}: {measured.per_connection_kib:.1f} KiB per connection", file=sys.stderr, flush=True)
+        idle = demo_idle_rss(folder, ports, cores, tls) if not args.only else None
     finally:
         for contender in all_contenders.values():
             contender.stop()
@@ -591,6 +769,8 @@ def main() -> None:
             log.unlink(missing_ok=True)
 
     print(table(results, peak))
+    if per_connection:
+        print(idle_table(per_connection))
     print(targets(results, idle))
     if args.json:
         args.json.write_text(json.dumps({s: {c: [run.__dict__ for run in runs] for c, runs in r.items()} for s, r in results.items()}, indent=1))
@@ -646,6 +826,19 @@ def table(results: dict[str, dict[str, list[Run]]], peak: dict[str, float]) -> s
     return "\n".join(lines) + "\n\nRatios are edgeward / nginx, or against the scenario's first row when nginx is not in it.\n"
 
 
+def idle_table(measured: list[IdleMemory]) -> str:
+    lines = [
+        "| Idle keep-alive connections | Proxy | connections | RSS before MiB | RSS after MiB | KiB per connection |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for m in measured:
+        lines.append(
+            f"| {'TLS 1.3' if m.tls else 'cleartext'} | {m.contender} | {m.connections:,} | {m.before_kib / 1024:.1f} "
+            f"| {m.after_kib / 1024:.1f} | {m.per_connection_kib:.1f} |"
+        )
+    return "\n".join(lines) + "\n\nEach opened with its handshake and one 1 KiB GET, then idle for 2 s, on a fresh process.\n"
+
+
 def targets(results: dict[str, dict[str, list[Run]]], idle: tuple[float, float] | None) -> str:
     checks: list[tuple[str, str, bool]] = []
 
@@ -660,6 +853,14 @@ def targets(results: dict[str, dict[str, list[Run]]], idle: tuple[float, float] 
         p99 = paired(title, "edgeward", "nginx", lambda r: r.p99_ms)
         if rps is not None:
             checks.append((f"{title}: req/s ≥ nginx, p99 ≤ nginx", f"req/s ×{rps:.2f}, p99 ×{p99:.2f}", rps >= 1 and p99 <= 1))
+    handshakes = paired("6b. TLS full handshakes, 1 KiB GET, connection per request", "edgeward", "nginx", lambda r: r.rps)
+    if handshakes is not None:
+        checks.append(("TLS handshakes/s (full, new clients) ≥ nginx", f"×{handshakes:.2f}", handshakes >= 1))
+    tls = paired("6a. TLS, 1 KiB GET, keep-alive", "edgeward", "nginx", lambda r: r.rps)
+    cleartext = paired("1. proxy, 1 KiB GET", "edgeward", "nginx", lambda r: r.rps)
+    if tls is not None and cleartext is not None:
+        checks.append(("TLS keep-alive req/s: the same ratio to nginx as cleartext (or better)",
+                       f"×{tls:.2f} over TLS, ×{cleartext:.2f} in cleartext", tls >= cleartext))
     filters = paired("4. filters, 1 KiB GET", "edgeward+3 filters", "edgeward", lambda r: r.rps)
     if filters is not None:
         checks.append(("three chained filters cost ≤ 15% of the no-filter throughput", f"cost {1 - filters:.0%}", 1 - filters <= 0.15))

@@ -1,10 +1,11 @@
 //! The `edgeward` command: `validate` reports every problem with file:line:column, `run`
 //! refuses an invalid file, and every configuration shipped in config/ is valid.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use edgeward_testkit::run_edgeward;
 
+use crate::demo::{demo_certificates, repository};
 use crate::support::use_built_binary;
 
 const THREE_MISTAKES: &str = r#"listeners:
@@ -100,11 +101,30 @@ fn hostile_inputs_get_messages_never_panics() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read"));
 }
 
+/// config/edgeward.yaml byte for byte, in a copy of the repository's layout (`config/geo` and
+/// `filters` linked to the real ones) whose `config/certs/` holds a certificate made here: the
+/// real one is made by `make run` into the git-ignored config/certs/, which a fresh clone has
+/// not.
+fn demo_with_certificates(dir: &Path) -> PathBuf {
+    let repository = repository();
+    let config = dir.join("config");
+    std::fs::create_dir_all(config.join("certs")).unwrap();
+    std::os::unix::fs::symlink(repository.join("config/geo"), config.join("geo")).unwrap();
+    std::os::unix::fs::symlink(repository.join("filters"), dir.join("filters")).unwrap();
+    for (name, contents) in demo_certificates().files {
+        std::fs::write(config.join(name), contents).unwrap();
+    }
+    let demo = config.join("edgeward.yaml");
+    std::fs::copy(repository.join("config/edgeward.yaml"), &demo).unwrap();
+    demo
+}
+
 #[test]
 fn every_shipped_configuration_is_valid() {
     use_built_binary();
     let config_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../config");
-    let mut files = vec![config_dir.join("edgeward.yaml")];
+    let copy = tempfile::tempdir().unwrap();
+    let mut files = vec![demo_with_certificates(copy.path())];
     for entry in std::fs::read_dir(config_dir.join("examples")).unwrap() {
         files.push(entry.unwrap().path());
     }

@@ -1,20 +1,25 @@
 //! The demo configuration, config/edgeward.yaml, served as `make run` serves it, answering
 //! the requests `make run` suggests (and the README shows) with what they promise: the
 //! echo origins, the JP client's APAC origin, the JWT filter with the demo token, the
-//! cached /static/ route, PURGE, and the admin listener's metrics.
+//! cached /static/ route, PURGE, HTTPS with the demo's local CA, and the admin listener's
+//! metrics.
 //!
-//! Only its addresses change (free ports instead of 8080 and 9901) and its relative paths
+//! Only its addresses change (free ports instead of 8080, 8443 and 9901) and its relative paths
 //! (they are relative to the file, which the testkit copies elsewhere); the filters are the
-//! ones `make filters` builds, which the testkit's build script builds in the same place.
+//! ones `make filters` builds, which the testkit's build script builds in the same place. The
+//! HTTPS certificate is made here, as `make run` makes its own (`make demo-certs`, into the
+//! git-ignored config/certs/): a local CA and an ECDSA P-256 certificate for localhost,
+//! 127.0.0.1 and ::1, in `certs/` next to the file.
 
 use std::path::{Path, PathBuf};
 
 use edgeward_testkit::{client, filters, reqwest, Proxy};
 use serde_json::{json, Value};
 
-use crate::support::{metrics_showing, start_proxy};
+use crate::support::{metrics_showing, use_built_binary};
+use crate::tls::Pki;
 
-fn repository() -> PathBuf {
+pub(crate) fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
         .canonicalize()
@@ -36,6 +41,11 @@ fn demo_config() -> String {
     let config_dir = repository().join("config");
     let text = std::fs::read_to_string(config_dir.join("edgeward.yaml")).unwrap();
     let text = replace_once(&text, "address: 127.0.0.1:8080", "address: \"{{listen}}\"");
+    let text = replace_once(
+        &text,
+        "address: 127.0.0.1:8443",
+        "address: \"{{listen_tls}}\"",
+    );
     let text = replace_once(&text, "address: 127.0.0.1:9901", "address: \"{{admin}}\"");
     let text = replace_once(
         &text,
@@ -57,6 +67,25 @@ fn demo_config() -> String {
     text
 }
 
+/// What `make demo-certs` makes: the files the demo configuration names (relative to it), and
+/// the local CA's certificate that clients trust (`curl --cacert config/certs/ca.pem`).
+pub(crate) struct DemoCertificates {
+    pub(crate) files: [(&'static str, String); 2],
+    pub(crate) ca_pem: String,
+}
+
+pub(crate) fn demo_certificates() -> DemoCertificates {
+    let pki = Pki::new();
+    let leaf = pki.leaf(&["localhost", "127.0.0.1", "::1"]);
+    DemoCertificates {
+        files: [
+            ("certs/localhost.pem", leaf.chain),
+            ("certs/localhost.key", leaf.key),
+        ],
+        ca_pem: pki.root_pem(),
+    }
+}
+
 /// The token `make run` prints (the README shows the same), signed with the demo key.
 fn demo_token() -> String {
     let makefile = std::fs::read_to_string(repository().join("Makefile")).unwrap();
@@ -75,6 +104,7 @@ fn the_requests_here_are_the_ones_make_run_suggests() {
     let makefile = std::fs::read_to_string(repository().join("Makefile")).unwrap();
     for line in [
         "curl -s localhost:8080/hello",
+        "curl -s --cacert $(DEMO_CERTS)/ca.pem https://localhost:8443/hello",
         "curl -s -i -H 'X-Forwarded-For: 192.0.2.10' localhost:8080/hello",
         "curl -s -i localhost:8080/api/orders",
         "curl -s -H 'Authorization: Bearer $(DEMO_TOKEN)' localhost:8080/api/orders",
@@ -87,8 +117,16 @@ fn the_requests_here_are_the_ones_make_run_suggests() {
             "`make run` no longer suggests {line}"
         );
     }
-    // The README shows the same token.
+    assert!(
+        makefile.contains("DEMO_CERTS := config/certs\n"),
+        "the demo's certificates are no longer made in config/certs/, which config/edgeward.yaml names as certs/"
+    );
+    // The README shows the same token, and the same HTTPS request.
     let readme = std::fs::read_to_string(repository().join("README.md")).unwrap();
+    assert!(
+        readme.contains("curl -s --cacert config/certs/ca.pem https://localhost:8443/hello"),
+        "README.md does not show the HTTPS request `make run` suggests"
+    );
     assert!(
         readme.contains(&format!("Authorization: Bearer {}", demo_token())),
         "README.md shows another token than the Makefile's DEMO_TOKEN"
@@ -127,7 +165,13 @@ async fn request(proxy: &Proxy, method: &str, path: &str, headers: &[(&str, &str
 
 #[tokio::test]
 async fn the_demo_configuration_answers_the_readme_requests() {
-    let proxy = start_proxy(&demo_config()).await;
+    use_built_binary();
+    let certificates = demo_certificates();
+    let mut builder = Proxy::builder(&demo_config());
+    for (name, contents) in &certificates.files {
+        builder = builder.file(name, contents.as_str());
+    }
+    let proxy = builder.start().await;
 
     // curl -s localhost:8080/hello: the echo origin, through the geo and headers filters.
     let hello = request(&proxy, "GET", "/hello", &[]).await;
@@ -201,11 +245,36 @@ async fn the_demo_configuration_answers_the_readme_requests() {
         Some("edgeward; fwd=miss; stored")
     );
 
+    // curl -s --cacert config/certs/ca.pem https://localhost:8443/hello: the same route over
+    // HTTPS, HTTP/2 by ALPN, with a certificate for localhost that the local CA signed.
+    let tls = proxy.placeholder_addr("listen_tls");
+    let https = client::https(certificates.ca_pem.as_bytes())
+        .resolve("localhost", tls)
+        .build()
+        .unwrap();
+    let secure = https
+        .get(format!("https://localhost:{}/hello", tls.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(secure.status(), 200);
+    assert_eq!(secure.version(), reqwest::Version::HTTP_2);
+    assert_eq!(
+        secure.headers().get("x-served-by").unwrap(),
+        "edgeward",
+        "{:?}",
+        secure.headers()
+    );
+    let echo: Value = secure.json().await.unwrap();
+    assert_eq!(echo["upstream"], "demo", "{echo}");
+    assert_eq!(echo["path"], "/hello");
+    assert_eq!(echo["headers"]["x-forwarded-proto"], "https", "{echo}");
+
     // The admin listener counts all of it (each request once its response is done).
     let expected = [
         (
             "edgeward_requests_total{route=\"demo\",status=\"200\"}",
-            2.0,
+            3.0,
         ),
         ("edgeward_requests_total{route=\"api\",status=\"401\"}", 1.0),
         ("edgeward_requests_total{route=\"api\",status=\"200\"}", 1.0),

@@ -72,7 +72,7 @@ impl Pki {
         self.root.pem()
     }
 
-    /// An ECDSA P-256 leaf for `names`.
+    /// An ECDSA P-256 leaf for `names` (DNS names, or IP addresses).
     pub(crate) fn leaf(&self, names: &[&str]) -> Leaf {
         self.leaf_with_key(names, KeyPair::generate().unwrap())
     }
