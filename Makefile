@@ -34,6 +34,7 @@ run: build demo-certs
 	@echo "  curl -s -i localhost:8080/static/app.js                                  # twice: a cache hit"
 	@echo "  curl -s -X PURGE localhost:8080/static/app.js"
 	@echo "  curl -s localhost:9901/metrics"
+	@echo "  curl -s -X POST localhost:9901/config/reload                           # after editing config/edgeward.yaml"
 	@echo "  ./target/release/edgeward validate --config $(CONFIG)"
 	@echo
 	./target/release/edgeward run --config $(CONFIG)

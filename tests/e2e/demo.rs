@@ -111,6 +111,7 @@ fn the_requests_here_are_the_ones_make_run_suggests() {
         "curl -s -i localhost:8080/static/app.js",
         "curl -s -X PURGE localhost:8080/static/app.js",
         "curl -s localhost:9901/metrics",
+        "curl -s -X POST localhost:9901/config/reload",
     ] {
         assert!(
             makefile.contains(line),
@@ -298,4 +299,13 @@ async fn the_demo_configuration_answers_the_readme_requests() {
         ),
     ];
     metrics_showing(&proxy, &expected).await;
+
+    // curl -s -X POST localhost:9901/config/reload: the demo reloads as it is.
+    let url = format!("http://{}/config/reload", proxy.placeholder_addr("admin"));
+    let reloaded = client::http1().post(url).send().await.unwrap();
+    assert_eq!(reloaded.status(), 200);
+    let answer: Value = reloaded.json().await.unwrap();
+    assert_eq!(answer["generation"], 2, "{answer}");
+    let hello = request(&proxy, "GET", "/hello", &[]).await;
+    assert_eq!(hello.header("x-served-by"), Some("edgeward"));
 }
