@@ -374,6 +374,8 @@ routes: [{name: web, upstream: origin, filters: [counted]}]
 
     let expected = [
         ("wasmcustom_requests_total{filter=\"counted\"}", 3.0),
+        // `proxy_record_metric` of 5 on a counter, three times: added, as in Envoy.
+        ("wasmcustom_recorded_total{filter=\"counted\"}", 15.0),
         ("wasmcustom_in_flight{filter=\"counted\"}", 0.0),
         ("wasmcustom_body_size_count{filter=\"counted\"}", 3.0),
         ("edgeward_requests_total{route=\"web\",status=\"200\"}", 3.0),

@@ -56,15 +56,13 @@ fn increment(_caller: Caller<'_, HostState>, id: u32, delta: i64) -> HostResult 
     Ok(Status::Ok as i32)
 }
 
-/// Counters and gauges are set to the value (as in Envoy); histograms observe it.
+/// As in Envoy: a counter goes up by the value (a counter never goes down), a gauge is set to
+/// it, a histogram observes it.
 fn record(_caller: Caller<'_, HostState>, id: u32, value: i64) -> HostResult {
     let value = value as u64;
     match metrics::global().custom(id) {
         None => return Ok(Status::NotFound as i32),
-        Some(CustomMetric::Counter(c)) => {
-            c.reset();
-            c.inc_by(value);
-        }
+        Some(CustomMetric::Counter(c)) => c.inc_by(value),
         Some(CustomMetric::Gauge(g)) => g.set(value as i64),
         Some(CustomMetric::Histogram(h)) => h.observe(value as f64),
     }

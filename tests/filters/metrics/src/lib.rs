@@ -2,11 +2,12 @@
 //!
 //! No config (any configuration is ignored).
 //!
-//! `on_configure` defines, with `proxy_define_metric`: counter `requests_total`, gauge
-//! `in_flight` and histogram `body_size`.
+//! `on_configure` defines, with `proxy_define_metric`: counters `requests_total` and
+//! `recorded_total`, gauge `in_flight` and histogram `body_size`.
 //!
 //! Request headers: `requests_total` +1 and `in_flight` +1 (`proxy_increment_metric`), and
-//! records the value 1234 in `body_size` (`proxy_record_metric`). `Continue`.
+//! records the value 1234 in `body_size` and 5 in `recorded_total` (`proxy_record_metric`,
+//! which Envoy adds to a counter). `Continue`.
 //!
 //! Response headers: `x-requests-total` and `x-in-flight`, the values of `requests_total`
 //! and `in_flight` read back with `proxy_get_metric` (`error: <status>` if that fails).
@@ -28,11 +29,14 @@ proxy_wasm::main! {{
 
 /// The value recorded in the `body_size` histogram for every request.
 const RECORDED_BODY_SIZE: u64 = 1234;
+/// The value recorded in the `recorded_total` counter for every request.
+const RECORDED_COUNT: u64 = 5;
 
 /// The ids of the metrics, as `proxy_define_metric` returned them.
 #[derive(Clone, Copy)]
 struct Metrics {
     requests_total: u32,
+    recorded_total: u32,
     in_flight: u32,
     body_size: u32,
 }
@@ -41,6 +45,7 @@ impl Metrics {
     fn define() -> Result<Metrics, Status> {
         Ok(Metrics {
             requests_total: hostcalls::define_metric(MetricType::Counter, "requests_total")?,
+            recorded_total: hostcalls::define_metric(MetricType::Counter, "recorded_total")?,
             in_flight: hostcalls::define_metric(MetricType::Gauge, "in_flight")?,
             body_size: hostcalls::define_metric(MetricType::Histogram, "body_size")?,
         })
@@ -109,6 +114,10 @@ impl HttpContext for Request {
         self.counted = true;
         if let Err(status) = hostcalls::record_metric(self.metrics.body_size, RECORDED_BODY_SIZE) {
             log::warn!("metrics: recording body_size failed: {status:?}");
+        }
+        if let Err(status) = hostcalls::record_metric(self.metrics.recorded_total, RECORDED_COUNT)
+        {
+            log::warn!("metrics: recording recorded_total failed: {status:?}");
         }
         Action::Continue
     }
