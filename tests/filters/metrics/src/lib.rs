@@ -115,8 +115,7 @@ impl HttpContext for Request {
         if let Err(status) = hostcalls::record_metric(self.metrics.body_size, RECORDED_BODY_SIZE) {
             log::warn!("metrics: recording body_size failed: {status:?}");
         }
-        if let Err(status) = hostcalls::record_metric(self.metrics.recorded_total, RECORDED_COUNT)
-        {
+        if let Err(status) = hostcalls::record_metric(self.metrics.recorded_total, RECORDED_COUNT) {
             log::warn!("metrics: recording recorded_total failed: {status:?}");
         }
         Action::Continue
