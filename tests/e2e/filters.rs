@@ -604,6 +604,7 @@ async fn properties_read_back_through_response_headers_and_on_log_sees_the_final
             .map(|v| v.to_str().unwrap().to_string())
             .unwrap_or_else(|| panic!("no x-prop-{path} header"))
     };
+    // The filter also set `request.path` (accepted, as by Envoy): reads still see the request's.
     assert_eq!(prop("request.path"), "/status/201?a=1");
     assert_eq!(prop("request.url_path"), "/status/201");
     assert_eq!(prop("request.method"), "GET");

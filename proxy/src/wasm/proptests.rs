@@ -665,7 +665,8 @@ impl Call {
                             .first()
                             .is_some_and(|first| BUILT_IN.contains(first))
                         {
-                            BadArgument
+                            // Accepted and ignored, as by Envoy.
+                            Done
                         } else {
                             model.properties.insert(segments.join(&0u8), value.len());
                             Done

@@ -100,7 +100,14 @@ fn set_property(
             return Ok(());
         }
         if path.first().is_some_and(|first| BUILT_IN.contains(first)) {
-            return Err(Status::BadArgument);
+            // Envoy answers OK and keeps the value where reads of the built-in path never
+            // look; SDKs trap on any other answer.
+            log::debug!(
+                "filter `{}` set built-in property `{}`, which stays as the host has it",
+                state.plugin.name,
+                String::from_utf8_lossy(&path.join(&b'.'))
+            );
+            return Ok(());
         }
         http.stream.custom.insert(path.join(&0u8), value.to_vec());
         Ok(())

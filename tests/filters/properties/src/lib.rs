@@ -10,7 +10,9 @@
 //!
 //! Request headers: `set_property(["my.prop"], "v1")` — a single segment named `my.prop`,
 //! which is how Envoy stores a plugin-set property (filter state key `wasm.my.prop`) and
-//! reads it back; `Continue`.
+//! reads it back — and `set_property(["request", "path"], "/overwritten")`, a built-in path,
+//! which Envoy accepts (the SDK traps on any other answer) without changing what
+//! `request.path` reads; `Continue`.
 //!
 //! Response headers: for every configured path, sets response header
 //! `x-prop-<segments joined by '.'>` (e.g. `x-prop-request.path`, `x-prop-source.port`) to
@@ -118,6 +120,7 @@ impl Context for Properties {}
 impl HttpContext for Properties {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         self.set_property(vec![OWN_PROPERTY], Some(OWN_PROPERTY_VALUE));
+        self.set_property(vec!["request", "path"], Some(b"/overwritten"));
         Action::Continue
     }
 
