@@ -267,6 +267,38 @@ async fn bodies_stream_through_filters_that_do_not_pause_in_constant_memory() {
     );
 }
 
+#[tokio::test]
+async fn a_request_header_written_in_the_response_phase_is_accepted_as_envoy_does() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        r#"
+  late:
+    module: $rewriter
+    config: {name: late, late_request: {x-late: "1", ":path": /elsewhere}}
+"#,
+        &[("rewriter", filters::HEADER_REWRITER.to_string())],
+    );
+    let proxy = proxy_with(&origin, &yaml, "late", "").await;
+    let response = client::http1()
+        .get(proxy.url("/original"))
+        .header("x-request-id", "late-write")
+        .send()
+        .await
+        .unwrap();
+    // The SDK traps on any answer but OK: a 200 with the filter's headers says it got OK.
+    assert_eq!(response.status(), 200);
+    assert_eq!(header_values(&response, "x-chain"), vec!["late"]);
+    // Read back in the same callback: the request line as it went upstream.
+    assert_eq!(
+        header_values(&response, "x-seen-request-path"),
+        vec!["/original"]
+    );
+    // The request had gone upstream without it.
+    assert!(!origin.last_request_headers().contains_key("x-late"));
+    let entry = access_log_entry(&proxy, "late-write").await;
+    assert_eq!(entry["path"], "/original", "{entry}");
+}
+
 async fn local_responder(origin: &Origin, phase: &str) -> Proxy {
     let yaml = config(
         &format!(

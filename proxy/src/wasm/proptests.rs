@@ -386,9 +386,10 @@ impl Model {
         }
     }
 
-    /// Whether the request head may be written.
+    /// Whether the request head may be written: in any phase (after its own, the request line
+    /// stays as it is, and other fields change only what later readers see).
     fn writable(&self, map: u32) -> bool {
-        map == 0 && self.phase == Phase::Headers
+        map == 0
     }
 
     /// Sets or adds field `key` (`Head::set`).
@@ -396,6 +397,10 @@ impl Model {
         if key.first() == Some(&b':') {
             // Pseudo-headers rewrite the request line; no fixture starts with a colon.
             return vec![Done, BadArgument];
+        }
+        if key.eq_ignore_ascii_case(b"host") && self.phase != Phase::Headers {
+            // Part of the request line, which a late write leaves as it is.
+            return vec![Done];
         }
         let valid = HeaderValue::from_bytes(value).is_ok();
         let name = if key.eq_ignore_ascii_case(b"host") {

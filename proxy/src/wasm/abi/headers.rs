@@ -269,20 +269,23 @@ fn set_pairs(mut caller: Caller<'_, HostState>, map_type: u32, ptr: u32, len: u3
     Ok(status(result))
 }
 
-/// The head a write may change: only during its own headers phase, on the callback's own
-/// stream (its bytes have not left edgeward yet).
+/// A head a filter may change. As in Envoy, a head can be written in any phase of its own
+/// stream once it exists: outside its own phase the change is kept (later filters and the
+/// access log see it) but can no longer reach the other side (the request has gone upstream,
+/// the response head to the client). The request line stays as it went upstream: a late
+/// `:method`, `:path` or `:authority` is accepted and ignored.
 fn writable(state: &mut HostState, map: Map) -> Result<Head<'_>, Status> {
     let own = state.call.on_own_stream();
-    let phase = state.call.phase;
+    let late = state.call.phase != Phase::RequestHeaders;
     let http = state
         .call
         .http
         .as_mut()
         .filter(|_| own)
         .ok_or(Status::BadArgument)?;
-    match (map, phase) {
-        (Map::RequestHeaders, Phase::RequestHeaders) => Ok(Head::Request(&mut http.request)),
-        (Map::ResponseHeaders, Phase::ResponseHeaders) => http
+    match map {
+        Map::RequestHeaders => Ok(Head::Request(&mut http.request, late)),
+        Map::ResponseHeaders => http
             .response
             .as_mut()
             .map(Head::Response)
@@ -292,14 +295,15 @@ fn writable(state: &mut HostState, map: Map) -> Result<Head<'_>, Status> {
 }
 
 enum Head<'a> {
-    Request(&'a mut RequestHeader),
+    /// With whether the request has gone upstream already.
+    Request(&'a mut RequestHeader, bool),
     Response(&'a mut ResponseHeader),
 }
 
 impl Head<'_> {
     fn headers(&self) -> &HeaderMap {
         match self {
-            Head::Request(r) => &r.headers,
+            Head::Request(r, _) => &r.headers,
             Head::Response(r) => &r.headers,
         }
     }
@@ -311,8 +315,8 @@ impl Head<'_> {
         let name = header_name(key)?;
         let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
         let result = match (self, edit) {
-            (Head::Request(r), Edit::Add) => r.append_header(name, value).map(drop),
-            (Head::Request(r), Edit::Replace) => r.insert_header(name, value),
+            (Head::Request(r, _), Edit::Add) => r.append_header(name, value).map(drop),
+            (Head::Request(r, _), Edit::Replace) => r.insert_header(name, value),
             (Head::Response(r), Edit::Add) => r.append_header(name, value).map(drop),
             (Head::Response(r), Edit::Replace) => r.insert_header(name, value),
         };
@@ -322,13 +326,14 @@ impl Head<'_> {
     /// Pseudo-headers change the request line or status, as in Envoy.
     fn set_pseudo(&mut self, key: &[u8], value: &[u8]) -> Result<(), Status> {
         match (self, key.to_ascii_lowercase().as_slice()) {
-            (Head::Request(r), b":path") => set_origin_form(r, value),
-            (Head::Request(r), b":method") => {
+            (Head::Request(_, true), b":path" | b":method" | b":authority" | b"host") => Ok(()),
+            (Head::Request(r, _), b":path") => set_origin_form(r, value),
+            (Head::Request(r, _), b":method") => {
                 let method = Method::from_bytes(value).map_err(|_| Status::BadArgument)?;
                 r.set_method(method);
                 Ok(())
             }
-            (Head::Request(r), b":authority" | b"host") => {
+            (Head::Request(r, _), b":authority" | b"host") => {
                 let host = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
                 let path = r
                     .uri
@@ -358,7 +363,7 @@ impl Head<'_> {
         }
         let name = header_name(key)?;
         match self {
-            Head::Request(r) => r.remove_header(&name),
+            Head::Request(r, _) => r.remove_header(&name),
             Head::Response(r) => r.remove_header(&name),
         };
         Ok(())
@@ -369,7 +374,7 @@ impl Head<'_> {
         let names: Vec<HeaderName> = self.headers().keys().cloned().collect();
         for name in names {
             match self {
-                Head::Request(r) => r.remove_header(&name),
+                Head::Request(r, _) => r.remove_header(&name),
                 Head::Response(r) => r.remove_header(&name),
             };
         }
@@ -445,7 +450,7 @@ mod tests {
             .into_parts()
             .0;
         let mut req = RequestHeader::from(parts);
-        let mut head = Head::Request(&mut req);
+        let mut head = Head::Request(&mut req, false);
         head.set(b":path", b"/rewritten?q=1", Edit::Replace)
             .unwrap();
         assert_eq!(
@@ -475,5 +480,24 @@ mod tests {
         assert_eq!(req.method, Method::PUT);
         assert_eq!(req.raw_path(), b"/rewritten?q=1");
         assert_eq!(req.headers["host"], "b.example");
+    }
+
+    #[test]
+    fn a_late_request_write_keeps_the_request_line_and_changes_the_rest() {
+        let parts = http::Request::get("/x").body(()).unwrap().into_parts().0;
+        let mut req = RequestHeader::from(parts);
+        let mut late = Head::Request(&mut req, true);
+        for (name, value) in [
+            (&b":path"[..], &b"/y"[..]),
+            (b":method", b"PUT"),
+            (b"host", b"b"),
+        ] {
+            assert_eq!(late.set(name, value, Edit::Replace), Ok(()));
+        }
+        late.set(b"x-late", b"1", Edit::Add).unwrap();
+        assert_eq!(req.method, Method::GET);
+        assert_eq!(req.raw_path(), b"/x");
+        assert!(req.headers.get("host").is_none());
+        assert_eq!(req.headers["x-late"], "1");
     }
 }

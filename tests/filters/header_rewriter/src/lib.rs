@@ -6,7 +6,8 @@
 //! {
 //!   "name": "a",
 //!   "request":  { "set": { "x-a": "1", ":path": "/new" }, "remove": ["x-b"] },
-//!   "response": { "set": { "x-c": "2" },                  "remove": ["server"] }
+//!   "response": { "set": { "x-c": "2" },                  "remove": ["server"] },
+//!   "late_request": { "x-late": "1" }
 //! }
 //! ```
 //!
@@ -20,7 +21,8 @@
 //!    leaves one `x-chain` value per filter, in filter order.
 //!
 //! Response headers: the same with `response.set` / `response.remove`, then appends
-//! `x-chain: <name>`, and finally sets
+//! `x-chain: <name>`, sets every `late_request` entry as a *request* header (out of its phase:
+//! Envoy accepts it, and the SDK traps on any other answer), and finally sets
 //! - `x-seen-request-path` to the request's `:path` as read *during the response phase*
 //!   (so it reflects any rewrite of `:path`); not set if the host has no `:path`;
 //! - `x-seen-status` to the response's `:status`; not set if the host has no `:status`.
@@ -45,6 +47,7 @@ struct Config {
     name: String,
     request: Edits,
     response: Edits,
+    late_request: BTreeMap<String, String>,
 }
 
 impl Default for Config {
@@ -53,6 +56,7 @@ impl Default for Config {
             name: "header_rewriter".to_owned(),
             request: Edits::default(),
             response: Edits::default(),
+            late_request: BTreeMap::new(),
         }
     }
 }
@@ -119,6 +123,9 @@ impl HttpContext for Rewriter {
             self.remove_http_response_header(name);
         }
         self.add_http_response_header("x-chain", &self.config.name);
+        for (name, value) in &self.config.late_request {
+            self.set_http_request_header(name, Some(value));
+        }
         if let Some(path) = self.get_http_request_header(":path") {
             self.set_http_response_header("x-seen-request-path", Some(&path));
         }
