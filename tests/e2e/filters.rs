@@ -1057,6 +1057,20 @@ async fn buffered_bodies_over_the_limit_end_with_413() {
 }
 
 #[tokio::test]
+async fn a_reactor_with_main_has_it_called_after_initialize() {
+    // Its on_vm_start fails, and so would the load, unless main ran after _initialize.
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        "  reactor:\n    module: $wat\n",
+        &[("wat", filters::MAIN_AFTER_INITIALIZE.to_string())],
+    );
+    let proxy = proxy_with(&origin, &yaml, "reactor", "").await;
+    let response = client::http1().get(proxy.url("/x")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(header_values(&response, "x-main"), vec!["after-initialize"]);
+}
+
+#[tokio::test]
 async fn modules_of_abi_0_2_0_run() {
     let origin = Origin::start("origin").await;
     let yaml = config(

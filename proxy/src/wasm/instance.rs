@@ -99,6 +99,8 @@ pub(crate) struct ExportIndex {
     memory: Option<ModuleExport>,
     alloc: Option<ModuleExport>,
     initialize: Option<ModuleExport>,
+    /// `main(argc, argv)`, else `__main_argc_argv` or `__main_void`: run after `_initialize`.
+    main: Option<(ModuleExport, &'static str)>,
     start: Option<ModuleExport>,
     context_create: Option<ModuleExport>,
     vm_start: Option<ModuleExport>,
@@ -123,6 +125,9 @@ impl ExportIndex {
             // The spec's allocator, else the deprecated `malloc` (AssemblyScript, Emscripten).
             alloc: at("proxy_on_memory_allocate").or_else(|| at("malloc")),
             initialize: at("_initialize"),
+            main: ["main", "__main_argc_argv", "__main_void"]
+                .into_iter()
+                .find_map(|name| Some((at(name)?, name))),
             start: at("_start"),
             context_create: at("proxy_on_context_create"),
             vm_start: at("proxy_on_vm_start"),
@@ -156,6 +161,32 @@ fn typed_export<P: WasmParams, R: WasmResults>(
     func.typed(&*store)
         .map(Some)
         .map_err(|source| ExportError::WrongSignature { name, source })
+}
+
+/// Calls a reactor's `main` after `_initialize`, as proxy-wasm-cpp-host does, with no
+/// arguments; what it returns is ignored there too. A trap fails the start as one in
+/// `_initialize` does; `proc_exit(0)` is a normal end.
+fn run_main(
+    instance: &wasmtime::Instance,
+    store: &mut Store<HostState>,
+    main: &Option<(ModuleExport, &'static str)>,
+) -> Result<(), StartError> {
+    let Some((index, name)) = main else {
+        return Ok(());
+    };
+    let index = Some(*index);
+    let outcome = if *name == "__main_void" {
+        typed_export::<(), i32>(instance, store, &index, name)?
+            .map(|main| main.call(&mut *store, ()))
+    } else {
+        typed_export::<(i32, i32), i32>(instance, store, &index, name)?
+            .map(|main| main.call(&mut *store, (0, 0)))
+    };
+    match outcome {
+        None | Some(Ok(_)) => Ok(()),
+        Some(Err(e)) if classify(&e, false) == Fault::Exit(0) => Ok(()),
+        Some(Err(e)) => Err(StartError::Initializer(name, fault_of(&e, store))),
+    }
 }
 
 /// The guest's callbacks. Every callback is optional.
@@ -284,6 +315,11 @@ impl Instance {
                     Ok(()) => {}
                     Err(e) if exit_ok && classify(&e, false) == Fault::Exit(0) => {}
                     Err(e) => return Err(StartError::Initializer(name, fault_of(&e, &store))),
+                }
+                // A reactor that also has a `main` gets it called, as proxy-wasm-cpp-host
+                // does: some toolchains set their SDK up there.
+                if !exit_ok {
+                    run_main(&instance, &mut store, &exports.main)?;
                 }
                 break;
             }
