@@ -124,9 +124,19 @@ impl Generation {
 }
 
 impl Drop for Generation {
+    /// The last request on this generation has ended and a newer one serves: its tasks stop,
+    /// and its filters' root contexts end, on a thread of their own (this may be a worker
+    /// finishing a request, and guest code runs there).
     fn drop(&mut self) {
         log::debug!("configuration generation {} retired", self.number);
         self.retired.send_replace(true);
+        let filters = self.filters.clone();
+        let ended = std::thread::Builder::new()
+            .name("wasm-retire".into())
+            .spawn(move || filters.end_roots());
+        if let Err(e) = ended {
+            log::warn!("cannot end the retired filters' root contexts: {e}");
+        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::cache::{Cache, CacheError};
 use crate::config::Config;
 use crate::connections::Guarded;
 use crate::edge::Edge;
-use crate::runtime::{BuildError, Reloader};
+use crate::runtime::{BuildError, Generations, Reloader};
 use crate::tls::{self, TlsError};
 
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +106,9 @@ pub fn run(config: Config, watch: bool) -> Result<(), ServerError> {
         ),
         None => None,
     };
-    let edge = Edge::new(generations, redirects, cache, access_log.clone());
+    let edge = Edge::new(generations.clone(), redirects, cache, access_log.clone());
     let drain = GracefulSignals {
+        generations: generations.clone(),
         inflight: edge.inflight(),
         timeout: config.shutdown_timeout,
         readiness,
@@ -186,6 +187,8 @@ fn server_conf(config: &Config) -> ServerConf {
 /// SIGTERM and SIGINT both drain: listeners close, in-flight requests finish (up to
 /// `timeout`), then the process exits. A second signal exits at once.
 struct GracefulSignals {
+    /// Whose filters' root contexts end before the process exits.
+    generations: Arc<Generations>,
     inflight: Arc<AtomicUsize>,
     timeout: Duration,
     readiness: Arc<Readiness>,
@@ -227,12 +230,14 @@ impl ShutdownSignalWatch for GracefulSignals {
         });
         let inflight = self.inflight.clone();
         let access_log = self.access_log.clone();
+        let generations = self.generations.clone();
         std::thread::spawn(move || {
             // Let Pingora close the listeners before judging that nothing is left.
             std::thread::sleep(Duration::from_millis(100));
             while inflight.load(Ordering::Acquire) > 0 {
                 std::thread::sleep(Duration::from_millis(20));
             }
+            generations.current().filters.end_roots();
             log::info!("all requests finished; exiting");
             access_log.flush();
             std::process::exit(0);

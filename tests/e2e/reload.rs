@@ -492,3 +492,44 @@ async fn a_request_paused_by_a_filter_resumes_on_its_generation_after_a_reload()
     assert_eq!(held.headers()["x-resumed-after-ticks"], "30");
     assert_eq!(a.last_request_headers()["x-paused"], "1");
 }
+
+#[tokio::test]
+async fn filters_root_contexts_end_when_a_reload_retires_them_and_at_shutdown() {
+    let origin = Origin::start("origin").await;
+    let yaml = |route: &str| {
+        config(
+            &format!(
+                "listeners: [{{address: \"{{{{listen}}}}\"}}]\nadmin: {{address: \"{{{{admin}}}}\"}}\nworkers: 1\nupstreams: {{u: {{endpoints: [\"$origin\"]}}}}\nfilters: {{count: {{module: $counter}}}}\nroutes: [{{name: {route}, upstream: u, filters: [count]}}]\n"
+            ),
+            &[
+                ("origin", origin.addr().to_string()),
+                ("counter", filters::COUNTER.to_string()),
+            ],
+        )
+    };
+    let mut proxy = start_proxy(&yaml("first")).await;
+    for _ in 0..2 {
+        let response = client::http1().get(proxy.url("/x")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    proxy.rewrite_config(&yaml("second"));
+    let (status, answer) = reload(&proxy).await;
+    assert_eq!(status, 200, "{answer}");
+    // The first generation's one shared instance saw both requests.
+    proxy
+        .wait_for_stderr(
+            "counter: root done after 2 requests",
+            std::time::Duration::from_secs(30),
+        )
+        .await;
+    let response = client::http1().get(proxy.url("/x")).send().await.unwrap();
+    assert_eq!(response.headers()["x-count"], "1");
+    let exit = proxy
+        .signal_and_wait("TERM", std::time::Duration::from_secs(30))
+        .await;
+    assert!(exit.success(), "{exit:?}");
+    assert!(proxy
+        .stderr_lines()
+        .iter()
+        .any(|line| line.contains("counter: root done after 1 requests")));
+}

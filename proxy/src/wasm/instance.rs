@@ -687,6 +687,16 @@ impl Instance {
     }
 
     /// The root context's `on_tick`.
+    /// Ends the root context, as proxy-wasm-cpp-host does when a plugin goes away:
+    /// `on_done`, then `on_delete`, each within `budget` of CPU.
+    pub(crate) fn end_root(&mut self, budget: Duration) -> Result<(), Fault> {
+        self.store.data_mut().call = Call::root(ROOT_ID, Phase::Done);
+        self.call(|e| &mut e.done, ROOT_ID, CpuDeadline::start(budget))?;
+        self.store.data_mut().call = Call::root(ROOT_ID, Phase::Delete);
+        self.call(|e| &mut e.delete, ROOT_ID, CpuDeadline::start(budget))
+            .map(drop)
+    }
+
     pub(crate) fn tick(&mut self, budget: Duration) -> Result<(), Fault> {
         self.store.data_mut().call = Call::root(ROOT_ID, Phase::Tick);
         self.call(|e| &mut e.tick, ROOT_ID, CpuDeadline::start(budget))

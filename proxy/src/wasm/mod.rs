@@ -52,7 +52,8 @@ pub use state::LocalResponse;
 pub use stream::{FilterChain, FilterFailure, Verdict};
 use ticker::Ticker;
 
-/// Every configured filter, ready to serve requests.
+/// Every configured filter, ready to serve requests. Clones share the filters.
+#[derive(Clone)]
 pub struct FilterHost {
     /// Indexed like `Config::filters`.
     plugins: Vec<Arc<Plugin>>,
@@ -191,6 +192,14 @@ impl FilterHost {
     /// Lets filters' callouts reach the upstreams.
     pub(crate) fn serve_upstreams(&self, upstreams: Arc<Upstreams>) {
         self.dispatcher.serve_upstreams(upstreams);
+    }
+
+    /// Ends every filter's root contexts (`on_done`, `on_delete` on each shared instance):
+    /// the filters are going away. Runs guest code, each call within the filter's CPU limit.
+    pub(crate) fn end_roots(&self) {
+        for plugin in &self.plugins {
+            plugin.end_roots();
+        }
     }
 
     /// The background tasks driving `on_tick`, callouts and queue notices.

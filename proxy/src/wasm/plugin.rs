@@ -291,6 +291,28 @@ impl Plugin {
         shared
     }
 
+    /// Ends the root context of every shared instance (`on_done`, `on_delete`): the filter is
+    /// going away (a reload retired it, or the process stops). Each instance is taken out of
+    /// its slot, so no request starts on it afterwards.
+    pub(crate) fn end_roots(&self) {
+        for slot in &self.slots {
+            let Some(instance) = lock(slot).take() else {
+                continue;
+            };
+            let mut instance = lock(&instance);
+            if instance.poisoned().is_some() {
+                continue;
+            }
+            if let Err(fault) = instance.end_root(self.info.limits.cpu) {
+                fault.count(&self.info.name);
+                log::warn!(
+                    "filter `{}` {fault} in its root context's on_done or on_delete",
+                    self.info.name
+                );
+            }
+        }
+    }
+
     /// Starts `on_tick` for a shared instance once it asks for ticks.
     pub(crate) fn watch_ticks(&self, instance: &SharedInstance) {
         if self.isolation != Isolation::Shared {

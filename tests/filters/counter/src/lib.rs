@@ -9,6 +9,9 @@
 //!
 //! So an instance reused across requests answers 1, 2, 3, … while a fresh instance per
 //! request always answers 1.
+//!
+//! The root context's `on_done` logs `counter: root done after <n> requests` at info level
+//! (the host calls it when the filter goes away: at shutdown, or when a reload retires it).
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -25,7 +28,12 @@ struct Root {
     requests: Rc<Cell<u64>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    fn on_done(&mut self) -> bool {
+        log::info!("counter: root done after {} requests", self.requests.get());
+        true
+    }
+}
 
 impl RootContext for Root {
     fn get_type(&self) -> Option<ContextType> {
