@@ -175,6 +175,7 @@ fn config_in_use(generation: &Generation) -> hyper::Response<Full<Bytes>> {
         "generation": generation.number,
         "loaded_at_unix": loaded_at,
         "source_sha256": generation.source_sha256,
+        "config": generation.summary,
     });
     reply(200, "application/json", body.to_string())
 }

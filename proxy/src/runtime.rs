@@ -64,6 +64,8 @@ pub(crate) struct Generation {
     pub(crate) loaded_at: SystemTime,
     /// SHA-256 of the configuration file's bytes, hex.
     pub(crate) source_sha256: String,
+    /// What `GET /config` shows of the configuration (no secrets).
+    pub(crate) summary: serde_json::Value,
     pub(crate) routes: RouteTable,
     pub(crate) upstreams: Arc<Upstreams>,
     pub(crate) filters: FilterHost,
@@ -105,6 +107,7 @@ impl Generation {
             number,
             loaded_at: SystemTime::now(),
             source_sha256: config.source_sha256.clone(),
+            summary: config::summary(config),
             routes: RouteTable::new(config.routes.clone()),
             upstreams,
             filters,

@@ -82,6 +82,13 @@ async fn sighup_and_the_admin_endpoint_swap_the_routes_of_a_running_proxy() {
     let (status, in_use) = admin_json(&proxy, "/config").await;
     assert_eq!(status, 200);
     assert_eq!(in_use["generation"], 3);
+    let routes: Vec<&str> = in_use["config"]["routes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|route| route["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(routes, ["a", "c"], "{in_use}");
     let written = third
         .replace("{{listen}}", &proxy.addr().to_string())
         .replace("{{admin}}", &proxy.placeholder_addr("admin").to_string());

@@ -6,6 +6,7 @@ mod model;
 #[cfg(test)]
 pub(crate) mod proptests;
 mod raw;
+mod summary;
 mod units;
 mod validate;
 mod yaml;
@@ -18,6 +19,7 @@ use diagnostic::Problems;
 pub use diagnostic::{Diagnostic, Mark, MAX_SHOWN};
 pub use model::*;
 use sha2::Digest;
+pub use summary::summary;
 
 /// The largest configuration edgeward reads, checked before parsing.
 pub const MAX_SIZE: usize = 16 << 20;
