@@ -308,6 +308,8 @@ pub(crate) struct Reloader {
     requests: Mutex<Option<mpsc::Receiver<ReloadRequest>>>,
     /// With `run --watch`.
     watch: Option<Mutex<FileWatch>>,
+    /// Makes the listeners' certificate files be looked at (by their rotation) after a reload.
+    certificates: Arc<tokio::sync::Notify>,
 }
 
 impl Reloader {
@@ -315,6 +317,7 @@ impl Reloader {
     pub(crate) fn new(
         config: &Config,
         watch: bool,
+        certificates: Arc<tokio::sync::Notify>,
     ) -> Result<(Arc<Generations>, Reloader), BuildError> {
         let source = config.source.clone();
         let fixed = Fixed::of(config);
@@ -335,6 +338,7 @@ impl Reloader {
             next_number: AtomicU64::new(2),
             requests: Mutex::new(Some(receiver)),
             watch: watch.then(|| Mutex::new(FileWatch::new(config.inputs.clone()))),
+            certificates,
         };
         Ok((generations, reloader))
     }
@@ -375,6 +379,9 @@ impl Reloader {
     async fn reload_and_report(&self, trigger: &str) -> Result<u64, ReloadError> {
         log::info!("{trigger}: reloading {}", self.source.display());
         let outcome = self.reload().await;
+        // Listeners' certificates are not part of a generation: their rotation reads changed
+        // files, now rather than at its next look, whatever became of the rest.
+        self.certificates.notify_waiters();
         let metrics = metrics::global();
         match &outcome {
             Ok(number) => {

@@ -41,6 +41,20 @@ pub enum ServerError {
     Tls(#[from] TlsError),
 }
 
+/// Replaces SIGHUP's default action (ending the process) before the listeners open, so that a
+/// reload asked for at once cannot kill edgeward before the reloader listens for it. The
+/// handler tokio installs stays for the life of the process; the reloader's own stream
+/// receives the signals from when it starts.
+fn catch_hangups_from_now_on() {
+    let installed = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .and_then(|runtime| runtime.block_on(async { signal(SignalKind::hangup()).map(drop) }));
+    if let Err(e) = installed {
+        log::warn!("cannot catch SIGHUP yet ({e}): until the reloader runs, it ends edgeward");
+    }
+}
+
 /// Binds `address` as Pingora will (with `SO_REUSEADDR`) and lets it go, without listening: a
 /// listener there, even for a moment, would accept connections that nobody then serves.
 fn check_bindable(address: SocketAddr) -> std::io::Result<()> {
@@ -85,7 +99,9 @@ pub fn run(config: Config, watch: bool) -> Result<(), ServerError> {
         .filter_map(|l| Some((l.address, l.redirect_https?)))
         .collect();
     // Builds the first generation: compiles the filters, binds builtin origins, opens geo.
-    let (generations, reloader) = Reloader::new(&config, watch)?;
+    catch_hangups_from_now_on();
+    let mut rotation = tls::Rotation::default();
+    let (generations, reloader) = Reloader::new(&config, watch, rotation.look_now())?;
     let readiness = Arc::new(Readiness {
         draining: AtomicBool::new(false),
         generations: generations.clone(),
@@ -125,7 +141,6 @@ pub fn run(config: Config, watch: bool) -> Result<(), ServerError> {
     let mut http = HttpProxy::new(edge, server.configuration.clone());
     http.server_options = Some(options);
     http.handle_init_modules();
-    let mut rotation = tls::Rotation::default();
     let mut proxy = Service::new(
         "edgeward".to_string(),
         Guarded::new(http, &config.listeners, &mut rotation)?,

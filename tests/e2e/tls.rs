@@ -1256,6 +1256,25 @@ async fn a_rotated_certificate_serves_new_handshakes_while_an_open_connection_go
 }
 
 #[tokio::test]
+async fn a_configuration_reload_reads_changed_certificates_at_once() {
+    let pki = Pki::new();
+    let old = pki.leaf(&["site.example.test"]);
+    // Files looked at hourly: only the reload can have made the renewal serve.
+    let yaml = ROTATION_CONFIG.replace("reload_interval: 100ms", "reload_interval: 1h");
+    let proxy = start_with(
+        &yaml,
+        &[("certs/site.pem", &old.chain), ("certs/site.key", &old.key)],
+    )
+    .await;
+    let renewed = pki.leaf(&["site.example.test", "www.example.test"]);
+    let certs = proxy.dir().join("certs");
+    replace_file(&certs.join("site.key"), &renewed.key);
+    replace_file(&certs.join("site.pem"), &renewed.chain);
+    proxy.signal("HUP");
+    until_served(&proxy, "www.example.test", &pki, &renewed).await;
+}
+
+#[tokio::test]
 async fn a_broken_replacement_leaves_the_certificate_serving_and_is_reported() {
     let pki = Pki::new();
     let good = pki.leaf(&["site.example.test"]);

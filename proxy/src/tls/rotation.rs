@@ -44,6 +44,8 @@ pub(crate) enum ReloadError {
 pub(crate) struct Rotation {
     /// Each listener's lock is taken by its own task only, while it looks at the files.
     listeners: Vec<Mutex<Watched>>,
+    /// Makes every listener look at its files now (a configuration reload asks for it).
+    look_now: Arc<tokio::sync::Notify>,
 }
 
 impl Rotation {
@@ -57,12 +59,22 @@ impl Rotation {
     pub(crate) fn is_empty(&self) -> bool {
         self.listeners.is_empty()
     }
+
+    /// Notified, it makes every listener look at its certificate files at once rather than at
+    /// its next `reload_interval`.
+    pub(crate) fn look_now(&self) -> Arc<tokio::sync::Notify> {
+        self.look_now.clone()
+    }
 }
 
 #[async_trait::async_trait]
 impl BackgroundService for Rotation {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let watching = futures_util::future::join_all(self.listeners.iter().map(look_every));
+        let watching = futures_util::future::join_all(
+            self.listeners
+                .iter()
+                .map(|listener| look_every(listener, &self.look_now)),
+        );
         tokio::select! {
             _ = watching => {}
             _ = shutdown.changed() => {}
@@ -70,14 +82,18 @@ impl BackgroundService for Rotation {
     }
 }
 
-/// Looks at one listener's files every `reload_interval`, for as long as the service runs.
-async fn look_every(listener: &Mutex<Watched>) {
+/// Looks at one listener's files every `reload_interval`, and when asked to at once, for as
+/// long as the service runs.
+async fn look_every(listener: &Mutex<Watched>, look_now: &tokio::sync::Notify) {
     let interval = lock(listener).tls.reload_interval;
     let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
     // After a stall, one look, not a burst of them.
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        ticks.tick().await;
+        tokio::select! {
+            _ = ticks.tick() => {}
+            () = look_now.notified() => {}
+        }
         lock(listener).look();
     }
 }
