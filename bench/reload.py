@@ -18,9 +18,6 @@ reloads more than 10 % over the RSS after the first.
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
 import subprocess
 import sys
 import threading
@@ -50,23 +47,6 @@ upstreams: {{origin: {{endpoints: ["127.0.0.1:{origin}"]}}}}
 filters:{filters}
 routes: [{{upstream: origin, filters: [{", ".join(chain)}]}}]
 """
-
-
-def wrk(port: int, seconds: int, threads: int) -> dict:
-    command = ["wrk", "-t", str(threads), "-c", "64", "-d", f"{seconds}s", "--timeout", "10s",
-               "--latency", f"http://127.0.0.1:{port}/1k"]
-    out = subprocess.run(command, capture_output=True, text=True, check=False).stdout
-    done = re.search(r"(\d+) requests in", out)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
-    return {
-        "requests": int(done.group(1)) if done else 0,
-        "errors": sum(int(n) for n in errors.groups()) if errors else 0,
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-        "p99_ms": run.parse_duration_ms(p99.group(1)) if p99 else float("nan"),
-        "raw": out,
-    }
 
 
 def reload(admin: int) -> int:
@@ -119,7 +99,7 @@ def main() -> None:
         print(f"# edgeward reloaded under load, {time.strftime('%Y-%m-%d')}, {run.git_commit()}")
         print(f"machine: {run.machine()}; files in {folder}\n")
 
-        calm = wrk(port, SECONDS, threads)
+        calm = run.wrk_tally(port, 64, SECONDS, threads)
         print(f"1. {SECONDS} s on 64 connections without reloads: {calm['requests']} requests, "
               f"{calm['errors']} socket errors, {calm['non_2xx']} non-2xx, p99 {calm['p99_ms']:.2f} ms")
 
@@ -139,7 +119,7 @@ def main() -> None:
 
         thread = threading.Thread(target=reloader)
         thread.start()
-        busy = wrk(port, SECONDS, threads)
+        busy = run.wrk_tally(port, 64, SECONDS, threads)
         done.set()
         thread.join()
         slowest = max(reloads) if reloads else float("nan")
@@ -167,13 +147,7 @@ def main() -> None:
             failures.append(f"RSS grew from {first:.1f} MiB to {last:.1f} MiB over {RELOADS_IN_A_ROW} reloads")
         print("\n(`--upgrade`, the binary hand-over, is not built yet: no figure.)")
     finally:
-        for process in (proxy, origin):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait()
-    for failure in failures:
-        print(f"\nFAILED: {failure}")
-    sys.exit(1 if failures else 0)
+        run.stop_and_report([proxy, origin], failures)
 
 
 if __name__ == "__main__":

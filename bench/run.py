@@ -453,6 +453,37 @@ def parse_duration_ms(text: str) -> float:
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
+def wrk_tally(port: int, connections: int, seconds: int, threads: int) -> dict:
+    """wrk on `/1k` that keeps going through errors, as the stress and reload runs want: its
+    requests, socket errors, non-2xx answers, p99 (ms) and whole output."""
+    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
+               "--latency", f"http://127.0.0.1:{port}/1k"]
+    out = subprocess.run(command, capture_output=True, text=True, check=False).stdout
+    done = re.search(r"(\d+) requests in", out)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    p99 = re.search(r"^\s+99%\s+(\S+)", out, re.M)
+    return {
+        "requests": int(done.group(1)) if done else 0,
+        "errors": sum(int(n) for n in errors.groups()) if errors else 0,
+        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
+        "p99_ms": parse_duration_ms(p99.group(1)) if p99 else float("nan"),
+        "raw": out,
+    }
+
+
+def stop_and_report(processes: list[subprocess.Popen], failures: list[str]) -> None:
+    """Stops the processes of a run (each its process group), prints the failures and exits:
+    1 when there are any."""
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait()
+    for failure in failures:
+        print(f"\nFAILED: {failure}")
+    sys.exit(1 if failures else 0)
+
+
 def parse_wrk(output: str) -> tuple[int, float, float, float]:
     """(requests, seconds, p50 ms, p99 ms); refuses runs with errors or non-2xx answers."""
     if "Non-2xx or 3xx responses" in output:

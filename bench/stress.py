@@ -19,10 +19,7 @@ between the soak's first minute and its end.
 from __future__ import annotations
 
 import argparse
-import os
-import re
 import resource
-import signal
 import socket
 import subprocess
 import sys
@@ -95,21 +92,6 @@ def slowloris(port: int, slow: int = 200, silent: int = 10) -> dict:
             "latest_close_s": latest, "answered_408": answered_408}
 
 
-def wrk(port: int, connections: int, seconds: int, threads: int) -> dict:
-    command = ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds}s", "--timeout", "10s",
-               f"http://127.0.0.1:{port}/1k"]
-    out = subprocess.run(command, capture_output=True, text=True, check=False).stdout
-    done = re.search(r"(\d+) requests in", out)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "requests": int(done.group(1)) if done else 0,
-        "errors": sum(int(n) for n in errors.groups()) if errors else 0,
-        "non_2xx": int(non2xx.group(1)) if non2xx else 0,
-        "raw": out,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--soak", type=int, default=180, help="seconds of the soak")
@@ -154,7 +136,7 @@ def main() -> None:
 
         sampler = threading.Thread(target=sample)
         sampler.start()
-        soak = wrk(port, 256, args.soak, max(1, len(cores.load)))
+        soak = run.wrk_tally(port, 256, args.soak, max(1, len(cores.load)))
         stop.set()
         sampler.join()
         first = next((mib for at, mib in samples if at >= 60), samples[0][1] if samples else float("nan"))
@@ -173,7 +155,7 @@ def main() -> None:
         if loris["open_left"] or loris["latest_close_s"] > HEADER_TIMEOUT + 1:
             failures.append("slowloris connections outlived header_timeout + 1 s")
 
-        many = wrk(port, args.connections, 20, max(1, len(cores.load)))
+        many = run.wrk_tally(port, args.connections, 20, max(1, len(cores.load)))
         print(f"3. {args.connections} connections for 20 s: {many['requests']} requests, "
               f"{many['errors']} socket errors, {many['non_2xx']} non-2xx answers; "
               f"RSS {rss_mib(proxy.pid):.0f} MiB")
@@ -181,13 +163,7 @@ def main() -> None:
             failures.append(f"errors at {args.connections} connections:\n{many['raw']}")
 
     finally:
-        for process in (proxy, origin):
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                process.wait()
-    for failure in failures:
-        print(f"\nFAILED: {failure}")
-    sys.exit(1 if failures else 0)
+        run.stop_and_report([proxy, origin], failures)
 
 
 if __name__ == "__main__":
