@@ -609,6 +609,7 @@ async fn properties_read_back_through_response_headers_and_on_log_sees_the_final
         - [source, port]
         - [destination, port]
         - [connection, mtls]
+        - [connection, tls_version]
         - [upstream, address]
         - [response, code]
         - [plugin_name]
@@ -651,6 +652,11 @@ async fn properties_read_back_through_response_headers_and_on_log_sees_the_final
     assert!(prop("source.port").parse::<u16>().unwrap() > 0);
     assert_eq!(prop("destination.port"), proxy.addr().port().to_string());
     assert_eq!(prop("connection.mtls"), "false");
+    assert_eq!(
+        prop("connection.tls_version"),
+        "missing",
+        "a cleartext listener"
+    );
     assert_eq!(prop("upstream.address"), origin.addr().to_string());
     assert_eq!(prop("response.code"), "201");
     assert_eq!(prop("plugin_name"), "props");

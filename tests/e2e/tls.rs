@@ -1387,3 +1387,44 @@ impl ServerCertVerifier for AnyCertificate {
             .supported_schemes()
     }
 }
+
+#[tokio::test]
+async fn filters_see_the_scheme_and_the_tls_version_of_the_connection() {
+    let pki = Pki::new();
+    let leaf = pki.leaf(&["site.example.test"]);
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        r#"
+listeners:
+  - address: "{{listen}}"
+    tls: {certificates: [{cert: site.pem, key: site.key}]}
+upstreams: {origin: {endpoints: ["$origin"]}}
+filters:
+  props:
+    module: $props
+    config: {paths: [[connection, tls_version], [request, scheme], [connection, mtls]]}
+routes: [{upstream: origin, filters: [props]}]
+"#,
+        &[
+            ("origin", origin.addr().to_string()),
+            ("props", edgeward_testkit::filters::PROPERTIES.to_string()),
+        ],
+    );
+    let proxy = start_with(&yaml, &[("site.pem", &leaf.chain), ("site.key", &leaf.key)]).await;
+    let client = client::https(pki.root_pem().as_bytes())
+        .resolve("site.example.test", proxy.addr())
+        .build()
+        .unwrap();
+    let url = format!("https://site.example.test:{}/", proxy.addr().port());
+    let response = client.get(&url).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let prop = |path: &str| {
+        response
+            .headers()
+            .get(format!("x-prop-{path}"))
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    assert_eq!(prop("connection.tls_version").as_deref(), Some("TLSv1.3"));
+    assert_eq!(prop("request.scheme").as_deref(), Some("https"));
+    assert_eq!(prop("connection.mtls").as_deref(), Some("false"));
+}

@@ -44,6 +44,10 @@ pub(super) fn stream_info(
         server: session.server_addr().and_then(|a| a.as_inet()).copied(),
         protocol: protocol_name(session.req_header().version),
         scheme: scheme(session),
+        tls_version: session
+            .digest()
+            .and_then(|digest| digest.ssl_digest.as_ref())
+            .map(|ssl| ssl.version.clone()),
         request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
         route: Arc::from(route.name.as_str()),
         upstream: Arc::from(upstreams.get(route.upstream).name()),

@@ -31,6 +31,8 @@ pub struct StreamInfo {
     pub(crate) protocol: &'static str,
     /// `https` on a TLS listener, `http` otherwise.
     pub(crate) scheme: &'static str,
+    /// The client connection's TLS version (`TLSv1.3`), on a TLS listener.
+    pub(crate) tls_version: Option<std::borrow::Cow<'static, str>>,
     pub(crate) request_id: String,
     pub(crate) route: Arc<str>,
     pub(crate) upstream: Arc<str>,
@@ -65,6 +67,7 @@ impl Default for StreamInfo {
             server: None,
             protocol: "HTTP/1.1",
             scheme: "http",
+            tls_version: None,
             request_id: String::new(),
             route: Arc::from(""),
             upstream: Arc::from(""),

@@ -155,6 +155,7 @@ fn lookup(state: &HostState, path: &[&[u8]]) -> Option<Vec<u8>> {
         [b"upstream", b"port"] => Some(int(info.upstream_address?.port().into())),
         [b"connection", b"id"] => Some(connection_id(info).to_le_bytes().to_vec()),
         [b"connection", b"mtls"] => Some(vec![0]),
+        [b"connection", b"tls_version"] => Some(info.tls_version.as_deref()?.as_bytes().to_vec()),
         [b"route_name"] | [b"xds", b"route_name"] => Some(info.route.as_bytes().to_vec()),
         [b"cluster_name"] | [b"xds", b"cluster_name"] => Some(info.upstream.as_bytes().to_vec()),
         _ => None,
