@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use edgeward_testkit::origin::unix_nanos;
 use edgeward_testkit::{
-    client, expected_bytes_sha256, filters, reqwest, run_edgeward, Origin, Proxy,
+    client, expected_bytes_sha256, filters, reqwest, run_edgeward, DeadEndpoint, Origin, Proxy,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -672,6 +672,54 @@ async fn properties_read_back_through_response_headers_and_on_log_sees_the_final
         line.ends_with("on_log status=201 path=/status/201?a=1"),
         "{line}"
     );
+}
+
+#[tokio::test]
+async fn filters_see_upstream_attempts_and_the_grpc_status() {
+    let origin = Origin::start("origin").await;
+    let dead = DeadEndpoint::new();
+    let proxy = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+upstreams:
+  live: {endpoints: ["$origin"]}
+  pool: {endpoints: ["$dead", "$origin"], retries: 1}
+filters:
+  props:
+    module: $props
+    config: {paths: [[upstream, request_attempt_count], [response, grpc_status]]}
+routes:
+  - {match: {path_prefix: /pool}, upstream: pool, strip_prefix: true, filters: [props]}
+  - {upstream: live, filters: [props]}
+"#,
+        &[
+            ("origin", origin.addr().to_string()),
+            ("dead", dead.addr().to_string()),
+            ("props", filters::PROPERTIES.to_string()),
+        ],
+    ))
+    .await;
+    let attempts_of = |path: &'static str| {
+        let url = proxy.url(path);
+        async move {
+            let response = client::http1().get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(
+                header_values(&response, "x-prop-response.grpc_status"),
+                vec!["7"]
+            );
+            header_values(&response, "x-prop-upstream.request_attempt_count")
+        }
+    };
+    assert_eq!(attempts_of("/cache/g?h=grpc-status:7").await, vec!["1"]);
+    // Over a dead endpoint and a live one, a request that tries the dead one first gets
+    // there on its second attempt.
+    let mut seen = Vec::new();
+    while !seen.iter().any(|a| a == "2") {
+        assert!(seen.len() < 20, "no second attempt in {seen:?}");
+        seen.extend(attempts_of("/pool/cache/g?h=grpc-status:7").await);
+    }
+    assert!(seen.iter().all(|a| a == "1" || a == "2"), "{seen:?}");
 }
 
 async fn counts(proxy: &Proxy, n: usize) -> Vec<u64> {

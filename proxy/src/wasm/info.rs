@@ -37,6 +37,8 @@ pub struct StreamInfo {
     pub(crate) route: Arc<str>,
     pub(crate) upstream: Arc<str>,
     pub(crate) upstream_address: Option<SocketAddr>,
+    /// Endpoints tried for this request so far (retries after a failed connect count).
+    pub(crate) upstream_attempts: u32,
     pub(crate) started: SystemTime,
     pub(crate) started_at: Instant,
     pub(crate) request_body_bytes: u64,
@@ -72,6 +74,7 @@ impl Default for StreamInfo {
             route: Arc::from(""),
             upstream: Arc::from(""),
             upstream_address: None,
+            upstream_attempts: 0,
             started: SystemTime::now(),
             started_at: Instant::now(),
             request_body_bytes: 0,

@@ -141,9 +141,11 @@ impl FilterChain {
             .and_then(|data| data.stream.upstream_override)
     }
 
+    /// The endpoint the request is being sent to, on each attempt.
     pub(crate) fn set_upstream_address(&mut self, address: std::net::SocketAddr) {
         if let Some(info) = self.scratch.info_mut() {
             info.upstream_address = Some(address);
+            info.upstream_attempts += 1;
         }
     }
 

@@ -153,6 +153,9 @@ fn lookup(state: &HostState, path: &[&[u8]]) -> Option<Vec<u8>> {
         [b"destination", b"port"] => Some(int(info.server?.port().into())),
         [b"upstream", b"address"] => Some(info.upstream_address?.to_string().into_bytes()),
         [b"upstream", b"port"] => Some(int(info.upstream_address?.port().into())),
+        [b"upstream", b"request_attempt_count"] if info.upstream_attempts > 0 => {
+            Some(int(info.upstream_attempts.into()))
+        }
         [b"connection", b"id"] => Some(connection_id(info).to_le_bytes().to_vec()),
         [b"connection", b"mtls"] => Some(vec![0]),
         [b"connection", b"tls_version"] => Some(info.tls_version.as_deref()?.as_bytes().to_vec()),
@@ -214,6 +217,12 @@ fn response(http: &HttpData, resp: &ResponseHeader, path: &[&[u8]]) -> Option<Ve
     Some(match path {
         [b"code"] => int(resp.status.as_u16().into()),
         [b"code_details"] => b"via_upstream".to_vec(),
+        // As Envoy reads it from a response without trailers: the header, when it is a number.
+        [b"grpc_status"] => int(resp
+            .headers
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<i64>().ok())?),
         [b"headers"] => header_map(&resp.headers),
         [b"headers", name] => joined_header(&resp.headers, name)?,
         [b"size"] => int(body_bytes.try_into().unwrap_or(i64::MAX)),

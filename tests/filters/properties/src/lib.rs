@@ -20,7 +20,8 @@
 //! - a decimal integer for the 8-byte little-endian integer properties: `request.size`,
 //!   `request.total_size`, `request.time` and `request.duration` (nanoseconds),
 //!   `response.code`, `response.size`, `response.total_size`, `source.port`,
-//!   `destination.port`, `upstream.port` (signed) and `connection.id` (unsigned);
+//!   `destination.port`, `upstream.port`, `upstream.request_attempt_count`,
+//!   `response.grpc_status` (signed) and `connection.id` (unsigned);
 //! - `true` / `false` for the 1-byte boolean `connection.mtls`;
 //! - otherwise the text itself if it is UTF-8 without control characters;
 //! - otherwise (or when a number/bool has the wrong length) `hex:` and the bytes in hex;
@@ -59,6 +60,8 @@ const SIGNED_PROPERTIES: &[&str] = &[
     "source.port",
     "destination.port",
     "upstream.port",
+    "upstream.request_attempt_count",
+    "response.grpc_status",
 ];
 const UNSIGNED_PROPERTIES: &[&str] = &["connection.id"];
 const BOOL_PROPERTIES: &[&str] = &["connection.mtls"];
