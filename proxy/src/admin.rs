@@ -34,7 +34,8 @@ pub(crate) struct Readiness {
     pub generations: Arc<Generations>,
 }
 
-pub(crate) struct AdminServer(LocalServer);
+/// The listener, and what closes it before the process ends (a hand-over to a new process).
+pub(crate) struct AdminServer(LocalServer, Arc<tokio::sync::Notify>);
 
 impl AdminServer {
     pub(crate) fn bind(
@@ -67,11 +68,15 @@ impl AdminServer {
                 }
             })
         });
-        Ok(AdminServer(LocalServer::bind(
-            "admin listener",
-            addr,
-            handler,
-        )?))
+        Ok(AdminServer(
+            LocalServer::bind("admin listener", addr, handler)?,
+            Arc::new(tokio::sync::Notify::new()),
+        ))
+    }
+
+    /// Notified, it closes the listener (its port is free for another process to bind).
+    pub(crate) fn closer(&self) -> Arc<tokio::sync::Notify> {
+        self.1.clone()
     }
 }
 
@@ -321,7 +326,10 @@ fn url_target(url: &str) -> Option<PurgeTarget> {
 #[async_trait::async_trait]
 impl BackgroundService for AdminServer {
     async fn start(&self, _shutdown: ShutdownWatch) {
-        self.0.serve().await
+        tokio::select! {
+            () = self.0.serve() => {}
+            () = self.1.notified() => log::info!("admin listener closed for the new process"),
+        }
     }
 }
 

@@ -25,5 +25,6 @@ mod runtime;
 pub mod server;
 mod sync;
 mod tls;
+mod upgrade;
 mod upstream;
 pub mod wasm;

@@ -29,6 +29,11 @@ enum Command {
         /// certificates, the geo database) changes.
         #[arg(long)]
         watch: bool,
+        /// Take over the listening sockets of the edgeward running the same configuration
+        /// file: it stops accepting, finishes its requests and exits (a binary upgrade
+        /// without a refused connection).
+        #[arg(long)]
+        upgrade: bool,
     },
     /// Check a configuration and report every problem found, with file:line:column.
     Validate {
@@ -75,7 +80,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, watch } => {
+        Command::Run {
+            config,
+            watch,
+            upgrade,
+        } => {
             let config = match edgeward::config::load(&config) {
                 Ok(config) => config,
                 Err(e) => {
@@ -84,7 +93,8 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match edgeward::server::run(config, watch) {
+            let options = edgeward::server::RunOptions { watch, upgrade };
+            match edgeward::server::run(config, options) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("edgeward: {}", with_causes(e));

@@ -49,7 +49,7 @@ pub(crate) enum ReloadError {
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(
-        "the new configuration changes {}, which a reload cannot change; restart edgeward for that",
+        "the new configuration changes {}, which a reload cannot change; restart edgeward, or start `edgeward run --upgrade` beside it",
         .0.join(", ")
     )]
     NeedsRestart(Vec<&'static str>),

@@ -23,6 +23,7 @@ use crate::connections::Guarded;
 use crate::edge::Edge;
 use crate::runtime::{BuildError, Generations, Reloader};
 use crate::tls::{self, TlsError};
+use crate::upgrade::{ProcessFiles, UpgradeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -39,6 +40,8 @@ pub enum ServerError {
     AccessLog(#[source] std::io::Error),
     #[error(transparent)]
     Tls(#[from] TlsError),
+    #[error(transparent)]
+    Upgrade(#[from] UpgradeError),
 }
 
 /// Replaces SIGHUP's default action (ending the process) before the listeners open, so that a
@@ -66,22 +69,36 @@ fn check_bindable(address: SocketAddr) -> std::io::Result<()> {
     socket.bind(address)
 }
 
-/// Serves `config` until SIGTERM/SIGINT and the drain that follows; reloads it on SIGHUP and
-/// `POST /config/reload`, and with `watch` whenever it or a file it names changes.
-pub fn run(config: Config, watch: bool) -> Result<(), ServerError> {
-    // Pingora binds later and would only log a failure; check now for a clear error.
-    for listener in &config.listeners {
-        check_bindable(listener.address).map_err(|source| ServerError::Listen {
-            address: listener.address,
-            source,
-        })?;
+/// How `run` starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    /// Reload whenever the configuration or a file it names changes.
+    pub watch: bool,
+    /// Take the listening sockets over from the edgeward running the same configuration file.
+    pub upgrade: bool,
+}
+
+/// How long a new process waits, after the hand-over, for the old one to let go of the admin
+/// port and of the disk tier's folder (which it holds until it exits).
+const HANDOVER_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Serves `config` until SIGTERM/SIGINT and the drain that follows (or SIGQUIT, which hands
+/// the listeners to a new process first); reloads it on SIGHUP and `POST /config/reload`, and
+/// with `watch` whenever it or a file it names changes.
+pub fn run(config: Config, options: RunOptions) -> Result<(), ServerError> {
+    // Pingora binds later and would only log a failure; check now for a clear error. A new
+    // process taking over gets the bound sockets instead.
+    if !options.upgrade {
+        for listener in &config.listeners {
+            check_bindable(listener.address).map_err(|source| ServerError::Listen {
+                address: listener.address,
+                source,
+            })?;
+        }
     }
-    let cache = match &config.cache {
-        Some(settings) => Some(Arc::new(Cache::open(settings)?)),
-        None => None,
-    };
+    let files = ProcessFiles::of(&config.source);
     let access_log = AccessLogger::open(&config.access_log).map_err(ServerError::AccessLog)?;
-    let conf = server_conf(&config);
+    let conf = server_conf(&config, &files);
     let addresses: Vec<String> = config
         .listeners
         .iter()
@@ -101,25 +118,45 @@ pub fn run(config: Config, watch: bool) -> Result<(), ServerError> {
     // Builds the first generation: compiles the filters, binds builtin origins, opens geo.
     catch_hangups_from_now_on();
     let mut rotation = tls::Rotation::default();
-    let (generations, reloader) = Reloader::new(&config, watch, rotation.look_now())?;
+    let (generations, reloader) = Reloader::new(&config, options.watch, rotation.look_now())?;
+
+    // Everything is built: only now is the old process asked to hand its listeners over, so
+    // that it serves for as short a time as possible without a successor.
+    let opt = if options.upgrade {
+        let old = files.ask_old_process(&config.source)?;
+        log::info!("taking the listeners over from edgeward (pid {old})");
+        Opt {
+            upgrade: true,
+            ..Opt::default()
+        }
+    } else {
+        Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+    files.write_pid();
+    // The old process holds the admin port and the disk tier's folder until it lets them go.
+    let patience = if options.upgrade {
+        HANDOVER_PATIENCE + config.shutdown_timeout
+    } else {
+        Duration::ZERO
+    };
+    let cache = match &config.cache {
+        Some(settings) => Some(Arc::new(Cache::open(settings, patience)?)),
+        None => None,
+    };
     let readiness = Arc::new(Readiness {
         draining: AtomicBool::new(false),
         generations: generations.clone(),
     });
     let admin = match &config.admin {
-        Some(admin) => Some(
-            AdminServer::bind(
-                admin.address,
-                readiness.clone(),
-                generations.clone(),
-                cache.clone(),
-                admin.token.clone(),
-            )
-            .map_err(|source| ServerError::Listen {
-                address: admin.address,
-                source,
-            })?,
-        ),
+        Some(admin) => Some(bind_admin(
+            admin,
+            readiness.clone(),
+            generations.clone(),
+            cache.clone(),
+            patience.min(HANDOVER_PATIENCE),
+        )?),
         None => None,
     };
     let edge = Edge::new(generations.clone(), redirects, cache, access_log.clone());
@@ -129,10 +166,10 @@ pub fn run(config: Config, watch: bool) -> Result<(), ServerError> {
         timeout: config.shutdown_timeout,
         readiness,
         access_log,
+        admin_closer: admin.as_ref().map(AdminServer::closer),
+        files,
     };
 
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
-    server.bootstrap();
     let mut options = HttpServerOptions::default();
     options.h2c = true;
     // An HTTP/2 connection without streams closes after the shortest idle timeout of the
@@ -173,9 +210,7 @@ pub fn run(config: Config, watch: bool) -> Result<(), ServerError> {
     Ok(())
 }
 
-fn server_conf(config: &Config) -> ServerConf {
-    let runtime_dir = std::env::temp_dir();
-    let pid = std::process::id();
+fn server_conf(config: &Config, files: &ProcessFiles) -> ServerConf {
     ServerConf {
         threads: config.workers,
         // A trade (docs/configuration.md): the shared stealing runtime runs the most recently
@@ -186,21 +221,53 @@ fn server_conf(config: &Config) -> ServerConf {
         // last request is done, so this is only the upper bound.
         grace_period_seconds: Some(config.shutdown_timeout.as_secs_f64().ceil() as u64),
         graceful_shutdown_timeout_seconds: Some(1),
-        // Absolute and per process, so that several edgewards never share them.
-        pid_file: runtime_dir
-            .join(format!("edgeward-{pid}.pid"))
-            .display()
-            .to_string(),
-        upgrade_sock: runtime_dir
-            .join(format!("edgeward-{pid}-upgrade.sock"))
-            .display()
-            .to_string(),
+        // Per configuration file: an upgrade's new process finds the old one's.
+        pid_file: files.pid_file.display().to_string(),
+        upgrade_sock: files.upgrade_socket.display().to_string(),
         ..ServerConf::default()
     }
 }
 
+/// Binds the admin listener; after a hand-over, waits up to `patience` for the old process to
+/// let go of its port.
+fn bind_admin(
+    settings: &crate::config::Admin,
+    readiness: Arc<Readiness>,
+    generations: Arc<Generations>,
+    cache: Option<Arc<Cache>>,
+    patience: Duration,
+) -> Result<AdminServer, ServerError> {
+    let started = std::time::Instant::now();
+    loop {
+        let bound = AdminServer::bind(
+            settings.address,
+            readiness.clone(),
+            generations.clone(),
+            cache.clone(),
+            settings.token.clone(),
+        );
+        match bound {
+            Ok(admin) => return Ok(admin),
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && started.elapsed() < patience => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(source) => {
+                return Err(ServerError::Listen {
+                    address: settings.address,
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// How long Pingora keeps accepting after it handed the listening sockets over, before it
+/// stops its listeners (its `CLOSE_TIMEOUT`, which it does not export).
+const PINGORA_HANDOVER_CLOSE: Duration = Duration::from_secs(5);
+
 /// SIGTERM and SIGINT both drain: listeners close, in-flight requests finish (up to
-/// `timeout`), then the process exits. A second signal exits at once.
+/// `timeout`), then the process exits. A second signal exits at once. SIGQUIT first hands the
+/// listening sockets (and the admin port) to the new process of `run --upgrade`, then drains.
 struct GracefulSignals {
     /// Whose filters' root contexts end before the process exits.
     generations: Arc<Generations>,
@@ -208,31 +275,47 @@ struct GracefulSignals {
     timeout: Duration,
     readiness: Arc<Readiness>,
     access_log: AccessLogger,
+    /// Closes the admin listener, so that the new process can bind its port.
+    admin_closer: Option<Arc<tokio::sync::Notify>>,
+    files: ProcessFiles,
 }
 
 #[async_trait]
 impl ShutdownSignalWatch for GracefulSignals {
     async fn recv(&self) -> ShutdownSignal {
-        let (mut term, mut int) = match (
+        let (mut term, mut int, mut quit) = match (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::quit()),
         ) {
-            (Ok(term), Ok(int)) => (term, int),
-            (Err(e), _) | (_, Err(e)) => {
+            (Ok(term), Ok(int), Ok(quit)) => (term, int, quit),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
                 log::error!("cannot watch for shutdown signals: {e}; stop edgeward with SIGKILL");
                 return std::future::pending().await;
             }
         };
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        let (name, handover) = tokio::select! {
+            _ = term.recv() => ("SIGTERM", false),
+            _ = int.recv() => ("SIGINT", false),
+            _ = quit.recv() => ("SIGQUIT", true),
         };
         self.readiness.draining.store(true, Ordering::Release);
-        log::info!(
-            "{name}: no longer accepting connections; waiting up to {:?} for {} in-flight requests",
-            self.timeout,
-            self.inflight.load(Ordering::Acquire)
-        );
+        if handover {
+            if let Some(closer) = &self.admin_closer {
+                closer.notify_one();
+            }
+            log::info!(
+                "{name}: handing the listening sockets to the new edgeward, then waiting up to {:?} for {} in-flight requests",
+                self.timeout,
+                self.inflight.load(Ordering::Acquire)
+            );
+        } else {
+            log::info!(
+                "{name}: no longer accepting connections; waiting up to {:?} for {} in-flight requests",
+                self.timeout,
+                self.inflight.load(Ordering::Acquire)
+            );
+        }
         let access_log = self.access_log.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -246,17 +329,32 @@ impl ShutdownSignalWatch for GracefulSignals {
         let inflight = self.inflight.clone();
         let access_log = self.access_log.clone();
         let generations = self.generations.clone();
+        let files = ProcessFiles {
+            pid_file: self.files.pid_file.clone(),
+            upgrade_socket: self.files.upgrade_socket.clone(),
+        };
         std::thread::spawn(move || {
-            // Let Pingora close the listeners before judging that nothing is left.
-            std::thread::sleep(Duration::from_millis(100));
+            // Let Pingora close the listeners before judging that nothing is left: at once,
+            // or after a hand-over, once it stopped accepting beside the new process.
+            let listeners_close = if handover {
+                PINGORA_HANDOVER_CLOSE
+            } else {
+                Duration::ZERO
+            };
+            std::thread::sleep(listeners_close + Duration::from_millis(100));
             while inflight.load(Ordering::Acquire) > 0 {
                 std::thread::sleep(Duration::from_millis(20));
             }
             generations.current().filters.end_roots();
+            files.remove_pid_if_ours();
             log::info!("all requests finished; exiting");
             access_log.flush();
             std::process::exit(0);
         });
-        ShutdownSignal::GracefulTerminate
+        if handover {
+            ShutdownSignal::GracefulUpgrade
+        } else {
+            ShutdownSignal::GracefulTerminate
+        }
     }
 }

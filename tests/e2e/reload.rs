@@ -540,3 +540,103 @@ async fn filters_root_contexts_end_when_a_reload_retires_them_and_at_shutdown() 
         .iter()
         .any(|line| line.contains("counter: root done after 1 requests")));
 }
+
+/// The new process of `run --upgrade`, killed when the test ends.
+struct Successor(std::process::Child);
+
+impl Drop for Successor {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn run_upgrade_takes_the_listeners_over_without_refusing_a_connection() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        "listeners: [{address: \"{{listen}}\"}]\nadmin: {address: \"{{admin}}\"}\nshutdown_timeout: 5s\ncache: {disk: {path: cache-disk, size: 16MiB}}\nupstreams: {u: {endpoints: [\"$origin\"]}}\nroutes: [{upstream: u, cache: {enabled: true}}]\n",
+        &[("origin", origin.addr().to_string())],
+    );
+    let mut old = start_proxy(&yaml).await;
+    let cached = "/cache/kept?h=Cache-Control:max-age=600";
+    let fetch = |path: String| async move {
+        // A connection per request: each one is accepted by whichever process listens.
+        client::http1_connection_per_request()
+            .get(path)
+            .send()
+            .await
+    };
+    for _ in 0..2 {
+        let response = fetch(old.url(cached)).await.unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(origin.hits_for("/cache/kept"), 1);
+
+    // Requests all through the hand-over, until the new process has served.
+    let url = old.url("/during");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let (mut served, mut failed) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match fetch(url.clone()).await {
+                    Ok(response) if response.status() == 200 => served += 1,
+                    Ok(response) => failed.push(response.status().to_string()),
+                    Err(e) => failed.push(e.to_string()),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            (served, failed)
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let successor = Successor(
+        std::process::Command::new(env!("CARGO_BIN_EXE_edgeward"))
+            .args(["run", "--upgrade", "--config"])
+            .arg(old.dir().join("edgeward.yaml"))
+            .current_dir(old.dir())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // The old process hands over, drains and exits by itself.
+    let exit = old
+        .wait_for_exit(std::time::Duration::from_secs(60), "the hand-over")
+        .await;
+    assert!(exit.success(), "{exit:?}");
+    // The new one serves, from the disk tier the old one left.
+    let response = eventually("the new process serving", || async {
+        fetch(old.url(cached)).await.ok()
+    })
+    .await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        origin.hits_for("/cache/kept"),
+        1,
+        "served from the kept disk tier"
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (served, failed) = load.await.unwrap();
+    assert!(served > 0);
+    assert!(failed.is_empty(), "{} served, failed: {failed:?}", served);
+    drop(successor);
+}
+
+#[test]
+fn run_upgrade_without_a_running_edgeward_says_so() {
+    crate::support::use_built_binary();
+    let output = edgeward_testkit::run_edgeward(
+        &["run", "--upgrade", "--config", "edgeward.yaml"],
+        &[(
+            "edgeward.yaml",
+            "listeners: [{address: 127.0.0.1:1}]\nupstreams: {u: {builtin: echo}}\nroutes: [{upstream: u}]\n",
+        )],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("no edgeward runs"), "{stderr}");
+    assert!(stderr.contains("start it without --upgrade"), "{stderr}");
+}

@@ -71,8 +71,9 @@ pub(super) struct Folder {
 }
 
 impl Folder {
-    /// Opens (creating) the folder and takes its lock.
-    pub(super) fn open(path: &Path) -> Result<Folder, DiskError> {
+    /// Opens (creating) the folder and takes its lock, waiting up to `patience` for another
+    /// process to let go of it.
+    pub(super) fn open(path: &Path, patience: std::time::Duration) -> Result<Folder, DiskError> {
         let folder_error = |source| DiskError::Folder {
             path: path.to_path_buf(),
             source,
@@ -84,14 +85,20 @@ impl Folder {
             .write(true)
             .open(path.join(LOCK_FILE))
             .map_err(folder_error)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(DiskError::Locked {
-                    path: path.to_path_buf(),
-                })
+        let started = std::time::Instant::now();
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if started.elapsed() < patience => {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(DiskError::Locked {
+                        path: path.to_path_buf(),
+                    })
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(folder_error(e)),
             }
-            Err(fs::TryLockError::Error(e)) => return Err(folder_error(e)),
         }
         Ok(Folder {
             path: path.to_path_buf(),
@@ -388,7 +395,7 @@ mod tests {
     #[test]
     fn objects_come_back_as_written() {
         let dir = tempfile::tempdir().unwrap();
-        let folder = Folder::open(dir.path()).unwrap();
+        let folder = Folder::open(dir.path(), std::time::Duration::ZERO).unwrap();
         let written = object(7, b"hello body");
         let size = folder.write(&written).unwrap();
         let read = folder.read(&[7; 16]).unwrap();
@@ -407,7 +414,7 @@ mod tests {
     #[test]
     fn damaged_files_are_refused_and_dropped_at_start_up() {
         let dir = tempfile::tempdir().unwrap();
-        let folder = Folder::open(dir.path()).unwrap();
+        let folder = Folder::open(dir.path(), std::time::Duration::ZERO).unwrap();
         for id in 1..=4 {
             folder.write(&object(id, b"0123456789")).unwrap();
         }
@@ -444,9 +451,9 @@ mod tests {
     #[test]
     fn a_second_process_cannot_share_the_folder() {
         let dir = tempfile::tempdir().unwrap();
-        let _first = Folder::open(dir.path()).unwrap();
+        let _first = Folder::open(dir.path(), std::time::Duration::ZERO).unwrap();
         assert!(matches!(
-            Folder::open(dir.path()),
+            Folder::open(dir.path(), std::time::Duration::ZERO),
             Err(DiskError::Locked { .. })
         ));
     }

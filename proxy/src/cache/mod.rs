@@ -78,12 +78,14 @@ pub(crate) enum PurgeTarget {
 
 impl Cache {
     /// Opens the cache; with a disk tier, takes over what its folder holds.
-    pub(crate) fn open(settings: &CacheSettings) -> Result<Cache, CacheError> {
+    /// `patience`: how long to wait for another process (the one an upgrade takes over from)
+    /// to let go of the disk tier's folder.
+    pub(crate) fn open(settings: &CacheSettings, patience: Duration) -> Result<Cache, CacheError> {
         // Only the first call sets it (one cache per process).
         pingora::cache::set_compression_dict_content(Cow::Borrowed(HEADER_DICTIONARY));
         let lock: Box<CacheKeyLockImpl> = CacheLock::new_boxed(settings.lock_timeout);
         let disk = settings.disk.as_ref().map(|d| (d.path.as_path(), d.size));
-        let store = Store::open(settings.memory, settings.max_object, disk)?;
+        let store = Store::open(settings.memory, settings.max_object, disk, patience)?;
         Ok(Cache {
             store,
             lock: Box::leak(lock),

@@ -123,12 +123,13 @@ impl Store {
         memory_limit: u64,
         max_object: u64,
         disk: Option<(&Path, u64)>,
+        patience: std::time::Duration,
     ) -> std::result::Result<&'static Store, DiskError> {
         let mut index = Index::default();
         let mut disk_tier = None;
         let mut receiver = None;
         if let Some((path, capacity)) = disk {
-            let folder = Arc::new(Folder::open(path)?);
+            let folder = Arc::new(Folder::open(path, patience)?);
             let found = folder.scan();
             let count = found.len();
             for file in found {

@@ -28,6 +28,16 @@ pub fn http1() -> Client {
         .expect("building HTTP/1.1 client")
 }
 
+/// A reqwest client for HTTP/1.1 that opens a new connection for every request (none is kept
+/// idle for reuse): each request meets the listener afresh.
+pub fn http1_connection_per_request() -> Client {
+    builder()
+        .http1_only()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("building HTTP/1.1 client")
+}
+
 /// A reqwest client speaking cleartext HTTP/2 with prior knowledge (h2c).
 pub fn h2c() -> Client {
     builder()
