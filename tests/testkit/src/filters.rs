@@ -53,6 +53,7 @@ mod tests {
             ("unknown_import", UNKNOWN_IMPORT),
             ("configure_fails", CONFIGURE_FAILS),
             ("wrong_callback_signature", WRONG_CALLBACK_SIGNATURE),
+            ("main_after_initialize", MAIN_AFTER_INITIALIZE),
             ("jwt-auth", JWT_AUTH),
             ("add-headers", ADD_HEADERS),
             ("geo-router", GEO_ROUTER),
