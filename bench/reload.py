@@ -8,11 +8,13 @@ connections asking for 1 KiB:
 2. 30 s during which the configuration is reloaded 20 times (`POST /config/reload`,
    alternating two configurations with different filter chains): requests, socket errors,
    non-2xx answers and p99;
-3. 100 reloads in a row, then the RSS against the RSS after the first.
+3. 100 reloads in a row, then the RSS against the RSS after the first;
+4. 30 s during which a new process takes the listeners over (`run --upgrade`) and the old
+   one drains and exits: requests, socket errors, non-2xx answers and p99.
 
 Prints one Markdown report. Exits 1 when a figure misses its bound: any error or non-2xx
-answer during the reloads, a p99 during the reloads over twice the reference, or RSS after 100
-reloads more than 10 % over the RSS after the first.
+answer during the reloads or the upgrade, a p99 during the reloads over twice the reference,
+or RSS after 100 reloads more than 10 % over the RSS after the first.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def main() -> None:
                              stdout=open(folder / "edgeward.out", "wb"), stderr=subprocess.STDOUT,
                              start_new_session=True)
     failures = []
+    successors: list[subprocess.Popen] = []
     threads = max(1, len(cores.load))
 
     def switch(to: int) -> int:
@@ -145,9 +148,26 @@ def main() -> None:
               f"{last:.1f} MiB ({(last / first - 1) * 100:+.1f} %)")
         if last > first * 1.10:
             failures.append(f"RSS grew from {first:.1f} MiB to {last:.1f} MiB over {RELOADS_IN_A_ROW} reloads")
-        print("\n(`--upgrade`, the binary hand-over, is not built yet: no figure.)")
+
+        def upgrade() -> None:
+            time.sleep(3)
+            successors.append(subprocess.Popen(
+                cores.pin(cores.proxy) + [str(run.EDGEWARD), "run", "--upgrade", "--config", str(config_file)],
+                stdout=open(folder / "edgeward-upgraded.out", "wb"), stderr=subprocess.STDOUT,
+                start_new_session=True))
+
+        thread = threading.Thread(target=upgrade)
+        thread.start()
+        handed = run.wrk_tally(port, 64, SECONDS, threads)
+        thread.join()
+        old_exit = proxy.wait(timeout=60)
+        print(f"4. {SECONDS} s on 64 connections with an upgrade (`run --upgrade`) 3 s in; the old "
+              f"process exited with {old_exit}: {handed['requests']} requests, {handed['errors']} "
+              f"socket errors, {handed['non_2xx']} non-2xx, p99 {handed['p99_ms']:.2f} ms")
+        if handed["errors"] or handed["non_2xx"] or old_exit != 0:
+            failures.append(f"errors during the upgrade:\n{handed['raw']}")
     finally:
-        run.stop_and_report([proxy, origin], failures)
+        run.stop_and_report([proxy, origin, *successors], failures)
 
 
 if __name__ == "__main__":

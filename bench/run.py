@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-EDGEWARD = ROOT / "target" / "release" / "edgeward"
+# Another build can be measured with EDGEWARD_BIN (e.g. one before a change).
+EDGEWARD = Path(os.environ.get("EDGEWARD_BIN", ROOT / "target" / "release" / "edgeward"))
 FILTERS = ROOT / "filters" / "target" / "wasm32-wasip1" / "release"
 GEO_DATABASE = ROOT / "config" / "geo" / "demo.mmdb"
 DEMO_CONFIG = ROOT / "config" / "edgeward.yaml"

@@ -28,7 +28,7 @@ const MAX_PURGE_REQUEST: usize = 64 << 10;
 /// What `/ready` reports on.
 pub(crate) struct Readiness {
     /// Set when a shutdown started: load balancers should stop sending traffic.
-    pub draining: AtomicBool,
+    pub draining: Arc<AtomicBool>,
     /// The filters of the generation serving now: which cannot start instances (crash
     /// back-off).
     pub generations: Arc<Generations>,

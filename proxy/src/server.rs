@@ -146,7 +146,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), ServerError> {
         None => None,
     };
     let readiness = Arc::new(Readiness {
-        draining: AtomicBool::new(false),
+        draining: Arc::new(AtomicBool::new(false)),
         generations: generations.clone(),
     });
     let admin = match &config.admin {
@@ -159,7 +159,13 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), ServerError> {
         )?),
         None => None,
     };
-    let edge = Edge::new(generations.clone(), redirects, cache, access_log.clone());
+    let edge = Edge::new(
+        generations.clone(),
+        redirects,
+        cache,
+        access_log.clone(),
+        readiness.draining.clone(),
+    );
     let drain = GracefulSignals {
         generations: generations.clone(),
         inflight: edge.inflight(),

@@ -572,6 +572,12 @@ async fn run_upgrade_takes_the_listeners_over_without_refusing_a_connection() {
         assert_eq!(response.status(), 200);
     }
     assert_eq!(origin.hits_for("/cache/kept"), 1);
+    // A keep-alive connection opened before the hand-over.
+    let kept_alive = client::http1();
+    assert_eq!(
+        kept_alive.get(old.url("/x")).send().await.unwrap().status(),
+        200
+    );
 
     // Requests all through the hand-over, until the new process has served.
     let url = old.url("/during");
@@ -601,6 +607,22 @@ async fn run_upgrade_takes_the_listeners_over_without_refusing_a_connection() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap(),
+    );
+    // While it hands over, the old process answers on its open keep-alive connections with
+    // `Connection: close`, so that clients move to a new connection between requests.
+    old.wait_for_stderr(
+        "handing the listening sockets",
+        std::time::Duration::from_secs(60),
+    )
+    .await;
+    let answer = kept_alive.get(old.url("/x")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(
+        answer
+            .headers()
+            .get("connection")
+            .map(|v| v.to_str().unwrap()),
+        Some("close")
     );
     // The old process hands over, drains and exits by itself.
     let exit = old

@@ -3,7 +3,7 @@
 //! answer; the work is in the files beside this one.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -43,6 +43,10 @@ pub(crate) struct Edge {
     cache: Option<Arc<Cache>>,
     access_log: AccessLogger,
     inflight: Arc<AtomicUsize>,
+    /// Set when the process drains (or hands its listeners over): responses then close their
+    /// connections, so that clients move to a fresh one between requests rather than have an
+    /// idle one closed under them.
+    draining: Arc<AtomicBool>,
 }
 
 impl Edge {
@@ -51,6 +55,7 @@ impl Edge {
         redirects: Vec<(SocketAddr, u16)>,
         cache: Option<Arc<Cache>>,
         access_log: AccessLogger,
+        draining: Arc<AtomicBool>,
     ) -> Self {
         Edge {
             generations,
@@ -58,6 +63,7 @@ impl Edge {
             cache,
             access_log,
             inflight: Arc::new(AtomicUsize::new(0)),
+            draining,
         }
     }
 
@@ -103,6 +109,9 @@ impl ProxyHttp for Edge {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         connections::request_started(session.as_downstream_mut());
+        if self.draining.load(Ordering::Relaxed) {
+            session.set_keepalive(None);
+        }
         ctx.request_id = forwarding::request_id(session.req_header());
         session
             .req_header_mut()
