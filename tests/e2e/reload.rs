@@ -662,3 +662,34 @@ fn run_upgrade_without_a_running_edgeward_says_so() {
     assert!(stderr.contains("no edgeward runs"), "{stderr}");
     assert!(stderr.contains("start it without --upgrade"), "{stderr}");
 }
+
+#[tokio::test]
+async fn cached_responses_stay_hits_across_a_reload() {
+    let origin = Origin::start("origin").await;
+    let yaml = |route: &str| {
+        config(
+            &format!(
+                "listeners: [{{address: \"{{{{listen}}}}\"}}]\nadmin: {{address: \"{{{{admin}}}}\"}}\ncache: {{}}\nupstreams: {{u: {{endpoints: [\"$origin\"]}}}}\nroutes: [{{name: {route}, upstream: u, cache: {{enabled: true}}}}]\n"
+            ),
+            &[("origin", origin.addr().to_string())],
+        )
+    };
+    let proxy = start_proxy(&yaml("before")).await;
+    let path = "/cache/kept?h=Cache-Control:max-age=600";
+    let cache_status = || async {
+        let response = client::http1().get(proxy.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        response.headers()["cache-status"]
+            .to_str()
+            .unwrap()
+            .to_string()
+    };
+    assert!(cache_status().await.contains("fwd=miss"));
+    assert!(cache_status().await.contains("hit"));
+    proxy.rewrite_config(&yaml("after"));
+    let (status, answer) = reload(&proxy).await;
+    assert_eq!(status, 200, "{answer}");
+    let after = cache_status().await;
+    assert!(after.contains("hit"), "{after}");
+    assert_eq!(origin.hits_for("/cache/kept"), 1);
+}
