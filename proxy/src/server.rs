@@ -134,7 +134,6 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), ServerError> {
     };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
-    files.write_pid();
     // The old process holds the admin port and the disk tier's folder until it lets them go.
     let patience = if options.upgrade {
         HANDOVER_PATIENCE + config.shutdown_timeout
@@ -210,6 +209,8 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), ServerError> {
         config.workers,
         config.source.display()
     );
+    // Only a process that starts serving says so: a later `run --upgrade` signals this one.
+    drain.files.write_pid();
     server.run(RunArgs {
         shutdown_signal: Box::new(drain),
     });
