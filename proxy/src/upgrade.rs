@@ -45,12 +45,15 @@ pub(crate) struct ProcessFiles {
 }
 
 impl ProcessFiles {
-    /// The files of the edgeward that serves `config` (by its absolute path): in the system's
-    /// temporary folder, so that two edgewards with different files never share them.
+    /// The files of the edgeward that serves `config` (by its absolute path), named so that
+    /// two edgewards with different files never share them: in `EDGEWARD_RUNTIME_DIR` when it
+    /// is set (systemd's `RuntimeDirectory`, say), else in the system's temporary folder.
     pub(crate) fn of(config: &Path) -> ProcessFiles {
         let absolute = std::fs::canonicalize(config).unwrap_or_else(|_| config.to_path_buf());
         let tag = hex::encode(&Sha256::digest(absolute.as_os_str().as_bytes())[..6]);
-        let folder = std::env::temp_dir();
+        let folder = std::env::var_os("EDGEWARD_RUNTIME_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(std::env::temp_dir);
         ProcessFiles {
             pid_file: folder.join(format!("edgeward-{tag}.pid")),
             upgrade_socket: folder.join(format!("edgeward-{tag}-upgrade.sock")),

@@ -603,6 +603,7 @@ async fn run_upgrade_takes_the_listeners_over_without_refusing_a_connection() {
             .args(["run", "--upgrade", "--config"])
             .arg(old.dir().join("edgeward.yaml"))
             .current_dir(old.dir())
+            .env("EDGEWARD_RUNTIME_DIR", old.dir())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
