@@ -336,10 +336,7 @@ impl ShutdownSignalWatch for GracefulSignals {
         let inflight = self.inflight.clone();
         let access_log = self.access_log.clone();
         let generations = self.generations.clone();
-        let files = ProcessFiles {
-            pid_file: self.files.pid_file.clone(),
-            upgrade_socket: self.files.upgrade_socket.clone(),
-        };
+        let files = self.files.clone();
         std::thread::spawn(move || {
             // Let Pingora close the listeners before judging that nothing is left: at once,
             // or after a hand-over, once it stopped accepting beside the new process.

@@ -39,6 +39,7 @@ pub enum UpgradeError {
 }
 
 /// Where a running edgeward leaves its pid, and where its listening sockets are handed over.
+#[derive(Clone)]
 pub(crate) struct ProcessFiles {
     pub(crate) pid_file: PathBuf,
     pub(crate) upgrade_socket: PathBuf,

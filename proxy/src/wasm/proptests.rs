@@ -434,24 +434,7 @@ impl Model {
     }
 }
 
-/// First property path segments the host keeps for itself (`abi/properties.rs`).
-const BUILT_IN: &[&[u8]] = &[
-    b"geo",
-    b"route",
-    b"request",
-    b"response",
-    b"source",
-    b"destination",
-    b"connection",
-    b"upstream",
-    b"plugin_name",
-    b"plugin_root_id",
-    b"plugin_vm_id",
-    b"route_name",
-    b"cluster_name",
-    b"xds",
-];
-
+use super::abi::properties::BUILT_IN;
 use Status::{BadArgument, InternalFailure, InvalidMemoryAccess, NotFound, Ok as Done};
 
 /// What returning `len` bytes through the slots at `ret` answers (`memory::return_bytes`).

@@ -21,9 +21,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     Ok(())
 }
 
-/// First segments that belong to edgeward; filters cannot set paths under them (except
-/// `route.upstream`).
-const BUILT_IN: &[&[u8]] = &[
+/// First segments that belong to edgeward: a filter's `set_property` under them (except
+/// `route.upstream`) is accepted and changes nothing.
+pub(crate) const BUILT_IN: &[&[u8]] = &[
     b"geo",
     b"route",
     b"request",
