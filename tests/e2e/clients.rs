@@ -8,7 +8,7 @@ use edgeward_testkit::{client, Origin, Proxy};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{config, metric, metric_if_exposed, metrics_showing, start_proxy};
+use crate::support::{self, config, metric, metric_if_exposed, metrics_showing, start_proxy};
 
 /// One listener with short client timeouts, in front of a test origin, with the admin
 /// listener for metrics.
@@ -28,21 +28,10 @@ routes: [{name: all, upstream: o}]
     .await
 }
 
-/// Everything the proxy sends until it closes the connection (or `limit` passes), and when
-/// the connection closed.
+/// Everything the proxy sends until it closes the connection (or `limit` passes), as text,
+/// and when the connection closed.
 async fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (String, Option<Instant>) {
-    let mut received = Vec::new();
-    let closed = tokio::time::timeout(limit, async {
-        let mut buf = [0; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return Instant::now(),
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .ok();
+    let (received, closed) = support::read_until_closed(stream, limit).await;
     (String::from_utf8_lossy(&received).into_owned(), closed)
 }
 

@@ -12,6 +12,7 @@ mod cli;
 mod clients;
 mod demo;
 mod failures;
+mod fidelity;
 mod filters;
 mod geo;
 mod host_services;

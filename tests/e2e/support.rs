@@ -1,6 +1,9 @@
 //! Shared helpers for the scenarios.
 
+use std::time::{Duration, Instant};
+
 use edgeward_testkit::{client, set_default_binary, Proxy};
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Starts the edgeward binary built for these tests with `yaml`; see [`Proxy::start`].
 pub async fn start_proxy(yaml: &str) -> Proxy {
@@ -324,6 +327,27 @@ fn parse_value(text: &str) -> Option<f64> {
         "-Inf" => Some(f64::NEG_INFINITY),
         _ => text.parse().ok(),
     }
+}
+
+/// Everything the peer sends until it closes the connection (or `limit` passes), and when it
+/// closed.
+pub async fn read_until_closed(
+    stream: &mut (impl AsyncRead + Unpin),
+    limit: Duration,
+) -> (Vec<u8>, Option<Instant>) {
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut buf = [0; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return Instant::now(),
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .ok();
+    (received, closed)
 }
 
 #[cfg(test)]

@@ -19,7 +19,9 @@ use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, SupportedProtocolVers
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{config, eventually, metrics_showing, use_built_binary, wait_for_log};
+use crate::support::{
+    config, eventually, metrics_showing, read_until_closed, use_built_binary, wait_for_log,
+};
 
 /// Every test leaf certificate expires then: far off, and known for the expiry gauge.
 const NOT_AFTER: (i32, u8, u8) = (2099, 1, 1);
@@ -193,27 +195,6 @@ async fn connect(
 /// The leaf certificate the server presented.
 fn served(tls: &Tls) -> CertificateDer<'static> {
     tls.get_ref().1.peer_certificates().unwrap()[0].clone()
-}
-
-/// Everything the peer sends until it closes the connection (or `limit` passes), and when it
-/// closed.
-async fn read_until_closed(
-    stream: &mut (impl AsyncRead + Unpin),
-    limit: Duration,
-) -> (Vec<u8>, Option<Instant>) {
-    let mut received = Vec::new();
-    let closed = tokio::time::timeout(limit, async {
-        let mut buf = [0; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return Instant::now(),
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await
-    .ok();
-    (received, closed)
 }
 
 /// `GET path` over `stream` with `Connection: close`; the whole answer.

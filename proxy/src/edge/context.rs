@@ -14,6 +14,7 @@ use crate::body_length::DeclaredLength;
 use crate::cache::Outcome;
 use crate::config::{Route, UpstreamId};
 use crate::metrics;
+use crate::request_buffering::FilteredBody;
 use crate::runtime::Generation;
 use crate::wasm::FilterChain;
 
@@ -26,6 +27,8 @@ pub(crate) struct RequestCtx {
     pub upstream: UpstreamState,
     pub cache: CacheState,
     pub filters: FilterState,
+    /// The client was told to send its body (`100 Continue`).
+    pub continue_sent: bool,
     /// The configuration this request runs on, from its start to its end.
     pub generation: Arc<Generation>,
     _inflight: InflightGuard,
@@ -71,6 +74,8 @@ pub(crate) struct FilterState {
     pub request_has_body: bool,
     /// The length the upstream request head announced, which the filtered body must keep.
     pub request_length: DeclaredLength,
+    /// The request body as the chain let it go, for Pingora's resends.
+    pub request_body: FilteredBody,
     /// The response body as the filters of each phase see it.
     pub before_cache: BodyPhase,
     pub after_cache: BodyPhase,
@@ -116,6 +121,7 @@ impl RequestCtx {
             upstream: UpstreamState::default(),
             cache: CacheState::default(),
             filters: FilterState::default(),
+            continue_sent: false,
             generation,
             _inflight: InflightGuard(inflight.clone()),
         }

@@ -11,10 +11,11 @@ use pingora::prelude::*;
 
 use super::answers::{self, closed_by_filter, Answer};
 use super::context::RequestCtx;
-use super::forwarding::{protocol_name, scheme};
+use super::forwarding::{self, protocol_name, scheme};
 use crate::body_length::{DeclaredLength, LengthMismatch};
 use crate::config::{ResponsePhase, Route};
 use crate::geo::Geo;
+use crate::request_buffering::{FilteredBody, HeldBody};
 use crate::upstream::Upstreams;
 use crate::wasm::{FilterChain, FilterFailure, StreamInfo, Verdict};
 
@@ -66,9 +67,21 @@ pub(super) async fn request_headers(
 ) -> Result<bool> {
     let end_of_stream = session.is_body_empty();
     ctx.filters.request_has_body = !end_of_stream;
-    let verdict = chain
-        .on_request_headers(session.req_header_mut(), end_of_stream)
-        .await;
+    // An upgrade's body belongs to the new protocol, once the upstream agreed.
+    let verdict = if end_of_stream || session.is_upgrade_req() {
+        chain
+            .on_request_headers(session.req_header_mut(), end_of_stream)
+            .await
+    } else {
+        let verdict = request_headers_reading(session, ctx, &mut chain).await;
+        match verdict {
+            Ok(verdict) => verdict,
+            Err(client_failed) => {
+                ctx.filters.chain = Some(chain);
+                return Err(client_failed);
+            }
+        }
+    };
     // A filter may have chosen another upstream (`route.upstream`).
     if let Some(upstream) = chain.upstream_override() {
         ctx.upstream.chosen = Some(upstream);
@@ -81,6 +94,33 @@ pub(super) async fn request_headers(
         Verdict::Close => return Err(closed_by_filter()),
     };
     send(session, ctx, answer).await.map(|()| true)
+}
+
+/// Runs the head of a request with a body through the chain, which reads the body while a
+/// filter holds the head. The head leaves the session meanwhile (its body reader was set up
+/// from it already); an error is the client's, met while reading.
+async fn request_headers_reading(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    chain: &mut FilterChain,
+) -> Result<Verdict> {
+    let stand_in = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut req = std::mem::replace(session.req_header_mut(), stand_in);
+    let continue_owed = forwarding::expects_continue(&req);
+    let mut source = HeldBody::new(session.as_downstream_mut(), continue_owed);
+    let verdict = chain
+        .on_request_headers_reading(&mut req, &mut source)
+        .await;
+    ctx.continue_sent = continue_owed && source.continue_sent();
+    let (read, failure) = source.finish();
+    *session.req_header_mut() = req;
+    if let Some(failure) = failure {
+        return Err(failure);
+    }
+    if let Some((data, ended)) = chain.take_early_request_body() {
+        ctx.filters.request_body = FilteredBody::read_early(read, data, ended);
+    }
+    Ok(verdict)
 }
 
 /// Writes a filter's answer as the whole response.
@@ -109,11 +149,29 @@ pub(super) async fn request_body(
     else {
         return Ok(());
     };
-    // Held-back data is an empty chunk, never `None`, which would end the upstream body.
-    let (data, verdict) = chain
-        .on_request_body(session.req_header_mut(), body.take(), end_of_stream)
-        .await;
+    let resent = ctx.filters.request_body.take_resent(body);
+    let fresh = body.take().unwrap_or_default();
+    let fresh_len = fresh.len();
+    let (data, verdict) = if ctx.filters.request_body.ended() {
+        // Nothing follows the end the chain saw.
+        (Bytes::new(), Verdict::Continue)
+    } else if fresh.is_empty() && !end_of_stream {
+        (fresh, Verdict::Continue)
+    } else {
+        chain
+            .on_request_body(session.req_header_mut(), Some(fresh), end_of_stream)
+            .await
+    };
+    ctx.filters
+        .request_body
+        .record(fresh_len, data.clone(), end_of_stream);
+    let data = match resent {
+        Some(resent) if data.is_empty() => resent,
+        Some(resent) => [resent, data].concat().into(),
+        None => data,
+    };
     let length_kept = ctx.filters.request_length.pass(data.len(), end_of_stream);
+    // Held-back data is an empty chunk, never `None`, which would end the upstream body.
     *body = Some(data);
     let answer = match verdict {
         Verdict::Continue => match length_kept {

@@ -162,7 +162,10 @@ impl ProxyHttp for Edge {
             }
         }
         // RFC 9110 §10.1.1: the request goes on, so the client may send its body now.
-        if forwarding::expects_continue(session.req_header()) && !session.is_body_empty() {
+        if forwarding::expects_continue(session.req_header())
+            && !session.is_body_empty()
+            && !ctx.continue_sent
+        {
             session
                 .as_downstream_mut()
                 .write_continue_response()
@@ -234,6 +237,9 @@ impl ProxyHttp for Edge {
         forwarding::rewrite_upstream_request(session, route, upstream_request)?;
         if ctx.filters.chain.is_some() && ctx.filters.request_has_body {
             ctx.filters.request_length = DeclaredLength::announce(&upstream_request.headers);
+            ctx.filters
+                .request_body
+                .attempt_starts(session.as_downstream());
         }
         Ok(())
     }

@@ -540,6 +540,15 @@ impl Instance {
         answer: CalloutAnswer,
         deadline: CpuDeadline,
     ) -> (Option<Box<HttpData>>, Result<Outcome, Fault>) {
+        // Answered once the guest sees the answer, not when it arrives: a request held
+        // until then must not go on in between.
+        let in_flight = &mut self.store.data_mut().callouts_in_flight;
+        if let Some(count) = in_flight.get_mut(&context_id) {
+            *count -= 1;
+            if *count == 0 {
+                in_flight.remove(&context_id);
+            }
+        }
         let (headers, trailers) = (answer.headers.len() as u32, answer.trailers.len() as u32);
         let body = answer.body.len() as u32;
         let mut call = match data {
@@ -617,7 +626,9 @@ impl Instance {
     ) -> (Option<Box<HttpData>>, Result<(), Fault>) {
         self.store.data_mut().waiters.remove(&context_id);
         let result = self.final_calls(context_id, data, deadline);
-        self.store.data_mut().live_contexts.remove(&context_id);
+        let state = self.store.data_mut();
+        state.live_contexts.remove(&context_id);
+        state.callouts_in_flight.remove(&context_id);
         result
     }
 
@@ -680,6 +691,14 @@ impl Instance {
         let (sender, receiver) = mpsc::unbounded_channel();
         self.store.data_mut().waiters.insert(context_id, sender);
         receiver
+    }
+
+    /// Whether callouts `context_id` made are still to be answered.
+    pub(crate) fn awaits_callouts(&self, context_id: u32) -> bool {
+        self.store
+            .data()
+            .callouts_in_flight
+            .contains_key(&context_id)
     }
 
     pub(crate) fn stop_waiting(&mut self, context_id: u32) {

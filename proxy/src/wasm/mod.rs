@@ -12,6 +12,7 @@
 //! - `shared`: shared data and queues, process-wide by VM id
 
 mod abi;
+mod body_source;
 mod cpu;
 mod dispatch;
 mod engine;
@@ -40,6 +41,7 @@ use wasmtime::Linker;
 use crate::config::{Config, Isolation, Route};
 use crate::sync::BackgroundTask;
 use crate::upstream::Upstreams;
+pub use body_source::{BodyPiece, BodyUnavailable, RequestBodySource};
 use dispatch::Dispatcher;
 use engine::WasmEngine;
 use error::LoadError;

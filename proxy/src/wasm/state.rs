@@ -30,6 +30,8 @@ pub(crate) struct HostState {
     /// Requests paused on this instance: callout answers, `proxy_continue_stream` and local
     /// responses for them go here, to be acted on by the waiting request.
     pub waiters: HashMap<u32, mpsc::UnboundedSender<Resumption>>,
+    /// Callouts made for each HTTP context whose answers have not been delivered yet.
+    pub callouts_in_flight: HashMap<u32, u32>,
     /// Partial lines the guest wrote to stdout and stderr, logged once complete.
     pub output: [Vec<u8>; 2],
     /// Shared data, queues and the job queue of the filter host.
@@ -81,6 +83,7 @@ impl HostState {
             call: Call::root(root_id, Phase::Startup),
             tick_period: None,
             waiters: HashMap::new(),
+            callouts_in_flight: HashMap::new(),
             output: [Vec::new(), Vec::new()],
             services,
             cell: InstanceCell::default(),
@@ -192,6 +195,9 @@ pub(crate) struct HttpData {
     /// The body bytes the current body callback sees (cumulative while the filter buffers).
     pub body: BytesMut,
     pub stream: StreamInfo,
+    /// The request head has not gone upstream yet (the chain holds it in its headers phase):
+    /// changes to it, the request line's included, still reach the upstream.
+    pub request_head_held: bool,
 }
 
 /// An answer a filter made up itself with `proxy_send_local_response`.

@@ -5,8 +5,10 @@
 //! request or response headers waits (up to the route's timeout) for `proxy_continue_stream`,
 //! a local response, or the answers of its callouts, whose `on_http_call_response` runs here
 //! with the request's heads available; one that pauses a body keeps buffering, and the next
-//! call reports the cumulative size.
+//! call reports the cumulative size. A filter that pauses the request headers still gets the
+//! body (see "Held requests" below).
 
+use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,6 +16,7 @@ use bytes::{Bytes, BytesMut};
 use pingora::http::{RequestHeader, ResponseHeader};
 use tokio::sync::mpsc;
 
+use super::body_source::{BodyPiece, BodyUnavailable, EarlyBody, RequestBodySource, Unreadable};
 use super::error::Fault;
 use super::info::StreamInfo;
 use super::instance::{HttpCallback, Instance, Outcome};
@@ -46,6 +49,8 @@ pub struct FilterChain {
     entries: Vec<Entry>,
     scratch: Scratch,
     deadline: Instant,
+    /// The request body read while a filter held the request headers, as it left the chain.
+    early_request_body: Option<EarlyBody>,
 }
 
 /// What moves in and out of the instances around each call.
@@ -83,11 +88,13 @@ enum Invoked {
     Fault(Fault),
 }
 
-/// Which guest call `call` makes: a phase callback (a pause then waits), or the answer of a
+/// Which guest call `call` makes: a phase callback (a pause then waits), a body callback of a
+/// filter the request already waits on (it holds the request headers), or the answer of a
 /// callout to a request that is already waiting.
 #[derive(Clone, Copy)]
 enum Purpose {
     Callback(Phase),
+    HeldBody,
     CallResponse,
 }
 
@@ -124,12 +131,14 @@ impl FilterChain {
                     response: None,
                     body: BytesMut::new(),
                     stream: info,
+                    request_head_held: false,
                 })),
                 spare_response: None,
                 response: None,
                 response_sent: false,
             },
             deadline,
+            early_request_body: None,
         }
     }
 
@@ -149,22 +158,16 @@ impl FilterChain {
         }
     }
 
+    /// Runs the request head through the chain when its body cannot be read meanwhile (it
+    /// has none, or it is an upgrade's): a filter that pauses gets no body callbacks until it
+    /// resumes.
     pub async fn on_request_headers(
         &mut self,
         req: &mut RequestHeader,
         end_of_stream: bool,
     ) -> Verdict {
-        for i in 0..self.entries.len() {
-            let callback = HttpCallback::RequestHeaders { end_of_stream };
-            let (_, invoked) = self.invoke(i, callback, req, ResponseSlot::Kept, BytesMut::new());
-            if let Some(verdict) = self
-                .settle(i, invoked, Phase::RequestHeaders, req, ResponseSlot::Kept)
-                .await
-            {
-                return verdict;
-            }
-        }
-        Verdict::Continue
+        self.request_headers(req, end_of_stream, &mut Unreadable)
+            .await
     }
 
     /// Runs a request body chunk through the chain; returns what goes upstream now (empty
@@ -175,37 +178,55 @@ impl FilterChain {
         chunk: Option<Bytes>,
         end_of_stream: bool,
     ) -> (Bytes, Verdict) {
-        let mut data = chunk.unwrap_or_default();
-        if let Some(info) = self.scratch.info_mut() {
-            info.request_body_bytes += data.len() as u64;
+        let data = chunk.unwrap_or_default();
+        self.count_request_body(data.len());
+        let all = 0..self.entries.len();
+        match self.pass_request_body(all, data, end_of_stream, req).await {
+            Ok(data) => (data, Verdict::Continue),
+            Err(verdict) => (Bytes::new(), verdict),
         }
-        for i in 0..self.entries.len() {
+    }
+
+    fn count_request_body(&mut self, len: usize) {
+        if let Some(info) = self.scratch.info_mut() {
+            info.request_body_bytes += len as u64;
+        }
+    }
+
+    /// Runs request body `data` through the filters in `range`; returns what comes out of
+    /// the last (empty while one buffers).
+    async fn pass_request_body(
+        &mut self,
+        range: Range<usize>,
+        mut data: Bytes,
+        end_of_stream: bool,
+        req: &mut RequestHeader,
+    ) -> Result<Bytes, Verdict> {
+        for i in range {
             if !self.entries[i].active {
                 continue;
             }
-            let invoked = match self.feed_body(i, Direction::Request, &data, end_of_stream, req) {
-                Ok(invoked) => invoked,
-                Err(verdict) => return (Bytes::new(), verdict),
-            };
+            let invoked =
+                self.feed_body(i, Direction::Request, &data, end_of_stream, req, false)?;
             match invoked {
                 Invoked::Continue => {}
                 // Keep buffering; filters after this one see nothing yet.
                 Invoked::Pause(waiter) if !end_of_stream => {
                     self.stop_waiting(i, waiter);
-                    return (Bytes::new(), Verdict::Continue);
+                    return Ok(Bytes::new());
                 }
                 other => {
                     if let Some(verdict) = self
                         .settle(i, other, Phase::RequestBody, req, ResponseSlot::Kept)
                         .await
                     {
-                        return (Bytes::new(), verdict);
+                        return Err(verdict);
                     }
                 }
             }
             data = self.entries[i].request_body.split().freeze();
         }
-        (data, Verdict::Continue)
+        Ok(data)
     }
 
     /// The chain's filters in order, for messages: `a, b`.
@@ -277,7 +298,8 @@ impl FilterChain {
             if !self.entries[i].active || !self.entries[i].in_phase(phase) {
                 continue;
             }
-            let invoked = match self.feed_body(i, Direction::Response, &data, end_of_stream, req) {
+            let direction = Direction::Response;
+            let invoked = match self.feed_body(i, direction, &data, end_of_stream, req, false) {
                 Ok(invoked) => invoked,
                 Err(verdict) => return (Bytes::new(), verdict),
             };
@@ -354,12 +376,25 @@ impl FilterChain {
         resp: ResponseSlot<'_>,
         body: BytesMut,
     ) -> (BytesMut, Invoked) {
+        let purpose = Purpose::Callback(callback.phase());
+        self.invoke_for(i, callback, purpose, req, resp, body)
+    }
+
+    fn invoke_for(
+        &mut self,
+        i: usize,
+        callback: HttpCallback,
+        purpose: Purpose,
+        req: &mut RequestHeader,
+        resp: ResponseSlot<'_>,
+        body: BytesMut,
+    ) -> (BytesMut, Invoked) {
         self.call(
             i,
             req,
             resp,
             body,
-            Purpose::Callback(callback.phase()),
+            purpose,
             |instance, context_id, data, deadline| {
                 instance.http_callback(context_id, callback, data, deadline)
             },
@@ -417,6 +452,7 @@ impl FilterChain {
         entry.cpu_used += used;
         let (phase, wait_if_paused) = match purpose {
             Purpose::Callback(phase) => (phase, true),
+            Purpose::HeldBody => (Phase::RequestBody, false),
             Purpose::CallResponse => (Phase::CallResponse, false),
         };
         entry.plugin.call_metrics.record(phase, elapsed);
@@ -474,36 +510,7 @@ impl FilterChain {
                     Ok(None) => break self.apply_policy(i, self.instance_fault(i)),
                     Err(_elapsed) => break Some(self.timed_out(i)),
                 };
-            let answered = match resumption {
-                Resumption::Continue => Invoked::Continue,
-                Resumption::LocalResponse(response) => Invoked::Respond(response),
-                Resumption::Close => Invoked::Close,
-                Resumption::Callout { token, answer } => {
-                    let live = match &mut resp {
-                        ResponseSlot::Live(head) => ResponseSlot::Live(head),
-                        ResponseSlot::Kept => ResponseSlot::Kept,
-                    };
-                    let (_, invoked) = self.call(
-                        i,
-                        req,
-                        live,
-                        BytesMut::new(),
-                        Purpose::CallResponse,
-                        |instance, context_id, data, deadline| {
-                            instance.http_call_response(
-                                context_id,
-                                phase,
-                                Some(data),
-                                token,
-                                answer,
-                                deadline,
-                            )
-                        },
-                    );
-                    invoked
-                }
-            };
-            match answered {
+            match self.answer_resumption(i, resumption, phase, req, &mut resp) {
                 Invoked::Continue => break None,
                 Invoked::Respond(response) => break Some(Verdict::Respond(response)),
                 Invoked::Close => break Some(Verdict::Close),
@@ -514,6 +521,51 @@ impl FilterChain {
         };
         self.stop_waiting(i, waiter);
         verdict
+    }
+
+    /// Acts on what the request waiting on filter `i` in `phase` received: a resume, a local
+    /// response, or a callout's answer, whose `on_http_call_response` runs here with the
+    /// request's heads, and the body the filter holds when it paused one.
+    fn answer_resumption(
+        &mut self,
+        i: usize,
+        resumption: Resumption,
+        phase: Phase,
+        req: &mut RequestHeader,
+        resp: &mut ResponseSlot<'_>,
+    ) -> Invoked {
+        let (token, answer) = match resumption {
+            Resumption::Continue => return Invoked::Continue,
+            Resumption::LocalResponse(response) => return Invoked::Respond(response),
+            Resumption::Close => return Invoked::Close,
+            Resumption::Callout { token, answer } => (token, answer),
+        };
+        let live = match resp {
+            ResponseSlot::Live(head) => ResponseSlot::Live(head),
+            ResponseSlot::Kept => ResponseSlot::Kept,
+        };
+        let held = match phase {
+            Phase::RequestBody => Some(Direction::Request),
+            Phase::ResponseBody => Some(Direction::Response),
+            _ => None,
+        };
+        let body = held.map_or_else(BytesMut::new, |direction| {
+            std::mem::take(self.entries[i].held_body(direction))
+        });
+        let (body, invoked) = self.call(
+            i,
+            req,
+            live,
+            body,
+            Purpose::CallResponse,
+            |instance, context_id, data, deadline| {
+                instance.http_call_response(context_id, phase, Some(data), token, answer, deadline)
+            },
+        );
+        if let Some(direction) = held {
+            *self.entries[i].held_body(direction) = body;
+        }
+        invoked
     }
 
     /// The request no longer waits on filter `i`.
@@ -591,6 +643,7 @@ impl FilterChain {
     /// bytes never sees the chunk that would take it over, and one that pauses on more is
     /// stopped. A filter that lets each chunk go sees chunks of any size (a cache hit's body
     /// comes as one).
+    /// `held`: the filter holds the request headers, and the request already waits on it.
     fn feed_body(
         &mut self,
         i: usize,
@@ -598,16 +651,17 @@ impl FilterChain {
         data: &[u8],
         end_of_stream: bool,
         req: &mut RequestHeader,
+        held: bool,
     ) -> Result<Invoked, Verdict> {
-        let mut held = std::mem::take(self.entries[i].held_body(direction));
-        let buffering = !held.is_empty();
-        held.extend_from_slice(data);
+        let mut held_bytes = std::mem::take(self.entries[i].held_body(direction));
+        let buffering = !held_bytes.is_empty();
+        held_bytes.extend_from_slice(data);
         if buffering {
-            if let Some(verdict) = self.check_body_limit(i, held.len(), direction) {
+            if let Some(verdict) = self.check_body_limit(i, held_bytes.len(), direction) {
                 return Err(verdict);
             }
         }
-        let size = held.len() as u32;
+        let size = held_bytes.len() as u32;
         let callback = match direction {
             Direction::Request => HttpCallback::RequestBody {
                 size,
@@ -618,9 +672,14 @@ impl FilterChain {
                 end_of_stream,
             },
         };
-        let (held, invoked) = self.invoke(i, callback, req, ResponseSlot::Kept, held);
-        let held_len = held.len();
-        *self.entries[i].held_body(direction) = held;
+        let purpose = match held {
+            true => Purpose::HeldBody,
+            false => Purpose::Callback(callback.phase()),
+        };
+        let (kept, invoked) =
+            self.invoke_for(i, callback, purpose, req, ResponseSlot::Kept, held_bytes);
+        let held_len = kept.len();
+        *self.entries[i].held_body(direction) = kept;
         match invoked {
             Invoked::Pause(waiter) => match self.check_body_limit(i, held_len, direction) {
                 Some(verdict) => {
@@ -675,9 +734,272 @@ impl FilterChain {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Held requests: the request body while a filter holds the request headers.
+//
+// As with Envoy's `StopIteration`, pausing the request headers does not stop the body: each
+// piece read goes through the filters whose headers already passed, then to the body callback
+// of the filter that paused. That filter can read the body, buffer it (`Pause`, with the
+// cumulative size), change the headers it still holds, answer, or let the request go on:
+// `Continue` from a body callback resumes the headers, and the body so far follows them
+// through the rest of the chain.
+//
+// One difference from Envoy, for safety: while callouts the filter made are unanswered, a body
+// callback's `Continue` only lets that piece through; the request still waits for the filter to
+// resume it. Otherwise a filter that pauses for an authorization callout and keeps the SDK's
+// default body callback would let any request with a body past the check.
+//
+// The proxy reads no more body than it can hold before the request goes upstream (the source
+// says when it is full): a filter that buffers past that gets a 413. A filter that let the
+// body through and waits for its callouts stops the reading, so a large upload waits in the
+// client's connection as it would without a body callback.
+
+/// Where a held request stands after the filter holding it saw something.
+enum Held {
+    /// The filter let the request go on.
+    Resumed,
+    /// The filter still holds it; `wants_body` unless it let the body through while its
+    /// callouts are out.
+    Waiting {
+        wants_body: bool,
+    },
+    Ended(Verdict),
+}
+
+/// What the held request waited for.
+enum Event {
+    /// The filter's resumption, or `None` when its instance failed; `Err` at the deadline.
+    Resumption(Result<Option<Resumption>, tokio::time::error::Elapsed>),
+    Body(Result<BodyPiece, BodyUnavailable>),
+}
+
+impl FilterChain {
+    /// Runs the request head through the chain, reading the body from `source` while a
+    /// filter holds the head (see the module's text).
+    pub async fn on_request_headers_reading(
+        &mut self,
+        req: &mut RequestHeader,
+        source: &mut impl RequestBodySource,
+    ) -> Verdict {
+        self.request_headers(req, false, source).await
+    }
+
+    /// The request body read while a filter held the request headers, as it left the chain,
+    /// once (`None` when none was read).
+    pub(crate) fn take_early_request_body(&mut self) -> Option<(Bytes, bool)> {
+        self.early_request_body
+            .take()
+            .filter(|early| early.read)
+            .map(|early| (early.data.freeze(), early.end))
+    }
+
+    pub(super) async fn request_headers(
+        &mut self,
+        req: &mut RequestHeader,
+        end_of_stream: bool,
+        source: &mut impl RequestBodySource,
+    ) -> Verdict {
+        self.scratch.hold_request_head(true);
+        let mut early = EarlyBody::default();
+        let verdict = self
+            .run_request_headers(req, end_of_stream, source, &mut early)
+            .await;
+        self.scratch.hold_request_head(false);
+        self.early_request_body = Some(early);
+        verdict
+    }
+
+    async fn run_request_headers(
+        &mut self,
+        req: &mut RequestHeader,
+        end_of_stream: bool,
+        source: &mut impl RequestBodySource,
+        early: &mut EarlyBody,
+    ) -> Verdict {
+        for i in 0..self.entries.len() {
+            let callback = HttpCallback::RequestHeaders { end_of_stream };
+            let (_, invoked) = self.invoke(i, callback, req, ResponseSlot::Kept, BytesMut::new());
+            let settled = match invoked {
+                Invoked::Pause(waiter) if !end_of_stream => {
+                    self.hold_request_headers(i, waiter, req, source, early)
+                        .await
+                }
+                invoked => {
+                    let settled = self
+                        .settle(i, invoked, Phase::RequestHeaders, req, ResponseSlot::Kept)
+                        .await;
+                    // The body read while an earlier filter held the headers follows them.
+                    if settled.is_none() && (!early.data.is_empty() || early.end) {
+                        let data = early.data.split().freeze();
+                        match self.pass_request_body(i..i + 1, data, early.end, req).await {
+                            Ok(data) => early.data.extend_from_slice(&data),
+                            Err(verdict) => return verdict,
+                        }
+                    }
+                    settled
+                }
+            };
+            if let Some(verdict) = settled {
+                return verdict;
+            }
+        }
+        Verdict::Continue
+    }
+
+    /// Waits while filter `i` holds the request headers, reading the body meanwhile; `None`
+    /// when the filter let the request go on.
+    async fn hold_request_headers(
+        &mut self,
+        i: usize,
+        mut waiter: mpsc::UnboundedReceiver<Resumption>,
+        req: &mut RequestHeader,
+        source: &mut impl RequestBodySource,
+        early: &mut EarlyBody,
+    ) -> Option<Verdict> {
+        // What the filters before `i` let through while an earlier filter held the headers.
+        let mut step = if early.data.is_empty() && !early.end {
+            Held::Waiting { wants_body: true }
+        } else {
+            self.feed_held(i, early, req)
+        };
+        let verdict = loop {
+            let wants_body = match step {
+                Held::Resumed => break None,
+                Held::Ended(verdict) => break Some(verdict),
+                Held::Waiting { wants_body } => wants_body && !early.end,
+            };
+            let deadline = self.deadline.into();
+            // Reading is cancelled when the filter resumes first: Pingora's body readers keep
+            // their state across a cancelled read, and the rest is read as the request goes on.
+            let event = tokio::select! {
+                resumption = tokio::time::timeout_at(deadline, waiter.recv()) => {
+                    Event::Resumption(resumption)
+                }
+                piece = source.read(), if wants_body => Event::Body(piece),
+            };
+            step = match event {
+                Event::Resumption(Err(_elapsed)) => break Some(self.timed_out(i)),
+                // The instance failed while the request waited on it (the call that failed it
+                // recorded the fault).
+                Event::Resumption(Ok(None)) => match self.apply_policy(i, self.instance_fault(i)) {
+                    Some(verdict) => Held::Ended(verdict),
+                    None => self.release_held(i, early),
+                },
+                Event::Resumption(Ok(Some(resumption))) => {
+                    let phase = Phase::RequestHeaders;
+                    let answered =
+                        self.answer_resumption(i, resumption, phase, req, &mut ResponseSlot::Kept);
+                    match answered {
+                        Invoked::Pause(_) => Held::Waiting { wants_body },
+                        invoked => self.held_outcome(i, invoked, early, false),
+                    }
+                }
+                Event::Body(Err(BodyUnavailable::Full { limit })) => {
+                    Held::Ended(self.held_body_too_large(i, limit))
+                }
+                Event::Body(Err(BodyUnavailable::Failed)) => Held::Ended(Verdict::Close),
+                Event::Body(Ok(piece)) => {
+                    self.count_request_body(piece.data.len());
+                    early.read = true;
+                    early.end = piece.end;
+                    match self
+                        .pass_request_body(0..i, piece.data, piece.end, req)
+                        .await
+                    {
+                        Err(verdict) => Held::Ended(verdict),
+                        Ok(data) if data.is_empty() && !piece.end => Held::Waiting { wants_body },
+                        Ok(data) => {
+                            early.data.extend_from_slice(&data);
+                            self.feed_held(i, early, req)
+                        }
+                    }
+                }
+            };
+        };
+        self.stop_waiting(i, waiter);
+        verdict
+    }
+
+    /// Gives filter `i`, which holds the headers, what reached it of the body.
+    fn feed_held(&mut self, i: usize, early: &mut EarlyBody, req: &mut RequestHeader) -> Held {
+        let data = early.data.split().freeze();
+        match self.feed_body(i, Direction::Request, &data, early.end, req, true) {
+            Ok(invoked) => self.held_outcome(i, invoked, early, true),
+            Err(verdict) => Held::Ended(verdict),
+        }
+    }
+
+    /// What filter `i`'s answer means for the request it holds. `from_body`: the answer of
+    /// a body callback, whose `Continue` waits for the filter's callouts.
+    fn held_outcome(
+        &mut self,
+        i: usize,
+        invoked: Invoked,
+        early: &mut EarlyBody,
+        from_body: bool,
+    ) -> Held {
+        match invoked {
+            Invoked::Continue if from_body && self.awaits_callouts(i) => {
+                early
+                    .data
+                    .extend_from_slice(&self.entries[i].request_body.split());
+                Held::Waiting { wants_body: false }
+            }
+            Invoked::Continue => self.release_held(i, early),
+            Invoked::Pause(_) => Held::Waiting { wants_body: true },
+            Invoked::Respond(response) => Held::Ended(Verdict::Respond(response)),
+            Invoked::Close => Held::Ended(Verdict::Close),
+            Invoked::Fault(fault) => match self.fail(i, fault) {
+                Some(verdict) => Held::Ended(verdict),
+                None => self.release_held(i, early),
+            },
+        }
+    }
+
+    /// Filter `i` lets the request go on: the body it held follows the headers.
+    fn release_held(&mut self, i: usize, early: &mut EarlyBody) -> Held {
+        early
+            .data
+            .extend_from_slice(&self.entries[i].request_body.split());
+        Held::Resumed
+    }
+
+    /// Whether callouts filter `i` made for this request are still to be answered.
+    fn awaits_callouts(&self, i: usize) -> bool {
+        let entry = &self.entries[i];
+        match (&entry.lease, entry.context_id) {
+            (Some(lease), Some(context_id)) => lease.lock().awaits_callouts(context_id),
+            _ => false,
+        }
+    }
+
+    fn held_body_too_large(&self, i: usize, limit: u64) -> Verdict {
+        let name = self.entries[i].plugin.info.name.clone();
+        metrics::global()
+            .filter_limit_hits
+            .with_label_values(&[name.as_str(), "body"])
+            .inc();
+        Verdict::Fail(FilterFailure {
+            message: format!(
+                "filter `{name}` holds the request headers and wants more of the body than edgeward keeps before a request goes upstream ({limit} bytes)"
+            ),
+            filter: name,
+            status: 413,
+            code: "body_too_large",
+        })
+    }
+}
+
 impl Scratch {
     fn info_mut(&mut self) -> Option<&mut StreamInfo> {
         self.data.as_mut().map(|data| &mut data.stream)
+    }
+
+    /// Whether the chain holds the request head (it has not gone upstream).
+    fn hold_request_head(&mut self, held: bool) {
+        if let Some(data) = self.data.as_mut() {
+            data.request_head_held = held;
+        }
     }
 
     /// Moves the request (and the live or kept response) into call data, leaving stand-ins.
@@ -694,6 +1016,7 @@ impl Scratch {
                 response: None,
                 body: BytesMut::new(),
                 stream: StreamInfo::default(),
+                request_head_held: false,
             })
         });
         std::mem::swap(&mut data.request, req);

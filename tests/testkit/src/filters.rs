@@ -39,6 +39,7 @@ mod tests {
             ("counter", COUNTER),
             ("hostile", HOSTILE),
             ("callout", CALLOUT),
+            ("body_inspector", BODY_INSPECTOR),
             ("root_callout", ROOT_CALLOUT),
             ("tick_counter", TICK_COUNTER),
             ("vm_starter", VM_STARTER),

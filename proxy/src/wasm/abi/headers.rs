@@ -3,8 +3,8 @@
 //!
 //! As in Envoy, requests carry the pseudo-headers `:method`, `:path`, `:authority` and
 //! `:scheme` (the `Host` header appears as `:authority`), responses `:status`; keys are
-//! lower-case; a repeated header answers its first value. A map can be read whenever it
-//! exists and written only in its own headers phase; other writes get BAD_ARGUMENT.
+//! lower-case; a repeated header answers its first value. A map can be read and written
+//! whenever it exists (see `writable` for when a write still reaches the other side).
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -13,7 +13,7 @@ use wasmtime::{Caller, Linker};
 use super::memory;
 use super::pairs;
 use super::status::{status, HostResult, Status};
-use crate::wasm::state::{HostState, Phase};
+use crate::wasm::state::HostState;
 
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_get_header_map_pairs", get_pairs)?;
@@ -270,13 +270,14 @@ fn set_pairs(mut caller: Caller<'_, HostState>, map_type: u32, ptr: u32, len: u3
 }
 
 /// A head a filter may change. As in Envoy, a head can be written in any phase of its own
-/// stream once it exists: outside its own phase the change is kept (later filters and the
-/// access log see it) but can no longer reach the other side (the request has gone upstream,
-/// the response head to the client). The request line stays as it went upstream: a late
-/// `:method`, `:path` or `:authority` is accepted and ignored.
+/// stream once it exists. The request head reaches the upstream while the chain still holds
+/// it: in its headers phase, and in the body callbacks and callout answers of a filter that
+/// paused it. Later changes are kept (later filters and the access log see them) but can no
+/// longer reach the other side (the request has gone upstream, the response head to the
+/// client); the request line stays as it went upstream: a late `:method`, `:path` or
+/// `:authority` is accepted and ignored.
 fn writable(state: &mut HostState, map: Map) -> Result<Head<'_>, Status> {
     let own = state.call.on_own_stream();
-    let late = state.call.phase != Phase::RequestHeaders;
     let http = state
         .call
         .http
@@ -284,7 +285,10 @@ fn writable(state: &mut HostState, map: Map) -> Result<Head<'_>, Status> {
         .filter(|_| own)
         .ok_or(Status::BadArgument)?;
     match map {
-        Map::RequestHeaders => Ok(Head::Request(&mut http.request, late)),
+        Map::RequestHeaders => {
+            let late = !http.request_head_held;
+            Ok(Head::Request(&mut http.request, late))
+        }
         Map::ResponseHeaders => http
             .response
             .as_mut()

@@ -84,6 +84,12 @@ fn http_call(
             ms => Duration::from_millis(ms.into()).min(MAX_TIMEOUT),
         };
         state.lasting_effects = true;
+        if state.call.effective_context != state.root_id {
+            *state
+                .callouts_in_flight
+                .entry(state.call.effective_context)
+                .or_default() += 1;
+        }
         let job = Job::Callout(Callout {
             cell: state.cell.clone(),
             plugin,

@@ -24,6 +24,12 @@
 //!   `x-callout-origin` (its `x-origin` header, `none` if absent) on the paused request and
 //!   resumes it; response headers then get the same two headers, with the same values.
 //!
+//! Mode `body` (needs `upstream`): request headers remove `content-length` (the body will grow)
+//! and go on; the request body is buffered (`Pause`) to its end, where one callout to
+//! `upstream` is dispatched and the request pauses again. The answer's callback reads the
+//! whole request body, replaces it with `<body> [checked: <callout :status, or failed>]` and
+//! resumes the request.
+//!
 //! Mode `fanout`: request headers dispatch one callout per `fanout` upstream, all at once,
 //! and return `Pause`. Answers may come in any order; once every callout has answered the
 //! filter answers `200` (`content-type: application/json`) with a JSON object mapping each
@@ -48,6 +54,7 @@ proxy_wasm::main! {{
 enum Mode {
     #[serde(alias = "timeout")]
     Header,
+    Body,
     Fanout,
 }
 
@@ -78,6 +85,7 @@ impl Config {
     fn problem(&self) -> Option<&'static str> {
         match self.mode {
             Mode::Header if self.upstream.is_empty() => Some("mode `header` needs `upstream`"),
+            Mode::Body if self.upstream.is_empty() => Some("mode `body` needs `upstream`"),
             Mode::Fanout if self.fanout.is_empty() => Some("mode `fanout` needs `fanout`"),
             Mode::Fanout if has_duplicates(&self.fanout) => {
                 Some("the names in `fanout` must be distinct")
@@ -127,6 +135,7 @@ impl RootContext for Root {
             pending: HashMap::new(),
             answers: BTreeMap::new(),
             seen: None,
+            body_size: 0,
         }))
     }
 }
@@ -145,6 +154,8 @@ struct Callout {
     answers: BTreeMap<String, String>,
     /// `header` mode: the callout's answer, once it came.
     seen: Option<Seen>,
+    /// `body` mode: the size of the whole request body.
+    body_size: usize,
 }
 
 impl Callout {
@@ -208,6 +219,21 @@ impl Callout {
         self.resume_http_request();
     }
 
+    fn finish_body(&mut self, num_headers: usize) {
+        let status = match num_headers {
+            0 => "failed".to_owned(),
+            _ => self
+                .get_http_call_response_header(":status")
+                .unwrap_or_default(),
+        };
+        let mut body = self
+            .get_http_request_body(0, self.body_size)
+            .unwrap_or_default();
+        body.extend_from_slice(format!(" [checked: {status}]").as_bytes());
+        self.set_http_request_body(0, self.body_size, &body);
+        self.resume_http_request();
+    }
+
     fn finish_fanout(&mut self, upstream: String, num_headers: usize, body_size: usize) {
         let answer = if num_headers == 0 {
             "failed".to_owned()
@@ -250,6 +276,7 @@ impl Context for Callout {
         log::info!("callout: {upstream} answered (token {token_id}, {num_headers} headers)");
         match self.config.mode {
             Mode::Header => self.finish_header(num_headers),
+            Mode::Body => self.finish_body(num_headers),
             Mode::Fanout => self.finish_fanout(upstream, num_headers, body_size),
         }
     }
@@ -259,8 +286,23 @@ impl HttpContext for Callout {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         match self.config.mode {
             Mode::Header => self.start_header(),
+            Mode::Body => {
+                self.set_http_request_header("content-length", None);
+                Action::Continue
+            }
             Mode::Fanout => self.start_fanout(),
         }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        if self.config.mode != Mode::Body || !end_of_stream {
+            return match self.config.mode {
+                Mode::Body => Action::Pause,
+                _ => Action::Continue,
+            };
+        }
+        self.body_size = body_size;
+        self.start_header()
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -1,0 +1,329 @@
+//! proxy-wasm behaviours real filters written for Envoy depend on, through the real proxy:
+//! body callbacks while the request headers are paused, and what a paused request may still
+//! change.
+
+use std::time::Duration;
+
+use edgeward_testkit::{client, filters, reqwest, DeadEndpoint, Origin, Proxy};
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::{config, metric, read_until_closed, start_proxy};
+
+/// A proxy whose one route sends requests to `origin` through the filter `inspect`
+/// (`body_inspector` with `inspector_config`).
+async fn inspecting_proxy(origin: &Origin, inspector_config: &str, route_extra: &str) -> Proxy {
+    start_proxy(&config(
+        &format!(
+            r#"
+listeners: [{{address: "{{{{listen}}}}"}}]
+admin: {{address: "{{{{admin}}}}"}}
+upstreams:
+  origin: {{endpoints: ["$origin"]}}
+filters:
+  inspect: {{module: $inspector, config: {inspector_config}}}
+routes:
+  - {{upstream: origin, filters: [inspect]{route_extra}}}
+"#
+        ),
+        &[
+            ("origin", origin.addr().to_string()),
+            ("inspector", filters::BODY_INSPECTOR.to_string()),
+        ],
+    ))
+    .await
+}
+
+/// The digest `body_inspector` sets: `<size>:<FNV-1a 64, 16 hex digits>`.
+fn digest(body: &[u8]) -> String {
+    let hash = body.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{}:{hash:016x}", body.len())
+}
+
+fn sha256_hex(body: &[u8]) -> String {
+    format!("{:x}", Sha256::digest(body))
+}
+
+/// A body sent in `pieces` separate chunks (HTTP/1.1 chunked, HTTP/2 DATA frames), each a
+/// little after the one before, so the filter sees it in several callbacks.
+fn trickled(body: &'static [u8], pieces: usize) -> reqwest::Body {
+    let size = body.len().div_ceil(pieces);
+    let chunks: Vec<&'static [u8]> = body.chunks(size).collect();
+    let stream = futures_util::stream::iter(chunks).then(|chunk| async move {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        Ok::<_, std::io::Error>(chunk)
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+#[tokio::test]
+async fn a_filter_holding_the_headers_reads_the_whole_body_then_changes_the_headers() {
+    let origin = Origin::start("origin").await;
+    let proxy = inspecting_proxy(&origin, "{rewrite_path: true}", "").await;
+    const SMALL: &[u8] = b"hello, world";
+    let large: &'static [u8] = Box::leak(vec![b'x'; 40_000].into_boxed_slice());
+    for (protocol, client) in [("h1", client::http1()), ("h2", client::h2c())] {
+        // A small body with its length, in one piece; a larger one in several.
+        for (body, pieces) in [(SMALL, 1), (large, 4)] {
+            let request = client.post(proxy.url("/upload?v=1"));
+            let request = match pieces {
+                1 => request.body(body),
+                n => request.body(trickled(body, n)),
+            };
+            let response = request.send().await.unwrap();
+            let what = format!("{protocol}, {} bytes in {pieces}", body.len());
+            assert_eq!(response.status(), 200, "{what}");
+            let echo: serde_json::Value = response.json().await.unwrap();
+            // The header and the request line set once the whole body was read reached the
+            // upstream, and so did the body, once.
+            assert_eq!(echo["headers"]["x-body-digest"], digest(body), "{what}");
+            let expected_path = format!("/upload?v=1&inspected={}", body.len());
+            assert_eq!(echo["path"], expected_path.as_str(), "{what}");
+            assert_eq!(echo["body_bytes"], body.len(), "{what}");
+            assert_eq!(echo["body_sha256"], sha256_hex(body), "{what}");
+            let callbacks: u32 = echo["headers"]["x-body-callbacks"]
+                .as_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            if pieces > 1 {
+                assert!(callbacks > 1, "{what}: {callbacks} body callbacks");
+            }
+        }
+    }
+    // A request without a body is not held.
+    let response = client::http1()
+        .get(proxy.url("/plain"))
+        .send()
+        .await
+        .unwrap();
+    let echo: serde_json::Value = response.json().await.unwrap();
+    assert!(echo["headers"].get("x-body-digest").is_none(), "{echo}");
+    assert_eq!(echo["path"], "/plain");
+}
+
+#[tokio::test]
+async fn a_client_expecting_100_continue_is_told_to_send_its_body_once_when_a_filter_wants_it() {
+    let origin = Origin::start("origin").await;
+    let proxy = inspecting_proxy(&origin, "{}", "").await;
+    let mut stream = TcpStream::connect(proxy.addr()).await.unwrap();
+    stream
+        .write_all(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut interim = [0; 25];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut interim))
+        .await
+        .expect("no 100 Continue")
+        .unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"hello").await.unwrap();
+    let (answer, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(closed.is_some(), "{answer}");
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer:?}");
+    assert!(answer.contains(&digest(b"hello")), "{answer}");
+}
+
+#[tokio::test]
+async fn a_filter_holding_the_headers_can_refuse_a_request_on_its_body() {
+    let origin = Origin::start("origin").await;
+    let proxy = inspecting_proxy(&origin, "{deny: attack}", "").await;
+    for (protocol, client) in [("h1", client::http1()), ("h2", client::h2c())] {
+        let response = client
+            .post(proxy.url("/form"))
+            .body(trickled(b"name=x&payload=an attack here", 3))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 403, "{protocol}");
+        assert_eq!(response.headers()["x-denied-by"], "body_inspector");
+        assert_eq!(response.text().await.unwrap(), "denied by body_inspector\n");
+        let fine = client
+            .post(proxy.url("/form"))
+            .body("name=x&payload=harmless")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(fine.status(), 200, "{protocol}");
+    }
+    // The refused requests never reached the origin.
+    assert_eq!(origin.hits(), 2);
+}
+
+#[tokio::test]
+async fn a_held_body_larger_than_edgeward_keeps_before_the_upstream_is_refused_with_413() {
+    let origin = Origin::start("origin").await;
+    let proxy = inspecting_proxy(&origin, "{}", "").await;
+    let response = client::http1()
+        .post(proxy.url("/big"))
+        .body(edgeward_testkit::client::generated_body(200_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 413);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"], "body_too_large");
+    assert_eq!(body["filter"], "inspect");
+    assert_eq!(origin.hits(), 0);
+    let hits = metric(
+        &proxy,
+        r#"edgeward_filter_limit_hits_total{filter="inspect",limit="body"}"#,
+    )
+    .await;
+    assert_eq!(hits, 1.0);
+}
+
+#[tokio::test]
+async fn a_filter_waiting_for_its_callout_is_not_bypassed_by_a_request_body() {
+    // `callout` pauses the headers for an authorization callout and keeps the SDK's default
+    // body callback, which answers Continue: the body must not let the request go on.
+    let origin = Origin::start("origin").await;
+    let auth = Origin::start("auth").await;
+    let dead = DeadEndpoint::new();
+    let proxy = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+upstreams:
+  origin: {endpoints: ["$origin"]}
+  auth: {endpoints: ["$auth"]}
+  down: {endpoints: ["$dead"]}
+filters:
+  slow_check: {module: $callout, callouts: [auth], config: {upstream: auth, path: /delay/300}}
+  failing_check: {module: $callout, callouts: [down], config: {upstream: down}}
+routes:
+  - {match: {path_prefix: /slow}, upstream: origin, filters: [slow_check]}
+  - {upstream: origin, filters: [failing_check]}
+"#,
+        &[
+            ("origin", origin.addr().to_string()),
+            ("auth", auth.addr().to_string()),
+            ("dead", dead.addr().to_string()),
+            ("callout", filters::CALLOUT.to_string()),
+        ],
+    ))
+    .await;
+    for (protocol, client) in [("h1", client::http1()), ("h2", client::h2c())] {
+        let refused = client
+            .post(proxy.url("/guarded"))
+            .body("a body that arrives before the callout's answer")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 503, "{protocol}");
+        assert_eq!(refused.headers()["x-callout"], "failed", "{protocol}");
+        assert_eq!(origin.hits(), 0, "{protocol}");
+    }
+    // Allowed after the callout's answer: the headers it set and the whole body go upstream.
+    let body = b"posted while the callout was out";
+    let response = client::http1()
+        .post(proxy.url("/slow/upload"))
+        .body(&body[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let echo: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-callout-status"], "200");
+    assert_eq!(echo["body_sha256"], sha256_hex(body));
+}
+
+#[tokio::test]
+async fn a_retried_request_sends_its_filtered_body_once_per_attempt() {
+    let origin = Origin::start("origin").await;
+    let dead = DeadEndpoint::new();
+    let proxy = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+upstreams:
+  origin: {endpoints: ["$dead", "$origin"], retries: 1}
+filters:
+  inspect: {module: $inspector}
+  rewrite: {module: $rewriter, config: {request: {find: secret, replace: "[redacted]"}}}
+routes:
+  - {match: {path_prefix: /held}, upstream: origin, filters: [inspect]}
+  - {upstream: origin, filters: [rewrite]}
+"#,
+        &[
+            ("origin", origin.addr().to_string()),
+            ("dead", dead.addr().to_string()),
+            ("inspector", filters::BODY_INSPECTOR.to_string()),
+            ("rewriter", filters::BODY_REWRITER.to_string()),
+        ],
+    ))
+    .await;
+    // Round robin: every other request meets the dead endpoint first and is retried.
+    for i in 0..4 {
+        let body = format!("attempt {i}: a secret");
+        let response = client::http1()
+            .post(proxy.url(&format!("/held/{i}")))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "held {i}");
+        let echo: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(echo["body_sha256"], sha256_hex(body.as_bytes()), "held {i}");
+        assert_eq!(echo["headers"]["x-body-digest"], digest(body.as_bytes()));
+
+        let response = client::http1()
+            .post(proxy.url(&format!("/rewritten/{i}")))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "rewritten {i}");
+        let echo: serde_json::Value = response.json().await.unwrap();
+        let expected = body.replace("secret", "[redacted]");
+        assert_eq!(
+            echo["body_sha256"],
+            sha256_hex(expected.as_bytes()),
+            "rewritten {i}: {} bytes arrived",
+            echo["body_bytes"]
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_callout_answer_to_a_request_paused_at_its_body_end_reads_and_rewrites_the_body() {
+    let origin = Origin::start("origin").await;
+    let auth = Origin::start("auth").await;
+    let proxy = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+upstreams:
+  origin: {endpoints: ["$origin"]}
+  auth: {endpoints: ["$auth"]}
+filters:
+  check: {module: $callout, callouts: [auth], config: {upstream: auth, mode: body, path: /status/202}}
+routes: [{upstream: origin, filters: [check]}]
+"#,
+        &[
+            ("origin", origin.addr().to_string()),
+            ("auth", auth.addr().to_string()),
+            ("callout", filters::CALLOUT.to_string()),
+        ],
+    ))
+    .await;
+    for (protocol, client) in [("h1", client::http1()), ("h2", client::h2c())] {
+        let response = client
+            .post(proxy.url("/submit"))
+            .body(trickled(b"the payload", 2))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{protocol}");
+        let echo: serde_json::Value = response.json().await.unwrap();
+        let expected = b"the payload [checked: 202]";
+        assert_eq!(
+            echo["body_sha256"],
+            sha256_hex(expected),
+            "{protocol}: {echo}"
+        );
+    }
+    assert_eq!(auth.hits(), 2);
+}
