@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{config, metric, read_until_closed, start_proxy};
+use crate::support::{config, metric, read_until_closed, start_proxy, wait_for_log};
 
 /// A proxy whose one route sends requests to `origin` through the filter `inspect`
 /// (`body_inspector` with `inspector_config`).
@@ -326,4 +326,112 @@ routes: [{upstream: origin, filters: [check]}]
         );
     }
     assert_eq!(auth.hits(), 2);
+}
+
+#[tokio::test]
+async fn response_trailers_reach_the_filters_and_leave_as_they_edited_them() {
+    // HTTP/2 end to end: an h2c origin (prior knowledge) and an h2c client.
+    let origin = Origin::start("origin").await;
+    let proxy = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+upstreams:
+  origin: {endpoints: ["$origin"], http2: true}
+filters:
+  trail: {module: $rewriter, config: {name: trail, trailers: {set: {x-added: "1"}, remove: [x-internal]}}}
+  late: {module: $rewriter, config: {name: late, trailers: {}}, response_phase: before_cache}
+  buffer: {module: $body, config: {response: {find: body, replace: text}}}
+  props: {module: $props}
+routes:
+  - {match: {path_prefix: /trailers/plain}, upstream: origin}
+  - {match: {path_prefix: /trailers/buffered}, upstream: origin, filters: [buffer]}
+  - {upstream: origin, filters: [props, trail, late]}
+"#,
+        &[
+            ("origin", origin.addr().to_string()),
+            ("rewriter", filters::HEADER_REWRITER.to_string()),
+            ("body", filters::BODY_REWRITER.to_string()),
+            ("props", filters::PROPERTIES.to_string()),
+        ],
+    ))
+    .await;
+    let query = "?t=grpc-status:0&t=x-internal:secret";
+    let plain =
+        client::h2c_get_with_trailers(proxy.addr(), &format!("/trailers/plain{query}")).await;
+    assert_eq!(plain.status, 200);
+    assert_eq!(&plain.body[..], b"trailed body\n");
+    let trailers = plain.trailers.expect("the origin's trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-internal"], "secret");
+
+    let filtered =
+        client::h2c_get_with_trailers(proxy.addr(), &format!("/trailers/f{query}")).await;
+    assert_eq!(filtered.status, 200);
+    assert_eq!(&filtered.body[..], b"trailed body\n");
+    let trailers = filtered.trailers.expect("the filtered trailers");
+    // `late` (before the cache) saw the origin's trailers; `trail` (after it) saw them with
+    // `late`'s mark, added one and removed one.
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-added"], "1");
+    assert!(trailers.get("x-internal").is_none(), "{trailers:?}");
+    assert_eq!(
+        trailers["x-seen-trailers"],
+        "grpc-status=0,x-internal=secret,x-seen-trailers=grpc-status=0,x-internal=secret"
+    );
+    assert!(filtered.cut_short.is_none());
+    // `response.grpc_status` comes from the trailers once they came (the head has none).
+    let line = wait_for_log(&proxy, "on_log status=200 path=/trailers/f").await;
+    assert!(line.ends_with("grpc_status=0"), "{line}");
+
+    // A filter buffering the body waits for an end of stream that comes with the trailers,
+    // not the body: the body it holds cannot go out before them, and the response is cut
+    // short rather than delivered without its body or its trailers.
+    let held =
+        client::h2c_get_with_trailers(proxy.addr(), &format!("/trailers/buffered{query}")).await;
+    // Pingora writes a head with the first body it sends: here none went, so the client
+    // gets the filter's failure; had the head left, the stream would be reset.
+    let failed = held.status == 502 && held.body.starts_with(b"{");
+    assert!(failed || held.cut_short.is_some(), "{held:?}");
+    if failed {
+        let body: serde_json::Value = serde_json::from_slice(&held.body).unwrap();
+        assert_eq!(body["error"], "body_held_at_trailers");
+        assert_eq!(body["filter"], "buffer");
+    }
+    assert!(held.trailers.is_none(), "{held:?}");
+}
+
+#[tokio::test]
+async fn a_callout_answer_brings_its_trailers() {
+    let origin = Origin::start("origin").await;
+    let auth = Origin::start("auth").await;
+    let proxy = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+upstreams:
+  origin: {endpoints: ["$origin"]}
+  auth: {endpoints: ["$auth"], http2: true}
+filters:
+  check: {module: $callout, callouts: [auth], config: {upstream: auth, path: "/trailers/auth?t=x-verdict:allow"}}
+routes: [{upstream: origin, filters: [check]}]
+"#,
+        &[
+            ("origin", origin.addr().to_string()),
+            ("auth", auth.addr().to_string()),
+            ("callout", filters::CALLOUT.to_string()),
+        ],
+    ))
+    .await;
+    let response = client::http1()
+        .get(proxy.url("/guarded"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        origin
+            .last_request_headers()
+            .get("x-callout-trailers")
+            .map(String::as_str),
+        Some("x-verdict=allow")
+    );
 }

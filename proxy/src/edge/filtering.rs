@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{header, Version};
+use http::{header, HeaderMap, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
@@ -182,12 +182,16 @@ pub(super) async fn request_body(
         Verdict::Respond(response) => Answer::Local(response),
         Verdict::Fail(failure) => Answer::FilterFailed(failure),
     };
+    answer_later(ctx, answer, "a filter answered during the request body")
+}
+
+/// Keeps a filter's answer for `fail_to_proxy`, which writes it if the response head has not
+/// left yet (else the response is cut short), and fails the phase with its status.
+fn answer_later(ctx: &mut RequestCtx, answer: Answer, why: &'static str) -> Result<()> {
     let status = answer.status();
+    ctx.filters.note(&answer);
     ctx.filters.pending_answer = Some(answer);
-    Error::e_explain(
-        ErrorType::HTTPStatus(status),
-        "a filter answered during the request body",
-    )
+    Error::e_explain(ErrorType::HTTPStatus(status), why)
 }
 
 /// Runs a response head through the filters of `phase`. A filter's answer replaces the head
@@ -284,15 +288,66 @@ pub(super) fn response_body(
         Verdict::Respond(response) => Answer::Local(response),
         Verdict::Fail(failure) => Answer::FilterFailed(failure),
     };
-    // Pingora writes a response head together with the body chunks read with it: sent in
-    // `fail_to_proxy` if the head has not left yet, else the response is cut short.
-    let status = answer.status();
-    ctx.filters.note(&answer);
-    ctx.filters.pending_answer = Some(answer);
-    Error::e_explain(
-        ErrorType::HTTPStatus(status),
-        "a filter answered during the response body",
-    )
+    // Pingora writes a response head together with the body chunks read with it, so the
+    // head may not have left yet.
+    answer_later(ctx, answer, "a filter answered during the response body")
+}
+
+/// Runs the response trailers through the filters of the after-cache phase (a pause waits).
+/// Pingora sends trailers even when this hook fails: a filter that answers, fails or closes
+/// the stream here ends the response without its trailers.
+pub(super) async fn response_trailers(
+    session: &mut Session,
+    trailers: &mut HeaderMap,
+    ctx: &mut RequestCtx,
+) {
+    let phase = ResponsePhase::AfterCache;
+    let Some(chain) = ctx
+        .filters
+        .chain
+        .as_mut()
+        .filter(|c| c.has_response_phase(phase))
+    else {
+        return;
+    };
+    let verdict = chain
+        .on_response_trailers(phase, session.req_header_mut(), trailers)
+        .await;
+    let answer = match verdict {
+        Verdict::Continue => return,
+        Verdict::Close => None,
+        Verdict::Respond(response) => Some(Answer::Local(response)),
+        Verdict::Fail(failure) => Some(Answer::FilterFailed(failure)),
+    };
+    log::warn!(
+        "route `{}`: a filter ended the response at its trailers; they are dropped",
+        ctx.route_name()
+    );
+    if let Some(answer) = answer {
+        ctx.filters.note(&answer);
+    }
+    trailers.clear();
+}
+
+/// Runs the response trailers through the filters of the before-cache phase, whose hook
+/// cannot wait. The response is cut short when a filter answers, fails or closes the stream
+/// here, or still holds some of the body.
+pub(super) fn response_trailers_now(
+    session: &mut Session,
+    trailers: &mut HeaderMap,
+    ctx: &mut RequestCtx,
+) -> Result<()> {
+    let Some(chain) = ctx.filters.chain.as_mut() else {
+        return Ok(());
+    };
+    let phase = ResponsePhase::BeforeCache;
+    let answer = match chain.on_response_trailers_now(phase, session.req_header_mut(), trailers) {
+        Verdict::Continue => return Ok(()),
+        Verdict::Close => return Err(closed_by_filter()),
+        Verdict::Respond(response) => Answer::Local(response),
+        Verdict::Fail(failure) => Answer::FilterFailed(failure),
+    };
+    answer_later(ctx, answer, "a filter ended the response at its trailers")
 }
 
 /// `on_log`, `on_done` and `on_delete` for the filters that saw the request.

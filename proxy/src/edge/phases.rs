@@ -382,6 +382,15 @@ impl ProxyHttp for Edge {
         Ok(None)
     }
 
+    fn upstream_response_trailer_filter(
+        &self,
+        session: &mut Session,
+        upstream_trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        filtering::response_trailers_now(session, upstream_trailers, ctx)
+    }
+
     async fn response_filter(
         &self,
         session: &mut Session,
@@ -411,6 +420,16 @@ impl ProxyHttp for Edge {
         let end_of_stream = end_of_stream || cache::body_fully_read(&mut session.cache);
         let phase = ResponsePhase::AfterCache;
         filtering::response_body(session, body, end_of_stream, ctx, phase)?;
+        Ok(None)
+    }
+
+    async fn response_trailer_filter(
+        &self,
+        session: &mut Session,
+        upstream_trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        filtering::response_trailers(session, upstream_trailers, ctx).await;
         Ok(None)
     }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pingora::connectors::http::Connector;
 use pingora::http::RequestHeader;
+use pingora::protocols::http::client::HttpSession;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use tokio::sync::mpsc;
@@ -220,6 +221,16 @@ impl CalloutClient {
             }
             body.extend_from_slice(&chunk);
         }
+        // Only HTTP/2 carries trailers to Pingora's client.
+        let trailers = match &mut session {
+            HttpSession::H2(h2) => h2
+                .read_trailers()
+                .await
+                .map_err(|e| io("reading from", e))?
+                .map(|trailers| pairs_of(&trailers))
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        };
         self.connector
             .release_http_session(session, &peer, Some(CALLOUT_IDLE))
             .await;
@@ -231,18 +242,20 @@ impl CalloutClient {
             b":status".to_vec(),
             head.status.as_str().as_bytes().to_vec(),
         )];
-        headers.extend(
-            head.headers
-                .iter()
-                .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec())),
-        );
+        headers.extend(pairs_of(&head.headers));
         Ok(CalloutAnswer {
             headers,
             body,
-            trailers: Vec::new(),
+            trailers,
             failure: None,
         })
     }
+}
+
+fn pairs_of(map: &http::HeaderMap) -> Vec<(Vec<u8>, Vec<u8>)> {
+    map.iter()
+        .map(|(k, v)| (k.as_str().as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect()
 }
 
 fn request_head(request: &CalloutRequest) -> Result<RequestHeader, CalloutError> {

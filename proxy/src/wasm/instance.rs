@@ -33,6 +33,7 @@ pub(crate) enum HttpCallback {
     RequestBody { size: u32, end_of_stream: bool },
     ResponseHeaders { end_of_stream: bool },
     ResponseBody { size: u32, end_of_stream: bool },
+    ResponseTrailers { count: u32 },
 }
 
 impl HttpCallback {
@@ -42,6 +43,7 @@ impl HttpCallback {
             HttpCallback::RequestBody { .. } => Phase::RequestBody,
             HttpCallback::ResponseHeaders { .. } => Phase::ResponseHeaders,
             HttpCallback::ResponseBody { .. } => Phase::ResponseBody,
+            HttpCallback::ResponseTrailers { .. } => Phase::ResponseTrailers,
         }
     }
 }
@@ -109,6 +111,7 @@ pub(crate) struct ExportIndex {
     request_body: Option<ModuleExport>,
     response_headers: Option<ModuleExport>,
     response_body: Option<ModuleExport>,
+    response_trailers: Option<ModuleExport>,
     log: Option<ModuleExport>,
     http_call_response: Option<ModuleExport>,
     queue_ready: Option<ModuleExport>,
@@ -136,6 +139,7 @@ impl ExportIndex {
             request_body: at("proxy_on_request_body"),
             response_headers: at("proxy_on_response_headers"),
             response_body: at("proxy_on_response_body"),
+            response_trailers: at("proxy_on_response_trailers"),
             log: at("proxy_on_log"),
             http_call_response: at("proxy_on_http_call_response"),
             queue_ready: at("proxy_on_queue_ready"),
@@ -198,6 +202,7 @@ struct Exports {
     request_body: Callback<HttpFunc>,
     response_headers: Callback<HttpFunc>,
     response_body: Callback<HttpFunc>,
+    response_trailers: Callback<TypedFunc<(u32, u32), u32>>,
     log: Callback<TypedFunc<u32, ()>>,
     http_call_response: Callback<CallResponseFunc>,
     queue_ready: Callback<TypedFunc<(u32, u32), ()>>,
@@ -295,6 +300,7 @@ impl Instance {
             request_body: export!(request_body, "proxy_on_request_body"),
             response_headers: export!(response_headers, "proxy_on_response_headers"),
             response_body: export!(response_body, "proxy_on_response_body"),
+            response_trailers: export!(response_trailers, "proxy_on_response_trailers"),
             log: export!(log, "proxy_on_log"),
             http_call_response: export!(http_call_response, "proxy_on_http_call_response"),
             queue_ready: export!(queue_ready, "proxy_on_queue_ready"),
@@ -348,6 +354,7 @@ impl Instance {
         self.resolve(|e| &mut e.request_body)?;
         self.resolve(|e| &mut e.response_headers)?;
         self.resolve(|e| &mut e.response_body)?;
+        self.resolve(|e| &mut e.response_trailers)?;
         self.resolve(|e| &mut e.log)?;
         self.resolve(|e| &mut e.http_call_response)?;
         self.resolve(|e| &mut e.queue_ready)?;
@@ -490,32 +497,49 @@ impl Instance {
         data: Box<HttpData>,
         deadline: CpuDeadline,
     ) -> (Option<Box<HttpData>>, Result<Outcome, Fault>) {
+        let phase = callback.phase();
+        let headers = |request| (context_id, header_count(&data, request));
+        let eos = |end_of_stream: bool| u32::from(end_of_stream);
         let (pick, args): (Pick<_, _>, _) = match callback {
-            HttpCallback::RequestHeaders { end_of_stream } => (
-                |e| &mut e.request_headers,
-                (context_id, header_count(&data, true), end_of_stream.into()),
-            ),
+            HttpCallback::RequestHeaders { end_of_stream } => {
+                let (id, count) = headers(true);
+                (|e| &mut e.request_headers, (id, count, eos(end_of_stream)))
+            }
             HttpCallback::RequestBody {
                 size,
                 end_of_stream,
             } => (
                 |e| &mut e.request_body,
-                (context_id, size, end_of_stream.into()),
+                (context_id, size, eos(end_of_stream)),
             ),
-            HttpCallback::ResponseHeaders { end_of_stream } => (
-                |e| &mut e.response_headers,
-                (context_id, header_count(&data, false), end_of_stream.into()),
-            ),
+            HttpCallback::ResponseHeaders { end_of_stream } => {
+                let (id, count) = headers(false);
+                (|e| &mut e.response_headers, (id, count, eos(end_of_stream)))
+            }
             HttpCallback::ResponseBody {
                 size,
                 end_of_stream,
             } => (
                 |e| &mut e.response_body,
-                (context_id, size, end_of_stream.into()),
+                (context_id, size, eos(end_of_stream)),
             ),
+            HttpCallback::ResponseTrailers { count } => {
+                // The one callback of two arguments.
+                self.store.data_mut().call = Call::http(context_id, phase, data);
+                let result = self.call(|e| &mut e.response_trailers, (context_id, count), deadline);
+                return self.end_http_callback(result);
+            }
         };
-        self.store.data_mut().call = Call::http(context_id, callback.phase(), data);
+        self.store.data_mut().call = Call::http(context_id, phase, data);
         let result = self.call(pick, args, deadline);
+        self.end_http_callback(result)
+    }
+
+    /// Takes the request's data back after an HTTP callback, with what the guest asked for.
+    fn end_http_callback(
+        &mut self,
+        result: Result<Option<u32>, Fault>,
+    ) -> (Option<Box<HttpData>>, Result<Outcome, Fault>) {
         let mut call = std::mem::replace(
             &mut self.store.data_mut().call,
             Call::root(ROOT_ID, Phase::Startup),

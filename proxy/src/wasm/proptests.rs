@@ -454,6 +454,24 @@ fn map_exists(map: u32) -> Option<bool> {
     (map <= 7).then_some(map == 0)
 }
 
+/// Trailer maps (1 and 3), which do not exist in a request callback, accept writes and drop
+/// them (`Head::NoTrailers`), once the field is valid.
+fn drops_writes(map: u32) -> bool {
+    map == 1 || map == 3
+}
+
+/// What a dropped trailer write answers: the field is checked as for any write.
+fn dropped_field(key: &[u8], value: &[u8]) -> Status {
+    let valid = key.first() != Some(&b':')
+        && HeaderName::from_bytes(key).is_ok()
+        && HeaderValue::from_bytes(value).is_ok();
+    if valid {
+        Done
+    } else {
+        BadArgument
+    }
+}
+
 /// A buffer type: the configurations (6, 7) exist, and the request body (0) in its own
 /// callback; the other types up to 8 do not, others are no buffer.
 fn buffer_exists(buffer: u32, phase: Phase) -> Option<bool> {
@@ -577,6 +595,10 @@ impl Call {
                 match (map_exists(map), key.bytes(image)) {
                     (None, _) => one(BadArgument),
                     (Some(_), None) => one(InvalidMemoryAccess),
+                    (Some(_), Some(key)) if drops_writes(map) => match value.bytes(image) {
+                        None => one(InvalidMemoryAccess),
+                        Some(value) => one(dropped_field(key, value)),
+                    },
                     (Some(_), Some(_)) if !model.writable(map) => one(BadArgument),
                     (Some(_), Some(key)) => match value.bytes(image) {
                         None => one(InvalidMemoryAccess),
@@ -587,6 +609,7 @@ impl Call {
             Call::RemoveHeader { map, key } => one(match (map_exists(map), key.bytes(image)) {
                 (None, _) => BadArgument,
                 (Some(_), None) => InvalidMemoryAccess,
+                (Some(_), Some(key)) if drops_writes(map) => dropped_field(key, b""),
                 (Some(_), Some(_)) if !model.writable(map) => BadArgument,
                 (Some(_), Some(key)) => model.remove_field(key),
             }),
@@ -596,6 +619,11 @@ impl Call {
                 (None, _) => one(BadArgument),
                 (Some(_), None) => one(InvalidMemoryAccess),
                 (Some(_), Some(bytes)) => match pairs::decode(bytes) {
+                    Some(entries) if drops_writes(map) => one(entries
+                        .into_iter()
+                        .map(|(key, value)| dropped_field(key, value))
+                        .find(|status| *status != Done)
+                        .unwrap_or(Done)),
                     Some(entries) if model.writable(map) => {
                         model.fields.clear();
                         let mut outcome = one(Done);

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use http::HeaderMap;
 use pingora::http::{RequestHeader, ResponseHeader};
 use tokio::sync::mpsc;
 use wasmtime::{Memory, ResourceLimiter, TypedFunc};
@@ -158,6 +159,7 @@ pub(crate) enum Phase {
     RequestBody,
     ResponseHeaders,
     ResponseBody,
+    ResponseTrailers,
     Log,
     Done,
     Delete,
@@ -177,6 +179,7 @@ impl Phase {
             Phase::RequestBody => "on_http_request_body",
             Phase::ResponseHeaders => "on_http_response_headers",
             Phase::ResponseBody => "on_http_response_body",
+            Phase::ResponseTrailers => "on_http_response_trailers",
             Phase::Log => "on_log",
             Phase::Done => "on_done",
             Phase::Delete => "on_delete",
@@ -195,6 +198,8 @@ pub(crate) struct HttpData {
     /// The body bytes the current body callback sees (cumulative while the filter buffers).
     pub body: BytesMut,
     pub stream: StreamInfo,
+    /// The response trailers, once they came (writable in their own phase).
+    pub response_trailers: Option<HeaderMap>,
     /// The request head has not gone upstream yet (the chain holds it in its headers phase):
     /// changes to it, the request line's included, still reach the upstream.
     pub request_head_held: bool,

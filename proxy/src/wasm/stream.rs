@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use http::HeaderMap;
 use pingora::http::{RequestHeader, ResponseHeader};
 use tokio::sync::mpsc;
 
@@ -131,6 +132,7 @@ impl FilterChain {
                     response: None,
                     body: BytesMut::new(),
                     stream: info,
+                    response_trailers: None,
                     request_head_held: false,
                 })),
                 spare_response: None,
@@ -323,6 +325,105 @@ impl FilterChain {
             data = self.entries[i].response_body.split().freeze();
         }
         (data, Verdict::Continue)
+    }
+
+    /// Runs the response trailers through the filters of `phase`, in reverse chain order, as
+    /// the after-cache hook does: a pause waits for the filter to resume.
+    pub(crate) async fn on_response_trailers(
+        &mut self,
+        phase: ResponsePhase,
+        req: &mut RequestHeader,
+        trailers: &mut HeaderMap,
+    ) -> Verdict {
+        self.scratch.lend_trailers(trailers);
+        let verdict = 'chain: {
+            for i in self.trailer_filters(phase) {
+                let invoked = self.invoke_trailers(i, req);
+                let settled = self
+                    .settle(i, invoked, Phase::ResponseTrailers, req, ResponseSlot::Kept)
+                    .await;
+                if let Some(verdict) = settled {
+                    break 'chain verdict;
+                }
+            }
+            Verdict::Continue
+        };
+        self.scratch.return_trailers(trailers);
+        verdict
+    }
+
+    /// [`FilterChain::on_response_trailers`] where the hook cannot wait (before the cache):
+    /// a pause goes on, with a warning, as at the end of a response body. It runs first, when
+    /// every filter has seen all of the body: a filter of either phase still holding some of
+    /// it ends the response here (see [`FilterChain::held_at_trailers`]).
+    pub(crate) fn on_response_trailers_now(
+        &mut self,
+        phase: ResponsePhase,
+        req: &mut RequestHeader,
+        trailers: &mut HeaderMap,
+    ) -> Verdict {
+        if let Some(verdict) = (0..self.entries.len()).find_map(|i| self.held_at_trailers(i)) {
+            return verdict;
+        }
+        self.scratch.lend_trailers(trailers);
+        let verdict = 'chain: {
+            for i in self.trailer_filters(phase) {
+                match self.invoke_trailers(i, req) {
+                    Invoked::Continue => {}
+                    Invoked::Pause(waiter) => {
+                        self.stop_waiting(i, waiter);
+                        self.warn_response_pause(i);
+                    }
+                    Invoked::Respond(response) => break 'chain Verdict::Respond(response),
+                    Invoked::Close => break 'chain Verdict::Close,
+                    Invoked::Fault(fault) => {
+                        if let Some(verdict) = self.fail(i, fault) {
+                            break 'chain verdict;
+                        }
+                    }
+                }
+            }
+            Verdict::Continue
+        };
+        self.scratch.return_trailers(trailers);
+        verdict
+    }
+
+    /// The active filters of `phase` in response order.
+    fn trailer_filters(&self, phase: ResponsePhase) -> Vec<usize> {
+        (0..self.entries.len())
+            .rev()
+            .filter(|&i| self.entries[i].active && self.entries[i].in_phase(phase))
+            .collect()
+    }
+
+    /// A filter still holding body bytes when the trailers come (it paused a body that never
+    /// said `end_of_stream`, since trailers follow it): Pingora cannot send bytes between the
+    /// body it has and the trailers, so the response is cut short rather than sent without
+    /// them.
+    fn held_at_trailers(&self, i: usize) -> Option<Verdict> {
+        let held = self.entries[i].response_body.len();
+        if held == 0 {
+            return None;
+        }
+        let name = self.entries[i].plugin.info.name.clone();
+        log::warn!(
+            "filter `{name}` holds {held} bytes of a response body that ended with trailers; edgeward cannot send a held body before them, so the response is cut short"
+        );
+        Some(Verdict::Fail(FilterFailure {
+            message: format!("filter `{name}` held the response body at its trailers"),
+            filter: name,
+            status: 502,
+            code: "body_held_at_trailers",
+        }))
+    }
+
+    /// `on_response_trailers` of filter `i`.
+    fn invoke_trailers(&mut self, i: usize, req: &mut RequestHeader) -> Invoked {
+        let count = self.scratch.trailer_count();
+        let callback = HttpCallback::ResponseTrailers { count };
+        self.invoke(i, callback, req, ResponseSlot::Kept, BytesMut::new())
+            .1
     }
 
     /// Whether [`FilterChain::finish`] needs the head the client got: the chain holds it
@@ -995,6 +1096,31 @@ impl Scratch {
         self.data.as_mut().map(|data| &mut data.stream)
     }
 
+    /// Puts (a copy of) the response trailers where the trailer callbacks find them.
+    fn lend_trailers(&mut self, trailers: &HeaderMap) {
+        if let Some(data) = self.data.as_mut() {
+            data.response_trailers = Some(trailers.clone());
+        }
+    }
+
+    /// The trailers as the filters left them; a copy stays for the log phase.
+    fn return_trailers(&mut self, trailers: &mut HeaderMap) {
+        if let Some(kept) = self
+            .data
+            .as_ref()
+            .and_then(|d| d.response_trailers.as_ref())
+        {
+            trailers.clone_from(kept);
+        }
+    }
+
+    fn trailer_count(&self) -> u32 {
+        self.data
+            .as_ref()
+            .and_then(|d| d.response_trailers.as_ref())
+            .map_or(0, |t| t.len() as u32)
+    }
+
     /// Whether the chain holds the request head (it has not gone upstream).
     fn hold_request_head(&mut self, held: bool) {
         if let Some(data) = self.data.as_mut() {
@@ -1016,6 +1142,7 @@ impl Scratch {
                 response: None,
                 body: BytesMut::new(),
                 stream: StreamInfo::default(),
+                response_trailers: None,
                 request_head_held: false,
             })
         });

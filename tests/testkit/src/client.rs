@@ -1,11 +1,18 @@
 //! Real HTTP clients and constant-memory body helpers for large transfers.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{BodyExt, Empty};
+use hyper::{HeaderMap, Request};
+use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use reqwest::redirect::Policy;
 use reqwest::{Client, ClientBuilder};
 use sha2::{Digest, Sha256};
+use tokio::net::TcpStream;
 
 use crate::origin::hex;
 use crate::pattern::Pattern;
@@ -100,5 +107,56 @@ mod tests {
         assert_eq!(json["headers"]["content-length"], "70000");
         assert!(json["headers"].get("transfer-encoding").is_none());
         assert_eq!(json["body_sha256"], expected_bytes_sha256(70_000));
+    }
+}
+
+/// A response as [`h2c_get_with_trailers`] read it.
+#[derive(Debug)]
+pub struct TrailedResponse {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+    /// The trailers, when the response had any.
+    pub trailers: Option<HeaderMap>,
+    /// Why the response ended before its end (a reset stream), if it did.
+    pub cut_short: Option<String>,
+}
+
+/// `GET path` from `addr` over HTTP/2 with prior knowledge, reading the response's trailers
+/// too (reqwest does not show them).
+pub async fn h2c_get_with_trailers(addr: SocketAddr, path: &str) -> TrailedResponse {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = Request::get(format!("http://{addr}{path}"))
+        .body(Empty::<Bytes>::new())
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let (parts, mut body) = response.into_parts();
+    let mut data = BytesMut::new();
+    let mut trailers = None;
+    let mut cut_short = None;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => {
+                cut_short = Some(e.to_string());
+                break;
+            }
+        };
+        match frame.into_data() {
+            Ok(chunk) => data.extend_from_slice(&chunk),
+            Err(frame) => trailers = frame.into_trailers().ok(),
+        }
+    }
+    TrailedResponse {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: data.freeze(),
+        trailers,
+        cut_short,
     }
 }

@@ -10,6 +10,8 @@
 //!   sent the response head on before any of its body arrives.
 //! - `/delay/{ms}`: waits `ms` milliseconds before the response headers, then echoes.
 //! - `/status/{code}`: that status with a small body.
+//! - `/trailers/...?t=Name:Value`: the body `trailed body\n`, then the trailers the query
+//!   lists (repeatable; sent over HTTP/2, and over HTTP/1.1 to clients that accept them).
 //! - `/cache/{name}?...`: a response shaped by the query, for cache tests (see
 //!   [`Origin::hits_for`]): `h=Name:Value` adds a response header (repeatable), `status=N`,
 //!   `size=N` sends `N` pattern bytes (as `/bytes`; `chunked=1` without a length) instead of
@@ -35,7 +37,7 @@ use futures_util::StreamExt;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -388,6 +390,9 @@ async fn route(
     if path.starts_with("/cache/") {
         return shaped(state, path, req).await;
     }
+    if path.starts_with("/trailers/") {
+        return trailed(&req);
+    }
     if let Some(code) = path.strip_prefix("/status/") {
         return match code.parse::<u16>().map(StatusCode::from_u16) {
             Ok(Ok(status)) => text(status, &format!("status {}\n", status.as_u16())),
@@ -395,6 +400,33 @@ async fn route(
         };
     }
     echo(state, req, received).await
+}
+
+/// A short body followed by the trailers the query lists (see the module docs).
+fn trailed(req: &Request<Incoming>) -> Response<Body> {
+    let query = req.uri().query().unwrap_or("");
+    let mut trailers = HeaderMap::new();
+    for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+        let Some((name, value)) = value.split_once(':').filter(|_| key == "t") else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) else {
+            return text(StatusCode::BAD_REQUEST, "bad trailer");
+        };
+        trailers.append(name, value);
+    }
+    let frames = [
+        Frame::data(Bytes::from_static(b"trailed body\n")),
+        Frame::trailers(trailers),
+    ];
+    let body = StreamBody::new(futures_util::stream::iter(frames.map(Ok)));
+    Response::builder()
+        .header(CONTENT_TYPE, "text/plain")
+        .body(BodyExt::boxed(body))
+        .unwrap()
 }
 
 /// A response shaped by the request's query (see the module docs).

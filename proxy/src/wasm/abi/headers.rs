@@ -33,17 +33,24 @@ enum Map {
     /// The answer of the callout being delivered (read-only).
     CallResponseHeaders,
     CallResponseTrailers,
-    /// Request and response trailers, gRPC metadata: none exist in this host's HTTP path.
+    /// Trailers exist once they came (Pingora surfaces response trailers from HTTP/2
+    /// upstreams, never request trailers). A write where there are none is accepted and
+    /// dropped, as adding trailers to a message without them is not possible here.
+    RequestTrailers,
+    ResponseTrailers,
+    /// gRPC stream metadata: no gRPC streams here.
     Absent,
 }
 
 fn map(map_type: u32) -> Option<Map> {
     match map_type {
         0 => Some(Map::RequestHeaders),
+        1 => Some(Map::RequestTrailers),
         2 => Some(Map::ResponseHeaders),
+        3 => Some(Map::ResponseTrailers),
         6 => Some(Map::CallResponseHeaders),
         7 => Some(Map::CallResponseTrailers),
-        1 | 3..=5 => Some(Map::Absent),
+        4 | 5 => Some(Map::Absent),
         _ => None,
     }
 }
@@ -68,7 +75,11 @@ fn entries(state: &HostState, map: Map) -> Option<Vec<(&[u8], &[u8])>> {
     match map {
         Map::RequestHeaders => Some(request_entries(&http.request, http.stream.scheme)),
         Map::ResponseHeaders => http.response.as_ref().map(response_entries),
-        Map::CallResponseHeaders | Map::CallResponseTrailers | Map::Absent => None,
+        Map::ResponseTrailers => http.response_trailers.as_ref().map(trailer_entries),
+        Map::RequestTrailers
+        | Map::CallResponseHeaders
+        | Map::CallResponseTrailers
+        | Map::Absent => None,
     }
 }
 
@@ -105,6 +116,13 @@ fn response_entries(resp: &ResponseHeader) -> Vec<(&[u8], &[u8])> {
             .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes())),
     );
     out
+}
+
+fn trailer_entries(trailers: &HeaderMap) -> Vec<(&[u8], &[u8])> {
+    trailers
+        .iter()
+        .map(|(name, value)| (name.as_str().as_bytes(), value.as_bytes()))
+        .collect()
 }
 
 fn authority(req: &RequestHeader) -> Option<&[u8]> {
@@ -294,7 +312,14 @@ fn writable(state: &mut HostState, map: Map) -> Result<Head<'_>, Status> {
             .as_mut()
             .map(Head::Response)
             .ok_or(Status::BadArgument),
-        _ => Err(Status::BadArgument),
+        Map::ResponseTrailers => Ok(http
+            .response_trailers
+            .as_mut()
+            .map_or(Head::NoTrailers, Head::Trailers)),
+        Map::RequestTrailers => Ok(Head::NoTrailers),
+        Map::CallResponseHeaders | Map::CallResponseTrailers | Map::Absent => {
+            Err(Status::BadArgument)
+        }
     }
 }
 
@@ -302,19 +327,20 @@ enum Head<'a> {
     /// With whether the request has gone upstream already.
     Request(&'a mut RequestHeader, bool),
     Response(&'a mut ResponseHeader),
+    Trailers(&'a mut HeaderMap),
+    /// Trailers that do not exist: writes are accepted and dropped.
+    NoTrailers,
 }
 
 impl Head<'_> {
-    fn headers(&self) -> &HeaderMap {
-        match self {
-            Head::Request(r, _) => &r.headers,
-            Head::Response(r) => &r.headers,
-        }
-    }
-
     fn set(&mut self, key: &[u8], value: &[u8], edit: Edit) -> Result<(), Status> {
-        if key.first() == Some(&b':') || key.eq_ignore_ascii_case(b"host") {
+        let head = matches!(self, Head::Request(..) | Head::Response(..));
+        if head && (key.first() == Some(&b':') || key.eq_ignore_ascii_case(b"host")) {
             return self.set_pseudo(key, value);
+        }
+        if key.first() == Some(&b':') {
+            // Trailers have no pseudo-headers.
+            return Err(Status::BadArgument);
         }
         let name = header_name(key)?;
         let value = HeaderValue::from_bytes(value).map_err(|_| Status::BadArgument)?;
@@ -323,6 +349,15 @@ impl Head<'_> {
             (Head::Request(r, _), Edit::Replace) => r.insert_header(name, value),
             (Head::Response(r), Edit::Add) => r.append_header(name, value).map(drop),
             (Head::Response(r), Edit::Replace) => r.insert_header(name, value),
+            (Head::Trailers(t), Edit::Add) => {
+                t.append(name, value);
+                Ok(())
+            }
+            (Head::Trailers(t), Edit::Replace) => {
+                t.insert(name, value);
+                Ok(())
+            }
+            (Head::NoTrailers, _) => Ok(()),
         };
         result.map_err(|_| Status::BadArgument)
     }
@@ -367,19 +402,27 @@ impl Head<'_> {
         }
         let name = header_name(key)?;
         match self {
-            Head::Request(r, _) => r.remove_header(&name),
-            Head::Response(r) => r.remove_header(&name),
+            Head::Request(r, _) => drop(r.remove_header(&name)),
+            Head::Response(r) => drop(r.remove_header(&name)),
+            Head::Trailers(t) => drop(t.remove(&name)),
+            Head::NoTrailers => {}
         };
         Ok(())
     }
 
     /// Removes every regular header (pseudo-headers stay: they are the request line).
     fn clear(&mut self) {
-        let names: Vec<HeaderName> = self.headers().keys().cloned().collect();
+        let names: Vec<HeaderName> = match self {
+            Head::Request(r, _) => r.headers.keys().cloned().collect(),
+            Head::Response(r) => r.headers.keys().cloned().collect(),
+            Head::Trailers(t) => return t.clear(),
+            Head::NoTrailers => return,
+        };
         for name in names {
             match self {
-                Head::Request(r, _) => r.remove_header(&name),
-                Head::Response(r) => r.remove_header(&name),
+                Head::Request(r, _) => drop(r.remove_header(&name)),
+                Head::Response(r) => drop(r.remove_header(&name)),
+                Head::Trailers(_) | Head::NoTrailers => {}
             };
         }
     }
@@ -408,6 +451,27 @@ fn header_name(key: &[u8]) -> Result<HeaderName, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn trailers_take_regular_fields_only_and_missing_ones_accept_writes() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        let mut head = Head::Trailers(&mut trailers);
+        head.set(b"X-Added", b"1", Edit::Add).unwrap();
+        head.set(b"grpc-status", b"13", Edit::Replace).unwrap();
+        assert_eq!(
+            head.set(b":status", b"200", Edit::Add),
+            Err(Status::BadArgument)
+        );
+        head.remove(b"x-added").unwrap();
+        let entries = trailer_entries(&trailers);
+        assert_eq!(entries, vec![(&b"grpc-status"[..], &b"13"[..])]);
+        Head::Trailers(&mut trailers).clear();
+        assert!(trailers.is_empty());
+        // Adding trailers to a message without any cannot be done here: accepted, dropped.
+        assert_eq!(Head::NoTrailers.set(b"x", b"1", Edit::Add), Ok(()));
+        assert_eq!(Head::NoTrailers.remove(b"x"), Ok(()));
+    }
 
     #[test]
     fn names_from_guests_are_lowercased_and_checked() {
@@ -454,14 +518,14 @@ mod tests {
             .into_parts()
             .0;
         let mut req = RequestHeader::from(parts);
-        let mut head = Head::Request(&mut req, false);
-        head.set(b":path", b"/rewritten?q=1", Edit::Replace)
+        Head::Request(&mut req, false)
+            .set(b":path", b"/rewritten?q=1", Edit::Replace)
             .unwrap();
         assert_eq!(
-            head.headers()["host"],
-            "a.example",
+            req.headers["host"], "a.example",
             "the HTTP/2 authority is kept as Host"
         );
+        let mut head = Head::Request(&mut req, false);
         assert_eq!(
             head.set(b":path", b"no-slash", Edit::Replace),
             Err(Status::BadArgument)

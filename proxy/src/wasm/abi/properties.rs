@@ -217,14 +217,18 @@ fn response(http: &HttpData, resp: &ResponseHeader, path: &[&[u8]]) -> Option<Ve
     Some(match path {
         [b"code"] => int(resp.status.as_u16().into()),
         [b"code_details"] => b"via_upstream".to_vec(),
-        // As Envoy reads it from a response without trailers: the header, when it is a number.
-        [b"grpc_status"] => int(resp
-            .headers
-            .get("grpc-status")
+        // As Envoy reads it: from the trailers once they came, else the head, when a number.
+        [b"grpc_status"] => int(http
+            .response_trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .or_else(|| resp.headers.get("grpc-status"))
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<i64>().ok())?),
         [b"headers"] => header_map(&resp.headers),
         [b"headers", name] => joined_header(&resp.headers, name)?,
+        [b"trailers"] => header_map(http.response_trailers.as_ref()?),
+        [b"trailers", name] => joined_header(http.response_trailers.as_ref()?, name)?,
         [b"size"] => int(body_bytes.try_into().unwrap_or(i64::MAX)),
         [b"total_size"] => {
             int(i64::try_from(body_bytes).unwrap_or(i64::MAX) + headers_size(&resp.headers))

@@ -21,8 +21,9 @@
 //! - A failed callout (the answer has no headers: refused, timed out, ...) is answered
 //!   `503` with header `x-callout: failed` and body `callout failed`.
 //! - Otherwise it sets request headers `x-callout-status` (the callout's `:status`) and
-//!   `x-callout-origin` (its `x-origin` header, `none` if absent) on the paused request and
-//!   resumes it; response headers then get the same two headers, with the same values.
+//!   `x-callout-origin` (its `x-origin` header, `none` if absent) on the paused request,
+//!   and `x-callout-trailers` (its trailers as `name=value` joined with `,`) when it had
+//!   trailers, and resumes it; response headers then get the same two headers, with the same values.
 //!
 //! Mode `body` (needs `upstream`): request headers remove `content-length` (the body will grow)
 //! and go on; the request body is buffered (`Pause`) to its end, where one callout to
@@ -215,6 +216,14 @@ impl Callout {
         };
         self.set_http_request_header("x-callout-status", Some(&seen.status));
         self.set_http_request_header("x-callout-origin", Some(&seen.origin));
+        let trailers: Vec<String> = self
+            .get_http_call_response_trailers()
+            .into_iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        if !trailers.is_empty() {
+            self.set_http_request_header("x-callout-trailers", Some(&trailers.join(",")));
+        }
         self.seen = Some(seen);
         self.resume_http_request();
     }

@@ -7,7 +7,8 @@
 //!   "name": "a",
 //!   "request":  { "set": { "x-a": "1", ":path": "/new" }, "remove": ["x-b"] },
 //!   "response": { "set": { "x-c": "2" },                  "remove": ["server"] },
-//!   "late_request": { "x-late": "1" }
+//!   "late_request": { "x-late": "1" },
+//!   "trailers": { "set": { "x-d": "3" }, "remove": ["x-internal"] }
 //! }
 //! ```
 //!
@@ -26,6 +27,10 @@
 //! - `x-seen-request-path` to the request's `:path` as read *during the response phase*
 //!   (so it reflects any rewrite of `:path`); not set if the host has no `:path`;
 //! - `x-seen-status` to the response's `:status`; not set if the host has no `:status`.
+//!
+//! Response trailers (only with `trailers`): first reads them all and keeps them as
+//! `name=value` pairs joined with `,` in their order; then applies `trailers.set` /
+//! `trailers.remove`, and finally sets trailer `x-seen-trailers` to what it read.
 //!
 //! Every callback returns `Continue`.
 
@@ -48,6 +53,7 @@ struct Config {
     request: Edits,
     response: Edits,
     late_request: BTreeMap<String, String>,
+    trailers: Option<Edits>,
 }
 
 impl Default for Config {
@@ -57,6 +63,7 @@ impl Default for Config {
             request: Edits::default(),
             response: Edits::default(),
             late_request: BTreeMap::new(),
+            trailers: None,
         }
     }
 }
@@ -132,6 +139,25 @@ impl HttpContext for Rewriter {
         if let Some(status) = self.get_http_response_header(":status") {
             self.set_http_response_header("x-seen-status", Some(&status));
         }
+        Action::Continue
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        let Some(edits) = &self.config.trailers else {
+            return Action::Continue;
+        };
+        let seen: Vec<String> = self
+            .get_http_response_trailers()
+            .into_iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        for (name, value) in &edits.set {
+            self.set_http_response_trailer(name, Some(value));
+        }
+        for name in &edits.remove {
+            self.set_http_response_trailer(name, None);
+        }
+        self.set_http_response_trailer("x-seen-trailers", Some(&seen.join(",")));
         Action::Continue
     }
 }

@@ -30,8 +30,9 @@
 //! It then reads `my.prop` back into `x-prop-my.prop` (so `v1` when the host keeps
 //! properties set by the filter for the life of the request). `Continue`.
 //!
-//! `on_log` reads `response.code` and `request.path` and logs, at warn level,
-//! `on_log status=<code> path=<path>` (`missing` for either one the host does not have).
+//! `on_log` reads `response.code`, `request.path` and `response.grpc_status` and logs, at
+//! warn level, `on_log status=<code> path=<path> grpc_status=<status>` (`missing` for any
+//! the host does not have).
 
 use std::fmt::Write as _;
 use std::rc::Rc;
@@ -139,7 +140,8 @@ impl HttpContext for Properties {
     fn on_log(&mut self) {
         let code = self.read(&["response", "code"]);
         let path = self.read(&["request", "path"]);
-        log::warn!("on_log status={code} path={path}");
+        let grpc_status = self.read(&["response", "grpc_status"]);
+        log::warn!("on_log status={code} path={path} grpc_status={grpc_status}");
     }
 }
 
