@@ -58,11 +58,18 @@ pub(crate) struct Metrics {
 /// Metrics filters define with `proxy_define_metric`.
 #[derive(Default)]
 struct Custom {
-    families: HashMap<String, CustomFamily>,
+    /// By exported name, with the label names the family was made with.
+    families: HashMap<String, (CustomFamily, Vec<String>)>,
     /// Indexed by metric id; one entry per (filter, name).
     metrics: Vec<CustomMetric>,
     ids: HashMap<(String, String), u32>,
+    /// Metrics each filter defined, against [`MAX_METRICS_PER_FILTER`].
+    per_filter: HashMap<String, usize>,
 }
+
+/// The most metrics (names, tags included) one filter may define: a filter that makes up
+/// names per request must not grow the registry without bound.
+const MAX_METRICS_PER_FILTER: usize = 10_000;
 
 #[derive(Clone)]
 enum CustomFamily {
@@ -92,6 +99,14 @@ pub(crate) enum CustomKind {
 pub(crate) enum MetricError {
     #[error("metric `{0}` is already defined with another type")]
     TypeConflict(String),
+    #[error("metric `{name}` has the tags {tags:?}, but its family was defined with {family:?}")]
+    TagConflict {
+        name: String,
+        tags: Vec<String>,
+        family: Vec<String>,
+    },
+    #[error("the filter defined {MAX_METRICS_PER_FILTER} metrics already, the most one may")]
+    TooMany,
     #[error("metric `{name}`")]
     Registry {
         name: String,
@@ -180,7 +195,7 @@ impl Metrics {
             filter_traps: counter("edgeward_filter_traps_total", "Filter crashes (traps, panics, proc_exit), by filter.", &["filter"]),
             filter_limit_hits: counter(
                 "edgeward_filter_limit_hits_total",
-                "Filter limits reached, by filter and limit (cpu, memory, body, unavailable).",
+                "Filter limits reached, by filter and limit (cpu, memory, body, unavailable, instances, metrics).",
                 &["filter", "limit"],
             ),
             filter_instances_started: counter(
@@ -315,7 +330,8 @@ impl Metrics {
     }
 
     /// Defines (or finds again) `filter`'s metric `name`, exported as `wasmcustom_<name>` with
-    /// a `filter` label, and returns its id. Instances of one filter share it.
+    /// a `filter` label and the tags the name carries (see [`extract_tags`]), and returns its
+    /// id. Instances of one filter share it.
     pub(crate) fn define_custom(
         &self,
         filter: &str,
@@ -336,52 +352,41 @@ impl Metrics {
                 Err(MetricError::TypeConflict(name.to_string()))
             };
         }
-        let exported = format!("wasmcustom_{}", sanitize(name));
+        if custom.per_filter.get(filter).copied().unwrap_or(0) >= MAX_METRICS_PER_FILTER {
+            return Err(MetricError::TooMany);
+        }
+        let (base, tags) = extract_tags(name);
+        let exported = format!("wasmcustom_{}", sanitize(base));
+        let mut labels = vec!["filter".to_string()];
+        labels.extend(tags.iter().map(|(key, _)| key.clone()));
         let family = match custom.families.get(&exported) {
-            Some(family) => family.clone(),
-            None => {
-                let help = format!("Defined by filters: {name}");
-                let registry_error = |source| MetricError::Registry {
+            Some((family, family_labels)) if *family_labels == labels => family.clone(),
+            Some((_, family_labels)) => {
+                return Err(MetricError::TagConflict {
                     name: name.to_string(),
-                    source,
-                };
-                let family = match kind {
-                    CustomKind::Counter => CustomFamily::Counter(
-                        IntCounterVec::new(Opts::new(&exported, help), &["filter"])
-                            .map_err(registry_error)?,
-                    ),
-                    CustomKind::Gauge => CustomFamily::Gauge(
-                        IntGaugeVec::new(Opts::new(&exported, help), &["filter"])
-                            .map_err(registry_error)?,
-                    ),
-                    CustomKind::Histogram => CustomFamily::Histogram(
-                        HistogramVec::new(
-                            HistogramOpts::new(&exported, help)
-                                .buckets(exponential_buckets(1.0, 4.0, 16).unwrap_or_default()),
-                            &["filter"],
-                        )
-                        .map_err(registry_error)?,
-                    ),
-                };
-                let collector: Box<dyn prometheus::core::Collector> = match &family {
-                    CustomFamily::Counter(c) => Box::new(c.clone()),
-                    CustomFamily::Gauge(g) => Box::new(g.clone()),
-                    CustomFamily::Histogram(h) => Box::new(h.clone()),
-                };
-                self.registry.register(collector).map_err(registry_error)?;
-                custom.families.insert(exported.clone(), family.clone());
+                    tags: labels[1..].to_vec(),
+                    family: family_labels[1..].to_vec(),
+                })
+            }
+            None => {
+                let family = self.register_custom(&exported, kind, name, &labels)?;
+                custom
+                    .families
+                    .insert(exported.clone(), (family.clone(), labels));
                 family
             }
         };
+        let mut values = vec![filter];
+        values.extend(tags.iter().map(|(_, value)| value.as_str()));
         let metric = match (family, kind) {
             (CustomFamily::Counter(c), CustomKind::Counter) => {
-                CustomMetric::Counter(c.with_label_values(&[filter]))
+                CustomMetric::Counter(c.with_label_values(&values))
             }
             (CustomFamily::Gauge(g), CustomKind::Gauge) => {
-                CustomMetric::Gauge(g.with_label_values(&[filter]))
+                CustomMetric::Gauge(g.with_label_values(&values))
             }
             (CustomFamily::Histogram(h), CustomKind::Histogram) => {
-                CustomMetric::Histogram(h.with_label_values(&[filter]))
+                CustomMetric::Histogram(h.with_label_values(&values))
             }
             _ => return Err(MetricError::TypeConflict(name.to_string())),
         };
@@ -390,7 +395,47 @@ impl Metrics {
         custom
             .ids
             .insert((filter.to_string(), name.to_string()), id);
+        *custom.per_filter.entry(filter.to_string()).or_default() += 1;
         Ok(id)
+    }
+
+    /// Makes and registers the family `exported` with `labels`.
+    fn register_custom(
+        &self,
+        exported: &str,
+        kind: CustomKind,
+        name: &str,
+        labels: &[String],
+    ) -> Result<CustomFamily, MetricError> {
+        let help = format!("Defined by filters: {name}");
+        let registry_error = |source| MetricError::Registry {
+            name: name.to_string(),
+            source,
+        };
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        let family = match kind {
+            CustomKind::Counter => CustomFamily::Counter(
+                IntCounterVec::new(Opts::new(exported, help), &labels).map_err(registry_error)?,
+            ),
+            CustomKind::Gauge => CustomFamily::Gauge(
+                IntGaugeVec::new(Opts::new(exported, help), &labels).map_err(registry_error)?,
+            ),
+            CustomKind::Histogram => CustomFamily::Histogram(
+                HistogramVec::new(
+                    HistogramOpts::new(exported, help)
+                        .buckets(exponential_buckets(1.0, 4.0, 16).unwrap_or_default()),
+                    &labels,
+                )
+                .map_err(registry_error)?,
+            ),
+        };
+        let collector: Box<dyn prometheus::core::Collector> = match &family {
+            CustomFamily::Counter(c) => Box::new(c.clone()),
+            CustomFamily::Gauge(g) => Box::new(g.clone()),
+            CustomFamily::Histogram(h) => Box::new(h.clone()),
+        };
+        self.registry.register(collector).map_err(registry_error)?;
+        Ok(family)
     }
 
     /// A filter metric by id.
@@ -398,6 +443,47 @@ impl Metrics {
         let custom = lock(&self.custom);
         custom.metrics.get(id as usize).cloned()
     }
+}
+
+/// Splits a filter's metric name into its family name and tags, as Envoy's tag extraction
+/// does with the patterns filters are written for (Coraza's
+/// `waf_filter.tx.interruptions_ruleid=942100_phase=http_request_body`, Istio's
+/// `name.key=value`): a `_` or `.`, a key (a letter, then letters and digits) and `=` start a
+/// tag, whose value runs to the next such start. What precedes the first tag is the name.
+/// The key `filter` is edgeward's own label and stays in the name.
+fn extract_tags(name: &str) -> (&str, Vec<(String, String)>) {
+    // Each tag's separator, the start of its value, and its key.
+    let mut starts: Vec<(usize, usize, &str)> = Vec::new();
+    for (equals, _) in name.match_indices('=') {
+        let Some(separator) = name[..equals].rfind(['_', '.']) else {
+            continue;
+        };
+        let key = &name[separator + 1..equals];
+        let well_formed = key.starts_with(|c: char| c.is_ascii_alphabetic())
+            && key.chars().all(|c| c.is_ascii_alphanumeric());
+        // A separator inside the previous tag's value would split it: it starts a tag only
+        // after that value began.
+        let after_previous = starts
+            .last()
+            .is_none_or(|&(_, value_at, _)| separator >= value_at);
+        if well_formed && key != "filter" && after_previous {
+            starts.push((separator, equals + 1, key));
+        }
+    }
+    let Some(&(first, _, _)) = starts.first() else {
+        return (name, Vec::new());
+    };
+    let mut tags: Vec<(String, String)> = Vec::with_capacity(starts.len());
+    for (n, &(_, value_at, key)) in starts.iter().enumerate() {
+        let value_end = starts.get(n + 1).map_or(name.len(), |next| next.0);
+        let value = name[value_at..value_end].to_string();
+        // A key given twice keeps its last value.
+        match tags.iter_mut().find(|(k, _)| k == key) {
+            Some(tag) => tag.1 = value,
+            None => tags.push((key.to_string(), value)),
+        }
+    }
+    (&name[..first], tags)
 }
 
 /// Prometheus metric names allow `[a-zA-Z0-9_:]`; filters often use dots.
@@ -454,5 +540,88 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("edgeward_requests_in_flight 0"), "{text}");
+    }
+
+    #[test]
+    fn tags_in_metric_names_become_labels() {
+        assert_eq!(
+            extract_tags("waf_filter.tx.interruptions_ruleid=942100_phase=http_request_body"),
+            (
+                "waf_filter.tx.interruptions",
+                vec![
+                    ("ruleid".into(), "942100".into()),
+                    ("phase".into(), "http_request_body".into())
+                ]
+            )
+        );
+        assert_eq!(
+            extract_tags("requests.rule=7.verdict=deny"),
+            (
+                "requests",
+                vec![
+                    ("rule".into(), "7".into()),
+                    ("verdict".into(), "deny".into())
+                ]
+            )
+        );
+        assert_eq!(
+            extract_tags("plain.name_total"),
+            ("plain.name_total", vec![])
+        );
+        assert_eq!(extract_tags("odd=1"), ("odd=1", vec![]));
+        assert_eq!(extract_tags("x.filter=a"), ("x.filter=a", vec![]));
+        assert_eq!(
+            extract_tags("calls.path=/a=b"),
+            ("calls", vec![("path".into(), "/a=b".into())])
+        );
+
+        let metrics = Metrics::new();
+        let deny = metrics
+            .define_custom("waf", CustomKind::Counter, "hits.rule=1.verdict=deny")
+            .unwrap();
+        let allow = metrics
+            .define_custom("waf", CustomKind::Counter, "hits.rule=2.verdict=allow")
+            .unwrap();
+        assert_ne!(deny, allow);
+        for (id, n) in [(deny, 2), (allow, 5)] {
+            if let Some(CustomMetric::Counter(c)) = metrics.custom(id) {
+                c.inc_by(n);
+            }
+        }
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"wasmcustom_hits{filter="waf",rule="1",verdict="deny"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"wasmcustom_hits{filter="waf",rule="2",verdict="allow"} 5"#),
+            "{text}"
+        );
+        // One family, one set of labels.
+        assert!(matches!(
+            metrics.define_custom("waf", CustomKind::Counter, "hits.rule=3"),
+            Err(MetricError::TagConflict { .. })
+        ));
+    }
+
+    #[test]
+    fn a_filter_cannot_define_metrics_without_bound() {
+        let metrics = Metrics::new();
+        for n in 0..MAX_METRICS_PER_FILTER {
+            metrics
+                .define_custom("greedy", CustomKind::Gauge, &format!("g.n={n}"))
+                .unwrap();
+        }
+        assert!(matches!(
+            metrics.define_custom("greedy", CustomKind::Gauge, "g.n=last"),
+            Err(MetricError::TooMany)
+        ));
+        // Names it has already stay usable, and other filters are not affected.
+        assert!(metrics
+            .define_custom("greedy", CustomKind::Gauge, "g.n=0")
+            .is_ok());
+        assert!(metrics
+            .define_custom("modest", CustomKind::Gauge, "g.n=0")
+            .is_ok());
     }
 }

@@ -378,6 +378,11 @@ routes: [{name: web, upstream: origin, filters: [counted]}]
         ("wasmcustom_recorded_total{filter=\"counted\"}", 15.0),
         ("wasmcustom_in_flight{filter=\"counted\"}", 0.0),
         ("wasmcustom_body_size_count{filter=\"counted\"}", 3.0),
+        // A tag in the metric's name became a label.
+        (
+            "wasmcustom_requests_by{filter=\"counted\",method=\"GET\"}",
+            3.0,
+        ),
         ("edgeward_requests_total{route=\"web\",status=\"200\"}", 3.0),
         (
             "edgeward_request_duration_seconds_count{route=\"web\"}",

@@ -1,13 +1,13 @@
 //! Filter metrics: `proxy_define_metric`, `proxy_increment_metric`, `proxy_record_metric`,
-//! `proxy_get_metric`. They are exported on `/metrics` as `wasmcustom_<name>{filter="..."}`;
-//! instances of one filter share each metric.
+//! `proxy_get_metric`. They are exported on `/metrics` as `wasmcustom_<name>{filter="..."}`,
+//! with the tags the name carries as more labels; instances of one filter share each metric.
 
 use wasmtime::{Caller, Linker};
 
 use super::memory;
 use super::status::{status, HostResult, Status};
 use crate::causes::describe;
-use crate::metrics::{self, CustomKind, CustomMetric};
+use crate::metrics::{self, CustomKind, CustomMetric, MetricError};
 use crate::wasm::state::HostState;
 
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -38,6 +38,15 @@ fn define(
     let filter = caller.data().plugin.name.clone();
     match metrics::global().define_custom(&filter, kind, &name) {
         Ok(id) => Ok(status(memory::write_u32(&mut caller, ret_id, id))),
+        // Counted, not logged: a filter that makes up names may hit it on every request.
+        Err(e @ MetricError::TooMany) => {
+            metrics::global()
+                .filter_limit_hits
+                .with_label_values(&[filter.as_str(), "metrics"])
+                .inc();
+            log::debug!("filter `{filter}`: cannot define metric `{name}`: {e}");
+            Ok(Status::BadArgument as i32)
+        }
         Err(e) => {
             log::warn!("filter `{filter}`: cannot define metric: {}", describe(&e));
             Ok(Status::BadArgument as i32)

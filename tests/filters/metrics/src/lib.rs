@@ -7,7 +7,9 @@
 //!
 //! Request headers: `requests_total` +1 and `in_flight` +1 (`proxy_increment_metric`), and
 //! records the value 1234 in `body_size` and 5 in `recorded_total` (`proxy_record_metric`,
-//! which Envoy adds to a counter). `Continue`.
+//! which Envoy adds to a counter). Then, as Coraza's WAF does for its per-rule counters, it
+//! defines the counter `requests_by_method=<:method>` on the spot (a name carrying a tag,
+//! which Envoy's tag extraction turns into a label) and adds 1 to it. `Continue`.
 //!
 //! Response headers: `x-requests-total` and `x-in-flight`, the values of `requests_total`
 //! and `in_flight` read back with `proxy_get_metric` (`error: <status>` if that fails).
@@ -117,6 +119,12 @@ impl HttpContext for Request {
         }
         if let Err(status) = hostcalls::record_metric(self.metrics.recorded_total, RECORDED_COUNT) {
             log::warn!("metrics: recording recorded_total failed: {status:?}");
+        }
+        let method = self.get_http_request_header(":method").unwrap_or_default();
+        match hostcalls::define_metric(MetricType::Counter, &format!("requests_by_method={method}"))
+        {
+            Ok(id) => increment(id, 1),
+            Err(status) => log::warn!("metrics: defining requests_by_method failed: {status:?}"),
         }
         Action::Continue
     }
