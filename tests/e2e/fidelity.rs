@@ -435,3 +435,57 @@ routes: [{upstream: origin, filters: [check]}]
         Some("x-verdict=allow")
     );
 }
+
+#[tokio::test]
+async fn envoy_foreign_functions_declare_properties_and_route_again() {
+    let old = Origin::start("old").await;
+    let new = Origin::start("new").await;
+    let proxy = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+upstreams:
+  old: {endpoints: ["$old"]}
+  new: {endpoints: ["$new"]}
+filters:
+  move: {module: $foreign, config: {path: /new/moved, clear_route_cache: true}}
+  rewrite_only: {module: $foreign, config: {path: /new/rewritten}}
+routes:
+  - {match: {path_prefix: /new/}, upstream: new}
+  - {match: {path_prefix: /stay/}, upstream: old, filters: [rewrite_only]}
+  - {upstream: old, filters: [move]}
+"#,
+        &[
+            ("old", old.addr().to_string()),
+            ("new", new.addr().to_string()),
+            ("foreign", filters::FOREIGN.to_string()),
+        ],
+    ))
+    .await;
+    // `clear_route_cache` after a `:path` change: the request goes where the new path
+    // routes, and the filter, which already ran, still sees the response.
+    let response = client::http1()
+        .get(proxy.url("/old/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-origin"], "new");
+    assert_eq!(response.headers()["x-clear-route-cache"], "Ok");
+    // The property declared read-only is set once: the second set is refused, as in Envoy.
+    assert_eq!(response.headers()["x-second-set"], "BadArgument");
+    assert_eq!(response.headers()["x-tenant"], "a");
+    // A foreign function edgeward lacks answers NOT_FOUND.
+    assert_eq!(response.headers()["x-expr-create"], "NotFound");
+    let echo: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(echo["path"], "/new/moved");
+
+    // Without it, the route chosen first stays, whatever the filter made of the path.
+    let response = client::http1()
+        .get(proxy.url("/stay/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()["x-origin"], "old");
+    let echo: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(echo["path"], "/new/rewritten");
+}

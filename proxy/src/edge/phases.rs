@@ -26,12 +26,13 @@ use super::{caching, failures, filtering, logging, purge};
 use crate::access_log::AccessLogger;
 use crate::body_length::DeclaredLength;
 use crate::cache::{self, Cache};
-use crate::config::{ResponsePhase, RouteCache};
+use crate::config::{ResponsePhase, Route, RouteCache};
 use crate::connections;
 use crate::metrics;
 use crate::request_buffering;
 use crate::routing::request_host;
 use crate::runtime::Generations;
+use crate::wasm::FilterChain;
 
 pub(crate) struct Edge {
     /// Routes, upstreams, filters and the geo database: each request takes the generation
@@ -77,6 +78,24 @@ impl Edge {
         let local = *session.server_addr()?.as_inet()?;
         connections::listener_at(&self.redirects, |(address, _)| *address, local)
             .map(|(_, port)| *port)
+    }
+
+    /// Serves the request on `route`: its upstream (unless a filter chose another), its cache
+    /// policy, and the name the filters' properties show.
+    fn take_route(&self, session: &Session, ctx: &mut RequestCtx, route: &Arc<Route>) {
+        ctx.route = Some(route.clone());
+        let chain = ctx.filters.chain.as_mut();
+        let chosen = chain.as_ref().and_then(|chain| chain.upstream_override());
+        ctx.upstream.chosen = Some(chosen.unwrap_or(route.upstream));
+        if let Some(chain) = chain {
+            let upstream = ctx.generation.upstreams.get(route.upstream).name();
+            chain.rerouted(&route.name, upstream);
+        }
+        ctx.cache = Default::default();
+        if let Some(route_cache) = &route.cache {
+            ctx.cache.bypass = cache::bypass_reason(session.req_header(), route_cache);
+            ctx.cache.on = ctx.cache.bypass.is_none() && self.cache.is_some();
+        }
     }
 
     fn upstream_name<'a>(&self, ctx: &'a RequestCtx) -> Option<&'a str> {
@@ -139,19 +158,9 @@ impl ProxyHttp for Edge {
         }
         let generation = ctx.generation.clone();
         let Some(route) = generation.routes.find(session.req_header()) else {
-            let req = session.req_header();
-            let host = request_host(req).unwrap_or("");
-            let message = format!("no route matches {} {host}{}", req.method, req.uri.path());
-            ctx.refusal = Some(Refusal::NoRoute);
-            answers::refuse(session, &ctx.request_id, Refusal::NoRoute, &message).await?;
-            return Ok(true);
+            return refuse_unrouted(session, ctx).await;
         };
-        ctx.route = Some(route.clone());
-        ctx.upstream.chosen = Some(route.upstream);
-        if let Some(route_cache) = &route.cache {
-            ctx.cache.bypass = cache::bypass_reason(session.req_header(), route_cache);
-            ctx.cache.on = ctx.cache.bypass.is_none() && self.cache.is_some();
-        }
+        self.take_route(session, ctx, route);
         let info = || {
             let geo = generation.geo.as_ref();
             filtering::stream_info(session, ctx, route, geo, &generation.upstreams)
@@ -160,6 +169,19 @@ impl ProxyHttp for Edge {
             if filtering::request_headers(session, ctx, chain).await? {
                 return Ok(true);
             }
+        }
+        if ctx
+            .filters
+            .chain
+            .as_mut()
+            .is_some_and(FilterChain::take_route_cache_cleared)
+        {
+            // A filter changed what routing reads: the request goes where its head now
+            // matches, with the filters it already went through.
+            let Some(route) = generation.routes.find(session.req_header()) else {
+                return refuse_unrouted(session, ctx).await;
+            };
+            self.take_route(session, ctx, route);
         }
         // RFC 9110 §10.1.1: the request goes on, so the client may send its body now.
         if forwarding::expects_continue(session.req_header())
@@ -459,4 +481,14 @@ impl ProxyHttp for Edge {
         filtering::finish(session, ctx);
         logging::log_request(session, ctx, self.upstream_name(ctx), &self.access_log);
     }
+}
+
+/// Answers a request no route matches (`404`); `Ok(true)`: the request was answered.
+async fn refuse_unrouted(session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+    let req = session.req_header();
+    let host = request_host(req).unwrap_or("");
+    let message = format!("no route matches {} {host}{}", req.method, req.uri.path());
+    ctx.refusal = Some(Refusal::NoRoute);
+    answers::refuse(session, &ctx.request_id, Refusal::NoRoute, &message).await?;
+    Ok(true)
 }

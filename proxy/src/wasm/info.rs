@@ -52,6 +52,8 @@ pub struct StreamInfo {
     pub(crate) geo_info: OnceLock<Arc<GeoInfo>>,
     /// The upstream a filter chose with `route.upstream` instead of the route's.
     pub(crate) upstream_override: Option<UpstreamId>,
+    /// A filter called `clear_route_cache`: route the request again after its headers.
+    pub(crate) route_cache_cleared: bool,
 }
 
 impl StreamInfo {
@@ -84,6 +86,7 @@ impl Default for StreamInfo {
             geo: None,
             geo_info: OnceLock::new(),
             upstream_override: None,
+            route_cache_cleared: false,
         }
     }
 }

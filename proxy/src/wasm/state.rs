@@ -31,6 +31,10 @@ pub(crate) struct HostState {
     /// Requests paused on this instance: callout answers, `proxy_continue_stream` and local
     /// responses for them go here, to be acted on by the waiting request.
     pub waiters: HashMap<u32, mpsc::UnboundedSender<Resumption>>,
+    /// Properties the filter declared (`declare_property`), by name.
+    pub declared_properties: HashMap<Vec<u8>, DeclaredProperty>,
+    /// Foreign functions the filter called that edgeward lacks, each logged once.
+    pub unknown_foreign_functions: HashSet<Vec<u8>>,
     /// Callouts made for each HTTP context whose answers have not been delivered yet.
     pub callouts_in_flight: HashMap<u32, u32>,
     /// Partial lines the guest wrote to stdout and stderr, logged once complete.
@@ -48,6 +52,13 @@ pub(crate) struct HostState {
     pub lasting_effects: bool,
     /// The running guest call's CPU budget and meter, checked at each epoch deadline.
     pub cpu: CpuDeadline,
+}
+
+/// How a filter declared one of its properties (`declare_property`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct DeclaredProperty {
+    /// Set once per request; a second set is refused.
+    pub readonly: bool,
 }
 
 /// The CPU time a guest call may use, and what it has used.
@@ -85,6 +96,8 @@ impl HostState {
             tick_period: None,
             waiters: HashMap::new(),
             callouts_in_flight: HashMap::new(),
+            declared_properties: HashMap::new(),
+            unknown_foreign_functions: HashSet::new(),
             output: [Vec::new(), Vec::new()],
             services,
             cell: InstanceCell::default(),

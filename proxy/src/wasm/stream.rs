@@ -152,6 +152,24 @@ impl FilterChain {
             .and_then(|data| data.stream.upstream_override)
     }
 
+    /// Whether a filter asked for the request to be routed again (`clear_route_cache`), once.
+    pub(crate) fn take_route_cache_cleared(&mut self) -> bool {
+        self.scratch
+            .info_mut()
+            .is_some_and(|info| std::mem::take(&mut info.route_cache_cleared))
+    }
+
+    /// The request was routed again: the route and, unless a filter chose one, the upstream
+    /// the properties show.
+    pub(crate) fn rerouted(&mut self, route: &str, upstream: &str) {
+        if let Some(info) = self.scratch.info_mut() {
+            info.route = Arc::from(route);
+            if info.upstream_override.is_none() {
+                info.upstream = Arc::from(upstream);
+            }
+        }
+    }
+
     /// The endpoint the request is being sent to, on each attempt.
     pub(crate) fn set_upstream_address(&mut self, address: std::net::SocketAddr) {
         if let Some(info) = self.scratch.info_mut() {

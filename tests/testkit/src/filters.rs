@@ -40,6 +40,7 @@ mod tests {
             ("hostile", HOSTILE),
             ("callout", CALLOUT),
             ("body_inspector", BODY_INSPECTOR),
+            ("foreign", FOREIGN),
             ("root_callout", ROOT_CALLOUT),
             ("tick_counter", TICK_COUNTER),
             ("vm_starter", VM_STARTER),

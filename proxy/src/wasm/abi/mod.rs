@@ -6,6 +6,7 @@
 
 pub(super) mod buffers;
 pub(super) mod context;
+pub(super) mod foreign;
 pub(super) mod headers;
 pub(super) mod http_call;
 pub(super) mod log;
@@ -36,6 +37,7 @@ pub(super) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     shared_data::add_to_linker(linker)?;
     queues::add_to_linker(linker)?;
     metrics::add_to_linker(linker)?;
+    foreign::add_to_linker(linker)?;
     unsupported::add_to_linker(linker)?;
     wasi::add_to_linker(linker)?;
     Ok(())

@@ -109,7 +109,16 @@ fn set_property(
             );
             return Ok(());
         }
-        http.stream.custom.insert(path.join(&0u8), value.to_vec());
+        let key = path.join(&0u8);
+        let readonly = state
+            .declared_properties
+            .get(&key)
+            .is_some_and(|declared| declared.readonly);
+        if readonly && http.stream.custom.contains_key(&key) {
+            // As in Envoy: a read-only property is set once.
+            return Err(Status::BadArgument);
+        }
+        http.stream.custom.insert(key, value.to_vec());
         Ok(())
     });
     Ok(status(result))

@@ -1,4 +1,4 @@
-//! ABI calls edgeward does not offer: gRPC callouts and foreign functions. They exist with
+//! ABI calls edgeward does not offer: gRPC callouts. They exist with
 //! their exact signatures so that every SDK-built module links (the Rust SDK imports them all)
 //! and answer the failure status their SDKs handle without crashing.
 
@@ -31,6 +31,5 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
     refuse!(linker, "proxy_grpc_send", Status::NotFound, (a: u32, b: u32, c: u32, d: u32));
     refuse!(linker, "proxy_grpc_cancel", Status::NotFound, (a: u32));
     refuse!(linker, "proxy_grpc_close", Status::NotFound, (a: u32));
-    refuse!(linker, "proxy_call_foreign_function", Status::NotFound, (a: u32, b: u32, c: u32, d: u32, e: u32, f: u32));
     Ok(())
 }
