@@ -381,7 +381,10 @@ routes:
     assert!(filtered.cut_short.is_none());
     // `response.grpc_status` comes from the trailers once they came (the head has none).
     let line = wait_for_log(&proxy, "on_log status=200 path=/trailers/f").await;
-    assert!(line.ends_with("grpc_status=0"), "{line}");
+    assert!(
+        line.ends_with("grpc_status=0 details=via_upstream"),
+        "{line}"
+    );
 
     // A filter buffering the body waits for an end of stream that comes with the trailers,
     // not the body: the body it holds cannot go out before them, and the response is cut
@@ -488,4 +491,49 @@ routes:
     assert_eq!(response.headers()["x-origin"], "old");
     let echo: serde_json::Value = response.json().await.unwrap();
     assert_eq!(echo["path"], "/new/rewritten");
+}
+
+#[tokio::test]
+async fn response_code_details_say_who_answered() {
+    let origin = Origin::start("origin").await;
+    let dead = DeadEndpoint::new();
+    let proxy = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+upstreams:
+  origin: {endpoints: ["$origin"]}
+  down: {endpoints: ["$dead"]}
+filters:
+  props: {module: $props}
+  teapot: {module: $local, config: {phase: request_headers, status: 418}}
+  stuck: {module: $pauser, config: {resume: false}}
+routes:
+  - {match: {path_prefix: /local}, upstream: origin, filters: [props, teapot]}
+  - {match: {path_prefix: /stuck}, upstream: origin, filters: [props, stuck], timeout: 300ms}
+  - {match: {path_prefix: /down}, upstream: down, filters: [props]}
+  - {upstream: origin, filters: [props]}
+"#,
+        &[
+            ("origin", origin.addr().to_string()),
+            ("dead", dead.addr().to_string()),
+            ("props", filters::PROPERTIES.to_string()),
+            ("local", filters::LOCAL_RESPONDER.to_string()),
+            ("pauser", filters::PAUSER.to_string()),
+        ],
+    ))
+    .await;
+    for (path, status, details) in [
+        ("/upstream", 200, "via_upstream"),
+        ("/local", 418, "filter_local_reply"),
+        ("/stuck", 504, "filter_timeout"),
+        ("/down", 502, "upstream_unavailable"),
+    ] {
+        let response = client::http1().get(proxy.url(path)).send().await.unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        let line = wait_for_log(&proxy, &format!("on_log status={status} path={path} ")).await;
+        assert!(
+            line.ends_with(&format!("details={details}")),
+            "{path}: {line}"
+        );
+    }
 }

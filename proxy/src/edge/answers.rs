@@ -131,6 +131,23 @@ impl Answer {
         }
     }
 
+    /// What `response.code_details` says of it: the details the filter gave its response
+    /// (spaces made `_`, as Envoy requires), else `filter_local_reply`; or the failure's code.
+    pub(crate) fn code_details(&self) -> String {
+        match self {
+            Answer::Local(local) if local.details.trim().is_empty() => {
+                "filter_local_reply".to_string()
+            }
+            Answer::Local(local) => local
+                .details
+                .trim()
+                .chars()
+                .map(|c| if c.is_whitespace() { '_' } else { c })
+                .collect(),
+            Answer::FilterFailed(failure) => failure.code.to_string(),
+        }
+    }
+
     /// The head and body: the filter's own response, or edgeward's JSON error naming the
     /// filter.
     pub(crate) fn response(&self, request_id: &HeaderValue) -> Result<(ResponseHeader, Bytes)> {
@@ -261,4 +278,33 @@ async fn drain_unread_body(session: &mut Session) {
 /// The error that drops the connection without an answer, as a filter asked.
 pub(super) fn closed_by_filter() -> Box<Error> {
     Error::explain(ErrorType::ConnectionClosed, "a filter closed the stream").into_down()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_details_name_what_answered() {
+        let local = |details: &str| {
+            Answer::Local(LocalResponse {
+                status: 403,
+                headers: Vec::new(),
+                body: Vec::new(),
+                details: details.to_string(),
+            })
+        };
+        assert_eq!(local("").code_details(), "filter_local_reply");
+        assert_eq!(
+            local(" denied by policy ").code_details(),
+            "denied_by_policy"
+        );
+        let failed = Answer::FilterFailed(FilterFailure {
+            filter: "f".into(),
+            status: 504,
+            code: "filter_timeout",
+            message: String::new(),
+        });
+        assert_eq!(failed.code_details(), "filter_timeout");
+    }
 }

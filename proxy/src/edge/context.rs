@@ -83,6 +83,8 @@ pub(crate) struct FilterState {
     pub pending_answer: Option<Answer>,
     /// The error code of a filter's failure, for the access log.
     pub error: Option<&'static str>,
+    /// What answered the request when a filter did, for `response.code_details`.
+    pub code_details: Option<String>,
 }
 
 /// The response body as the filters of one response phase see it.
@@ -100,11 +102,12 @@ pub(crate) struct BodyPhase {
 }
 
 impl FilterState {
-    /// Keeps the error code of a filter's failure for the access log.
+    /// Keeps the error code of a filter's failure for the access log, and what answered.
     pub(crate) fn note(&mut self, answer: &Answer) {
         if let Some(code) = answer.error_code() {
             self.error = Some(code);
         }
+        self.code_details = Some(answer.code_details());
     }
 }
 

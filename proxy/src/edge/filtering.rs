@@ -19,6 +19,9 @@ use crate::request_buffering::{FilteredBody, HeldBody};
 use crate::upstream::Upstreams;
 use crate::wasm::{FilterChain, FilterFailure, StreamInfo, Verdict};
 
+/// `response.code_details` of a response from the upstream (or the cache), as in Envoy.
+const VIA_UPSTREAM: &str = "via_upstream";
+
 /// The access log's error code for a body whose length a filter changed under its head.
 const LENGTH_CHANGED: &str = "body_length_changed";
 
@@ -357,6 +360,13 @@ pub(super) fn finish(session: &mut Session, ctx: &mut RequestCtx) {
             .needs_sent_response()
             .then(|| session.response_written().cloned())
             .flatten();
+        // Who answered: a filter, edgeward itself (its refusal's code), else the upstream.
+        let details = match (&ctx.filters.code_details, ctx.refusal) {
+            (Some(details), _) => details.clone(),
+            (None, Some(refusal)) => refusal.code().to_string(),
+            (None, None) => VIA_UPSTREAM.to_string(),
+        };
+        chain.set_code_details(details);
         chain.finish(session.req_header_mut(), sent);
     }
 }

@@ -54,6 +54,9 @@ pub struct StreamInfo {
     pub(crate) upstream_override: Option<UpstreamId>,
     /// A filter called `clear_route_cache`: route the request again after its headers.
     pub(crate) route_cache_cleared: bool,
+    /// What answered the request (`response.code_details`), once it is known; until then
+    /// the response under way is the upstream's.
+    pub(crate) code_details: Option<String>,
 }
 
 impl StreamInfo {
@@ -87,6 +90,7 @@ impl Default for StreamInfo {
             geo_info: OnceLock::new(),
             upstream_override: None,
             route_cache_cleared: false,
+            code_details: None,
         }
     }
 }

@@ -152,6 +152,13 @@ impl FilterChain {
             .and_then(|data| data.stream.upstream_override)
     }
 
+    /// What answered the request, for `response.code_details` in the final callbacks.
+    pub(crate) fn set_code_details(&mut self, details: String) {
+        if let Some(info) = self.scratch.info_mut() {
+            info.code_details = Some(details);
+        }
+    }
+
     /// Whether a filter asked for the request to be routed again (`clear_route_cache`), once.
     pub(crate) fn take_route_cache_cleared(&mut self) -> bool {
         self.scratch

@@ -225,7 +225,13 @@ fn response(http: &HttpData, resp: &ResponseHeader, path: &[&[u8]]) -> Option<Ve
     let body_bytes = http.stream.response_body_bytes;
     Some(match path {
         [b"code"] => int(resp.status.as_u16().into()),
-        [b"code_details"] => b"via_upstream".to_vec(),
+        [b"code_details"] => http
+            .stream
+            .code_details
+            .as_deref()
+            .unwrap_or("via_upstream")
+            .as_bytes()
+            .to_vec(),
         // As Envoy reads it: from the trailers once they came, else the head, when a number.
         [b"grpc_status"] => int(http
             .response_trailers

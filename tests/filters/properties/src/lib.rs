@@ -30,9 +30,10 @@
 //! It then reads `my.prop` back into `x-prop-my.prop` (so `v1` when the host keeps
 //! properties set by the filter for the life of the request). `Continue`.
 //!
-//! `on_log` reads `response.code`, `request.path` and `response.grpc_status` and logs, at
-//! warn level, `on_log status=<code> path=<path> grpc_status=<status>` (`missing` for any
-//! the host does not have).
+//! `on_log` reads `response.code`, `request.path`, `response.grpc_status` and
+//! `response.code_details` and logs, at warn level,
+//! `on_log status=<code> path=<path> grpc_status=<status> details=<details>` (`missing` for
+//! any the host does not have).
 
 use std::fmt::Write as _;
 use std::rc::Rc;
@@ -141,7 +142,8 @@ impl HttpContext for Properties {
         let code = self.read(&["response", "code"]);
         let path = self.read(&["request", "path"]);
         let grpc_status = self.read(&["response", "grpc_status"]);
-        log::warn!("on_log status={code} path={path} grpc_status={grpc_status}");
+        let details = self.read(&["response", "code_details"]);
+        log::warn!("on_log status={code} path={path} grpc_status={grpc_status} details={details}");
     }
 }
 
