@@ -537,3 +537,55 @@ routes:
         );
     }
 }
+
+#[tokio::test]
+async fn a_root_context_not_done_at_on_done_is_deleted_after_its_proxy_done() {
+    let origin = Origin::start("origin").await;
+    let yaml = |done_after_ticks: u32| {
+        config(
+            &format!(
+                r#"
+listeners: [{{address: "{{{{listen}}}}"}}]
+workers: 1
+upstreams: {{origin: {{endpoints: ["$origin"]}}}}
+filters: {{ticks: {{module: $ticker, config: {{tick_ms: 20, done_after_ticks: {done_after_ticks}}}}}}}
+routes: [{{upstream: origin, filters: [ticks]}}]
+"#
+            ),
+            &[
+                ("origin", origin.addr().to_string()),
+                ("ticker", filters::TICK_COUNTER.to_string()),
+            ],
+        )
+    };
+    // Done three ticks after on_done: deleted then, as cpp-host does.
+    let mut proxy = start_proxy(&yaml(3)).await;
+    let response = client::http1().get(proxy.url("/x")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let exit = proxy.signal_and_wait("TERM", Duration::from_secs(30)).await;
+    assert!(exit.success(), "{exit:?}");
+    let lines = proxy.stderr_lines();
+    let at = |needle: &str| {
+        lines
+            .iter()
+            .position(|line| line.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} in {lines:#?}"))
+    };
+    let on_done = at("tick_counter: on_done, not done yet");
+    let proxy_done = at("tick_counter: proxy_done after 3 ticks");
+    let deleted = at("tick_counter: root deleted");
+    assert!(on_done < proxy_done && proxy_done < deleted, "{lines:#?}");
+
+    // Never done: deleted anyway once the wait is over, with a warning.
+    let mut proxy = start_proxy(&yaml(1_000_000)).await;
+    let exit = proxy.signal_and_wait("TERM", Duration::from_secs(30)).await;
+    assert!(exit.success(), "{exit:?}");
+    let lines = proxy.stderr_lines();
+    assert!(
+        lines.iter().any(|l| l.contains("did not call proxy_done")),
+        "{lines:#?}"
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l.contains("tick_counter: root deleted")));
+}

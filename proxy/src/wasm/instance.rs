@@ -16,7 +16,9 @@ use super::error::{classify, ExportError, Fault, StartError};
 use super::info::PluginInfo;
 use super::mailbox::{CalloutAnswer, Mailbox};
 use super::services::HostServices;
-use super::state::{Call, CpuDeadline, HostState, HttpData, LocalResponse, Phase, Resumption};
+use super::state::{
+    Call, CpuDeadline, HostState, HttpData, LocalResponse, Phase, Resumption, RootEnding,
+};
 use crate::causes::describe;
 use crate::sync::lock;
 
@@ -729,17 +731,33 @@ impl Instance {
         self.store.data_mut().waiters.remove(&context_id);
     }
 
-    /// The root context's `on_tick`.
-    /// Ends the root context, as proxy-wasm-cpp-host does when a plugin goes away:
-    /// `on_done`, then `on_delete`, each within `budget` of CPU.
-    pub(crate) fn end_root(&mut self, budget: Duration) -> Result<(), Fault> {
+    /// Starts ending the root context, as proxy-wasm-cpp-host does when a plugin goes away:
+    /// `on_done` within `budget` of CPU. `Ok(false)` when it answered false: it is not done
+    /// until it calls `proxy_done` ([`Self::root_done`]); then [`Self::delete_root`].
+    pub(crate) fn end_root(&mut self, budget: Duration) -> Result<bool, Fault> {
         self.store.data_mut().call = Call::root(ROOT_ID, Phase::Done);
-        self.call(|e| &mut e.done, ROOT_ID, CpuDeadline::start(budget))?;
+        let answer = self.call(|e| &mut e.done, ROOT_ID, CpuDeadline::start(budget))?;
+        let done = answer != Some(0);
+        self.store.data_mut().root_ending = match done {
+            true => RootEnding::Done,
+            false => RootEnding::Pending,
+        };
+        Ok(done)
+    }
+
+    /// Whether the root context is done (after `on_done`, or its `proxy_done`).
+    pub(crate) fn root_done(&self) -> bool {
+        self.store.data().root_ending == RootEnding::Done
+    }
+
+    /// `on_delete` of the root context, the last call an instance gets.
+    pub(crate) fn delete_root(&mut self, budget: Duration) -> Result<(), Fault> {
         self.store.data_mut().call = Call::root(ROOT_ID, Phase::Delete);
         self.call(|e| &mut e.delete, ROOT_ID, CpuDeadline::start(budget))
             .map(drop)
     }
 
+    /// The root context's `on_tick`.
     pub(crate) fn tick(&mut self, budget: Duration) -> Result<(), Fault> {
         self.store.data_mut().call = Call::root(ROOT_ID, Phase::Tick);
         self.call(|e| &mut e.tick, ROOT_ID, CpuDeadline::start(budget))

@@ -34,7 +34,7 @@ mod ticker;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use wasmtime::Linker;
 
@@ -53,6 +53,11 @@ use services::HostServices;
 pub use state::LocalResponse;
 pub use stream::{FilterChain, FilterFailure, Verdict};
 use ticker::Ticker;
+
+/// How long a root context whose `on_done` answered false may take to call `proxy_done`.
+const ROOT_DONE_WAIT: Duration = Duration::from_secs(5);
+/// How often such a root is looked at (and ticked, at its own period).
+const ROOT_DONE_POLL: Duration = Duration::from_millis(5);
 
 /// Every configured filter, ready to serve requests. Clones share the filters.
 #[derive(Clone)]
@@ -198,9 +203,17 @@ impl FilterHost {
 
     /// Ends every filter's root contexts (`on_done`, `on_delete` on each shared instance):
     /// the filters are going away. Runs guest code, each call within the filter's CPU limit.
+    /// A root whose `on_done` answers false is waited on until it calls `proxy_done`, for at
+    /// most [`ROOT_DONE_WAIT`], with its ticks going on; this blocks the calling thread.
     pub(crate) fn end_roots(&self) {
-        for plugin in &self.plugins {
-            plugin.end_roots();
+        let deadline = Instant::now() + ROOT_DONE_WAIT;
+        let mut ending: Vec<_> = self.plugins.iter().flat_map(Plugin::end_roots).collect();
+        while !ending.is_empty() {
+            let now = Instant::now();
+            ending.retain_mut(|root| !root.advance(now, deadline));
+            if !ending.is_empty() {
+                std::thread::sleep(ROOT_DONE_POLL);
+            }
         }
     }
 

@@ -111,6 +111,48 @@ impl CallMetrics {
     }
 }
 
+/// A shared instance whose root context answered `on_done` with false: as in cpp-host it is
+/// not deleted until it calls `proxy_done`. Meanwhile it keeps its ticks (the ticker of a
+/// retired generation has stopped, so the one ending it ticks it).
+pub(crate) struct EndingRoot {
+    plugin: Arc<Plugin>,
+    instance: SharedInstance,
+    next_tick: Instant,
+}
+
+impl EndingRoot {
+    /// Deletes the root once it is done, or once `deadline` passed: `true` then. Until then
+    /// it gets `on_tick` at its period.
+    pub(crate) fn advance(&mut self, now: Instant, deadline: Instant) -> bool {
+        let info = &self.plugin.info;
+        let mut instance = lock(&self.instance);
+        if instance.poisoned().is_some() {
+            return true;
+        }
+        if !instance.root_done() {
+            if now < deadline {
+                let Some(period) = instance.tick_period().filter(|_| now >= self.next_tick) else {
+                    return false;
+                };
+                self.next_tick = now + period;
+                if let Err(fault) = instance.tick(info.limits.cpu) {
+                    drop(instance);
+                    self.plugin.ending_failed(&fault);
+                    return true;
+                }
+                return false;
+            }
+            log::warn!(
+                "filter `{}` did not call proxy_done after its root's on_done; deleting it anyway",
+                info.name
+            );
+        }
+        drop(instance);
+        self.plugin.delete_root(&self.instance);
+        true
+    }
+}
+
 #[derive(Default)]
 struct Crashes {
     in_a_row: u32,
@@ -291,26 +333,48 @@ impl Plugin {
         shared
     }
 
-    /// Ends the root context of every shared instance (`on_done`, `on_delete`): the filter is
-    /// going away (a reload retired it, or the process stops). Each instance is taken out of
-    /// its slot, so no request starts on it afterwards.
-    pub(crate) fn end_roots(&self) {
+    /// Ends the root context of every shared instance: the filter is going away (a reload
+    /// retired it, or the process stops). Each instance is taken out of its slot, so no
+    /// request starts on it afterwards, and gets `on_done`, then `on_delete`; those whose
+    /// `on_done` answers false are returned, to wait for their `proxy_done`.
+    pub(crate) fn end_roots(self: &Arc<Self>) -> Vec<EndingRoot> {
+        let mut pending = Vec::new();
         for slot in &self.slots {
             let Some(instance) = lock(slot).take() else {
                 continue;
             };
-            let mut instance = lock(&instance);
-            if instance.poisoned().is_some() {
-                continue;
-            }
-            if let Err(fault) = instance.end_root(self.info.limits.cpu) {
-                fault.count(&self.info.name);
-                log::warn!(
-                    "filter `{}` {fault} in its root context's on_done or on_delete",
-                    self.info.name
-                );
+            let ended = {
+                let mut guard = lock(&instance);
+                if guard.poisoned().is_some() {
+                    continue;
+                }
+                guard.end_root(self.info.limits.cpu)
+            };
+            match ended {
+                Ok(true) => self.delete_root(&instance),
+                Ok(false) => pending.push(EndingRoot {
+                    plugin: self.clone(),
+                    instance,
+                    next_tick: Instant::now(),
+                }),
+                Err(fault) => self.ending_failed(&fault),
             }
         }
+        pending
+    }
+
+    fn delete_root(&self, instance: &SharedInstance) {
+        if let Err(fault) = lock(instance).delete_root(self.info.limits.cpu) {
+            self.ending_failed(&fault);
+        }
+    }
+
+    fn ending_failed(&self, fault: &Fault) {
+        fault.count(&self.info.name);
+        log::warn!(
+            "filter `{}` {fault} while its root context ended",
+            self.info.name
+        );
     }
 
     /// Starts `on_tick` for a shared instance once it asks for ticks.

@@ -31,6 +31,8 @@ pub(crate) struct HostState {
     /// Requests paused on this instance: callout answers, `proxy_continue_stream` and local
     /// responses for them go here, to be acted on by the waiting request.
     pub waiters: HashMap<u32, mpsc::UnboundedSender<Resumption>>,
+    /// Where the root context is in its ending (`on_done`, `proxy_done`).
+    pub root_ending: RootEnding,
     /// Properties the filter declared (`declare_property`), by name.
     pub declared_properties: HashMap<Vec<u8>, DeclaredProperty>,
     /// Foreign functions the filter called that edgeward lacks, each logged once.
@@ -52,6 +54,16 @@ pub(crate) struct HostState {
     pub lasting_effects: bool,
     /// The running guest call's CPU budget and meter, checked at each epoch deadline.
     pub cpu: CpuDeadline,
+}
+
+/// The root context's ending, as proxy-wasm-cpp-host runs it: an `on_done` that answers false
+/// is not done yet, and says so later with `proxy_done`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RootEnding {
+    Running,
+    /// `on_done` answered false: waiting for `proxy_done`.
+    Pending,
+    Done,
 }
 
 /// How a filter declared one of its properties (`declare_property`).
@@ -96,6 +108,7 @@ impl HostState {
             tick_period: None,
             waiters: HashMap::new(),
             callouts_in_flight: HashMap::new(),
+            root_ending: RootEnding::Running,
             declared_properties: HashMap::new(),
             unknown_foreign_functions: HashSet::new(),
             output: [Vec::new(), Vec::new()],

@@ -7,7 +7,7 @@ use wasmtime::{Caller, Linker};
 
 use super::memory;
 use super::status::{status, HostResult, Status};
-use crate::wasm::state::HostState;
+use crate::wasm::state::{HostState, RootEnding};
 
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap(
@@ -15,11 +15,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<
         "proxy_set_effective_context",
         proxy_set_effective_context,
     )?;
-    linker.func_wrap(
-        "env",
-        "proxy_done",
-        |_: Caller<'_, HostState>| -> HostResult { Ok(Status::Ok as i32) },
-    )?;
+    linker.func_wrap("env", "proxy_done", proxy_done)?;
     linker.func_wrap(
         "env",
         "proxy_set_tick_period_milliseconds",
@@ -72,4 +68,15 @@ fn proxy_get_current_time_nanoseconds(
         .unwrap_or_default();
     let nanos = u64::try_from(now.as_nanos()).unwrap_or(u64::MAX);
     Ok(status(memory::write_u64(&mut caller, ret_time, nanos)))
+}
+
+/// The root context says it is done after its `on_done` answered false (cpp-host's rule);
+/// NOT_FOUND when it was not waited on.
+fn proxy_done(mut caller: Caller<'_, HostState>) -> HostResult {
+    let state = caller.data_mut();
+    if state.root_ending != RootEnding::Pending {
+        return Ok(Status::NotFound as i32);
+    }
+    state.root_ending = RootEnding::Done;
+    Ok(Status::Ok as i32)
 }
