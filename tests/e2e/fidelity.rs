@@ -382,7 +382,7 @@ routes:
     // `response.grpc_status` comes from the trailers once they came (the head has none).
     let line = wait_for_log(&proxy, "on_log status=200 path=/trailers/f").await;
     assert!(
-        line.ends_with("grpc_status=0 details=via_upstream"),
+        line.ends_with("grpc_status=0 details=via_upstream flags=0"),
         "{line}"
     );
 
@@ -522,19 +522,18 @@ routes:
         ],
     ))
     .await;
-    for (path, status, details) in [
-        ("/upstream", 200, "via_upstream"),
-        ("/local", 418, "filter_local_reply"),
-        ("/stuck", 504, "filter_timeout"),
-        ("/down", 502, "upstream_unavailable"),
+    // With Envoy's response flags: UpstreamConnectionFailure (0x20) for the dead upstream.
+    for (path, status, details, flags) in [
+        ("/upstream", 200, "via_upstream", 0),
+        ("/local", 418, "filter_local_reply", 0),
+        ("/stuck", 504, "filter_timeout", 0),
+        ("/down", 502, "upstream_unavailable", 0x20),
     ] {
         let response = client::http1().get(proxy.url(path)).send().await.unwrap();
         assert_eq!(response.status(), status, "{path}");
         let line = wait_for_log(&proxy, &format!("on_log status={status} path={path} ")).await;
-        assert!(
-            line.ends_with(&format!("details={details}")),
-            "{path}: {line}"
-        );
+        let expected = format!("details={details} flags={flags}");
+        assert!(line.ends_with(&expected), "{path}: {line}");
     }
 }
 
@@ -588,4 +587,62 @@ routes: [{{upstream: origin, filters: [ticks]}}]
     assert!(lines
         .iter()
         .any(|l| l.contains("tick_counter: root deleted")));
+}
+
+#[tokio::test]
+async fn node_metadata_and_connection_attributes_envoy_filters_read() {
+    let origin = Origin::start("origin").await;
+    let proxy = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+node: {id: edge-7, cluster: eu-west, metadata: {region: eu}}
+upstreams:
+  origin: {endpoints: ["$origin"], metadata: {acme: {tier: gold}}}
+filters:
+  props:
+    module: $props
+    config:
+      paths:
+        - [node, id]
+        - [node, cluster]
+        - [node, metadata, region]
+        - [listener_direction]
+        - [route_metadata, filter_metadata, acme, team]
+        - [xds, route_metadata, filter_metadata, acme, team]
+        - [cluster_metadata, filter_metadata, acme, tier]
+        - [cluster_metadata, filter_metadata, acme, missing]
+        - [upstream, local_address]
+routes:
+  - {upstream: origin, filters: [props], metadata: {acme: {team: web}}}
+"#,
+        &[
+            ("origin", origin.addr().to_string()),
+            ("props", filters::PROPERTIES.to_string()),
+        ],
+    ))
+    .await;
+    let response = client::http1().get(proxy.url("/x")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let prop = |name: &str| {
+        response
+            .headers()
+            .get(format!("x-prop-{name}"))
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no x-prop-{name}"))
+    };
+    assert_eq!(prop("node.id"), "edge-7");
+    assert_eq!(prop("node.cluster"), "eu-west");
+    assert_eq!(prop("node.metadata.region"), "eu");
+    assert_eq!(prop("listener_direction"), "1");
+    assert_eq!(prop("route_metadata.filter_metadata.acme.team"), "web");
+    assert_eq!(prop("xds.route_metadata.filter_metadata.acme.team"), "web");
+    assert_eq!(prop("cluster_metadata.filter_metadata.acme.tier"), "gold");
+    assert_eq!(
+        prop("cluster_metadata.filter_metadata.acme.missing"),
+        "missing"
+    );
+    // The proxy's end of its connection to the origin.
+    let local: std::net::SocketAddr = prop("upstream.local_address").parse().unwrap();
+    assert!(local.ip().is_loopback(), "{local}");
+    assert_ne!(local.port(), origin.addr().port());
 }

@@ -670,7 +670,7 @@ async fn properties_read_back_through_response_headers_and_on_log_sees_the_final
     let line = wait_for_log(&proxy, "on_log status=").await;
     assert!(
         line.ends_with(
-            "on_log status=201 path=/status/201?a=1 grpc_status=missing details=via_upstream"
+            "on_log status=201 path=/status/201?a=1 grpc_status=missing details=via_upstream flags=0"
         ),
         "{line}"
     );

@@ -19,7 +19,7 @@ const MEMORY_LIMIT: u64 = 512 << 20;
 
 const TOP_LEVEL_KEYS: &str =
     "listeners, workers, work_stealing, access_log, shutdown_timeout, client, \
-                              upstreams, routes, filters, wasm, admin, geo, cache";
+                              upstreams, routes, filters, wasm, admin, geo, cache, node";
 
 /// Runs `validate` and `run` on `bytes` (as `c.yaml`) within the limits and checks that both
 /// exit 1 with exactly `problems` (the lines before the count) and `found` as the count.

@@ -219,6 +219,23 @@ mod tests {
     }
 
     #[test]
+    fn node_and_metadata_reach_the_model_and_empty_names_are_refused() {
+        let text = format!("{MINIMAL}node: {{id: edge-1, metadata: {{region: eu}}}}\n");
+        let config = from_str(&text, Path::new("/tmp/e.yaml")).unwrap();
+        assert_eq!(config.node.id, "edge-1");
+        assert_eq!(config.node.cluster, "");
+        assert_eq!(config.node.metadata["region"], "eu");
+        let text = "listeners: [{address: \"127.0.0.1:8080\"}]\nupstreams:\n  u: {builtin: echo, metadata: {acme: {tier: gold}}}\nroutes: [{upstream: u, metadata: {\"\": {a: b}, acme: {\"\": c}}}]\n";
+        assert_eq!(
+            problems(text),
+            vec![
+                "4:35: route `route-1`: a metadata namespace is empty",
+                "4:54: route `route-1` metadata `acme`: a key is empty",
+            ]
+        );
+    }
+
+    #[test]
     fn relative_paths_start_at_the_config_folder() {
         let text = format!("{MINIMAL}access_log: access.log\n");
         let config = from_str(&text, Path::new("/tmp/e.yaml")).unwrap();

@@ -1,6 +1,7 @@
 //! The validated configuration: typed, resolved and cross-checked. This is what the rest of
 //! edgeward reads; it never sees YAML.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -41,7 +42,21 @@ pub struct Config {
     pub geo: Option<GeoSettings>,
     /// The HTTP cache, when a route caches or the `cache` section is present.
     pub cache: Option<CacheSettings>,
+    /// Who this edgeward is, for filters' `node` properties.
+    pub node: Arc<Node>,
 }
+
+/// Envoy's bootstrap node, as filters read it (`node.id`, `node.metadata.<key>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Node {
+    pub id: String,
+    pub cluster: String,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// Envoy's `filter_metadata` of a route or upstream: namespace, then key, then value; read by
+/// filters as `route_metadata` and `cluster_metadata` properties.
+pub type Metadata = BTreeMap<String, BTreeMap<String, String>>;
 
 /// The process-wide HTTP cache: its storage bounds and who may purge it.
 #[derive(Debug, Clone)]
@@ -358,6 +373,7 @@ pub struct Upstream {
     /// `None`: cleartext.
     pub tls: Option<OriginTls>,
     pub protocol: UpstreamProtocol,
+    pub metadata: Arc<Metadata>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -442,6 +458,7 @@ pub struct Route {
     pub timeout: Duration,
     /// Caching for this route, when enabled.
     pub cache: Option<RouteCache>,
+    pub metadata: Arc<Metadata>,
 }
 
 /// Every present condition must hold; an empty match accepts every request.

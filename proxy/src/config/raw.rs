@@ -59,7 +59,21 @@ pub(super) struct RawConfig {
     pub admin: Option<Located<RawAdmin>>,
     pub geo: Option<Located<RawGeo>>,
     pub cache: Option<Located<RawCache>>,
+    pub node: Option<Located<RawNode>>,
 }
+
+/// `node:`: who this edgeward is, for filters' `node` properties (Envoy's bootstrap node).
+#[derive(Debug, Deserialize)]
+pub(super) struct RawNode {
+    pub id: Option<Located<String>>,
+    pub cluster: Option<Located<String>>,
+    #[serde(default)]
+    pub metadata: Named<Located<String>>,
+}
+
+/// `metadata:` of a route or an upstream: namespaces of keys and values (Envoy's
+/// `filter_metadata`).
+pub(super) type RawMetadata = Named<Named<Located<String>>>;
 
 #[derive(Debug, Deserialize)]
 pub(super) struct RawCache {
@@ -186,6 +200,7 @@ pub(super) struct RawUpstream {
     pub health_check: Option<Located<RawHealthCheck>>,
     pub tls: Option<Located<RawOriginTls>>,
     pub http2: Option<Located<bool>>,
+    pub metadata: Option<Located<RawMetadata>>,
 }
 
 /// An upstream's `tls:`.
@@ -219,6 +234,7 @@ pub(super) struct RawRoute {
     pub filters: Option<Located<Vec<Located<String>>>>,
     pub timeout: Option<Located<String>>,
     pub cache: Option<Located<RawRouteCache>>,
+    pub metadata: Option<Located<RawMetadata>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -4,6 +4,7 @@
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
@@ -15,6 +16,7 @@ use super::units::{parse_duration, parse_size};
 use super::yaml::Located;
 
 mod cache;
+mod metadata;
 mod origin;
 mod tls;
 
@@ -184,6 +186,7 @@ impl<'a> Validator<'a> {
         let a_route_caches = routes.iter().any(|r| r.cache.is_some());
         let cache = self.cache(raw.cache.as_ref(), a_route_caches);
         let wasm = self.wasm(raw.wasm.as_ref());
+        let node = Arc::new(self.node(raw.node.as_ref()));
         let mut inputs = vec![source.to_path_buf()];
         inputs.append(&mut self.inputs);
         Config {
@@ -202,6 +205,7 @@ impl<'a> Validator<'a> {
             admin,
             geo,
             cache,
+            node,
         }
     }
 
@@ -738,6 +742,7 @@ impl<'a> Validator<'a> {
             retries,
             health_check,
             tls,
+            metadata: self.metadata(raw.metadata.as_ref(), &format!("upstream `{}`", name.value)),
             protocol,
         }
     }
@@ -879,6 +884,7 @@ impl<'a> Validator<'a> {
         }
         let timeout = self.duration(&raw.timeout, "timeout", DEFAULT_ROUTE_TIMEOUT);
         let cache = raw.cache.as_ref().and_then(|c| self.route_cache(c));
+        let metadata = self.metadata(raw.metadata.as_ref(), &format!("route `{name}`"));
         Some(Route {
             name,
             matcher,
@@ -888,6 +894,7 @@ impl<'a> Validator<'a> {
             filters: chain,
             timeout,
             cache,
+            metadata,
         })
     }
 

@@ -27,7 +27,31 @@ pub(crate) enum Refusal {
     Internal,
 }
 
+/// Envoy's response flag for a response from its cache filter (`ResponseFromCacheFilter`).
+const FLAG_FROM_CACHE: u64 = 0x10_0000;
+
+/// Envoy's `response.flags` for how a request ended: its refusal's flag, and whether the
+/// cache served it.
+pub(crate) fn response_flags(refusal: Option<Refusal>, from_cache: bool) -> u64 {
+    let cache = if from_cache { FLAG_FROM_CACHE } else { 0 };
+    refusal.map_or(0, Refusal::envoy_flag) | cache
+}
+
 impl Refusal {
+    /// The bit of Envoy's response flags (`envoy/stream_info/stream_info.h`) that says the
+    /// same; 0 where Envoy has none.
+    fn envoy_flag(self) -> u64 {
+        match self {
+            Refusal::NoHealthyEndpoint => 0x2, // NoHealthyUpstream (UH)
+            Refusal::UpstreamTimeout => 0x4,   // UpstreamRequestTimeout (UT)
+            Refusal::UpstreamUnavailable | Refusal::UpstreamTls => 0x20, // UpstreamConnectionFailure (UF)
+            Refusal::NoRoute => 0x100,                                   // NoRouteFound (NR)
+            Refusal::RequestTimeout => 0x1_0000,                         // StreamIdleTimeout (SI)
+            Refusal::BadRequest => 0x4_0000, // DownstreamProtocolError (DPE)
+            Refusal::PurgeForbidden | Refusal::Internal => 0,
+        }
+    }
+
     pub(crate) fn status(self) -> u16 {
         match self {
             Refusal::NoRoute => 404,

@@ -54,6 +54,8 @@ pub(super) fn stream_info(
             .map(|ssl| ssl.version.clone()),
         request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
         route: Arc::from(route.name.as_str()),
+        route_metadata: route.metadata.clone(),
+        route_upstream: Some(route.upstream),
         upstream: Arc::from(upstreams.get(route.upstream).name()),
         started: SystemTime::now() - ctx.started.elapsed(),
         started_at: ctx.started,
@@ -366,7 +368,11 @@ pub(super) fn finish(session: &mut Session, ctx: &mut RequestCtx) {
             (None, Some(refusal)) => refusal.code().to_string(),
             (None, None) => VIA_UPSTREAM.to_string(),
         };
-        chain.set_code_details(details);
+        let cache_hit = ctx
+            .cache
+            .outcome
+            .is_some_and(|outcome| outcome.served_from_cache());
+        chain.set_outcome(details, answers::response_flags(ctx.refusal, cache_hit));
         chain.finish(session.req_header_mut(), sent);
     }
 }

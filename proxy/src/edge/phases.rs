@@ -89,7 +89,7 @@ impl Edge {
         ctx.upstream.chosen = Some(chosen.unwrap_or(route.upstream));
         if let Some(chain) = chain {
             let upstream = ctx.generation.upstreams.get(route.upstream).name();
-            chain.rerouted(&route.name, upstream);
+            chain.rerouted(route, upstream);
         }
         ctx.cache = Default::default();
         if let Some(route_cache) = &route.cache {
@@ -227,6 +227,29 @@ impl ProxyHttp for Edge {
             chain.set_upstream_address(addr);
         }
         Ok(Box::new(upstream.peer(addr)))
+    }
+
+    /// The connection's local address, for filters (`upstream.local_address`); looked up
+    /// (a system call) only when the route has filters.
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        #[cfg(unix)] _fd: std::os::unix::io::RawFd,
+        #[cfg(windows)] _sock: std::os::windows::io::RawSocket,
+        digest: Option<&pingora::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if let Some(chain) = ctx.filters.chain.as_mut() {
+            let local = digest
+                .and_then(|d| d.socket_digest.as_ref())
+                .and_then(|socket| socket.local_addr()?.as_inet().copied());
+            if let Some(local) = local {
+                chain.set_upstream_local_address(local);
+            }
+        }
+        Ok(())
     }
 
     fn fail_to_connect(

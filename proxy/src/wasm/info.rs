@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime};
 
-use crate::config::{FilterLimits, ResponsePhase, UpstreamId};
+use crate::config::{FilterLimits, Metadata, ResponsePhase, UpstreamId};
 use crate::geo::{Geo, GeoInfo};
 
 /// A configured filter as its guest code sees it.
@@ -57,6 +57,14 @@ pub struct StreamInfo {
     /// What answered the request (`response.code_details`), once it is known; until then
     /// the response under way is the upstream's.
     pub(crate) code_details: Option<String>,
+    /// Envoy's response flags for how the request ended (`response.flags`), once known.
+    pub(crate) response_flags: u64,
+    /// The route's metadata (`route_metadata`) and its upstream (for `cluster_metadata`,
+    /// unless a filter chose another).
+    pub(crate) route_metadata: Arc<Metadata>,
+    pub(crate) route_upstream: Option<UpstreamId>,
+    /// The local address of the connection to the upstream, once connected.
+    pub(crate) upstream_local_address: Option<SocketAddr>,
 }
 
 impl StreamInfo {
@@ -91,6 +99,10 @@ impl Default for StreamInfo {
             upstream_override: None,
             route_cache_cleared: false,
             code_details: None,
+            response_flags: 0,
+            route_metadata: Arc::default(),
+            route_upstream: None,
+            upstream_local_address: None,
         }
     }
 }

@@ -73,8 +73,7 @@ impl FilterHost {
     /// filter with `isolation: shared`.
     pub fn load(config: &Config) -> Result<FilterHost, WasmError> {
         let ticker = Arc::new(Ticker::new());
-        let (host_services, jobs) =
-            HostServices::new(config.upstreams.iter().map(|u| u.name.clone()).collect());
+        let (host_services, jobs) = HostServices::new(config);
         let dispatcher = Arc::new(Dispatcher::new(jobs));
         if config.filters.is_empty() {
             return Ok(FilterHost {

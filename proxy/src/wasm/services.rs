@@ -1,5 +1,6 @@
-//! What every instance of every filter shares: shared data, queues, the upstream names, and
-//! the queue of jobs (callouts, queue notices) that hostcalls hand to the dispatcher.
+//! What every instance of every filter shares: shared data, queues, what the configuration
+//! says of the upstreams and the node, and the queue of jobs (callouts, queue notices) that
+//! hostcalls hand to the dispatcher.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,26 +11,35 @@ use tokio::sync::mpsc;
 use super::info::PluginInfo;
 use super::mailbox::InstanceCell;
 use super::shared::{QueueOwner, Queues, SharedData};
-use crate::config::UpstreamId;
+use crate::config::{Config, Metadata, Node, UpstreamId};
 
 pub(crate) struct HostServices {
     pub shared_data: SharedData,
     pub queues: Queues,
     /// Every configured upstream's name, indexed by id (for `route.upstream`).
     pub upstream_names: Vec<String>,
+    /// Every configured upstream's metadata, indexed by id (`cluster_metadata`).
+    pub upstream_metadata: Vec<Arc<Metadata>>,
+    /// The configuration's `node` (the `node` properties).
+    pub node: Arc<Node>,
     jobs: mpsc::UnboundedSender<Job>,
 }
 
 impl HostServices {
-    /// The services, and the receiving end of their job queue (for the dispatcher).
-    pub(crate) fn new(
-        upstream_names: Vec<String>,
-    ) -> (Arc<HostServices>, mpsc::UnboundedReceiver<Job>) {
+    /// The services for `config`'s filters, and the receiving end of their job queue (for
+    /// the dispatcher).
+    pub(crate) fn new(config: &Config) -> (Arc<HostServices>, mpsc::UnboundedReceiver<Job>) {
         let (jobs, receiver) = mpsc::unbounded_channel();
         let services = Arc::new(HostServices {
             shared_data: SharedData::default(),
             queues: Queues::default(),
-            upstream_names,
+            upstream_names: config.upstreams.iter().map(|u| u.name.clone()).collect(),
+            upstream_metadata: config
+                .upstreams
+                .iter()
+                .map(|u| u.metadata.clone())
+                .collect(),
+            node: config.node.clone(),
             jobs,
         });
         (services, receiver)

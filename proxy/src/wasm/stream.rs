@@ -152,10 +152,19 @@ impl FilterChain {
             .and_then(|data| data.stream.upstream_override)
     }
 
-    /// What answered the request, for `response.code_details` in the final callbacks.
-    pub(crate) fn set_code_details(&mut self, details: String) {
+    /// What answered the request and Envoy's flags for how it ended, for
+    /// `response.code_details` and `response.flags` in the final callbacks.
+    pub(crate) fn set_outcome(&mut self, details: String, flags: u64) {
         if let Some(info) = self.scratch.info_mut() {
             info.code_details = Some(details);
+            info.response_flags = flags;
+        }
+    }
+
+    /// The local address of the connection to the upstream (`upstream.local_address`).
+    pub(crate) fn set_upstream_local_address(&mut self, address: std::net::SocketAddr) {
+        if let Some(info) = self.scratch.info_mut() {
+            info.upstream_local_address = Some(address);
         }
     }
 
@@ -166,11 +175,13 @@ impl FilterChain {
             .is_some_and(|info| std::mem::take(&mut info.route_cache_cleared))
     }
 
-    /// The request was routed again: the route and, unless a filter chose one, the upstream
-    /// the properties show.
-    pub(crate) fn rerouted(&mut self, route: &str, upstream: &str) {
+    /// The request was routed again: the route, its metadata and, unless a filter chose
+    /// one, the upstream the properties show.
+    pub(crate) fn rerouted(&mut self, route: &crate::config::Route, upstream: &str) {
         if let Some(info) = self.scratch.info_mut() {
-            info.route = Arc::from(route);
+            info.route = Arc::from(route.name.as_str());
+            info.route_metadata = route.metadata.clone();
+            info.route_upstream = Some(route.upstream);
             if info.upstream_override.is_none() {
                 info.upstream = Arc::from(upstream);
             }

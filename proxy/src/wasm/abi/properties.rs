@@ -5,6 +5,7 @@
 //! `proxy_set_property` stores any path outside the built-in namespaces for the rest of the
 //! request, visible to every filter of the chain; built-in paths are read-only.
 
+use std::collections::BTreeMap;
 use std::time::UNIX_EPOCH;
 
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -13,6 +14,7 @@ use wasmtime::{Caller, Linker};
 use super::memory;
 use super::pairs;
 use super::status::{status, HostResult, Status};
+use crate::config::Metadata;
 use crate::wasm::state::{HostState, HttpData};
 
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
@@ -38,6 +40,10 @@ pub(crate) const BUILT_IN: &[&[u8]] = &[
     b"route_name",
     b"cluster_name",
     b"xds",
+    b"node",
+    b"listener_direction",
+    b"route_metadata",
+    b"cluster_metadata",
 ];
 
 /// Splits a property path into segments, ignoring one trailing NUL (the C++ SDK sends it).
@@ -130,10 +136,17 @@ fn int(value: i64) -> Vec<u8> {
 
 fn lookup(state: &HostState, path: &[&[u8]]) -> Option<Vec<u8>> {
     let plugin = &state.plugin;
+    let node = &state.services.node;
     match path {
         [b"plugin_name"] => return Some(plugin.name.as_bytes().to_vec()),
         [b"plugin_root_id"] => return Some(plugin.root_id.as_bytes().to_vec()),
         [b"plugin_vm_id"] => return Some(plugin.vm_id.as_bytes().to_vec()),
+        [b"node", b"id"] => return Some(node.id.as_bytes().to_vec()),
+        [b"node", b"cluster"] => return Some(node.cluster.as_bytes().to_vec()),
+        [b"node", b"metadata"] => return Some(string_map(&node.metadata)),
+        [b"node", b"metadata", key] => {
+            return Some(node.metadata.get(utf8(key)?)?.as_bytes().to_vec())
+        }
         _ => {}
     }
     let http = state
@@ -168,10 +181,48 @@ fn lookup(state: &HostState, path: &[&[u8]]) -> Option<Vec<u8>> {
         [b"connection", b"id"] => Some(connection_id(info).to_le_bytes().to_vec()),
         [b"connection", b"mtls"] => Some(vec![0]),
         [b"connection", b"tls_version"] => Some(info.tls_version.as_deref()?.as_bytes().to_vec()),
+        [b"upstream", b"local_address"] => {
+            Some(info.upstream_local_address?.to_string().into_bytes())
+        }
+        // edgeward's listeners take traffic from clients to the origins it fronts: Envoy's
+        // INBOUND.
+        [b"listener_direction"] => Some(int(1)),
+        [b"route_metadata", rest @ ..] | [b"xds", b"route_metadata", rest @ ..] => {
+            metadata(&info.route_metadata, rest)
+        }
+        [b"cluster_metadata", rest @ ..] | [b"xds", b"cluster_metadata", rest @ ..] => {
+            let upstream = info.upstream_override.or(info.route_upstream)?;
+            metadata(state.services.upstream_metadata.get(upstream.0)?, rest)
+        }
         [b"route_name"] | [b"xds", b"route_name"] => Some(info.route.as_bytes().to_vec()),
         [b"cluster_name"] | [b"xds", b"cluster_name"] => Some(info.upstream.as_bytes().to_vec()),
         _ => None,
     }
+}
+
+/// `filter_metadata.<namespace>` (a map) or `filter_metadata.<namespace>.<key>` of a route's
+/// or upstream's metadata.
+fn metadata(metadata: &Metadata, path: &[&[u8]]) -> Option<Vec<u8>> {
+    match path {
+        [b"filter_metadata", namespace] => Some(string_map(metadata.get(utf8(namespace)?)?)),
+        [b"filter_metadata", namespace, key] => Some(
+            metadata
+                .get(utf8(namespace)?)?
+                .get(utf8(key)?)?
+                .as_bytes()
+                .to_vec(),
+        ),
+        _ => None,
+    }
+}
+
+/// A map of strings in the header-pairs encoding, as Envoy returns map properties.
+fn string_map(map: &BTreeMap<String, String>) -> Vec<u8> {
+    pairs::encode(map.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes())))
+}
+
+fn utf8(segment: &[u8]) -> Option<&str> {
+    std::str::from_utf8(segment).ok()
 }
 
 fn geo_field(geo: &crate::geo::GeoInfo, field: &[u8]) -> Option<String> {
@@ -225,6 +276,7 @@ fn response(http: &HttpData, resp: &ResponseHeader, path: &[&[u8]]) -> Option<Ve
     let body_bytes = http.stream.response_body_bytes;
     Some(match path {
         [b"code"] => int(resp.status.as_u16().into()),
+        [b"flags"] => int(http.stream.response_flags.try_into().unwrap_or(i64::MAX)),
         [b"code_details"] => http
             .stream
             .code_details

@@ -21,7 +21,8 @@
 //!   `request.total_size`, `request.time` and `request.duration` (nanoseconds),
 //!   `response.code`, `response.size`, `response.total_size`, `source.port`,
 //!   `destination.port`, `upstream.port`, `upstream.request_attempt_count`,
-//!   `response.grpc_status` (signed) and `connection.id` (unsigned);
+//!   `response.grpc_status`, `response.flags`, `listener_direction` (signed) and
+//!   `connection.id` (unsigned);
 //! - `true` / `false` for the 1-byte boolean `connection.mtls`;
 //! - otherwise the text itself if it is UTF-8 without control characters;
 //! - otherwise (or when a number/bool has the wrong length) `hex:` and the bytes in hex;
@@ -30,10 +31,10 @@
 //! It then reads `my.prop` back into `x-prop-my.prop` (so `v1` when the host keeps
 //! properties set by the filter for the life of the request). `Continue`.
 //!
-//! `on_log` reads `response.code`, `request.path`, `response.grpc_status` and
-//! `response.code_details` and logs, at warn level,
-//! `on_log status=<code> path=<path> grpc_status=<status> details=<details>` (`missing` for
-//! any the host does not have).
+//! `on_log` reads `response.code`, `request.path`, `response.grpc_status`,
+//! `response.code_details` and `response.flags` and logs, at warn level,
+//! `on_log status=<code> path=<path> grpc_status=<status> details=<details> flags=<flags>`
+//! (`missing` for any the host does not have).
 
 use std::fmt::Write as _;
 use std::rc::Rc;
@@ -64,6 +65,8 @@ const SIGNED_PROPERTIES: &[&str] = &[
     "upstream.port",
     "upstream.request_attempt_count",
     "response.grpc_status",
+    "response.flags",
+    "listener_direction",
 ];
 const UNSIGNED_PROPERTIES: &[&str] = &["connection.id"];
 const BOOL_PROPERTIES: &[&str] = &["connection.mtls"];
@@ -143,7 +146,10 @@ impl HttpContext for Properties {
         let path = self.read(&["request", "path"]);
         let grpc_status = self.read(&["response", "grpc_status"]);
         let details = self.read(&["response", "code_details"]);
-        log::warn!("on_log status={code} path={path} grpc_status={grpc_status} details={details}");
+        let flags = self.read(&["response", "flags"]);
+        log::warn!(
+            "on_log status={code} path={path} grpc_status={grpc_status} details={details} flags={flags}"
+        );
     }
 }
 
