@@ -1370,7 +1370,7 @@ impl ServerCertVerifier for AnyCertificate {
 }
 
 #[tokio::test]
-async fn filters_see_the_scheme_and_the_tls_version_of_the_connection() {
+async fn filters_see_the_scheme_tls_version_and_server_name_of_the_connection() {
     let pki = Pki::new();
     let leaf = pki.leaf(&["site.example.test"]);
     let origin = Origin::start("origin").await;
@@ -1383,7 +1383,7 @@ upstreams: {origin: {endpoints: ["$origin"]}}
 filters:
   props:
     module: $props
-    config: {paths: [[connection, tls_version], [request, scheme], [connection, mtls]]}
+    config: {paths: [[connection, tls_version], [request, scheme], [connection, mtls], [connection, requested_server_name]]}
 routes: [{upstream: origin, filters: [props]}]
 "#,
         &[
@@ -1408,4 +1408,8 @@ routes: [{upstream: origin, filters: [props]}]
     assert_eq!(prop("connection.tls_version").as_deref(), Some("TLSv1.3"));
     assert_eq!(prop("request.scheme").as_deref(), Some("https"));
     assert_eq!(prop("connection.mtls").as_deref(), Some("false"));
+    assert_eq!(
+        prop("connection.requested_server_name").as_deref(),
+        Some("site.example.test")
+    );
 }

@@ -16,6 +16,7 @@ use crate::body_length::{DeclaredLength, LengthMismatch};
 use crate::config::{ResponsePhase, Route};
 use crate::geo::Geo;
 use crate::request_buffering::{FilteredBody, HeldBody};
+use crate::tls;
 use crate::upstream::Upstreams;
 use crate::wasm::{FilterChain, FilterFailure, StreamInfo, Verdict};
 
@@ -34,6 +35,10 @@ pub(super) fn stream_info(
     upstreams: &Upstreams,
 ) -> StreamInfo {
     let client = session.client_addr().and_then(|a| a.as_inet()).copied();
+    let server = session.server_addr().and_then(|a| a.as_inet()).copied();
+    let tls = session
+        .digest()
+        .and_then(|digest| digest.ssl_digest.as_ref());
     let effective_address = client.map(|peer| match geo {
         Some(geo) => {
             let forwarded = session.req_header().headers.get_all("x-forwarded-for");
@@ -45,13 +50,13 @@ pub(super) fn stream_info(
         client,
         effective_address,
         geo: geo.cloned(),
-        server: session.server_addr().and_then(|a| a.as_inet()).copied(),
+        server,
         protocol: protocol_name(session.req_header().version),
         scheme: scheme(session),
-        tls_version: session
-            .digest()
-            .and_then(|digest| digest.ssl_digest.as_ref())
-            .map(|ssl| ssl.version.clone()),
+        tls_version: tls.map(|ssl| ssl.version.clone()),
+        requested_server_name: tls
+            .zip(client.zip(server))
+            .and_then(|(_, (client, server))| tls::requested_server_name(client, server)),
         request_id: ctx.request_id.to_str().unwrap_or_default().to_string(),
         route: Arc::from(route.name.as_str()),
         route_metadata: route.metadata.clone(),

@@ -18,3 +18,4 @@ mod stream;
 pub(crate) use handshake::Acceptor;
 pub(crate) use handshake::TlsError;
 pub(crate) use rotation::Rotation;
+pub(crate) use stream::requested_server_name;

@@ -2,11 +2,17 @@
 //! Reads and writes go through rustls; Pingora learns the TLS facts through `Ssl` (the ALPN
 //! protocol, which makes it serve HTTP/2, and the digest, whose presence turns h2c off) and
 //! everything else from the TCP stream underneath.
+//!
+//! Pingora's digest has no place for the name the client asked for (SNI), and a request sees
+//! no more of its connection than the digests; so each connection's name is kept here by its
+//! two addresses while it is open ([`requested_server_name`]).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -34,6 +40,22 @@ pub(crate) struct TlsStream {
     inner: tokio_rustls::server::TlsStream<Stream>,
     digest: Arc<SslDigest>,
     alpn: Option<ALPN>,
+    /// The connection's addresses and SNI, while it is in [`SERVED_NAMES`].
+    named: Option<(Ends, Arc<str>)>,
+}
+
+/// A connection's (client, local) addresses.
+type Ends = (SocketAddr, SocketAddr);
+
+/// The SNI of each open TLS connection, by its addresses.
+static SERVED_NAMES: LazyLock<Mutex<HashMap<Ends, Arc<str>>>> = LazyLock::new(Mutex::default);
+
+/// The name (SNI) the client of the open TLS connection between `client` and `local` asked
+/// for, if it sent one.
+pub(crate) fn requested_server_name(client: SocketAddr, local: SocketAddr) -> Option<Arc<str>> {
+    crate::sync::lock(&SERVED_NAMES)
+        .get(&(client, local))
+        .cloned()
 }
 
 impl TlsStream {
@@ -55,11 +77,26 @@ impl TlsStream {
             Some(b"http/1.1") => Some(ALPN::H1),
             _ => None,
         };
-        TlsStream {
+        let mut stream = TlsStream {
             inner,
             digest,
             alpn,
-        }
+            named: None,
+        };
+        stream.named = stream.remember_server_name();
+        stream
+    }
+
+    /// Keeps the client's SNI for the requests of this connection.
+    fn remember_server_name(&self) -> Option<(Ends, Arc<str>)> {
+        let name: Arc<str> = Arc::from(self.connection().server_name()?);
+        let socket = self.tcp().get_socket_digest()?;
+        let key = (
+            *socket.peer_addr()?.as_inet()?,
+            *socket.local_addr()?.as_inet()?,
+        );
+        crate::sync::lock(&SERVED_NAMES).insert(key, name.clone());
+        Some((key, name))
     }
 
     pub(crate) fn connection(&self) -> &ServerConnection {
@@ -73,6 +110,18 @@ impl TlsStream {
 
     fn tcp(&self) -> &Stream {
         self.inner.get_ref().0
+    }
+}
+
+impl Drop for TlsStream {
+    fn drop(&mut self) {
+        if let Some((key, name)) = self.named.take() {
+            let mut names = crate::sync::lock(&SERVED_NAMES);
+            // A newer connection between the same addresses keeps its own entry.
+            if names.get(&key).is_some_and(|kept| Arc::ptr_eq(kept, &name)) {
+                names.remove(&key);
+            }
+        }
     }
 }
 

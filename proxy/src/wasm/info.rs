@@ -65,6 +65,8 @@ pub struct StreamInfo {
     pub(crate) route_upstream: Option<UpstreamId>,
     /// The local address of the connection to the upstream, once connected.
     pub(crate) upstream_local_address: Option<SocketAddr>,
+    /// The name the client asked for in its TLS handshake (SNI).
+    pub(crate) requested_server_name: Option<Arc<str>>,
 }
 
 impl StreamInfo {
@@ -103,6 +105,7 @@ impl Default for StreamInfo {
             route_metadata: Arc::default(),
             route_upstream: None,
             upstream_local_address: None,
+            requested_server_name: None,
         }
     }
 }

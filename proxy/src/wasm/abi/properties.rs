@@ -181,6 +181,9 @@ fn lookup(state: &HostState, path: &[&[u8]]) -> Option<Vec<u8>> {
         [b"connection", b"id"] => Some(connection_id(info).to_le_bytes().to_vec()),
         [b"connection", b"mtls"] => Some(vec![0]),
         [b"connection", b"tls_version"] => Some(info.tls_version.as_deref()?.as_bytes().to_vec()),
+        [b"connection", b"requested_server_name"] => {
+            Some(info.requested_server_name.as_deref()?.as_bytes().to_vec())
+        }
         [b"upstream", b"local_address"] => {
             Some(info.upstream_local_address?.to_string().into_bytes())
         }
