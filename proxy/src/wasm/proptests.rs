@@ -74,6 +74,7 @@ const IMPORTS: &[(&str, usize)] = &[
     ("proxy_send_local_response", 8),
     ("proxy_get_status", 3),
     ("proxy_set_buffer_bytes", 5),
+    ("proxy_call_foreign_function", 6),
 ];
 
 /// The guest: see the module's documentation.
@@ -345,6 +346,11 @@ enum Call {
         size: u32,
         data: Region,
     },
+    ForeignFunction {
+        name: Region,
+        arguments: Region,
+        ret: (u32, u32),
+    },
 }
 
 /// The callback the calls are made in.
@@ -555,6 +561,11 @@ impl Call {
                 size,
                 data: d,
             } => (18, vec![buffer, start, size, d.ptr, d.len]),
+            Call::ForeignFunction {
+                name: n,
+                arguments: a,
+                ret,
+            } => (19, vec![n.ptr, n.len, a.ptr, a.len, ret.0, ret.1]),
         }
     }
 
@@ -748,6 +759,20 @@ impl Call {
             } else {
                 InvalidMemoryAccess
             }),
+            // Both are read first; edgeward's two functions return nothing, others are
+            // NOT_FOUND (arbitrary arguments rarely make a declaration).
+            Call::ForeignFunction {
+                name,
+                arguments,
+                ret,
+            } => one(match (name.bytes(image), arguments.fits()) {
+                (Some(_), false) | (None, _) => InvalidMemoryAccess,
+                (Some(b"clear_route_cache"), true) => returned(0, ret),
+                (Some(b"declare_property"), true) => {
+                    return vec![BadArgument, returned(0, ret)];
+                }
+                (Some(_), true) => NotFound,
+            }),
             Call::SetBuffer { buffer, data, .. } => one(match buffer {
                 0 if phase == Phase::Headers => BadArgument,
                 0 if data.fits() => Done,
@@ -896,6 +921,13 @@ fn call() -> impl Strategy<Value = Call> {
                 }
             ),
         (pointer(), slots()).prop_map(|(code, message)| Call::GetStatus { code, message }),
+        (region(), region(), slots()).prop_map(|(name, arguments, ret)| {
+            Call::ForeignFunction {
+                name,
+                arguments,
+                ret,
+            }
+        }),
     ]
 }
 
