@@ -816,14 +816,65 @@ async fn crashes_are_contained(isolation: &str) {
         3,
         "only the normal requests reached the origin"
     );
-    // The guest's panic message (proxy_log) and its stderr (WASI fd_write) are in the log,
-    // tagged with the filter's name.
-    wait_for_log(&proxy, "[filter hostile] panicked at").await;
+    // A crash is one ERROR record: the filter, the callback, the route and request, the
+    // policy; then the panic message, the trap, and the wasm backtrace with function names.
+    let record = crash_report(
+        &proxy,
+        "filter `hostile` crashed in on_http_request_headers",
+    )
+    .await;
+    assert!(
+        record[0].contains(" ERROR ") && record[0].ends_with("; failing the request (fail_closed)"),
+        "{record:#?}"
+    );
+    assert!(
+        record[0].contains("(route `route-1`, request "),
+        "{record:#?}"
+    );
+    assert!(
+        record[1].trim_start().starts_with("panicked at "),
+        "{record:#?}"
+    );
+    let trap = record
+        .iter()
+        .position(|l| l.contains("wasm trap: wasm `unreachable`"));
+    let backtrace = record.iter().position(|l| l.trim() == "wasm backtrace:");
+    assert!(trap.is_some() && backtrace > trap, "{record:#?}");
+    let frames = &record[backtrace.unwrap_or_default() + 1..];
+    assert!(
+        frames.iter().any(|f| f.contains("on_http_request_headers")),
+        "{record:#?}"
+    );
+    // The panic is not also logged on its own, and the WASI stderr of the out-of-memory
+    // case is, tagged with the filter's name.
+    assert!(!proxy
+        .stderr_lines()
+        .iter()
+        .any(|l| l.contains("[filter hostile] panicked at")));
     wait_for_log(
         &proxy,
         "[filter hostile] memory allocation of 1048576 bytes failed",
     )
     .await;
+}
+
+/// The log record starting with the line that contains `needle`: that line and the indented
+/// ones after it.
+async fn crash_report(proxy: &Proxy, needle: &str) -> Vec<String> {
+    wait_for_log(proxy, needle).await;
+    let lines = proxy.stderr_lines();
+    let start = lines
+        .iter()
+        .position(|l| l.contains(needle))
+        .unwrap_or_default();
+    let mut record = vec![lines[start].clone()];
+    record.extend(
+        lines[start + 1..]
+            .iter()
+            .take_while(|l| l.starts_with("  "))
+            .cloned(),
+    );
+    record
 }
 
 #[tokio::test]
@@ -853,7 +904,7 @@ async fn failing_filters_are_skipped_fail_open() {
     )
     .await;
     for fault in [
-        "crashed: ",
+        "crashed in on_http_request_headers",
         "exceeded its CPU time limit",
         "exceeded its memory limit",
     ] {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, Module, OptLevel, PoolingAllocationConfig,
-    ProfilingStrategy,
+    ProfilingStrategy, WasmBacktraceDetails,
 };
 
 use super::error::WasmError;
@@ -66,7 +66,9 @@ impl WasmEngine {
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .epoch_interruption(true)
             .cranelift_opt_level(OptLevel::Speed)
-            .parallel_compilation(true);
+            .parallel_compilation(true)
+            // Crash reports name the guest's source lines where its module has debug info.
+            .wasm_backtrace_details(WasmBacktraceDetails::Enable);
         if perf_map {
             config.profiler(ProfilingStrategy::PerfMap);
         }

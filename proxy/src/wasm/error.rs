@@ -69,6 +69,18 @@ pub enum StartError {
     ConfigRejected,
 }
 
+impl StartError {
+    /// The crash report of a start-up that crashed (see [`Fault::report`]).
+    pub(crate) fn report(&self) -> String {
+        match self {
+            StartError::Initializer(_, fault) | StartError::RootCallback(_, fault) => {
+                fault.report()
+            }
+            _ => String::new(),
+        }
+    }
+}
+
 /// Why per-request instances cannot start from a snapshot of the configured start-up (they
 /// then run the start-up each).
 #[derive(Debug, thiserror::Error)]
@@ -112,7 +124,7 @@ pub enum Fault {
     /// The instance asked for more memory than its limit.
     MemoryLimit,
     /// The guest trapped (a Rust panic is an `unreachable` trap).
-    Trap(String),
+    Trap(Box<Trap>),
     /// The guest called `proc_exit`.
     Exit(i32),
     /// Starting an instance failed (instantiation or the start-up); says why.
@@ -121,6 +133,53 @@ pub enum Fault {
     BackingOff,
     /// Every instance the pool allows (`wasm.max_instances`) is in use.
     NoFreeInstance,
+}
+
+/// What is known of a guest's crash, for its report in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Trap {
+    /// The trap: `wasm trap: wasm \`unreachable\` instruction executed`, or the host's reason.
+    pub message: String,
+    /// The callback that crashed (`on_http_request_headers`), once known.
+    pub callback: &'static str,
+    /// What the guest said as it went down: its critical log lines (a Rust SDK panic
+    /// message, `panicked at src/lib.rs:10:5: ...`).
+    pub panic: Option<String>,
+    /// The wasm frames, innermost first: function names, and file:line where the module
+    /// has debug info.
+    pub backtrace: Vec<String>,
+}
+
+impl Fault {
+    /// A crash the host found (no guest backtrace).
+    pub(crate) fn trap(message: impl Into<String>) -> Fault {
+        Fault::Trap(Box::new(Trap {
+            message: message.into(),
+            ..Trap::default()
+        }))
+    }
+
+    /// The crash report's lines after the first (its cause, then the backtrace); empty for
+    /// other faults.
+    pub(crate) fn report(&self) -> String {
+        let Fault::Trap(trap) = self else {
+            return String::new();
+        };
+        let mut report = String::new();
+        if let Some(panic) = &trap.panic {
+            report.push_str("\n  ");
+            report.push_str(&panic.replace('\n', "\n  "));
+        }
+        report.push_str("\n  ");
+        report.push_str(&trap.message);
+        if !trap.backtrace.is_empty() {
+            report.push_str("\n  wasm backtrace:");
+            for (n, frame) in trap.backtrace.iter().enumerate() {
+                report.push_str(&format!("\n    {n:>2}: {frame}"));
+            }
+        }
+        report
+    }
 }
 
 /// Why a full pool refuses an instance, in [`Fault::NoFreeInstance`] and at start-up.
@@ -161,7 +220,9 @@ impl std::fmt::Display for Fault {
         match self {
             Fault::CpuLimit => f.write_str("exceeded its CPU time limit"),
             Fault::MemoryLimit => f.write_str("exceeded its memory limit"),
-            Fault::Trap(message) => write!(f, "crashed: {message}"),
+            // Short, and without what the guest said: this reaches clients too.
+            Fault::Trap(trap) if trap.callback.is_empty() => f.write_str("crashed"),
+            Fault::Trap(trap) => write!(f, "crashed in {}", trap.callback),
             Fault::Exit(code) => write!(f, "exited with code {code}"),
             Fault::Unavailable(why) => write!(f, "is unavailable: {why}"),
             Fault::BackingOff => f.write_str("is unavailable: restarting after repeated crashes"),
@@ -183,9 +244,70 @@ pub(super) fn classify(error: &wasmtime::Error, memory_limit_hit: bool) -> Fault
     match error.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => Fault::CpuLimit,
         _ if memory_limit_hit => Fault::MemoryLimit,
-        Some(trap) => Fault::Trap(trap.to_string()),
-        None => Fault::Trap(format!("{error:#}")),
+        Some(trap) => Fault::Trap(Box::new(Trap {
+            message: trap.to_string(),
+            backtrace: backtrace(error),
+            ..Trap::default()
+        })),
+        None => Fault::trap(format!("{error:#}")),
     }
+}
+
+/// The guest frames of a trap, innermost first (wasmtime's own frames are never in it), with
+/// Rust names demangled, and without the frames of a Rust panic's own machinery (the report
+/// starts where the guest's code panicked).
+fn backtrace(error: &wasmtime::Error) -> Vec<String> {
+    let Some(trace) = error.downcast_ref::<wasmtime::WasmBacktrace>() else {
+        return Vec::new();
+    };
+    let frames: Vec<(String, Option<String>)> = trace
+        .frames()
+        .iter()
+        .map(|frame| {
+            let name = frame.func_name().map_or_else(
+                || format!("<function {}>", frame.func_index()),
+                |name| format!("{:#}", rustc_demangle::demangle(name)),
+            );
+            let place = frame.symbols().iter().find_map(|symbol| {
+                let file = symbol.file()?;
+                Some(match symbol.line() {
+                    Some(line) => format!("{file}:{line}"),
+                    None => file.to_string(),
+                })
+            });
+            (name, place)
+        })
+        .collect();
+    // The panic path's frames come first, from the abort up to the guest's own frame.
+    let machinery = frames
+        .iter()
+        .take_while(|(name, _)| is_panic_machinery(name))
+        .count();
+    let skipped = if machinery < frames.len() {
+        machinery
+    } else {
+        0
+    };
+    frames
+        .into_iter()
+        .skip(skipped)
+        .map(|(name, place)| match place {
+            Some(place) => format!("{name} at {place}"),
+            None => name,
+        })
+        .collect()
+}
+
+/// Frames of the Rust standard library's panic and abort path.
+fn is_panic_machinery(name: &str) -> bool {
+    name == "abort"
+        || name.starts_with("std::panicking::")
+        || name.starts_with("std::process::abort")
+        || name.starts_with("std::sys::")
+        || name.starts_with("core::panicking::")
+        || name.starts_with("__rustc::")
+        || name.starts_with("rust_begin_unwind")
+        || name.starts_with("__rust_")
 }
 
 impl Fault {

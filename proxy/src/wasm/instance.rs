@@ -423,21 +423,34 @@ impl Instance {
             return Err(fault.clone());
         }
         // A wrong signature, found on first use, is the guest's fault like a trap.
-        self.resolve(pick).map_err(|e| Fault::Trap(describe(&e)))?;
+        self.resolve(pick).map_err(|e| Fault::trap(describe(&e)))?;
         let Callback::Resolved(Some(func)) = pick(&mut self.exports) else {
             return Ok(None);
         };
         start_cpu_deadline(&mut self.store, deadline);
         let result = func.call(&mut self.store, args);
-        flush_output(self.store.data_mut());
-        result.map(Some).map_err(|e| {
-            let fault = classify(&e, self.store.data().limiter.hit);
-            if let Fault::Trap(_) = fault {
-                log::debug!("guest trap: {e:?}");
+        let state = self.store.data_mut();
+        flush_output(state);
+        let said = std::mem::take(&mut state.held_critical);
+        let error = match result {
+            Ok(value) => {
+                say_critical(state, &said);
+                return Ok(Some(value));
             }
-            self.poison(fault.clone());
-            fault
-        })
+            Err(error) => error,
+        };
+        let mut fault = classify(&error, state.limiter.hit);
+        match &mut fault {
+            // The crash report carries the callback and the guest's last words (a panic).
+            Fault::Trap(trap) => {
+                log::debug!("guest trap: {error:?}");
+                trap.callback = state.call.phase.name();
+                trap.panic = (!said.is_empty()).then(|| said.join("\n"));
+            }
+            _ => say_critical(state, &said),
+        }
+        self.poison(fault.clone());
+        Err(fault)
     }
 
     /// Marks the instance unusable. Requests paused on it stop waiting (their waiters drop).
@@ -639,7 +652,13 @@ impl Instance {
     /// is replaced when a request next needs it.
     fn report_background_fault(&self, callback: &str, fault: &Fault) {
         let name = &self.store.data().plugin.name;
-        log::error!("filter `{name}` {fault} in {callback}; the instance is discarded");
+        match fault {
+            Fault::Trap(_) => log::error!(
+                "filter `{name}` {fault}; the instance is discarded{}",
+                fault.report()
+            ),
+            _ => log::error!("filter `{name}` {fault} in {callback}; the instance is discarded"),
+        }
         fault.count(name);
     }
 
@@ -782,6 +801,13 @@ impl Drop for Instance {
             .filter_instances
             .with_label_values(&[self.plugin().name.as_str()])
             .dec();
+    }
+}
+
+/// Logs the critical lines a guest call wrote and that did not end up in a crash report.
+fn say_critical(state: &HostState, said: &[String]) {
+    for line in said {
+        super::abi::log::emit(&state.plugin.name, log::Level::Error, line.as_bytes());
     }
 }
 

@@ -433,8 +433,9 @@ impl Plugin {
             failed => {
                 let why = describe(&failed);
                 log::error!(
-                    "filter `{}` cannot start an instance: {why}",
-                    self.info.name
+                    "filter `{}` cannot start an instance: {why}{}",
+                    self.info.name,
+                    failed.report()
                 );
                 Fault::Unavailable(why)
             }

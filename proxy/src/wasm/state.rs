@@ -39,6 +39,9 @@ pub(crate) struct HostState {
     pub unknown_foreign_functions: HashSet<Vec<u8>>,
     /// Callouts made for each HTTP context whose answers have not been delivered yet.
     pub callouts_in_flight: HashMap<u32, u32>,
+    /// Critical lines the running call logged (a Rust SDK panic message): they go into the
+    /// crash report if the call traps, else to the log when it returns.
+    pub held_critical: Vec<String>,
     /// Partial lines the guest wrote to stdout and stderr, logged once complete.
     pub output: [Vec<u8>; 2],
     /// Shared data, queues and the job queue of the filter host.
@@ -111,6 +114,7 @@ impl HostState {
             root_ending: RootEnding::Running,
             declared_properties: HashMap::new(),
             unknown_foreign_functions: HashSet::new(),
+            held_critical: Vec::new(),
             output: [Vec::new(), Vec::new()],
             services,
             cell: InstanceCell::default(),

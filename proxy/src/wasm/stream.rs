@@ -598,7 +598,7 @@ impl FilterChain {
             None => {
                 return (
                     BytesMut::new(),
-                    Invoked::Fault(Fault::Trap("the host lost the request's data".into())),
+                    Invoked::Fault(Fault::trap("the host lost the request's data")),
                 )
             }
         };
@@ -754,7 +754,17 @@ impl FilterChain {
             "failing the request (fail_closed)"
         };
         if fault.is_crash() {
-            log::error!("filter `{name}` {fault}; {policy}");
+            // One record: what crashed, where, for which request; then the report.
+            let (route, request) = self
+                .scratch
+                .data
+                .as_ref()
+                .map(|d| (d.stream.route.clone(), d.stream.request_id.clone()))
+                .unwrap_or_default();
+            log::error!(
+                "filter `{name}` {fault} (route `{route}`, request {request}); {policy}{}",
+                fault.report()
+            );
         } else if let Some(unlogged) = entry.plugin.refusal_to_log() {
             let since = match unlogged {
                 0 => String::new(),

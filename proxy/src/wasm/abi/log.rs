@@ -10,6 +10,11 @@ use crate::wasm::state::HostState;
 /// Where filter log lines go; `EDGEWARD_LOG=edgeward::filter=debug` tunes them.
 pub(crate) const TARGET: &str = "edgeward::filter";
 
+/// The proxy-wasm level of a filter's last words (the Rust SDK logs its panics there).
+const CRITICAL: u32 = 5;
+/// The most critical lines one call keeps for its crash report.
+const MAX_HELD_CRITICAL: usize = 8;
+
 pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     linker.func_wrap("env", "proxy_log", proxy_log)?;
     linker.func_wrap("env", "proxy_get_log_level", proxy_get_log_level)?;
@@ -35,7 +40,12 @@ pub(crate) fn emit(plugin: &str, level: log::Level, message: &[u8]) {
     }
 }
 
-fn proxy_log(caller: Caller<'_, HostState>, proxy_level: u32, ptr: u32, len: u32) -> HostResult {
+fn proxy_log(
+    mut caller: Caller<'_, HostState>,
+    proxy_level: u32,
+    ptr: u32,
+    len: u32,
+) -> HostResult {
     let Some(level) = level(proxy_level) else {
         return Ok(Status::BadArgument as i32);
     };
@@ -44,9 +54,26 @@ fn proxy_log(caller: Caller<'_, HostState>, proxy_level: u32, ptr: u32, len: u32
         None => return Ok(Status::InternalFailure as i32),
     };
     let result = memory::slice(mem.data(&caller), ptr, len).map(|message| {
-        emit(&caller.data().plugin.name, level, message);
+        if proxy_level == CRITICAL {
+            String::from_utf8_lossy(message)
+                .trim_end_matches('\n')
+                .to_string()
+        } else {
+            emit(&caller.data().plugin.name, level, message);
+            String::new()
+        }
     });
-    Ok(status(result))
+    match result {
+        Ok(critical) if proxy_level == CRITICAL => {
+            // Held to the end of the call (see `HostState::held_critical`), a bounded few.
+            let held = &mut caller.data_mut().held_critical;
+            if held.len() < MAX_HELD_CRITICAL {
+                held.push(critical);
+            }
+            Ok(Status::Ok as i32)
+        }
+        other => Ok(status(other.map(drop))),
+    }
 }
 
 fn proxy_get_log_level(mut caller: Caller<'_, HostState>, ret_level: u32) -> HostResult {
