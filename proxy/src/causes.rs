@@ -4,7 +4,7 @@ use std::error::Error;
 use std::fmt::Write as _;
 
 /// The error and its sources on one line: `outer: inner: innermost`.
-pub(crate) fn describe(error: &dyn Error) -> String {
+pub fn describe(error: &dyn Error) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(inner) = source {

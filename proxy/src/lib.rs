@@ -12,6 +12,7 @@ mod admin;
 mod body_length;
 mod cache;
 mod causes;
+pub use causes::describe;
 pub mod config;
 mod connections;
 mod edge;

@@ -55,21 +55,29 @@ fn main() -> ExitCode {
                 let geo = config.geo.as_ref().map(|g| {
                     edgeward::geo::Geo::open(&g.database, g.trusted_proxies.clone()).map(drop)
                 });
-                let problems: Vec<String> = [
-                    edgeward::wasm::FilterHost::load(&config)
-                        .err()
-                        .map(with_causes),
-                    geo.and_then(Result::err).map(with_causes),
-                ]
-                .into_iter()
-                .flatten()
-                .collect();
+                // Each filter that fails is a problem of its own, at its place in the file.
+                let filters = edgeward::wasm::FilterHost::load(&config).err();
+                let mut problems: Vec<String> = filters
+                    .iter()
+                    .flat_map(|e| e.problems())
+                    .map(|problem| {
+                        let at = problem
+                            .at()
+                            .map(|m| format!(":{}:{}", m.line, m.col))
+                            .unwrap_or_default();
+                        let problem = edgeward::describe(problem);
+                        format!("{}{at}: error: {problem}", path.display())
+                    })
+                    .collect();
+                if let Some(Err(e)) = geo {
+                    problems.push(format!("{}: error: {}", path.display(), with_causes(e)));
+                }
                 if problems.is_empty() {
                     println!("ok");
                     return ExitCode::SUCCESS;
                 }
                 for problem in &problems {
-                    eprintln!("{}: error: {problem}", path.display());
+                    eprintln!("{problem}");
                 }
                 let n = problems.len();
                 eprintln!("{n} problem{} found", if n == 1 { "" } else { "s" });

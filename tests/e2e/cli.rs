@@ -164,3 +164,47 @@ fn run_refuses_a_listener_address_in_use_naming_it_and_why() {
         "{stderr}"
     );
 }
+
+#[test]
+fn validate_reports_every_filter_that_rejects_its_configuration_at_its_config() {
+    use_built_binary();
+    let yaml = format!(
+        r#"listeners: [{{address: "127.0.0.1:8080"}}]
+upstreams: {{origin: {{endpoints: ["127.0.0.1:9001"]}}}}
+filters:
+  fine:
+    module: {rewriter}
+  check:
+    module: {callout}
+    config: {{mode: fanout}}
+  never:
+    module: {configure_fails}
+    config: whatever
+routes: [{{upstream: origin, filters: [fine, check, never]}}]
+"#,
+        rewriter = edgeward_testkit::filters::HEADER_REWRITER,
+        callout = edgeward_testkit::filters::CALLOUT,
+        configure_fails = edgeward_testkit::filters::CONFIGURE_FAILS,
+    );
+    let out = run_edgeward(
+        &["validate", "--config", "{dir}/filters.yaml"],
+        &[("filters.yaml", &yaml)],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Both, each at its `config`, with what the filter said of it when it said something.
+    let problems: Vec<&str> = stderr.lines().filter(|l| l.contains(": error: ")).collect();
+    assert_eq!(problems.len(), 2, "{stderr}");
+    assert!(
+        problems[0].contains("filters.yaml:8:13: error: filter `check`")
+            && problems[0].contains("on_configure returned false")
+            && problems[0].contains("callout: invalid configuration: mode `fanout` needs `fanout`"),
+        "{stderr}"
+    );
+    assert!(
+        problems[1].contains("filters.yaml:11:13: error: filter `never`")
+            && problems[1].contains("on_configure returned false"),
+        "{stderr}"
+    );
+    assert!(stderr.ends_with("2 problems found\n"), "{stderr}");
+}

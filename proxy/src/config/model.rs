@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Method};
 
+use super::diagnostic::Mark;
 use crate::tls::certificate::{Certificate, ServedName};
 
 #[derive(Debug)]
@@ -171,6 +172,11 @@ pub struct Filter {
     pub callouts: Vec<UpstreamId>,
     /// Whether the response callbacks shape what is cached or what each client gets.
     pub response_phase: ResponsePhase,
+    /// Where the filter, its `config` and its `vm_config` are in the file, for messages
+    /// about them (a filter that rejects its configuration).
+    pub at: Option<Mark>,
+    pub config_at: Option<Mark>,
+    pub vm_config_at: Option<Mark>,
 }
 
 /// Where a filter's response callbacks run relative to the cache.

@@ -134,8 +134,8 @@ pub(super) struct RawWasm {
 pub(super) struct RawFilter {
     pub module: Option<Located<String>>,
     /// Any YAML: handed to the filter as JSON text (a plain string as itself).
-    pub config: Option<serde_json::Value>,
-    pub vm_config: Option<serde_json::Value>,
+    pub config: Option<Located<serde_json::Value>>,
+    pub vm_config: Option<Located<serde_json::Value>>,
     pub root_id: Option<Located<String>>,
     pub isolation: Option<Located<String>>,
     pub limits: Option<Located<RawLimits>>,

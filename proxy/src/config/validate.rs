@@ -454,8 +454,11 @@ impl<'a> Validator<'a> {
         Filter {
             name: name.value.clone(),
             module,
-            config: plugin_bytes(raw.config.as_ref()),
-            vm_config: plugin_bytes(raw.vm_config.as_ref()),
+            config: plugin_bytes(raw.config.as_ref().map(|c| &c.value)),
+            vm_config: plugin_bytes(raw.vm_config.as_ref().map(|c| &c.value)),
+            at: Some(name.mark),
+            config_at: raw.config.as_ref().map(|c| c.mark),
+            vm_config_at: raw.vm_config.as_ref().map(|c| c.mark),
             root_id: raw
                 .root_id
                 .as_ref()

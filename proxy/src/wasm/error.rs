@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use crate::config::{Filter, Mark};
 use crate::metrics;
 
 /// Why the filter host cannot be set up; stops `run` and `validate`.
@@ -17,9 +18,48 @@ pub enum WasmError {
     Load {
         filter: String,
         module: PathBuf,
+        /// Where in the configuration file the problem is: the filter's `config` (or
+        /// `vm_config`) when it rejected it, else the filter.
+        at: Option<Mark>,
         #[source]
-        source: LoadError,
+        source: Box<LoadError>,
     },
+    /// Several filters failed; each is reported.
+    #[error("{} filters cannot be loaded:{}", .0.len(), each_on_a_line(.0))]
+    Filters(Vec<WasmError>),
+}
+
+impl WasmError {
+    /// `filter`'s module could not be loaded, for `source`.
+    pub(crate) fn load(filter: &Filter, source: LoadError) -> WasmError {
+        let at = match &source {
+            LoadError::Start(StartError::ConfigRejected { .. }) => filter.config_at,
+            LoadError::Start(StartError::VmConfigRejected { .. }) => filter.vm_config_at,
+            _ => None,
+        };
+        WasmError::Load {
+            filter: filter.name.clone(),
+            module: filter.module.clone(),
+            at: at.or(filter.at),
+            source: Box::new(source),
+        }
+    }
+
+    /// Every problem, one by one (a [`WasmError::Filters`] holds several).
+    pub fn problems(&self) -> Vec<&WasmError> {
+        match self {
+            WasmError::Filters(each) => each.iter().flat_map(WasmError::problems).collect(),
+            one => vec![one],
+        }
+    }
+
+    /// Where in the configuration file this problem is, when it is a filter's.
+    pub fn at(&self) -> Option<Mark> {
+        match self {
+            WasmError::Load { at, .. } => *at,
+            _ => None,
+        }
+    }
 }
 
 /// Why one filter's module cannot be loaded.
@@ -63,10 +103,31 @@ pub enum StartError {
     /// A root context callback (`on_context_create`, `on_vm_start`, `on_configure`) failed.
     #[error("{0} {1}")]
     RootCallback(&'static str, Fault),
-    #[error("on_vm_start returned false (the filter rejected its vm_config)")]
-    VmConfigRejected,
-    #[error("on_configure returned false (the filter rejected its config)")]
-    ConfigRejected,
+    #[error(
+        "on_vm_start returned false (the filter rejected its vm_config){}",
+        said_as_suffix(said)
+    )]
+    VmConfigRejected { said: Vec<String> },
+    #[error(
+        "on_configure returned false (the filter rejected its config){}",
+        said_as_suffix(said)
+    )]
+    ConfigRejected { said: Vec<String> },
+}
+
+fn each_on_a_line(errors: &[WasmError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("\n  {}", crate::causes::describe(e)))
+        .collect()
+}
+
+/// What a filter logged as it rejected its configuration, after the message: `: why`.
+fn said_as_suffix(said: &[String]) -> String {
+    match said {
+        [] => String::new(),
+        lines => format!(": {}", lines.join("; ")),
+    }
 }
 
 impl StartError {

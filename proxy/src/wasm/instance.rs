@@ -389,12 +389,15 @@ impl Instance {
         self.root_call(create, (ROOT_ID, 0), Phase::ContextCreate, budget)?;
         let vm_start: Pick<_, _> = |e| &mut e.vm_start;
         if self.root_call(vm_start, (ROOT_ID, vm_config_len), Phase::VmStart, budget)? == Some(0) {
-            return Err(StartError::VmConfigRejected);
+            let said = std::mem::take(&mut self.store.data_mut().said_at_start);
+            return Err(StartError::VmConfigRejected { said });
         }
         let configure: Pick<_, _> = |e| &mut e.configure;
         if self.root_call(configure, (ROOT_ID, config_len), Phase::Configure, budget)? == Some(0) {
-            return Err(StartError::ConfigRejected);
+            let said = std::mem::take(&mut self.store.data_mut().said_at_start);
+            return Err(StartError::ConfigRejected { said });
         }
+        self.store.data_mut().said_at_start = Vec::new();
         Ok(())
     }
 

@@ -115,20 +115,28 @@ impl FilterHost {
         // A module named by several filters is compiled once.
         let mut modules: HashMap<PathBuf, (wasmtime::Module, Vec<u8>)> = HashMap::new();
         let mut plugins = Vec::with_capacity(config.filters.len());
+        // Every filter is tried, so that one run of `validate` reports all that fail.
+        let mut failures = Vec::new();
         for filter in &config.filters {
             let key =
                 std::fs::canonicalize(&filter.module).unwrap_or_else(|_| filter.module.clone());
             if !modules.contains_key(&key) {
-                let fail = |source: LoadError| WasmError::Load {
-                    filter: filter.name.clone(),
-                    module: filter.module.clone(),
-                    source,
-                };
-                let bytes = std::fs::read(&filter.module).map_err(|e| fail(LoadError::Read(e)))?;
-                let module = engine
-                    .load_module(&filter.module, &bytes)
-                    .map_err(|e| fail(LoadError::Compile(e)))?;
-                modules.insert(key.clone(), (module, bytes));
+                let fail = |source: LoadError| WasmError::load(filter, source);
+                let compiled = std::fs::read(&filter.module)
+                    .map_err(|e| fail(LoadError::Read(e)))
+                    .and_then(|bytes| {
+                        let module = engine
+                            .load_module(&filter.module, &bytes)
+                            .map_err(|e| fail(LoadError::Compile(e)))?;
+                        Ok((module, bytes))
+                    });
+                match compiled {
+                    Ok(compiled) => drop(modules.insert(key.clone(), compiled)),
+                    Err(failure) => {
+                        failures.push(failure);
+                        continue;
+                    }
+                }
             }
             let Some((module, wasm)) = modules.get(&key) else {
                 continue;
@@ -138,7 +146,7 @@ impl FilterHost {
                 .iter()
                 .filter_map(|id| config.upstreams.get(id.0).map(|u| (u.name.clone(), *id)))
                 .collect();
-            let plugin = Plugin::load(
+            let loaded = Plugin::load(
                 &engine,
                 &linker,
                 filter,
@@ -150,8 +158,16 @@ impl FilterHost {
                     reaper: reaper.clone(),
                     host: host_services.clone(),
                 },
-            )?;
-            plugins.push(Arc::new(plugin));
+            );
+            match loaded {
+                Ok(plugin) => plugins.push(Arc::new(plugin)),
+                Err(failure) => failures.push(failure),
+            }
+        }
+        match failures.len() {
+            0 => {}
+            1 => return Err(failures.remove(0)),
+            _ => return Err(WasmError::Filters(failures)),
         }
         for plugin in &plugins {
             log::info!(

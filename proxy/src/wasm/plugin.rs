@@ -192,11 +192,7 @@ impl Plugin {
         workers: usize,
         services: Services,
     ) -> Result<Plugin, WasmError> {
-        let fail = |source: LoadError| WasmError::Load {
-            filter: filter.name.clone(),
-            module: filter.module.clone(),
-            source,
-        };
+        let fail = |source: LoadError| WasmError::load(filter, source);
         check_abi(module).map_err(fail)?;
         let pre = linker.instantiate_pre(module).map_err(|e| {
             fail(match e.downcast_ref::<wasmtime::UnknownImportError>() {

@@ -39,6 +39,9 @@ pub(crate) struct HostState {
     pub unknown_foreign_functions: HashSet<Vec<u8>>,
     /// Callouts made for each HTTP context whose answers have not been delivered yet.
     pub callouts_in_flight: HashMap<u32, u32>,
+    /// Warnings and errors the filter logged in `on_vm_start` and `on_configure`: its reasons,
+    /// should it reject its configuration.
+    pub said_at_start: Vec<String>,
     /// Critical lines the running call logged (a Rust SDK panic message): they go into the
     /// crash report if the call traps, else to the log when it returns.
     pub held_critical: Vec<String>,
@@ -115,6 +118,7 @@ impl HostState {
             declared_properties: HashMap::new(),
             unknown_foreign_functions: HashSet::new(),
             held_critical: Vec::new(),
+            said_at_start: Vec::new(),
             output: [Vec::new(), Vec::new()],
             services,
             cell: InstanceCell::default(),

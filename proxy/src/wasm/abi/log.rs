@@ -5,7 +5,7 @@ use wasmtime::{Caller, Linker};
 
 use super::memory;
 use super::status::{status, HostResult, Status};
-use crate::wasm::state::HostState;
+use crate::wasm::state::{HostState, Phase};
 
 /// Where filter log lines go; `EDGEWARD_LOG=edgeward::filter=debug` tunes them.
 pub(crate) const TARGET: &str = "edgeward::filter";
@@ -49,30 +49,34 @@ fn proxy_log(
     let Some(level) = level(proxy_level) else {
         return Ok(Status::BadArgument as i32);
     };
-    let mem = match caller.data().memory {
-        Some(mem) => mem,
-        None => return Ok(Status::InternalFailure as i32),
-    };
-    let result = memory::slice(mem.data(&caller), ptr, len).map(|message| {
+    let result = memory::split(&mut caller).and_then(|(mem, state)| {
+        let message = memory::slice(mem, ptr, len)?;
         if proxy_level == CRITICAL {
-            String::from_utf8_lossy(message)
-                .trim_end_matches('\n')
-                .to_string()
-        } else {
-            emit(&caller.data().plugin.name, level, message);
-            String::new()
-        }
-    });
-    match result {
-        Ok(critical) if proxy_level == CRITICAL => {
             // Held to the end of the call (see `HostState::held_critical`), a bounded few.
-            let held = &mut caller.data_mut().held_critical;
-            if held.len() < MAX_HELD_CRITICAL {
-                held.push(critical);
+            if state.held_critical.len() < MAX_HELD_CRITICAL {
+                let line = String::from_utf8_lossy(message);
+                state
+                    .held_critical
+                    .push(line.trim_end_matches('\n').to_string());
             }
-            Ok(Status::Ok as i32)
+        } else {
+            emit(&state.plugin.name, level, message);
+            remember_at_start(state, level, message);
         }
-        other => Ok(status(other.map(drop))),
+        Ok(())
+    });
+    Ok(status(result))
+}
+
+/// Keeps the warnings and errors of `on_vm_start` and `on_configure` (a few): they explain a
+/// rejected configuration.
+fn remember_at_start(state: &mut HostState, level: log::Level, message: &[u8]) {
+    let configuring = matches!(state.call.phase, Phase::VmStart | Phase::Configure);
+    if configuring && level <= log::Level::Warn && state.said_at_start.len() < MAX_HELD_CRITICAL {
+        let line = String::from_utf8_lossy(message);
+        state
+            .said_at_start
+            .push(line.trim_end_matches('\n').to_string());
     }
 }
 
