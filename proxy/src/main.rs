@@ -1,4 +1,5 @@
-//! The `edgeward` command: `run` serves a configuration, `validate` checks one.
+//! The `edgeward` command: `run` serves a configuration, `validate` checks one, `filter`
+//! helps filter authors.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,6 +40,25 @@ enum Command {
     Validate {
         #[arg(long, short, default_value = "config/edgeward.yaml")]
         config: PathBuf,
+    },
+    /// Tools for filter authors.
+    Filter {
+        #[command(subcommand)]
+        command: FilterCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FilterCommand {
+    /// Show what a filter module is as edgeward sees it, without running it: its proxy-wasm
+    /// ABI, the callbacks it exports, each host function it imports and whether edgeward
+    /// provides it, its memory and debug info. Exits 1 when the module cannot load.
+    Inspect {
+        /// The filter's .wasm file.
+        module: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -85,6 +105,32 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 report(e);
+                ExitCode::FAILURE
+            }
+        },
+        Command::Filter {
+            command: FilterCommand::Inspect { module, json },
+        } => match edgeward::wasm::inspect(&module) {
+            Ok(inspection) => {
+                if json {
+                    match serde_json::to_string_pretty(&inspection) {
+                        Ok(text) => println!("{text}"),
+                        Err(e) => {
+                            eprintln!("edgeward: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                } else {
+                    println!("{}\n{inspection}", module.display());
+                }
+                if inspection.loadable() {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                }
+            }
+            Err(e) => {
+                eprintln!("edgeward: {}", with_causes(e));
                 ExitCode::FAILURE
             }
         },

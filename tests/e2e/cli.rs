@@ -208,3 +208,55 @@ routes: [{{upstream: origin, filters: [fine, check, never]}}]
     );
     assert!(stderr.ends_with("2 problems found\n"), "{stderr}");
 }
+
+#[test]
+fn filter_inspect_shows_what_a_module_is_and_whether_it_loads() {
+    use_built_binary();
+    let out = run_edgeward(
+        &["filter", "inspect", edgeward_testkit::filters::CALLOUT],
+        &[],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    for line in [
+        "proxy-wasm ABI:  0.2.1 (supported)",
+        "initializer:     _initialize",
+        "allocator:       proxy_on_memory_allocate",
+        "  proxy_on_request_headers\n",
+        "  proxy_on_grpc_receive  (never called by edgeward)",
+        "  env.proxy_http_call  provided",
+        "loads in edgeward: yes",
+    ] {
+        assert!(text.contains(line), "{line:?} in\n{text}");
+    }
+    // A module importing what edgeward lacks: said, and exit 1; the JSON says the same.
+    let unknown = edgeward_testkit::filters::UNKNOWN_IMPORT;
+    let out = run_edgeward(&["filter", "inspect", unknown], &[]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("NOT PROVIDED: the filter cannot load"),
+        "{text}"
+    );
+    assert!(text.ends_with("loads in edgeward: no\n"), "{text}");
+    let out = run_edgeward(&["filter", "inspect", "--json", unknown], &[]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let missing: Vec<&serde_json::Value> = json["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["provided"] == false)
+        .collect();
+    assert_eq!(missing.len(), 1, "{json}");
+    // A file that is no module: a clear error.
+    let out = run_edgeward(
+        &["filter", "inspect", "{dir}/x.wasm"],
+        &[("x.wasm", "text")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("x.wasm: not a valid WebAssembly module"),
+        "{stderr}"
+    );
+}

@@ -24,6 +24,13 @@ pub enum WasmError {
         #[source]
         source: Box<LoadError>,
     },
+    /// A module `filter inspect` cannot read or compile.
+    #[error("{}", module.display())]
+    Inspect {
+        module: PathBuf,
+        #[source]
+        source: Box<LoadError>,
+    },
     /// Several filters failed; each is reported.
     #[error("{} filters cannot be loaded:{}", .0.len(), each_on_a_line(.0))]
     Filters(Vec<WasmError>),

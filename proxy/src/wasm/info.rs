@@ -23,6 +23,26 @@ pub(crate) struct PluginInfo {
     pub response_phase: ResponsePhase,
 }
 
+impl PluginInfo {
+    /// A filter examined without a configuration (`filter inspect`): never runs.
+    pub(crate) fn inspected() -> PluginInfo {
+        PluginInfo {
+            name: "inspected".to_string(),
+            root_id: String::new(),
+            vm_id: String::new(),
+            config: Vec::new(),
+            vm_config: Vec::new(),
+            limits: FilterLimits {
+                memory: 0,
+                cpu: std::time::Duration::ZERO,
+                body: 0,
+            },
+            callouts: Vec::new(),
+            response_phase: ResponsePhase::AfterCache,
+        }
+    }
+}
+
 /// Facts about the request that properties expose, shared by the filters of a chain.
 #[derive(Debug, Clone)]
 pub struct StreamInfo {

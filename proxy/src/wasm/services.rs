@@ -45,6 +45,21 @@ impl HostServices {
         (services, receiver)
     }
 
+    /// Services for filters outside any configuration (`filter inspect`): no upstreams, a
+    /// default node.
+    pub(crate) fn detached() -> (Arc<HostServices>, mpsc::UnboundedReceiver<Job>) {
+        let (jobs, receiver) = mpsc::unbounded_channel();
+        let services = Arc::new(HostServices {
+            shared_data: SharedData::default(),
+            queues: Queues::default(),
+            upstream_names: Vec::new(),
+            upstream_metadata: Vec::new(),
+            node: Arc::default(),
+            jobs,
+        });
+        (services, receiver)
+    }
+
     pub(crate) fn submit(&self, job: Job) {
         // Fails only once the dispatcher stopped, at shutdown.
         let _ = self.jobs.send(job);
