@@ -23,6 +23,7 @@ mod metrics;
 mod request_buffering;
 mod routing;
 mod runtime;
+pub mod scaffold;
 pub mod server;
 mod sync;
 mod tls;

@@ -50,6 +50,16 @@ enum Command {
 
 #[derive(Subcommand)]
 enum FilterCommand {
+    /// Create a ready-to-build filter project NAME (Rust, with the proxy-wasm SDK version
+    /// edgeward is tested with): a filter that reads its JSON configuration, sets a header
+    /// and answers a local response, its unit tests, and an edgeward.yaml that serves it.
+    New {
+        /// The filter's name: lower-case letters, digits, `-` and `_`.
+        name: String,
+        /// Where to create the project folder.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
     /// Show what a filter module is as edgeward sees it, without running it: its proxy-wasm
     /// ABI, the callbacks it exports, each host function it imports and whether edgeward
     /// provides it, its memory and debug info. Exits 1 when the module cannot load.
@@ -105,6 +115,25 @@ fn main() -> ExitCode {
             }
             Err(e) => {
                 report(e);
+                ExitCode::FAILURE
+            }
+        },
+        Command::Filter {
+            command: FilterCommand::New { name, dir },
+        } => match edgeward::scaffold::new_filter(&name, &dir) {
+            Ok(files) => {
+                for file in &files {
+                    println!("created {}", file.display());
+                }
+                let project = dir.join(&name);
+                println!(
+                    "\nnext:\n  cd {}\n  cargo build --target wasm32-wasip1 --release\n  edgeward run --config edgeward.yaml --watch",
+                    project.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("edgeward: {}", with_causes(e));
                 ExitCode::FAILURE
             }
         },

@@ -24,3 +24,4 @@ mod reload;
 mod routing;
 mod support;
 mod tls;
+mod toolkit;

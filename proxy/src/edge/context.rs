@@ -12,7 +12,7 @@ use pingora::http::ResponseHeader;
 use super::answers::{Answer, Refusal};
 use crate::body_length::DeclaredLength;
 use crate::cache::Outcome;
-use crate::config::{Route, UpstreamId};
+use crate::config::{ResponsePhase, Route, UpstreamId};
 use crate::metrics;
 use crate::request_buffering::FilteredBody;
 use crate::runtime::Generation;
@@ -102,6 +102,13 @@ pub(crate) struct BodyPhase {
 }
 
 impl FilterState {
+    /// The chain, when some of its filters run in the response phase `phase`.
+    pub(crate) fn chain_in(&mut self, phase: ResponsePhase) -> Option<&mut FilterChain> {
+        self.chain
+            .as_mut()
+            .filter(|chain| chain.has_response_phase(phase))
+    }
+
     /// Keeps the error code of a filter's failure for the access log, and what answered.
     pub(crate) fn note(&mut self, answer: &Answer) {
         if let Some(code) = answer.error_code() {

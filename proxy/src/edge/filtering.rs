@@ -212,12 +212,7 @@ pub(super) async fn response_head(
     ctx: &mut RequestCtx,
     phase: ResponsePhase,
 ) -> Result<()> {
-    let Some(chain) = ctx
-        .filters
-        .chain
-        .as_mut()
-        .filter(|c| c.has_response_phase(phase))
-    else {
+    let Some(chain) = ctx.filters.chain_in(phase) else {
         return Ok(());
     };
     let end_of_stream = !response_has_body(session.req_header(), resp);
@@ -312,12 +307,7 @@ pub(super) async fn response_trailers(
     ctx: &mut RequestCtx,
 ) {
     let phase = ResponsePhase::AfterCache;
-    let Some(chain) = ctx
-        .filters
-        .chain
-        .as_mut()
-        .filter(|c| c.has_response_phase(phase))
-    else {
+    let Some(chain) = ctx.filters.chain_in(phase) else {
         return;
     };
     let verdict = chain
