@@ -22,7 +22,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start serving the configuration (after checking it like `validate`). SIGHUP reloads it.
+    /// Start serving the configuration (after checking it like `validate`). SIGHUP reloads it;
+    /// SIGUSR2 hands over to the binary now at this one's path (as `run --upgrade` does).
     Run {
         #[arg(long, short, default_value = "config/edgeward.yaml")]
         config: PathBuf,

@@ -23,7 +23,7 @@ use crate::connections::Guarded;
 use crate::edge::Edge;
 use crate::runtime::{BuildError, Generations, Reloader};
 use crate::tls::{self, TlsError};
-use crate::upgrade::{ProcessFiles, UpgradeError};
+use crate::upgrade::{self, ProcessFiles, UpgradeError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -86,6 +86,7 @@ const HANDOVER_PATIENCE: Duration = Duration::from_secs(10);
 /// the listeners to a new process first); reloads it on SIGHUP and `POST /config/reload`, and
 /// with `watch` whenever it or a file it names changes.
 pub fn run(config: Config, options: RunOptions) -> Result<(), ServerError> {
+    let watch = options.watch;
     // Pingora binds later and would only log a failure; check now for a clear error. A new
     // process taking over gets the bound sockets instead.
     if !options.upgrade {
@@ -192,6 +193,14 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), ServerError> {
     }
     server.add_service(proxy);
     server.add_service(background_service("configuration", reloader));
+    server.add_service(background_service(
+        "upgrade on SIGUSR2",
+        SuccessorOnSignal {
+            config: config.source.clone(),
+            watch,
+            program: std::env::current_exe().ok(),
+        },
+    ));
     if !rotation.is_empty() {
         server.add_service(background_service("tls certificates", rotation));
     }
@@ -209,8 +218,10 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), ServerError> {
         config.workers,
         config.source.display()
     );
-    // Only a process that starts serving says so: a later `run --upgrade` signals this one.
+    // Only a process that starts serving says so: a later `run --upgrade` signals this one,
+    // and a service manager learns that it is the service's process now.
     drain.files.write_pid();
+    upgrade::notify_service_manager(&format!("READY=1\nMAINPID={}", std::process::id()));
     server.run(RunArgs {
         shutdown_signal: Box::new(drain),
     });
@@ -317,6 +328,8 @@ impl ShutdownSignalWatch for GracefulSignals {
                 self.inflight.load(Ordering::Acquire)
             );
         } else {
+            // Not when handing over: the new process is the service's, and goes on.
+            upgrade::notify_service_manager("STOPPING=1");
             log::info!(
                 "{name}: no longer accepting connections; waiting up to {:?} for {} in-flight requests",
                 self.timeout,
@@ -359,6 +372,46 @@ impl ShutdownSignalWatch for GracefulSignals {
             ShutdownSignal::GracefulUpgrade
         } else {
             ShutdownSignal::GracefulTerminate
+        }
+    }
+}
+
+/// `SIGUSR2` upgrades the binary from inside the service: this process starts its successor
+/// (`run --upgrade`, from the path it was started from, where a new binary may be now), which
+/// takes the listeners over. Under systemd (`systemctl kill -s USR2 edgeward`) the successor
+/// is in the unit's group and tells systemd it is the main process (`MAINPID=`).
+struct SuccessorOnSignal {
+    config: std::path::PathBuf,
+    watch: bool,
+    /// This program's path at start (`None` when it cannot be told: then SIGUSR2 says so).
+    program: Option<std::path::PathBuf>,
+}
+
+#[async_trait]
+impl pingora::services::background::BackgroundService for SuccessorOnSignal {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let mut signals = match signal(SignalKind::user_defined2()) {
+            Ok(signals) => signals,
+            Err(e) => {
+                log::warn!("cannot watch for SIGUSR2 ({e}): upgrade with `run --upgrade`");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = signals.recv() => {}
+            _ = shutdown.changed() => return,
+        }
+        let Some(program) = &self.program else {
+            log::error!("SIGUSR2: this program's path is unknown; upgrade with `run --upgrade`");
+            return;
+        };
+        // One successor: further signals wait for nothing, as this process is on its way out.
+        match upgrade::start_successor(program, &self.config, self.watch) {
+            Ok(pid) => log::info!(
+                "SIGUSR2: started the new edgeward (pid {pid}) from {}; it takes the listeners over",
+                program.display()
+            ),
+            Err(e) => log::error!("SIGUSR2: cannot start {}: {e}", program.display()),
         }
     }
 }

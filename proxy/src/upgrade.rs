@@ -120,6 +120,48 @@ impl ProcessFiles {
     }
 }
 
+/// Tells the service manager (systemd's `Type=notify`) how this process stands: `state` is
+/// its `KEY=value` lines (`READY=1`, `MAINPID=`, `STOPPING=1`). Without `NOTIFY_SOCKET`, as
+/// outside systemd, nothing happens; a failure is logged, never fatal.
+pub(crate) fn notify_service_manager(state: &str) {
+    let Some(socket) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sent = notify_socket_address(&socket).and_then(|address| {
+        let datagram = std::os::unix::net::UnixDatagram::unbound()?;
+        datagram.send_to_addr(state.as_bytes(), &address).map(drop)
+    });
+    if let Err(e) = sent {
+        log::warn!("cannot tell the service manager `{state}`: {e}");
+    }
+}
+
+/// `NOTIFY_SOCKET`: a path, or with a leading `@` an abstract socket name.
+fn notify_socket_address(
+    socket: &std::ffi::OsStr,
+) -> std::io::Result<std::os::unix::net::SocketAddr> {
+    use std::os::linux::net::SocketAddrExt;
+    match socket.as_bytes().strip_prefix(b"@") {
+        Some(name) => std::os::unix::net::SocketAddr::from_abstract_name(name),
+        None => std::os::unix::net::SocketAddr::from_pathname(socket),
+    }
+}
+
+/// Starts the successor of this process for a binary upgrade asked by `SIGUSR2`: `program`
+/// (the path this one was started from, where the new binary now is) with `run --upgrade`
+/// on the same configuration, as a child of this process, so that it stays in the same
+/// service (a systemd unit's control group). The successor takes the listeners over as
+/// `run --upgrade` always does. Its pid.
+pub(crate) fn start_successor(program: &Path, config: &Path, watch: bool) -> std::io::Result<u32> {
+    let mut command = std::process::Command::new(program);
+    command.args(["run", "--upgrade", "--config"]).arg(config);
+    if watch {
+        command.arg("--watch");
+    }
+    let child = command.stdin(std::process::Stdio::null()).spawn()?;
+    Ok(child.id())
+}
+
 /// This process's command name as the kernel keeps it (at most 15 bytes).
 fn own_command_name() -> String {
     std::fs::read_to_string("/proc/self/comm")

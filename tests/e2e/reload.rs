@@ -5,7 +5,9 @@
 use edgeward_testkit::{client, filters, Origin, Proxy};
 use sha2::{Digest, Sha256};
 
-use crate::support::{admin_json, config, eventually, metrics_showing, start_proxy};
+use crate::support::{
+    admin_json, config, eventually, metrics_showing, start_proxy, use_built_binary,
+};
 
 /// Routes `/{name}/...` to the origin `$name`; `names` picks which of `a`, `b`, `c` exist.
 fn routing(names: &[&str], vars: &[(&str, String)]) -> String {
@@ -693,4 +695,74 @@ async fn cached_responses_stay_hits_across_a_reload() {
     let after = cache_status().await;
     assert!(after.contains("hit"), "{after}");
     assert_eq!(origin.hits_for("/cache/kept"), 1);
+}
+
+/// The next datagram on `socket`, within a minute.
+async fn notification(socket: &tokio::net::UnixDatagram) -> String {
+    let mut buf = vec![0; 1024];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(60), socket.recv(&mut buf))
+        .await
+        .expect("no notification within a minute")
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn sigusr2_upgrades_from_inside_the_service_and_tells_the_service_manager() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        "listeners: [{address: \"{{listen}}\"}]\nshutdown_timeout: 5s\nupstreams: {u: {endpoints: [\"$origin\"]}}\nroutes: [{upstream: u}]\n",
+        &[("origin", origin.addr().to_string())],
+    );
+    // systemd's side of `Type=notify`: a datagram socket named in NOTIFY_SOCKET.
+    let sockets = tempfile::tempdir().unwrap();
+    let path = sockets.path().join("notify.sock");
+    let manager = tokio::net::UnixDatagram::bind(&path).unwrap();
+    use_built_binary();
+    let mut old = Proxy::builder(&yaml)
+        .env("NOTIFY_SOCKET", path.to_str().unwrap())
+        .start()
+        .await;
+    assert_eq!(
+        notification(&manager).await,
+        format!("READY=1\nMAINPID={}", old.pid())
+    );
+    old.signal("USR2");
+    // The successor says it is the service's process now; the old one, handing over, does
+    // not say it stops.
+    let said = notification(&manager).await;
+    let new_pid: u32 = said
+        .strip_prefix("READY=1\nMAINPID=")
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("{said:?}"));
+    assert_ne!(new_pid, old.pid());
+    // Ends the successor with the test (it is not the testkit's).
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("kill")
+                .arg(self.0.to_string())
+                .status();
+        }
+    }
+    let _successor = Kill(new_pid);
+    let exit = old
+        .wait_for_exit(std::time::Duration::from_secs(60), "the hand-over")
+        .await;
+    assert!(exit.success(), "{exit:?}");
+    let response = eventually("the new process serving", || async {
+        client::http1_connection_per_request()
+            .get(old.url("/after"))
+            .send()
+            .await
+            .ok()
+    })
+    .await;
+    assert_eq!(response.status(), 200);
+    // A real stop says so.
+    std::process::Command::new("kill")
+        .arg(new_pid.to_string())
+        .status()
+        .unwrap();
+    assert_eq!(notification(&manager).await, "STOPPING=1");
 }
