@@ -27,6 +27,7 @@ pub mod scaffold;
 pub mod server;
 mod sync;
 mod tls;
+pub mod trial;
 mod upgrade;
 mod upstream;
 pub mod wasm;

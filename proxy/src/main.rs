@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use clap::{Parser, Subcommand};
 
@@ -61,6 +62,26 @@ enum FilterCommand {
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
+    /// Run a filter against a request written in a file, without a proxy or an origin, by the
+    /// host the proxy runs filters with: each phase's outcome and what the filter changed,
+    /// what would go upstream and what the client gets, and the filter's log. Exits 1 when the
+    /// filter fails (a trap, a limit).
+    Test {
+        /// The filter's .wasm file.
+        module: PathBuf,
+        /// The filter's configuration: JSON, or a file holding it (or plain text).
+        #[arg(long)]
+        config: Option<String>,
+        /// The request: an HTTP/1.1 message (request line, headers, empty line, body).
+        #[arg(long)]
+        request: PathBuf,
+        /// The upstream's response, an HTTP/1.1 message (default: 200 with no body).
+        #[arg(long)]
+        response: Option<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show what a filter module is as edgeward sees it, without running it: its proxy-wasm
     /// ABI, the callbacks it exports, each host function it imports and whether edgeward
     /// provides it, its memory and debug info. Exits 1 when the module cannot load.
@@ -74,11 +95,39 @@ enum FilterCommand {
 }
 
 fn main() -> ExitCode {
-    env_logger::Builder::new()
-        .parse_filters("info,pingora_core=warn,pingora_proxy=warn")
-        .parse_env("EDGEWARD_LOG")
-        .init();
-    match Cli::parse().command {
+    let cli = Cli::parse();
+    // `filter test` keeps the log for its report; every other command writes it to stderr.
+    let keeps_log = matches!(
+        cli.command,
+        Command::Filter {
+            command: FilterCommand::Test { .. }
+        }
+    );
+    if !keeps_log {
+        env_logger::Builder::new()
+            .parse_filters("info,pingora_core=warn,pingora_proxy=warn")
+            .parse_env("EDGEWARD_LOG")
+            .init();
+    }
+    match cli.command {
+        Command::Filter {
+            command:
+                FilterCommand::Test {
+                    module,
+                    config,
+                    request,
+                    response,
+                    json,
+                },
+        } => {
+            let trial = edgeward::trial::Trial {
+                module,
+                config,
+                request,
+                response,
+            };
+            filter_test(&trial, json)
+        }
         Command::Validate { config: path } => match edgeward::config::load(&path) {
             // Loading the filters compiles them and runs their start-up and on_configure;
             // the geo database is opened as MaxMind data.
@@ -187,6 +236,81 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `filter test`: the report, with every log line of the run (the filter's own among them)
+/// kept for it rather than written as they come.
+fn filter_test(trial: &edgeward::trial::Trial, json: bool) -> ExitCode {
+    let logs = Arc::new(Mutex::new(Vec::new()));
+    if log::set_boxed_logger(Box::new(KeptLog(logs.clone()))).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("edgeward: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = runtime.block_on(edgeward::trial::run(trial));
+    let logs = logs.lock().map(|l| l.clone()).unwrap_or_default();
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            for line in &logs {
+                eprintln!("{line}");
+            }
+            eprintln!("edgeward: {}", with_causes(e));
+            return ExitCode::FAILURE;
+        }
+    };
+    if json {
+        let value = serde_json::json!({"report": report, "log": logs});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&value).unwrap_or_default()
+        );
+    } else {
+        print!("{report}");
+        println!("\nlog:");
+        for line in &logs {
+            println!("  {line}");
+        }
+    }
+    if report.failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// A logger that keeps lines for `filter test`'s report.
+struct KeptLog(Arc<Mutex<Vec<String>>>);
+
+impl log::Log for KeptLog {
+    /// The filter's own lines, and the host's warnings and errors (a crash report).
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        let own = metadata.target() == "edgeward::filter";
+        metadata.level()
+            <= if own {
+                log::Level::Info
+            } else {
+                log::Level::Warn
+            }
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            if let Ok(mut lines) = self.0.lock() {
+                lines.push(format!("{} {}", record.level(), record.args()));
+            }
+        }
+    }
+
+    fn flush(&self) {}
 }
 
 /// The error and the chain of its causes on one line: `outer: inner: innermost`.

@@ -77,4 +77,99 @@ async fn a_new_filter_project_builds_passes_its_tests_and_serves_with_no_edit() 
         .unwrap();
     assert_eq!(response.status(), 403);
     assert_eq!(response.text().await.unwrap(), "denied by hello-filter\n");
+
+    // `filter test` tells the same story without a proxy: what goes upstream, what the
+    // client gets, and the filter's log.
+    let module = module.to_str().unwrap();
+    let config = r#"{"greeting": "hello", "deny_path": "/forbidden"}"#;
+    let files = [
+        (
+            "ok.http",
+            "GET /hello HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        ),
+        (
+            "deny.http",
+            "GET /forbidden/x HTTP/1.1\r\nHost: example.com\r\n\r\n",
+        ),
+    ];
+    let out = run_edgeward(
+        &[
+            "filter",
+            "test",
+            module,
+            "--config",
+            config,
+            "--request",
+            "{dir}/ok.http",
+            "--json",
+        ],
+        &files,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let upstream = &report["report"]["upstream_gets"];
+    assert!(
+        upstream["headers"]
+            .as_array()
+            .unwrap()
+            .contains(&serde_json::json!(["x-greeting", "hello"])),
+        "{report}"
+    );
+    let client = &report["report"]["client_gets"];
+    assert_eq!(client["head"], "200");
+    assert!(client["headers"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!(["x-filtered-by", "hello-filter"])));
+    assert!(
+        report["log"].as_array().unwrap().iter().any(|line| line
+            .as_str()
+            .unwrap()
+            .contains("hello-filter: :path: /hello")),
+        "{report}"
+    );
+    let out = run_edgeward(
+        &[
+            "filter",
+            "test",
+            module,
+            "--config",
+            config,
+            "--request",
+            "{dir}/deny.http",
+        ],
+        &files,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.starts_with("on_http_request_headers: answered 403\n"),
+        "{text}"
+    );
+    assert!(text.contains("the upstream is never asked"), "{text}");
+    assert!(text.contains("  denied by hello-filter\n"), "{text}");
+}
+
+#[test]
+fn filter_test_exits_1_with_the_crash_report_when_the_filter_traps() {
+    use_built_binary();
+    let out = run_edgeward(
+        &[
+            "filter",
+            "test",
+            edgeward_testkit::filters::HOSTILE,
+            "--request",
+            "{dir}/trap.http",
+        ],
+        &[("trap.http", "GET /trap HTTP/1.1\r\nHost: x\r\n\r\n")],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.starts_with("on_http_request_headers: failed 500 trap:"),
+        "{text}"
+    );
+    assert!(text.contains("\"error\":\"trap\""), "{text}");
+    assert!(text.contains("panicked at "), "{text}");
+    assert!(text.contains("wasm backtrace:"), "{text}");
 }

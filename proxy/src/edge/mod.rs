@@ -1,7 +1,7 @@
 //! The Pingora `ProxyHttp` implementation: `phases` conducts, the other files hold what each
 //! phase needs (see docs/architecture.md).
 
-mod answers;
+pub(crate) mod answers;
 mod caching;
 mod context;
 mod failures;

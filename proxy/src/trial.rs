@@ -1,0 +1,501 @@
+//! `edgeward filter test`: one filter run against a request written in a file, with a scripted
+//! upstream response, by the very host the proxy runs filters with (the configuration is
+//! validated as a proxy's, the chain is the proxy's, local answers are built as the proxy
+//! builds them). What it reports: each phase's outcome and what the filter changed, the request
+//! as it would leave for the upstream, and what the client gets.
+//!
+//! Requests and responses are HTTP/1.1 messages as text: a request line (or status line),
+//! header lines, an empty line and the body. Callouts get no answer here yet: a filter that
+//! waits for one ends at the route's timeout (`TIMEOUT`).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use http::HeaderValue;
+use pingora::http::{RequestHeader, ResponseHeader};
+use serde::Serialize;
+
+use crate::config::{self, ConfigError, ResponsePhase};
+use crate::edge::answers::Answer;
+use crate::wasm::{
+    BodyPiece, BodyUnavailable, FilterHost, RequestBodySource, StreamInfo, Verdict, WasmError,
+};
+
+/// How long the filter may hold the request (the route's `timeout`).
+const TIMEOUT: &str = "2s";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrialError {
+    #[error("cannot read {}", .0.display())]
+    Read(PathBuf, #[source] std::io::Error),
+    #[error("{}: {why}", path.display())]
+    Message { path: PathBuf, why: String },
+    #[error("the filter's configuration")]
+    Config(#[source] ConfigError),
+    #[error("the filter cannot be loaded")]
+    Load(#[source] WasmError),
+    #[error("the proxy would answer with an invalid head")]
+    Answer(#[source] Box<pingora::Error>),
+}
+
+/// What to run: the module, its configuration (JSON or plain text), the request, and the
+/// upstream's response (`200` with no body when not given).
+pub struct Trial {
+    pub module: PathBuf,
+    pub config: Option<String>,
+    pub request: PathBuf,
+    pub response: Option<PathBuf>,
+}
+
+/// What happened.
+#[derive(Debug, Serialize)]
+pub struct TrialReport {
+    pub phases: Vec<PhaseReport>,
+    /// The request as it would leave for the upstream; `None` when the filter answered it.
+    pub upstream_gets: Option<Message>,
+    pub client_gets: Message,
+    /// The filter failed (a trap, a limit): `filter test` exits 1.
+    pub failed: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PhaseReport {
+    pub phase: &'static str,
+    /// `continue`, `answered 403`, `failed 500 trap: ...`, `closed the stream`.
+    pub outcome: String,
+    /// What the filter changed: `+ name: value`, `- name: value`, `~ body: N -> M bytes`.
+    pub changes: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Clone)]
+pub struct Message {
+    /// `GET /path` or `200`.
+    pub head: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+/// The request's body, in one piece, for a filter that holds the request headers.
+struct WholeBody(Option<Bytes>);
+
+impl RequestBodySource for WholeBody {
+    async fn read(&mut self) -> Result<BodyPiece, BodyUnavailable> {
+        Ok(BodyPiece {
+            data: self.0.take().unwrap_or_default(),
+            end: true,
+        })
+    }
+}
+
+/// Runs `trial`.
+pub async fn run(trial: &Trial) -> Result<TrialReport, TrialError> {
+    let (mut req, body) = read_request(&trial.request)?;
+    let (mut resp, resp_body) = match &trial.response {
+        Some(path) => read_response(path)?,
+        None => (ok_response()?, Bytes::new()),
+    };
+    let config = config::from_str(&configuration(trial)?, Path::new("filter-test.yaml"))
+        .map_err(TrialError::Config)?;
+    let host = FilterHost::load(&config).map_err(TrialError::Load)?;
+    let Some(route) = config.routes.first() else {
+        return Err(TrialError::Message {
+            path: trial.module.clone(),
+            why: "no route".into(),
+        });
+    };
+    let request_id = HeaderValue::from_static("filter-test");
+    let info = || StreamInfo {
+        request_id: "filter-test".to_string(),
+        route: Arc::from(route.name.as_str()),
+        upstream: Arc::from("upstream"),
+        started: SystemTime::now(),
+        ..StreamInfo::default()
+    };
+    let Some(mut chain) = host.chain(route, info, Instant::now()) else {
+        return Err(TrialError::Message {
+            path: trial.module.clone(),
+            why: "no filter".into(),
+        });
+    };
+    let mut phases = Vec::new();
+    let before = message_of_request(&req, &body);
+
+    // Request headers, with the body read meanwhile if the filter holds them.
+    let verdict = if body.is_empty() {
+        chain.on_request_headers(&mut req, true).await
+    } else {
+        let mut source = WholeBody(Some(body.clone()));
+        chain
+            .on_request_headers_reading(&mut req, &mut source)
+            .await
+    };
+    let after = message_of_request(&req, &body);
+    phases.push(phase(
+        "on_http_request_headers",
+        &verdict,
+        diff(&before, &after),
+    ));
+    let mut failed = matches!(verdict, Verdict::Fail(_));
+    if let Some(answer) = answer_of(verdict) {
+        return finish(phases, None, &answer, &request_id, failed, chain, req);
+    }
+
+    // The request body, unless the filter took it while it held the headers.
+    let mut upstream_body = body.clone();
+    if !body.is_empty() {
+        let (data, verdict) = match chain.take_early_request_body() {
+            Some((data, _ended)) => (data, Verdict::Continue),
+            None => {
+                chain
+                    .on_request_body(&mut req, Some(body.clone()), true)
+                    .await
+            }
+        };
+        upstream_body = data;
+        let changes = body_change(&body, &upstream_body);
+        phases.push(phase("on_http_request_body", &verdict, changes));
+        failed |= matches!(verdict, Verdict::Fail(_));
+        if let Some(answer) = answer_of(verdict) {
+            return finish(phases, None, &answer, &request_id, failed, chain, req);
+        }
+    }
+    let upstream_gets = message_of_request(&req, &upstream_body);
+
+    // The scripted response, through both response phases.
+    let mut client_body = resp_body;
+    for response_phase in [ResponsePhase::BeforeCache, ResponsePhase::AfterCache] {
+        if !chain.has_response_phase(response_phase) {
+            continue;
+        }
+        let before = message_of_response(&resp, &client_body);
+        let end_of_stream = client_body.is_empty();
+        let verdict = chain
+            .on_response_headers(response_phase, &mut req, &mut resp, end_of_stream)
+            .await;
+        let after = message_of_response(&resp, &client_body);
+        phases.push(phase(
+            "on_http_response_headers",
+            &verdict,
+            diff(&before, &after),
+        ));
+        failed |= matches!(verdict, Verdict::Fail(_));
+        if let Some(answer) = answer_of(verdict) {
+            return finish(
+                phases,
+                Some(upstream_gets),
+                &answer,
+                &request_id,
+                failed,
+                chain,
+                req,
+            );
+        }
+        if !end_of_stream {
+            let original = client_body.clone();
+            let (data, verdict) =
+                chain.on_response_body(response_phase, &mut req, Some(original.clone()), true);
+            client_body = data;
+            phases.push(phase(
+                "on_http_response_body",
+                &verdict,
+                body_change(&original, &client_body),
+            ));
+            failed |= matches!(verdict, Verdict::Fail(_));
+            if let Some(answer) = answer_of(verdict) {
+                return finish(
+                    phases,
+                    Some(upstream_gets),
+                    &answer,
+                    &request_id,
+                    failed,
+                    chain,
+                    req,
+                );
+            }
+        }
+    }
+    chain.finish(&mut req, Some(resp.clone()));
+    Ok(TrialReport {
+        phases,
+        upstream_gets: Some(upstream_gets),
+        client_gets: message_of_response(&resp, &client_body),
+        failed,
+    })
+}
+
+/// The request was answered by the filter (or its failure): what the client gets, as the
+/// proxy would send it.
+fn finish(
+    phases: Vec<PhaseReport>,
+    upstream_gets: Option<Message>,
+    answer: &Answer,
+    request_id: &HeaderValue,
+    failed: bool,
+    mut chain: crate::wasm::FilterChain,
+    mut req: RequestHeader,
+) -> Result<TrialReport, TrialError> {
+    let (head, body) = answer.response(request_id).map_err(TrialError::Answer)?;
+    chain.finish(&mut req, Some(head.clone()));
+    Ok(TrialReport {
+        phases,
+        upstream_gets,
+        client_gets: message_of_response(&head, &body),
+        failed,
+    })
+}
+
+/// A filter's answer or failure, `None` when the request goes on. A closed stream is answered
+/// with nothing: reported as a failure of 0.
+fn answer_of(verdict: Verdict) -> Option<Answer> {
+    match verdict {
+        Verdict::Continue => None,
+        Verdict::Respond(response) => Some(Answer::Local(response)),
+        Verdict::Fail(failure) => Some(Answer::FilterFailed(failure)),
+        Verdict::Close => Some(Answer::FilterFailed(crate::wasm::FilterFailure {
+            filter: String::new(),
+            status: 502,
+            code: "closed",
+            message: "the filter closed the stream: the client's connection ends".into(),
+        })),
+    }
+}
+
+fn phase(name: &'static str, verdict: &Verdict, changes: Vec<String>) -> PhaseReport {
+    let outcome = match verdict {
+        Verdict::Continue => "continue".to_string(),
+        Verdict::Respond(response) => format!("answered {}", response.status),
+        Verdict::Fail(failure) => format!(
+            "failed {} {}: {}",
+            failure.status, failure.code, failure.message
+        ),
+        Verdict::Close => "closed the stream".to_string(),
+    };
+    PhaseReport {
+        phase: name,
+        outcome,
+        changes,
+    }
+}
+
+/// The configuration `filter test` serves the filter with: one route, an echo upstream that
+/// is never asked (the response is scripted).
+fn configuration(trial: &Trial) -> Result<String, TrialError> {
+    let module = std::fs::canonicalize(&trial.module)
+        .map_err(|e| TrialError::Read(trial.module.clone(), e))?;
+    let config = match &trial.config {
+        None => String::new(),
+        Some(text) => {
+            // JSON as written, or a file holding it; anything else is the plain text itself.
+            let text = match std::fs::read_to_string(text) {
+                Ok(contents) => contents,
+                Err(_) => text.clone(),
+            };
+            let value = serde_json::from_str::<serde_json::Value>(&text)
+                .unwrap_or(serde_json::Value::String(text));
+            format!("\n    config: {value}")
+        }
+    };
+    // The filter is named after its file, as its log lines show it.
+    let name = module
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .filter(|stem| {
+            stem.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+        .unwrap_or("filter")
+        .to_string();
+    let module = serde_json::Value::String(module.display().to_string());
+    Ok(format!(
+        "listeners: [{{address: \"127.0.0.1:1\"}}]\nworkers: 1\nupstreams: {{upstream: {{builtin: echo}}}}\nfilters:\n  {name}:\n    module: {module}{config}\nroutes: [{{name: test, upstream: upstream, filters: [{name}], timeout: {TIMEOUT}}}]\n"
+    ))
+}
+
+/// A message read from a file: its first line, its header lines, its body.
+struct Written {
+    first: String,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+/// A message's head lines and body.
+fn split_message(path: &Path) -> Result<Written, TrialError> {
+    let bytes = std::fs::read(path).map_err(|e| TrialError::Read(path.to_path_buf(), e))?;
+    let bad = |why: &str| TrialError::Message {
+        path: path.to_path_buf(),
+        why: why.to_string(),
+    };
+    let (head, body) = match find(&bytes, b"\r\n\r\n") {
+        Some(at) => (&bytes[..at], &bytes[at + 4..]),
+        None => match find(&bytes, b"\n\n") {
+            Some(at) => (&bytes[..at], &bytes[at + 2..]),
+            None => (bytes.as_slice(), &[][..]),
+        },
+    };
+    let head = std::str::from_utf8(head).map_err(|_| bad("the head is not UTF-8 text"))?;
+    let mut lines = head.lines().map(|line| line.trim_end_matches('\r'));
+    let first = lines.next().unwrap_or_default().to_string();
+    let mut headers = Vec::new();
+    for line in lines.filter(|l| !l.is_empty()) {
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| bad(&format!("`{line}` is not a header line (name: value)")))?;
+        headers.push((name.trim().to_string(), value.trim().to_string()));
+    }
+    Ok(Written {
+        first,
+        headers,
+        body: Bytes::copy_from_slice(body),
+    })
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+fn read_request(path: &Path) -> Result<(RequestHeader, Bytes), TrialError> {
+    let Written {
+        first: line,
+        headers,
+        body,
+    } = split_message(path)?;
+    let bad = |why: String| TrialError::Message {
+        path: path.to_path_buf(),
+        why,
+    };
+    let mut parts = line.split_whitespace();
+    let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
+        return Err(bad(format!(
+            "`{line}` is not a request line (GET /path HTTP/1.1)"
+        )));
+    };
+    let mut req = RequestHeader::build(method, target.as_bytes(), Some(headers.len()))
+        .map_err(|e| bad(format!("`{line}`: {e}")))?;
+    for (name, value) in headers {
+        req.append_header(name.clone(), value)
+            .map_err(|e| bad(format!("header `{name}`: {e}")))?;
+    }
+    Ok((req, body))
+}
+
+fn read_response(path: &Path) -> Result<(ResponseHeader, Bytes), TrialError> {
+    let Written {
+        first: line,
+        headers,
+        body,
+    } = split_message(path)?;
+    let bad = |why: String| TrialError::Message {
+        path: path.to_path_buf(),
+        why,
+    };
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| bad(format!("`{line}` is not a status line (HTTP/1.1 200 OK)")))?;
+    let mut resp =
+        ResponseHeader::build(status, Some(headers.len())).map_err(|e| bad(e.to_string()))?;
+    for (name, value) in headers {
+        resp.append_header(name.clone(), value)
+            .map_err(|e| bad(format!("header `{name}`: {e}")))?;
+    }
+    Ok((resp, body))
+}
+
+fn ok_response() -> Result<ResponseHeader, TrialError> {
+    let mut resp = ResponseHeader::build(200, Some(1)).map_err(TrialError::Answer)?;
+    resp.insert_header("content-length", "0")
+        .map_err(TrialError::Answer)?;
+    Ok(resp)
+}
+
+fn message_of_request(req: &RequestHeader, body: &Bytes) -> Message {
+    Message {
+        head: format!("{} {}", req.method, String::from_utf8_lossy(req.raw_path())),
+        headers: pairs(&req.headers),
+        body: String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
+fn message_of_response(resp: &ResponseHeader, body: &Bytes) -> Message {
+    Message {
+        head: resp.status.as_u16().to_string(),
+        headers: pairs(&resp.headers),
+        body: String::from_utf8_lossy(body).into_owned(),
+    }
+}
+
+fn pairs(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.to_string(),
+                String::from_utf8_lossy(v.as_bytes()).into_owned(),
+            )
+        })
+        .collect()
+}
+
+/// What changed from `before` to `after`: the head line, then headers added and removed.
+fn diff(before: &Message, after: &Message) -> Vec<String> {
+    let mut changes = Vec::new();
+    if before.head != after.head {
+        changes.push(format!("~ {} -> {}", before.head, after.head));
+    }
+    for header in &after.headers {
+        if !before.headers.contains(header) {
+            changes.push(format!("+ {}: {}", header.0, header.1));
+        }
+    }
+    for header in &before.headers {
+        if !after.headers.contains(header) {
+            changes.push(format!("- {}: {}", header.0, header.1));
+        }
+    }
+    changes
+}
+
+fn body_change(before: &Bytes, after: &Bytes) -> Vec<String> {
+    if before == after {
+        Vec::new()
+    } else {
+        vec![format!("~ body: {} -> {} bytes", before.len(), after.len())]
+    }
+}
+
+impl std::fmt::Display for TrialReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for phase in &self.phases {
+            writeln!(f, "{}: {}", phase.phase, phase.outcome)?;
+            for change in &phase.changes {
+                writeln!(f, "  {change}")?;
+            }
+        }
+        match &self.upstream_gets {
+            Some(request) => {
+                writeln!(f, "\nthe upstream gets:")?;
+                write_message(f, request)?;
+            }
+            None => writeln!(f, "\nthe upstream is never asked")?,
+        }
+        writeln!(f, "\nthe client gets:")?;
+        write_message(f, &self.client_gets)
+    }
+}
+
+fn write_message(f: &mut std::fmt::Formatter<'_>, message: &Message) -> std::fmt::Result {
+    writeln!(f, "  {}", message.head)?;
+    for (name, value) in &message.headers {
+        writeln!(f, "  {name}: {value}")?;
+    }
+    if !message.body.is_empty() {
+        writeln!(f)?;
+        for line in message.body.lines() {
+            writeln!(f, "  {line}")?;
+        }
+    }
+    Ok(())
+}
