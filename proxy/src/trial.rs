@@ -20,7 +20,8 @@ use serde::Serialize;
 use crate::config::{self, ConfigError, ResponsePhase};
 use crate::edge::answers::Answer;
 use crate::wasm::{
-    BodyPiece, BodyUnavailable, FilterHost, RequestBodySource, StreamInfo, Verdict, WasmError,
+    BodyPiece, BodyUnavailable, FilterChain, FilterHost, RequestBodySource, StreamInfo, Verdict,
+    WasmError,
 };
 
 /// How long the filter may hold the request (the route's `timeout`).
@@ -91,8 +92,8 @@ impl RequestBodySource for WholeBody {
 
 /// Runs `trial`.
 pub async fn run(trial: &Trial) -> Result<TrialReport, TrialError> {
-    let (mut req, body) = read_request(&trial.request)?;
-    let (mut resp, resp_body) = match &trial.response {
+    let (req, body) = read_request(&trial.request)?;
+    let (resp, resp_body) = match &trial.response {
         Some(path) => read_response(path)?,
         None => (ok_response()?, Bytes::new()),
     };
@@ -113,137 +114,139 @@ pub async fn run(trial: &Trial) -> Result<TrialReport, TrialError> {
         started: SystemTime::now(),
         ..StreamInfo::default()
     };
-    let Some(mut chain) = host.chain(route, info, Instant::now()) else {
+    let Some(chain) = host.chain(route, info, Instant::now()) else {
         return Err(TrialError::Message {
             path: trial.module.clone(),
             why: "no filter".into(),
         });
     };
-    let mut phases = Vec::new();
-    let before = message_of_request(&req, &body);
-
-    // Request headers, with the body read meanwhile if the filter holds them.
-    let verdict = if body.is_empty() {
-        chain.on_request_headers(&mut req, true).await
-    } else {
-        let mut source = WholeBody(Some(body.clone()));
-        chain
-            .on_request_headers_reading(&mut req, &mut source)
-            .await
+    let mut run = Run {
+        chain,
+        req,
+        phases: Vec::new(),
+        failed: false,
+        upstream_gets: None,
     };
-    let after = message_of_request(&req, &body);
-    phases.push(phase(
-        "on_http_request_headers",
-        &verdict,
-        diff(&before, &after),
-    ));
-    let mut failed = matches!(verdict, Verdict::Fail(_));
-    if let Some(answer) = answer_of(verdict) {
-        return finish(phases, None, &answer, &request_id, failed, chain, req);
-    }
-
-    // The request body, unless the filter took it while it held the headers.
-    let mut upstream_body = body.clone();
-    if !body.is_empty() {
-        let (data, verdict) = match chain.take_early_request_body() {
-            Some((data, _ended)) => (data, Verdict::Continue),
-            None => {
-                chain
-                    .on_request_body(&mut req, Some(body.clone()), true)
-                    .await
-            }
-        };
-        upstream_body = data;
-        let changes = body_change(&body, &upstream_body);
-        phases.push(phase("on_http_request_body", &verdict, changes));
-        failed |= matches!(verdict, Verdict::Fail(_));
-        if let Some(answer) = answer_of(verdict) {
-            return finish(phases, None, &answer, &request_id, failed, chain, req);
-        }
-    }
-    let upstream_gets = message_of_request(&req, &upstream_body);
-
-    // The scripted response, through both response phases.
-    let mut client_body = resp_body;
-    for response_phase in [ResponsePhase::BeforeCache, ResponsePhase::AfterCache] {
-        if !chain.has_response_phase(response_phase) {
-            continue;
-        }
-        let before = message_of_response(&resp, &client_body);
-        let end_of_stream = client_body.is_empty();
-        let verdict = chain
-            .on_response_headers(response_phase, &mut req, &mut resp, end_of_stream)
-            .await;
-        let after = message_of_response(&resp, &client_body);
-        phases.push(phase(
-            "on_http_response_headers",
-            &verdict,
-            diff(&before, &after),
-        ));
-        failed |= matches!(verdict, Verdict::Fail(_));
-        if let Some(answer) = answer_of(verdict) {
-            return finish(
-                phases,
-                Some(upstream_gets),
-                &answer,
-                &request_id,
-                failed,
-                chain,
-                req,
-            );
-        }
-        if !end_of_stream {
-            let original = client_body.clone();
-            let (data, verdict) =
-                chain.on_response_body(response_phase, &mut req, Some(original.clone()), true);
-            client_body = data;
-            phases.push(phase(
-                "on_http_response_body",
-                &verdict,
-                body_change(&original, &client_body),
-            ));
-            failed |= matches!(verdict, Verdict::Fail(_));
-            if let Some(answer) = answer_of(verdict) {
-                return finish(
-                    phases,
-                    Some(upstream_gets),
-                    &answer,
-                    &request_id,
-                    failed,
-                    chain,
-                    req,
-                );
-            }
-        }
-    }
-    chain.finish(&mut req, Some(resp.clone()));
-    Ok(TrialReport {
-        phases,
-        upstream_gets: Some(upstream_gets),
-        client_gets: message_of_response(&resp, &client_body),
-        failed,
-    })
+    let answer = run.through(body, resp, resp_body).await;
+    run.report(answer, &request_id)
 }
 
-/// The request was answered by the filter (or its failure): what the client gets, as the
-/// proxy would send it.
-fn finish(
+/// One request through the chain, phase by phase.
+struct Run {
+    chain: FilterChain,
+    req: RequestHeader,
     phases: Vec<PhaseReport>,
-    upstream_gets: Option<Message>,
-    answer: &Answer,
-    request_id: &HeaderValue,
     failed: bool,
-    mut chain: crate::wasm::FilterChain,
-    mut req: RequestHeader,
-) -> Result<TrialReport, TrialError> {
-    let (head, body) = answer.response(request_id).map_err(TrialError::Answer)?;
-    chain.finish(&mut req, Some(head.clone()));
-    Ok(TrialReport {
-        phases,
-        upstream_gets,
-        client_gets: message_of_response(&head, &body),
-        failed,
-    })
+    /// The request as it leaves for the upstream, once it does.
+    upstream_gets: Option<Message>,
+}
+
+/// How the request ended: a filter's answer, or the upstream's (filtered) response.
+enum Ending {
+    Answer(Answer),
+    Response(ResponseHeader, Bytes),
+}
+
+impl Run {
+    /// Runs every phase the request reaches.
+    async fn through(&mut self, body: Bytes, mut resp: ResponseHeader, resp_body: Bytes) -> Ending {
+        // Request headers, with the body read meanwhile if the filter holds them.
+        let before = message_of_request(&self.req, &body);
+        let verdict = if body.is_empty() {
+            self.chain.on_request_headers(&mut self.req, true).await
+        } else {
+            let mut source = WholeBody(Some(body.clone()));
+            self.chain
+                .on_request_headers_reading(&mut self.req, &mut source)
+                .await
+        };
+        let changes = diff(&before, &message_of_request(&self.req, &body));
+        if let Some(answer) = self.step("on_http_request_headers", verdict, changes) {
+            return Ending::Answer(answer);
+        }
+        // The request body, unless the filter took it while it held the headers.
+        let mut upstream_body = body.clone();
+        if !body.is_empty() {
+            let (data, verdict) = match self.chain.take_early_request_body() {
+                Some((data, _ended)) => (data, Verdict::Continue),
+                None => {
+                    self.chain
+                        .on_request_body(&mut self.req, Some(body.clone()), true)
+                        .await
+                }
+            };
+            upstream_body = data;
+            let changes = body_change(&body, &upstream_body);
+            if let Some(answer) = self.step("on_http_request_body", verdict, changes) {
+                return Ending::Answer(answer);
+            }
+        }
+        self.upstream_gets = Some(message_of_request(&self.req, &upstream_body));
+        // The scripted response, through both response phases.
+        let mut client_body = resp_body;
+        for response_phase in [ResponsePhase::BeforeCache, ResponsePhase::AfterCache] {
+            if !self.chain.has_response_phase(response_phase) {
+                continue;
+            }
+            let before = message_of_response(&resp, &client_body);
+            let end_of_stream = client_body.is_empty();
+            let verdict = self
+                .chain
+                .on_response_headers(response_phase, &mut self.req, &mut resp, end_of_stream)
+                .await;
+            let changes = diff(&before, &message_of_response(&resp, &client_body));
+            if let Some(answer) = self.step("on_http_response_headers", verdict, changes) {
+                return Ending::Answer(answer);
+            }
+            if !end_of_stream {
+                let original = client_body.clone();
+                let (data, verdict) = self.chain.on_response_body(
+                    response_phase,
+                    &mut self.req,
+                    Some(original.clone()),
+                    true,
+                );
+                client_body = data;
+                let changes = body_change(&original, &client_body);
+                if let Some(answer) = self.step("on_http_response_body", verdict, changes) {
+                    return Ending::Answer(answer);
+                }
+            }
+        }
+        Ending::Response(resp, client_body)
+    }
+
+    /// Records a phase; the answer that ended the request there, if one did.
+    fn step(
+        &mut self,
+        name: &'static str,
+        verdict: Verdict,
+        changes: Vec<String>,
+    ) -> Option<Answer> {
+        self.phases.push(phase(name, &verdict, changes));
+        self.failed |= matches!(verdict, Verdict::Fail(_));
+        answer_of(verdict)
+    }
+
+    /// The final callbacks, and the report: what the client gets is the filter's answer (or
+    /// failure) built as the proxy builds it, or the response as the filters left it.
+    fn report(
+        mut self,
+        ending: Ending,
+        request_id: &HeaderValue,
+    ) -> Result<TrialReport, TrialError> {
+        let (head, body) = match ending {
+            Ending::Answer(answer) => answer.response(request_id).map_err(TrialError::Answer)?,
+            Ending::Response(head, body) => (head, body),
+        };
+        self.chain.finish(&mut self.req, Some(head.clone()));
+        Ok(TrialReport {
+            phases: self.phases,
+            upstream_gets: self.upstream_gets,
+            client_gets: message_of_response(&head, &body),
+            failed: self.failed,
+        })
+    }
 }
 
 /// A filter's answer or failure, `None` when the request goes on. A closed stream is answered
