@@ -59,6 +59,16 @@ pub struct TrialReport {
     pub client_gets: Message,
     /// The filter failed (a trap, a limit): `filter test` exits 1.
     pub failed: bool,
+    /// What each filter used: CPU time, and its instance's memory.
+    pub usage: Vec<Usage>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Usage {
+    pub filter: String,
+    pub cpu_microseconds: u64,
+    /// `None` when the filter's instance was discarded (it failed).
+    pub memory_bytes: Option<u64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -239,12 +249,24 @@ impl Run {
             Ending::Answer(answer) => answer.response(request_id).map_err(TrialError::Answer)?,
             Ending::Response(head, body) => (head, body),
         };
+        // Read before the final callbacks give the instance back.
+        let usage = self
+            .chain
+            .usage()
+            .into_iter()
+            .map(|(filter, cpu, memory)| Usage {
+                filter,
+                cpu_microseconds: u64::try_from(cpu.as_micros()).unwrap_or(u64::MAX),
+                memory_bytes: memory,
+            })
+            .collect();
         self.chain.finish(&mut self.req, Some(head.clone()));
         Ok(TrialReport {
             phases: self.phases,
             upstream_gets: self.upstream_gets,
             client_gets: message_of_response(&head, &body),
             failed: self.failed,
+            usage,
         })
     }
 }
@@ -485,7 +507,21 @@ impl std::fmt::Display for TrialReport {
             None => writeln!(f, "\nthe upstream is never asked")?,
         }
         writeln!(f, "\nthe client gets:")?;
-        write_message(f, &self.client_gets)
+        write_message(f, &self.client_gets)?;
+        writeln!(f)?;
+        for usage in &self.usage {
+            let memory = usage
+                .memory_bytes
+                .map_or("no instance left".to_string(), |bytes| {
+                    format!("{} KiB of memory", bytes / 1024)
+                });
+            writeln!(
+                f,
+                "filter {}: {} µs of CPU, {memory}",
+                usage.filter, usage.cpu_microseconds
+            )?;
+        }
+        Ok(())
     }
 }
 

@@ -115,6 +115,14 @@ async fn a_new_filter_project_builds_passes_its_tests_and_serves_with_no_edit() 
             .contains(&serde_json::json!(["x-greeting", "hello"])),
         "{report}"
     );
+    // What the filter used: some CPU, and its instance's memory.
+    let usage = &report["report"]["usage"][0];
+    assert_eq!(usage["filter"], "hello_filter", "{report}");
+    assert!(usage["cpu_microseconds"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        usage["memory_bytes"].as_u64().unwrap() >= 64 * 1024,
+        "{report}"
+    );
     let client = &report["report"]["client_gets"];
     assert_eq!(client["head"], "200");
     assert!(client["headers"]

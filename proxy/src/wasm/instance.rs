@@ -484,6 +484,14 @@ impl Instance {
         (&mut self.store, self.handle)
     }
 
+    /// The size of the guest's linear memory, in bytes.
+    pub(crate) fn memory_bytes(&self) -> u64 {
+        self.store
+            .data()
+            .memory
+            .map_or(0, |memory| memory.data_size(&self.store) as u64)
+    }
+
     pub(crate) fn poisoned(&self) -> Option<&Fault> {
         self.poisoned.as_ref()
     }

@@ -267,6 +267,21 @@ impl FilterChain {
         Ok(data)
     }
 
+    /// What each filter used for this request so far: its CPU time, and the memory of the
+    /// instance it runs on (while the request holds one; before [`FilterChain::finish`]).
+    pub(crate) fn usage(&self) -> Vec<(String, Duration, Option<u64>)> {
+        self.entries
+            .iter()
+            .map(|entry| {
+                let memory = entry
+                    .lease
+                    .as_ref()
+                    .map(|lease| lease.lock().memory_bytes());
+                (entry.plugin.info.name.clone(), entry.cpu_used, memory)
+            })
+            .collect()
+    }
+
     /// The chain's filters in order, for messages: `a, b`.
     pub(crate) fn filter_names(&self) -> String {
         let names: Vec<&str> = self
