@@ -376,6 +376,66 @@ fn split_message(path: &Path) -> Result<Written, TrialError> {
     })
 }
 
+/// A message written as YAML or JSON (a file ending in `.yaml`, `.yml` or `.json`):
+/// `{method, path, headers, body}` for a request, `{status, headers, body}` for a response;
+/// headers a mapping (or a list of `[name, value]` pairs for repeated ones), the body text.
+/// `None` for any other file, which is HTTP/1.1 text.
+fn structured(path: &Path) -> Result<Option<Written>, TrialError> {
+    let is_structured = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+    if !is_structured {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(path).map_err(|e| TrialError::Read(path.to_path_buf(), e))?;
+    let value = config::yaml_value(&text, path).map_err(TrialError::Config)?;
+    let bad = |why: &str| TrialError::Message {
+        path: path.to_path_buf(),
+        why: why.to_string(),
+    };
+    let field = |name: &str| value.get(name).filter(|v| !v.is_null());
+    let text_of = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    // The first line as the text form writes it, so that both forms share one reader.
+    let first = match (field("status"), field("method"), field("path")) {
+        (Some(status), _, _) => format!("HTTP/1.1 {}", text_of(status)),
+        (None, method, Some(target)) => format!(
+            "{} {} HTTP/1.1",
+            method.map_or("GET".to_string(), text_of),
+            text_of(target)
+        ),
+        _ => return Err(bad("needs `status` (a response) or `path` (a request)")),
+    };
+    let headers = match field("headers") {
+        None => Vec::new(),
+        Some(serde_json::Value::Object(map)) => {
+            map.iter().map(|(k, v)| (k.clone(), text_of(v))).collect()
+        }
+        Some(serde_json::Value::Array(pairs)) => pairs
+            .iter()
+            .map(|pair| match pair.as_array().map(Vec::as_slice) {
+                Some([name, value]) => Ok((text_of(name), text_of(value))),
+                _ => Err(bad("each header in a list is a [name, value] pair")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => {
+            return Err(bad(
+                "`headers` is a mapping or a list of [name, value] pairs",
+            ))
+        }
+    };
+    let body = field("body").map(text_of).unwrap_or_default();
+    Ok(Some(Written {
+        first,
+        headers,
+        body: Bytes::from(body),
+    }))
+}
+
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
@@ -385,7 +445,10 @@ fn read_request(path: &Path) -> Result<(RequestHeader, Bytes), TrialError> {
         first: line,
         headers,
         body,
-    } = split_message(path)?;
+    } = match structured(path)? {
+        Some(written) => written,
+        None => split_message(path)?,
+    };
     let bad = |why: String| TrialError::Message {
         path: path.to_path_buf(),
         why,
@@ -410,7 +473,10 @@ fn read_response(path: &Path) -> Result<(ResponseHeader, Bytes), TrialError> {
         first: line,
         headers,
         body,
-    } = split_message(path)?;
+    } = match structured(path)? {
+        Some(written) => written,
+        None => split_message(path)?,
+    };
     let bad = |why: String| TrialError::Message {
         path: path.to_path_buf(),
         why,

@@ -156,6 +156,45 @@ async fn a_new_filter_project_builds_passes_its_tests_and_serves_with_no_edit() 
     );
     assert!(text.contains("the upstream is never asked"), "{text}");
     assert!(text.contains("  denied by hello-filter\n"), "{text}");
+
+    // The same told as YAML and JSON, with a body each way and a scripted response.
+    let files = [
+        (
+            "post.yaml",
+            "method: POST\npath: /upload\nheaders: {host: example.com}\nbody: hello there\n",
+        ),
+        (
+            "created.json",
+            r#"{"status": 201, "headers": [["x-a", "1"], ["x-a", "2"]], "body": "made"}"#,
+        ),
+    ];
+    let out = run_edgeward(
+        &[
+            "filter",
+            "test",
+            module,
+            "--request",
+            "{dir}/post.yaml",
+            "--response",
+            "{dir}/created.json",
+            "--json",
+        ],
+        &files,
+    );
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &report["report"];
+    assert_eq!(report["upstream_gets"]["head"], "POST /upload", "{report}");
+    assert_eq!(report["upstream_gets"]["body"], "hello there", "{report}");
+    assert_eq!(report["client_gets"]["head"], "201", "{report}");
+    assert_eq!(report["client_gets"]["body"], "made", "{report}");
+    let repeated = report["client_gets"]["headers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h[0] == "x-a")
+        .count();
+    assert_eq!(repeated, 2, "{report}");
 }
 
 #[test]

@@ -152,6 +152,22 @@ pub fn from_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
     }
 }
 
+/// Reads YAML text (JSON included) of at most [`MAX_SIZE`] bytes into a JSON value, with the
+/// bounds the configuration's own reading has (aliases, nesting): for the files of
+/// `edgeward filter test`. `path` names it in messages.
+pub fn yaml_value(text: &str, path: &Path) -> Result<serde_json::Value, ConfigError> {
+    if text.len() > MAX_SIZE {
+        return Err(too_large(path));
+    }
+    let node = yaml::parse(text).map_err(|problems| invalid(path, problems))?;
+    let unknown_keys = RefCell::new(Problems::default());
+    yaml::from_node::<serde_json::Value>(&node, &unknown_keys).map_err(|e| {
+        let mut problems = Problems::default();
+        problems.error(e.mark, e.message);
+        invalid(path, problems)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
