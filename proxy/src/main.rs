@@ -78,6 +78,10 @@ enum FilterCommand {
         /// The upstream's response, an HTTP/1.1 message (default: 200 with no body).
         #[arg(long)]
         response: Option<PathBuf>,
+        /// The connection's facts the filter reads as properties (YAML or JSON): the client
+        /// and local addresses, the protocol, TLS, and any property of your own.
+        #[arg(long)]
+        properties: Option<PathBuf>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
                     config,
                     request,
                     response,
+                    properties,
                     json,
                 },
         } => {
@@ -125,6 +130,7 @@ fn main() -> ExitCode {
                 config,
                 request,
                 response,
+                properties,
             };
             filter_test(&trial, json)
         }

@@ -41,13 +41,15 @@ pub enum TrialError {
     Answer(#[source] Box<pingora::Error>),
 }
 
-/// What to run: the module, its configuration (JSON or plain text), the request, and the
-/// upstream's response (`200` with no body when not given).
+/// What to run: the module, its configuration (JSON or plain text), the request, the
+/// upstream's response (`200` with no body when not given), and the connection's facts the
+/// filter reads as properties.
 pub struct Trial {
     pub module: PathBuf,
     pub config: Option<String>,
     pub request: PathBuf,
     pub response: Option<PathBuf>,
+    pub properties: Option<PathBuf>,
 }
 
 /// What happened.
@@ -117,13 +119,17 @@ pub async fn run(trial: &Trial) -> Result<TrialReport, TrialError> {
         });
     };
     let request_id = HeaderValue::from_static("filter-test");
-    let info = || StreamInfo {
+    let mut stream = StreamInfo {
         request_id: "filter-test".to_string(),
         route: Arc::from(route.name.as_str()),
         upstream: Arc::from("upstream"),
         started: SystemTime::now(),
         ..StreamInfo::default()
     };
+    if let Some(path) = &trial.properties {
+        set_properties(&mut stream, path)?;
+    }
+    let info = || stream;
     let Some(chain) = host.chain(route, info, Instant::now()) else {
         return Err(TrialError::Message {
             path: trial.module.clone(),
@@ -374,6 +380,59 @@ fn split_message(path: &Path) -> Result<Written, TrialError> {
         headers,
         body: Bytes::copy_from_slice(body),
     })
+}
+
+/// The connection's facts a properties file gives (YAML or JSON, a mapping of property paths
+/// to values): `source.address` and `destination.address` (`ip:port`), `request.protocol`
+/// (`HTTP/1.0`, `HTTP/1.1`, `HTTP/2`), `connection.tls_version` (which makes the request
+/// `https`) and `connection.requested_server_name`. Any other key is a property of the request
+/// under that exact name, as a filter's `proxy_set_property` of one segment would leave it.
+fn set_properties(stream: &mut StreamInfo, path: &Path) -> Result<(), TrialError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| TrialError::Read(path.to_path_buf(), e))?;
+    let value = config::yaml_value(&text, path).map_err(TrialError::Config)?;
+    let bad = |why: String| TrialError::Message {
+        path: path.to_path_buf(),
+        why,
+    };
+    let Some(map) = value.as_object() else {
+        return Err(bad("a mapping of property paths to values".into()));
+    };
+    for (key, value) in map {
+        let text = match value {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let address = || {
+            text.parse::<std::net::SocketAddr>()
+                .map_err(|_| bad(format!("`{key}`: `{text}` is not an ip:port address")))
+        };
+        match key.as_str() {
+            "source.address" => stream.client = Some(address()?),
+            "destination.address" => stream.server = Some(address()?),
+            "request.protocol" => {
+                stream.protocol = match text.as_str() {
+                    "HTTP/1.0" => "HTTP/1.0",
+                    "HTTP/1.1" => "HTTP/1.1",
+                    "HTTP/2" => "HTTP/2",
+                    _ => return Err(bad(format!("`{key}`: HTTP/1.0, HTTP/1.1 or HTTP/2"))),
+                }
+            }
+            "connection.tls_version" => {
+                stream.tls_version = Some(text.into());
+                stream.scheme = "https";
+            }
+            "connection.requested_server_name" => {
+                stream.requested_server_name = Some(Arc::from(text.as_str()));
+            }
+            own => {
+                stream
+                    .custom
+                    .insert(own.as_bytes().to_vec(), text.into_bytes());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A message written as YAML or JSON (a file ending in `.yaml`, `.yml` or `.json`):

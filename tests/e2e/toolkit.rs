@@ -220,3 +220,48 @@ fn filter_test_exits_1_with_the_crash_report_when_the_filter_traps() {
     assert!(text.contains("panicked at "), "{text}");
     assert!(text.contains("wasm backtrace:"), "{text}");
 }
+
+#[test]
+fn filter_test_gives_the_filter_the_connection_facts_of_a_properties_file() {
+    use_built_binary();
+    let config = r#"{"paths": [["source", "address"], ["request", "protocol"], ["request", "scheme"], ["connection", "tls_version"], ["connection", "requested_server_name"], ["tenant"]]}"#;
+    let out = run_edgeward(
+        &[
+            "filter",
+            "test",
+            edgeward_testkit::filters::PROPERTIES,
+            "--config",
+            config,
+            "--request",
+            "{dir}/get.http",
+            "--properties",
+            "{dir}/props.yaml",
+            "--json",
+        ],
+        &[
+            ("get.http", "GET /x HTTP/1.1\r\nHost: a.example\r\n\r\n"),
+            (
+                "props.yaml",
+                "source.address: 203.0.113.7:51234\nrequest.protocol: HTTP/2\nconnection.tls_version: TLSv1.3\nconnection.requested_server_name: a.example\ntenant: acme\n",
+            ),
+        ],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let headers = report["report"]["client_gets"]["headers"]
+        .as_array()
+        .unwrap();
+    let prop = |name: &str| {
+        headers
+            .iter()
+            .find(|h| h[0] == format!("x-prop-{name}"))
+            .map(|h| h[1].as_str().unwrap().to_string())
+            .unwrap_or_else(|| panic!("no x-prop-{name} in {report}"))
+    };
+    assert_eq!(prop("source.address"), "203.0.113.7:51234");
+    assert_eq!(prop("request.protocol"), "HTTP/2");
+    assert_eq!(prop("request.scheme"), "https");
+    assert_eq!(prop("connection.tls_version"), "TLSv1.3");
+    assert_eq!(prop("connection.requested_server_name"), "a.example");
+    assert_eq!(prop("tenant"), "acme");
+}
