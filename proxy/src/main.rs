@@ -82,6 +82,10 @@ enum FilterCommand {
         /// and local addresses, the protocol, TLS, and any property of your own.
         #[arg(long)]
         properties: Option<PathBuf>,
+        /// An upstream the filter may call, NAME=FILE: its callouts to NAME are answered with
+        /// the response in FILE (repeatable).
+        #[arg(long = "callout", value_parser = callout_arg)]
+        callouts: Vec<(String, PathBuf)>,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
                     request,
                     response,
                     properties,
+                    callouts,
                     json,
                 },
         } => {
@@ -131,6 +136,7 @@ fn main() -> ExitCode {
                 request,
                 response,
                 properties,
+                callouts,
             };
             filter_test(&trial, json)
         }
@@ -241,6 +247,18 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `--callout NAME=FILE`.
+fn callout_arg(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(file)))
+        }
+        _ => Err(format!(
+            "`{text}`: expected NAME=FILE (an upstream and its response)"
+        )),
     }
 }
 

@@ -5,9 +5,11 @@
 //! as it would leave for the upstream, and what the client gets.
 //!
 //! Requests and responses are HTTP/1.1 messages as text: a request line (or status line),
-//! header lines, an empty line and the body. Callouts get no answer here yet: a filter that
-//! waits for one ends at the route's timeout (`TIMEOUT`).
+//! header lines, an empty line and the body (or YAML/JSON). Callouts go, through the proxy's
+//! own callout client, to small local servers that answer as scripted: each upstream named
+//! with `--callout NAME=FILE` answers every callout with the response in FILE.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
@@ -19,6 +21,8 @@ use serde::Serialize;
 
 use crate::config::{self, ConfigError, ResponsePhase};
 use crate::edge::answers::Answer;
+use crate::local_http::{Handler, LocalServer};
+use crate::upstream::Upstreams;
 use crate::wasm::{
     BodyPiece, BodyUnavailable, FilterChain, FilterHost, RequestBodySource, StreamInfo, Verdict,
     WasmError,
@@ -39,6 +43,8 @@ pub enum TrialError {
     Load(#[source] WasmError),
     #[error("the proxy would answer with an invalid head")]
     Answer(#[source] Box<pingora::Error>),
+    #[error("the scripted upstreams")]
+    Upstreams(#[source] crate::upstream::UpstreamError),
 }
 
 /// What to run: the module, its configuration (JSON or plain text), the request, the
@@ -50,6 +56,8 @@ pub struct Trial {
     pub request: PathBuf,
     pub response: Option<PathBuf>,
     pub properties: Option<PathBuf>,
+    /// Upstreams the filter may call, each with the response it answers.
+    pub callouts: Vec<(String, PathBuf)>,
 }
 
 /// What happened.
@@ -109,9 +117,30 @@ pub async fn run(trial: &Trial) -> Result<TrialReport, TrialError> {
         Some(path) => read_response(path)?,
         None => (ok_response()?, Bytes::new()),
     };
-    let config = config::from_str(&configuration(trial)?, Path::new("filter-test.yaml"))
-        .map_err(TrialError::Config)?;
+    // The scripted upstreams, serving before the filter starts (its start-up may call them).
+    let mut scripted = Vec::new();
+    for (name, file) in &trial.callouts {
+        let (head, body) = read_response(file)?;
+        let server =
+            scripted_origin(name, head, body).map_err(|e| TrialError::Read(file.clone(), e))?;
+        scripted.push((name.clone(), server.addr()));
+        tokio::spawn(async move { server.serve().await });
+    }
+    let config = config::from_str(
+        &configuration(trial, &scripted)?,
+        Path::new("filter-test.yaml"),
+    )
+    .map_err(TrialError::Config)?;
     let host = FilterHost::load(&config).map_err(TrialError::Load)?;
+    // Callouts and ticks run as in the proxy: its upstreams, its dispatcher and ticker.
+    let (upstreams, _tasks) =
+        Upstreams::build(&config.upstreams, None).map_err(TrialError::Upstreams)?;
+    host.serve_upstreams(Arc::new(upstreams));
+    let (_stop, shutdown) = tokio::sync::watch::channel(false);
+    for task in host.background_tasks() {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { task.start(shutdown).await });
+    }
     let Some(route) = config.routes.first() else {
         return Err(TrialError::Message {
             path: trial.module.clone(),
@@ -310,9 +339,21 @@ fn phase(name: &'static str, verdict: &Verdict, changes: Vec<String>) -> PhaseRe
     }
 }
 
+/// A local origin answering every request with `head` and `body`, for callouts to `name`.
+fn scripted_origin(name: &str, head: ResponseHeader, body: Bytes) -> std::io::Result<LocalServer> {
+    let handler: Handler = Arc::new(move |_request| {
+        let mut response = hyper::Response::new(http_body_util::Full::new(body.clone()));
+        *response.status_mut() = head.status;
+        *response.headers_mut() = head.headers.clone();
+        Box::pin(async move { response })
+    });
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    LocalServer::bind(format!("scripted upstream `{name}`"), loopback, handler)
+}
+
 /// The configuration `filter test` serves the filter with: one route, an echo upstream that
-/// is never asked (the response is scripted).
-fn configuration(trial: &Trial) -> Result<String, TrialError> {
+/// is never asked (the response is scripted), and the scripted upstreams it may call.
+fn configuration(trial: &Trial, scripted: &[(String, SocketAddr)]) -> Result<String, TrialError> {
     let module = std::fs::canonicalize(&trial.module)
         .map_err(|e| TrialError::Read(trial.module.clone(), e))?;
     let config = match &trial.config {
@@ -339,8 +380,19 @@ fn configuration(trial: &Trial) -> Result<String, TrialError> {
         .unwrap_or("filter")
         .to_string();
     let module = serde_json::Value::String(module.display().to_string());
+    let mut upstreams = String::from("\n  upstream: {builtin: echo}");
+    let mut callouts = Vec::new();
+    for (upstream, addr) in scripted {
+        let quoted = serde_json::Value::String(upstream.clone());
+        upstreams.push_str(&format!("\n  {quoted}: {{endpoints: [\"{addr}\"]}}"));
+        callouts.push(quoted.to_string());
+    }
+    let callouts = match callouts.is_empty() {
+        true => String::new(),
+        false => format!("\n    callouts: [{}]", callouts.join(", ")),
+    };
     Ok(format!(
-        "listeners: [{{address: \"127.0.0.1:1\"}}]\nworkers: 1\nupstreams: {{upstream: {{builtin: echo}}}}\nfilters:\n  {name}:\n    module: {module}{config}\nroutes: [{{name: test, upstream: upstream, filters: [{name}], timeout: {TIMEOUT}}}]\n"
+        "listeners: [{{address: \"127.0.0.1:1\"}}]\nworkers: 1\nupstreams:{upstreams}\nfilters:\n  {name}:\n    module: {module}{config}{callouts}\nroutes: [{{name: test, upstream: upstream, filters: [{name}], timeout: {TIMEOUT}}}]\n"
     ))
 }
 

@@ -265,3 +265,45 @@ fn filter_test_gives_the_filter_the_connection_facts_of_a_properties_file() {
     assert_eq!(prop("connection.requested_server_name"), "a.example");
     assert_eq!(prop("tenant"), "acme");
 }
+
+#[test]
+fn filter_test_answers_callouts_with_scripted_responses() {
+    use_built_binary();
+    let files = [
+        ("get.http", "GET /protected HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("auth.http", "HTTP/1.1 200 OK\r\nx-origin: auth\r\n\r\nok"),
+    ];
+    let test = |extra: &[&str]| {
+        let mut args = vec![
+            "filter",
+            "test",
+            edgeward_testkit::filters::CALLOUT,
+            "--config",
+            r#"{"upstream": "auth", "path": "/check"}"#,
+            "--request",
+            "{dir}/get.http",
+        ];
+        args.extend_from_slice(extra);
+        let out = run_edgeward(&args, &files);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // Answered: the filter's callout handling shows, as in the proxy (host_services.rs).
+    let (code, text) = test(&["--callout", "auth={dir}/auth.http"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("  + x-callout-status: 200\n  + x-callout-origin: auth\n"),
+        "{text}"
+    );
+    assert!(text.contains("callout: auth answered (token 1, "), "{text}");
+    // Without it the filter may not call `auth`: it answers 500 itself, as in the proxy.
+    let (code, text) = test(&[]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.starts_with("on_http_request_headers: answered 500\n"),
+        "{text}"
+    );
+    assert!(text.contains("x-callout-error: BadArgument"), "{text}");
+}
