@@ -47,6 +47,16 @@ pub enum TrialError {
     Upstreams(#[source] crate::upstream::UpstreamError),
 }
 
+impl TrialError {
+    /// A problem with the file at `path` (or the module), said in `why`.
+    fn about(path: &Path, why: impl Into<String>) -> TrialError {
+        TrialError::Message {
+            path: path.to_path_buf(),
+            why: why.into(),
+        }
+    }
+}
+
 /// What to run: the module, its configuration (JSON or plain text), the request, the
 /// upstream's response (`200` with no body when not given), and the connection's facts the
 /// filter reads as properties.
@@ -142,10 +152,7 @@ pub async fn run(trial: &Trial) -> Result<TrialReport, TrialError> {
         tokio::spawn(async move { task.start(shutdown).await });
     }
     let Some(route) = config.routes.first() else {
-        return Err(TrialError::Message {
-            path: trial.module.clone(),
-            why: "no route".into(),
-        });
+        return Err(TrialError::about(&trial.module, "no route"));
     };
     let request_id = HeaderValue::from_static("filter-test");
     let mut stream = StreamInfo {
@@ -160,10 +167,7 @@ pub async fn run(trial: &Trial) -> Result<TrialReport, TrialError> {
     }
     let info = || stream;
     let Some(chain) = host.chain(route, info, Instant::now()) else {
-        return Err(TrialError::Message {
-            path: trial.module.clone(),
-            why: "no filter".into(),
-        });
+        return Err(TrialError::about(&trial.module, "no filter"));
     };
     let mut run = Run {
         chain,
@@ -406,10 +410,7 @@ struct Written {
 /// A message's head lines and body.
 fn split_message(path: &Path) -> Result<Written, TrialError> {
     let bytes = std::fs::read(path).map_err(|e| TrialError::Read(path.to_path_buf(), e))?;
-    let bad = |why: &str| TrialError::Message {
-        path: path.to_path_buf(),
-        why: why.to_string(),
-    };
+    let bad = |why: &str| TrialError::about(path, why);
     let (head, body) = match find(&bytes, b"\r\n\r\n") {
         Some(at) => (&bytes[..at], &bytes[at + 4..]),
         None => match find(&bytes, b"\n\n") {
@@ -443,10 +444,7 @@ fn set_properties(stream: &mut StreamInfo, path: &Path) -> Result<(), TrialError
     let text =
         std::fs::read_to_string(path).map_err(|e| TrialError::Read(path.to_path_buf(), e))?;
     let value = config::yaml_value(&text, path).map_err(TrialError::Config)?;
-    let bad = |why: String| TrialError::Message {
-        path: path.to_path_buf(),
-        why,
-    };
+    let bad = |why: String| TrialError::about(path, why);
     let Some(map) = value.as_object() else {
         return Err(bad("a mapping of property paths to values".into()));
     };
@@ -502,10 +500,7 @@ fn structured(path: &Path) -> Result<Option<Written>, TrialError> {
     let text =
         std::fs::read_to_string(path).map_err(|e| TrialError::Read(path.to_path_buf(), e))?;
     let value = config::yaml_value(&text, path).map_err(TrialError::Config)?;
-    let bad = |why: &str| TrialError::Message {
-        path: path.to_path_buf(),
-        why: why.to_string(),
-    };
+    let bad = |why: &str| TrialError::about(path, why);
     let field = |name: &str| value.get(name).filter(|v| !v.is_null());
     let text_of = |v: &serde_json::Value| match v {
         serde_json::Value::String(s) => s.clone(),
@@ -551,19 +546,21 @@ fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// A message in either form: YAML or JSON by its extension, else HTTP/1.1 text.
+fn read_message(path: &Path) -> Result<Written, TrialError> {
+    match structured(path)? {
+        Some(written) => Ok(written),
+        None => split_message(path),
+    }
+}
+
 fn read_request(path: &Path) -> Result<(RequestHeader, Bytes), TrialError> {
     let Written {
         first: line,
         headers,
         body,
-    } = match structured(path)? {
-        Some(written) => written,
-        None => split_message(path)?,
-    };
-    let bad = |why: String| TrialError::Message {
-        path: path.to_path_buf(),
-        why,
-    };
+    } = read_message(path)?;
+    let bad = |why: String| TrialError::about(path, why);
     let mut parts = line.split_whitespace();
     let (Some(method), Some(target)) = (parts.next(), parts.next()) else {
         return Err(bad(format!(
@@ -584,14 +581,8 @@ fn read_response(path: &Path) -> Result<(ResponseHeader, Bytes), TrialError> {
         first: line,
         headers,
         body,
-    } = match structured(path)? {
-        Some(written) => written,
-        None => split_message(path)?,
-    };
-    let bad = |why: String| TrialError::Message {
-        path: path.to_path_buf(),
-        why,
-    };
+    } = read_message(path)?;
+    let bad = |why: String| TrialError::about(path, why);
     let status = line
         .split_whitespace()
         .nth(1)
