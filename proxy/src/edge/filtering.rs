@@ -1,6 +1,7 @@
 //! The route's filter chain at each phase, and what its verdicts mean for the response: go
 //! on, answer now, answer once the phase allows it, or cut the response short.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -19,9 +20,6 @@ use crate::request_buffering::{FilteredBody, HeldBody};
 use crate::tls;
 use crate::upstream::Upstreams;
 use crate::wasm::{FilterChain, FilterFailure, StreamInfo, Verdict};
-
-/// `response.code_details` of a response from the upstream (or the cache), as in Envoy.
-const VIA_UPSTREAM: &str = "via_upstream";
 
 /// The access log's error code for a body whose length a filter changed under its head.
 const LENGTH_CHANGED: &str = "body_length_changed";
@@ -357,11 +355,12 @@ pub(super) fn finish(session: &mut Session, ctx: &mut RequestCtx) {
             .needs_sent_response()
             .then(|| session.response_written().cloned())
             .flatten();
-        // Who answered: a filter, edgeward itself (its refusal's code), else the upstream.
-        let details = match (&ctx.filters.code_details, ctx.refusal) {
-            (Some(details), _) => details.clone(),
-            (None, Some(refusal)) => refusal.code().to_string(),
-            (None, None) => VIA_UPSTREAM.to_string(),
+        // Who answered: a filter, edgeward itself (its refusal's code); none said means the
+        // upstream (`via_upstream`).
+        let details = match (ctx.filters.code_details.take(), ctx.refusal) {
+            (Some(details), _) => Some(Cow::Owned(details)),
+            (None, Some(refusal)) => Some(Cow::Borrowed(refusal.code())),
+            (None, None) => None,
         };
         let cache_hit = ctx
             .cache

@@ -76,7 +76,7 @@ pub struct StreamInfo {
     pub(crate) route_cache_cleared: bool,
     /// What answered the request (`response.code_details`), once it is known; until then
     /// the response under way is the upstream's.
-    pub(crate) code_details: Option<String>,
+    pub(crate) code_details: Option<std::borrow::Cow<'static, str>>,
     /// Envoy's response flags for how the request ended (`response.flags`), once known.
     pub(crate) response_flags: u64,
     /// The route's metadata (`route_metadata`) and its upstream (for `cluster_metadata`,

@@ -152,11 +152,15 @@ impl FilterChain {
             .and_then(|data| data.stream.upstream_override)
     }
 
-    /// What answered the request and Envoy's flags for how it ended, for
-    /// `response.code_details` and `response.flags` in the final callbacks.
-    pub(crate) fn set_outcome(&mut self, details: String, flags: u64) {
+    /// What answered the request (`None`: the upstream) and Envoy's flags for how it ended,
+    /// for `response.code_details` and `response.flags` in the final callbacks.
+    pub(crate) fn set_outcome(
+        &mut self,
+        details: Option<std::borrow::Cow<'static, str>>,
+        flags: u64,
+    ) {
         if let Some(info) = self.scratch.info_mut() {
-            info.code_details = Some(details);
+            info.code_details = details;
             info.response_flags = flags;
         }
     }

@@ -280,6 +280,7 @@ fn response(http: &HttpData, resp: &ResponseHeader, path: &[&[u8]]) -> Option<Ve
     Some(match path {
         [b"code"] => int(resp.status.as_u16().into()),
         [b"flags"] => int(http.stream.response_flags.try_into().unwrap_or(i64::MAX)),
+        // As Envoy says of a response from the upstream (or the cache).
         [b"code_details"] => http
             .stream
             .code_details
