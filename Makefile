@@ -136,6 +136,9 @@ setup:
 	@command -v cc >/dev/null 2>&1 || $(SUDO) apt-get install -y build-essential
 	@command -v python3 >/dev/null 2>&1 || $(SUDO) apt-get install -y python3
 	@command -v openssl >/dev/null 2>&1 || $(SUDO) apt-get install -y openssl
+	@command -v npm >/dev/null 2>&1 || { \
+		echo "installing node and npm (the AssemblyScript filter template builds with them)"; \
+		$(SUDO) apt-get install -y nodejs npm || { $(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm; }; }
 	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy

@@ -52,26 +52,39 @@ enum Command {
 
 #[derive(Subcommand)]
 enum FilterCommand {
-    /// Create a ready-to-build filter project NAME (Rust, with the proxy-wasm SDK version
-    /// edgeward is tested with): a filter that reads its JSON configuration, sets a header
-    /// and answers a local response, its unit tests, and an edgeward.yaml that serves it.
+    /// Create a ready-to-build filter project NAME (with the proxy-wasm SDK version edgeward is
+    /// tested with): a filter that reads its JSON configuration, sets a header and answers a
+    /// local response, its tests, and an edgeward.yaml that serves it.
     New {
         /// The filter's name: lower-case letters, digits, `-` and `_`.
         name: String,
+        /// Rust (the proxy-wasm Rust SDK, built with cargo) or AssemblyScript (the
+        /// proxy-wasm AssemblyScript SDK, built with npm).
+        #[arg(long, value_enum, default_value = "rust")]
+        lang: edgeward::scaffold::Lang,
         /// Where to create the project folder.
         #[arg(long, default_value = ".")]
         dir: PathBuf,
     },
-    /// Run a filter against a request written in a file, without a proxy or an origin, by the
-    /// host the proxy runs filters with: each phase's outcome and what the filter changed,
-    /// what would go upstream and what the client gets, and the filter's log. Exits 1 when the
-    /// filter fails (a trap, a limit).
+    /// Run a filter (or a route's chain of filters) against a request written in a file,
+    /// without a proxy or an origin, by the host the proxy runs filters with: each phase's
+    /// outcome and what the filters changed, what would go upstream and what the client gets,
+    /// and the filters' log. Exits 1 when a filter fails (a trap, a limit).
     Test {
-        /// The filter's .wasm file.
+        /// The filter's .wasm file, or an edgeward configuration (.yaml) whose route's chain
+        /// runs, each filter with its configuration from that file.
         module: PathBuf,
         /// The filter's configuration: JSON, or a file holding it (or plain text).
         #[arg(long)]
         config: Option<String>,
+        /// The root id that selects the filter's root context (Envoy's `root_id`), for
+        /// filters that register theirs under a name.
+        #[arg(long)]
+        root_id: Option<String>,
+        /// With a configuration file: the route whose chain runs (default: the first route
+        /// with filters).
+        #[arg(long)]
+        route: Option<String>,
         /// The request: an HTTP/1.1 message (request line, headers, empty line, body).
         #[arg(long)]
         request: PathBuf,
@@ -123,6 +136,8 @@ fn main() -> ExitCode {
                 FilterCommand::Test {
                     module,
                     config,
+                    route,
+                    root_id,
                     request,
                     response,
                     properties,
@@ -133,6 +148,8 @@ fn main() -> ExitCode {
             let trial = edgeward::trial::Trial {
                 module,
                 config,
+                route,
+                root_id,
                 request,
                 response,
                 properties,
@@ -181,17 +198,17 @@ fn main() -> ExitCode {
             }
         },
         Command::Filter {
-            command: FilterCommand::New { name, dir },
-        } => match edgeward::scaffold::new_filter(&name, &dir) {
+            command: FilterCommand::New { name, lang, dir },
+        } => match edgeward::scaffold::new_filter(&name, lang, &dir) {
             Ok(files) => {
                 for file in &files {
                     println!("created {}", file.display());
                 }
-                let project = dir.join(&name);
-                println!(
-                    "\nnext:\n  cd {}\n  cargo build --target wasm32-wasip1 --release\n  edgeward run --config edgeward.yaml --watch",
-                    project.display()
-                );
+                println!("\nnext:\n  cd {}", dir.join(&name).display());
+                for step in lang.next_steps() {
+                    println!("  {step}");
+                }
+                println!("  edgeward run --config edgeward.yaml --watch");
                 ExitCode::SUCCESS
             }
             Err(e) => {

@@ -1,5 +1,6 @@
 //! `edgeward filter new`: a ready-to-build filter project from the templates in
-//! `proxy/templates/`, pinned to the proxy-wasm SDK version edgeward is tested with.
+//! `proxy/templates/`, in Rust or AssemblyScript, pinned to the SDK versions edgeward is
+//! tested with.
 
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,72 @@ const RUST: &[(&str, &str)] = &[
     ),
 ];
 
+/// The AssemblyScript template's files (its SDK, compiler and JSON versions are pinned in its
+/// package.json).
+const ASSEMBLYSCRIPT: &[(&str, &str)] = &[
+    (
+        "package.json",
+        include_str!("../templates/filter-assemblyscript/package.json.template"),
+    ),
+    (
+        "assembly/index.ts",
+        include_str!("../templates/filter-assemblyscript/index.ts.template"),
+    ),
+    (
+        "assembly/tsconfig.json",
+        include_str!("../templates/filter-assemblyscript/tsconfig.json.template"),
+    ),
+    (
+        "tests/run.js",
+        include_str!("../templates/filter-assemblyscript/run.js.template"),
+    ),
+    (
+        "tests/hello.http",
+        include_str!("../templates/filter-assemblyscript/hello.http.template"),
+    ),
+    (
+        "tests/forbidden.http",
+        include_str!("../templates/filter-assemblyscript/forbidden.http.template"),
+    ),
+    (
+        "edgeward.yaml",
+        include_str!("../templates/filter-assemblyscript/edgeward.yaml.template"),
+    ),
+    (
+        "README.md",
+        include_str!("../templates/filter-assemblyscript/README.md.template"),
+    ),
+    (
+        ".gitignore",
+        include_str!("../templates/filter-assemblyscript/gitignore.template"),
+    ),
+];
+
+/// The language a filter project is written in (`--lang`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Lang {
+    Rust,
+    #[value(name = "assemblyscript")]
+    AssemblyScript,
+}
+
+impl Lang {
+    fn templates(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Lang::Rust => RUST,
+            Lang::AssemblyScript => ASSEMBLYSCRIPT,
+        }
+    }
+
+    /// The commands that build the project and serve it, once created.
+    pub fn next_steps(self) -> &'static [&'static str] {
+        match self {
+            Lang::Rust => &["cargo build --target wasm32-wasip1 --release"],
+            Lang::AssemblyScript => &["npm install", "npm test"],
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ScaffoldError {
     #[error("`{0}` is not a usable filter name: use lower-case letters, digits, `-` and `_`, starting with a letter")]
@@ -43,7 +110,7 @@ pub enum ScaffoldError {
 }
 
 /// Creates the project of filter `name` in `parent/name`; returns the files written.
-pub fn new_filter(name: &str, parent: &Path) -> Result<Vec<PathBuf>, ScaffoldError> {
+pub fn new_filter(name: &str, lang: Lang, parent: &Path) -> Result<Vec<PathBuf>, ScaffoldError> {
     let usable = name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()
@@ -60,7 +127,7 @@ pub fn new_filter(name: &str, parent: &Path) -> Result<Vec<PathBuf>, ScaffoldErr
     // Cargo names the module after the crate, with `_` for `-`.
     let crate_file = name.replace('-', "_");
     let mut written = Vec::new();
-    for (file, template) in RUST {
+    for (file, template) in lang.templates() {
         let path = root.join(file);
         if let Some(folder) = path.parent() {
             std::fs::create_dir_all(folder).map_err(|e| ScaffoldError::Write(path.clone(), e))?;
@@ -95,11 +162,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for bad in ["", "Upper", "1st", "a b", "../x"] {
             assert!(matches!(
-                new_filter(bad, dir.path()),
+                new_filter(bad, Lang::Rust, dir.path()),
                 Err(ScaffoldError::BadName(_))
             ));
         }
-        let files = new_filter("my-filter", dir.path()).unwrap();
+        let files = new_filter("my-filter", Lang::Rust, dir.path()).unwrap();
         assert_eq!(files.len(), RUST.len());
         let manifest = std::fs::read_to_string(dir.path().join("my-filter/Cargo.toml")).unwrap();
         assert!(manifest.contains("name = \"my_filter\""));
@@ -108,8 +175,27 @@ mod tests {
         assert!(yaml.contains("module: target/wasm32-wasip1/release/my_filter.wasm"));
         assert!(!yaml.contains("__"), "{yaml}");
         assert!(matches!(
-            new_filter("my-filter", dir.path()),
+            new_filter("my-filter", Lang::AssemblyScript, dir.path()),
             Err(ScaffoldError::Exists(_))
         ));
+    }
+
+    #[test]
+    fn an_assemblyscript_project_names_its_module_in_its_configuration() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = new_filter("as-filter", Lang::AssemblyScript, dir.path()).unwrap();
+        assert_eq!(files.len(), ASSEMBLYSCRIPT.len());
+        let project = dir.path().join("as-filter");
+        let package = std::fs::read_to_string(project.join("package.json")).unwrap();
+        assert!(
+            package.contains("--binaryFile build/as-filter.wasm"),
+            "{package}"
+        );
+        let yaml = std::fs::read_to_string(project.join("edgeward.yaml")).unwrap();
+        assert!(yaml.contains("module: build/as-filter.wasm"), "{yaml}");
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap();
+            assert!(!text.contains("__"), "{}: {text}", file.display());
+        }
     }
 }

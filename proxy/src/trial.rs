@@ -4,6 +4,9 @@
 //! builds them). What it reports: each phase's outcome and what the filter changed, the request
 //! as it would leave for the upstream, and what the client gets.
 //!
+//! The module may also be an edgeward configuration: the filter chain of one of its routes
+//! runs, each filter with the configuration the file gives it.
+//!
 //! Requests and responses are HTTP/1.1 messages as text: a request line (or status line),
 //! header lines, an empty line and the body (or YAML/JSON). Callouts go, through the proxy's
 //! own callout client, to small local servers that answer as scripted: each upstream named
@@ -57,12 +60,16 @@ impl TrialError {
     }
 }
 
-/// What to run: the module, its configuration (JSON or plain text), the request, the
-/// upstream's response (`200` with no body when not given), and the connection's facts the
-/// filter reads as properties.
+/// What to run: the module (or a configuration file, for a route's chain), its configuration
+/// (JSON or plain text), the request, the upstream's response (`200` with no body when not
+/// given), and the connection's facts the filter reads as properties.
 pub struct Trial {
     pub module: PathBuf,
     pub config: Option<String>,
+    /// With a configuration file: the route whose chain runs (default: the first with filters).
+    pub route: Option<String>,
+    /// The root id the filter's root context is chosen by (`root_id:` in a configuration).
+    pub root_id: Option<String>,
     pub request: PathBuf,
     pub response: Option<PathBuf>,
     pub properties: Option<PathBuf>,
@@ -136,11 +143,14 @@ pub async fn run(trial: &Trial) -> Result<TrialReport, TrialError> {
         scripted.push((name.clone(), server.addr()));
         tokio::spawn(async move { server.serve().await });
     }
-    let config = config::from_str(
-        &configuration(trial, &scripted)?,
-        Path::new("filter-test.yaml"),
-    )
-    .map_err(TrialError::Config)?;
+    let config = match is_configuration(&trial.module) {
+        true => chain_configuration(trial, &scripted)?,
+        false => config::from_str(
+            &configuration(trial, &scripted)?,
+            Path::new("filter-test.yaml"),
+        )
+        .map_err(TrialError::Config)?,
+    };
     let host = FilterHost::load(&config).map_err(TrialError::Load)?;
     // Callouts and ticks run as in the proxy: its upstreams, its dispatcher and ticker.
     let (upstreams, _tasks) =
@@ -151,14 +161,24 @@ pub async fn run(trial: &Trial) -> Result<TrialReport, TrialError> {
         let shutdown = shutdown.clone();
         tokio::spawn(async move { task.start(shutdown).await });
     }
-    let Some(route) = config.routes.first() else {
-        return Err(TrialError::about(&trial.module, "no route"));
+    let route = match &trial.route {
+        Some(name) => config.routes.iter().find(|r| &r.name == name),
+        None => config.routes.iter().find(|r| !r.filters.is_empty()),
+    };
+    let Some(route) = route else {
+        let what = trial
+            .route
+            .as_ref()
+            .map_or("no route with filters".to_string(), |name| {
+                format!("no route `{name}`")
+            });
+        return Err(TrialError::about(&trial.module, what));
     };
     let request_id = HeaderValue::from_static("filter-test");
     let mut stream = StreamInfo {
         request_id: "filter-test".to_string(),
         route: Arc::from(route.name.as_str()),
-        upstream: Arc::from("upstream"),
+        upstream: Arc::from(config.upstreams[route.upstream.0].name.as_str()),
         started: SystemTime::now(),
         ..StreamInfo::default()
     };
@@ -384,6 +404,10 @@ fn configuration(trial: &Trial, scripted: &[(String, SocketAddr)]) -> Result<Str
         .unwrap_or("filter")
         .to_string();
     let module = serde_json::Value::String(module.display().to_string());
+    let root_id = match &trial.root_id {
+        Some(id) => format!("\n    root_id: {}", serde_json::Value::String(id.clone())),
+        None => String::new(),
+    };
     let mut upstreams = String::from("\n  upstream: {builtin: echo}");
     let mut callouts = Vec::new();
     for (upstream, addr) in scripted {
@@ -396,8 +420,47 @@ fn configuration(trial: &Trial, scripted: &[(String, SocketAddr)]) -> Result<Str
         false => format!("\n    callouts: [{}]", callouts.join(", ")),
     };
     Ok(format!(
-        "listeners: [{{address: \"127.0.0.1:1\"}}]\nworkers: 1\nupstreams:{upstreams}\nfilters:\n  {name}:\n    module: {module}{config}{callouts}\nroutes: [{{name: test, upstream: upstream, filters: [{name}], timeout: {TIMEOUT}}}]\n"
+        "listeners: [{{address: \"127.0.0.1:1\"}}]\nworkers: 1\nupstreams:{upstreams}\nfilters:\n  {name}:\n    module: {module}{root_id}{config}{callouts}\nroutes: [{{name: test, upstream: upstream, filters: [{name}], timeout: {TIMEOUT}}}]\n"
     ))
+}
+
+/// Whether `module` names a configuration file (YAML) rather than a filter module.
+fn is_configuration(module: &Path) -> bool {
+    module
+        .extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| matches!(e, "yaml" | "yml"))
+}
+
+/// A configuration file as its chains run under `filter test`: each upstream named by a
+/// `--callout` is the scripted server instead, in cleartext HTTP/1.1.
+fn chain_configuration(
+    trial: &Trial,
+    scripted: &[(String, SocketAddr)],
+) -> Result<config::Config, TrialError> {
+    if trial.config.is_some() || trial.root_id.is_some() {
+        return Err(TrialError::about(
+            &trial.module,
+            "--config and --root-id are for a single module: a chain's filters take theirs from this file",
+        ));
+    }
+    let mut config = config::load(&trial.module).map_err(TrialError::Config)?;
+    for (name, addr) in scripted {
+        let Some(upstream) = config.upstreams.iter_mut().find(|u| &u.name == name) else {
+            return Err(TrialError::about(
+                &trial.module,
+                format!("--callout {name}=...: the configuration has no upstream `{name}`"),
+            ));
+        };
+        upstream.origin = config::Origin::Endpoints(vec![config::Endpoint {
+            addr: *addr,
+            host: addr.ip().to_string(),
+        }]);
+        upstream.tls = None;
+        upstream.health_check = None;
+        upstream.protocol = config::UpstreamProtocol::Http1;
+    }
+    Ok(config)
 }
 
 /// A message read from a file: its first line, its header lines, its body.

@@ -646,3 +646,51 @@ routes:
     assert!(local.ip().is_loopback(), "{local}");
     assert_ne!(local.port(), origin.addr().port());
 }
+
+#[tokio::test]
+async fn a_grpc_local_response_answers_grpc_requests_only_as_envoy_does() {
+    let origin = Origin::start("origin").await;
+    let proxy = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+upstreams:
+  origin: {endpoints: ["$origin"]}
+filters:
+  deny:
+    module: $responder
+    config: {phase: request_headers, status: 200, body: "no token: é", grpc_status: unauthenticated, headers: {x-denied: "1"}}
+routes:
+  - {upstream: origin, filters: [deny]}
+"#,
+        &[
+            ("origin", origin.addr().to_string()),
+            ("responder", filters::LOCAL_RESPONDER.to_string()),
+        ],
+    ))
+    .await;
+    // A gRPC request: a trailers-only answer, the message percent-encoded, no body.
+    let response = client::h2c()
+        .post(proxy.url("/pkg.Service/Method"))
+        .header("content-type", "application/grpc")
+        .body(&b"\0\0\0\0\0"[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let headers = response.headers().clone();
+    assert_eq!(headers["content-type"], "application/grpc");
+    assert_eq!(headers["grpc-status"], "16");
+    assert_eq!(headers["grpc-message"], "no token: %C3%A9");
+    assert_eq!(headers["x-denied"], "1");
+    assert!(response.bytes().await.unwrap().is_empty());
+    // Any other request: the plain response, the status ignored.
+    let response = client::http1()
+        .get(proxy.url("/page"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().get("grpc-status").is_none());
+    assert_eq!(response.text().await.unwrap(), "no token: é");
+    assert_eq!(origin.requests(), 0);
+}

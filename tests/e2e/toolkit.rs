@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use edgeward_testkit::{client, run_edgeward, Proxy};
+use edgeward_testkit::{client, filters, run_edgeward, Origin, Proxy};
 
 use crate::support::use_built_binary;
 
@@ -26,6 +26,45 @@ fn cargo(project: &Path, args: &[&str]) {
     );
 }
 
+/// A new project's edgeward.yaml is valid as written (its module path included) and serves:
+/// only its port changes here, to one free for the test, and its `module` path becomes
+/// absolute, as the proxy runs from a folder of its own. The filter `name` greets requests
+/// and answers `/forbidden` itself.
+async fn serves_as_configured(project: &Path, module: &str, name: &str) {
+    let config = project.join("edgeward.yaml");
+    let out = run_edgeward(&["validate", "--config", config.to_str().unwrap()], &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("127.0.0.1:8080", "{{listen}}")
+        .replace(module, project.join(module).to_str().unwrap());
+    let proxy = Proxy::start(&yaml).await;
+    let response = client::http1()
+        .get(proxy.url("/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["x-filtered-by"], name);
+    let echo: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(echo["headers"]["x-greeting"], "hello", "{echo}");
+    let response = client::http1()
+        .get(proxy.url("/forbidden/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    assert!(response.headers().get("grpc-status").is_none());
+    assert_eq!(
+        response.text().await.unwrap(),
+        format!("denied by {name}\n")
+    );
+}
+
 #[tokio::test]
 async fn a_new_filter_project_builds_passes_its_tests_and_serves_with_no_edit() {
     use_built_binary();
@@ -41,45 +80,16 @@ async fn a_new_filter_project_builds_passes_its_tests_and_serves_with_no_edit() 
     );
     cargo(&project, &["test"]);
 
-    // The configuration it came with is valid as written (its module path included).
-    let config = project.join("edgeward.yaml");
-    let out = run_edgeward(&["validate", "--config", config.to_str().unwrap()], &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-
-    // And serves: only its port changes here, to one free for the test, and its module's
-    // path becomes absolute, as the proxy runs from a folder of its own.
-    let module = project.join("target/wasm32-wasip1/release/hello_filter.wasm");
-    let yaml = std::fs::read_to_string(&config)
-        .unwrap()
-        .replace("127.0.0.1:8080", "{{listen}}")
-        .replace(
-            "target/wasm32-wasip1/release/hello_filter.wasm",
-            module.to_str().unwrap(),
-        );
-    let proxy = Proxy::start(&yaml).await;
-    let response = client::http1()
-        .get(proxy.url("/hello"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["x-filtered-by"], "hello-filter");
-    let echo: serde_json::Value = response.json().await.unwrap();
-    assert_eq!(echo["headers"]["x-greeting"], "hello", "{echo}");
-    let response = client::http1()
-        .get(proxy.url("/forbidden/x"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 403);
-    assert_eq!(response.text().await.unwrap(), "denied by hello-filter\n");
+    serves_as_configured(
+        &project,
+        "target/wasm32-wasip1/release/hello_filter.wasm",
+        "hello-filter",
+    )
+    .await;
 
     // `filter test` tells the same story without a proxy: what goes upstream, what the
     // client gets, and the filter's log.
+    let module = project.join("target/wasm32-wasip1/release/hello_filter.wasm");
     let module = module.to_str().unwrap();
     let config = r#"{"greeting": "hello", "deny_path": "/forbidden"}"#;
     let files = [
@@ -306,4 +316,176 @@ fn filter_test_answers_callouts_with_scripted_responses() {
         "{text}"
     );
     assert!(text.contains("x-callout-error: BadArgument"), "{text}");
+}
+
+#[tokio::test]
+async fn filter_test_runs_a_routes_chain_from_a_configuration_as_the_proxy_does() {
+    use_built_binary();
+    let origin = Origin::start("origin").await;
+    let auth = Origin::start("auth").await;
+    // One configuration for both: a chain of three filters, one of which calls `auth`.
+    let yaml = |listen: &str, origin: &str, auth: &str| {
+        format!(
+            r#"
+listeners: [{{address: "{listen}"}}]
+workers: 1
+upstreams:
+  origin: {{endpoints: ["{origin}"]}}
+  auth: {{endpoints: ["{auth}"]}}
+filters:
+  first:
+    module: {rewriter}
+    config: {{name: first, request: {{set: {{x-edge: "1", ":path": /rewritten}}}}, response: {{set: {{x-served-by: edgeward}}}}}}
+  check:
+    module: {callout}
+    config: {{upstream: auth, path: /check}}
+    callouts: [auth]
+  second:
+    module: {rewriter}
+    config: {{name: second}}
+routes:
+  - {{name: plain, match: {{path_prefix: /plain}}, upstream: origin}}
+  - {{name: api, upstream: origin, filters: [first, check, second]}}
+"#,
+            rewriter = filters::HEADER_REWRITER,
+            callout = filters::CALLOUT,
+        )
+    };
+    let proxy = Proxy::start(&yaml(
+        "{{listen}}",
+        &origin.addr().to_string(),
+        &auth.addr().to_string(),
+    ))
+    .await;
+    let response = client::http1()
+        .get(proxy.url("/original"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let proxy_chain: Vec<_> = response
+        .headers()
+        .get_all("x-chain")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(proxy_chain, ["second", "first"]);
+    let seen = origin.last_request_headers();
+
+    // `filter test` on the same file (its origin never asked, `auth` scripted) tells the same.
+    let files = [
+        (
+            "edgeward.yaml",
+            yaml("127.0.0.1:1", "127.0.0.1:9", "127.0.0.1:9"),
+        ),
+        (
+            "get.http",
+            "GET /original HTTP/1.1\r\nHost: x\r\n\r\n".to_string(),
+        ),
+        (
+            "auth.http",
+            "HTTP/1.1 200 OK\r\nx-origin: auth\r\n\r\nok".to_string(),
+        ),
+    ];
+    let files: Vec<_> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
+    let test = |extra: &[&str]| {
+        let mut args = vec![
+            "filter",
+            "test",
+            "{dir}/edgeward.yaml",
+            "--request",
+            "{dir}/get.http",
+            "--callout",
+            "auth={dir}/auth.http",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        run_edgeward(&args, &files)
+    };
+    for route in [&[][..], &["--route", "api"][..]] {
+        let out = test(route);
+        assert!(out.status.success(), "{out:?}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let report = &report["report"];
+        let values = |message: &serde_json::Value, name: &str| -> Vec<String> {
+            message["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|h| h[0] == name)
+                .map(|h| h[1].as_str().unwrap().to_string())
+                .collect()
+        };
+        let upstream = &report["upstream_gets"];
+        assert_eq!(upstream["head"], "GET /rewritten", "{report}");
+        for name in ["x-edge", "x-callout-status", "x-callout-origin"] {
+            assert_eq!(
+                values(upstream, name),
+                [seen[name].clone()],
+                "{name}: {report}"
+            );
+        }
+        assert_eq!(values(upstream, "x-chain").join(", "), seen["x-chain"]);
+        let client = &report["client_gets"];
+        assert_eq!(values(client, "x-chain"), proxy_chain, "{report}");
+        assert_eq!(values(client, "x-served-by"), ["edgeward"], "{report}");
+        let used: Vec<_> = report["usage"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["filter"].as_str().unwrap())
+            .collect();
+        assert_eq!(used, ["first", "check", "second"], "{report}");
+    }
+    // A route without filters, or none of that name, is said.
+    let out = test(&["--route", "nowhere"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no route `nowhere`"),
+        "{out:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_assemblyscript_filter_builds_passes_its_tests_and_serves_with_no_edit() {
+    use_built_binary();
+    let parent = tempfile::tempdir().unwrap();
+    let parent_str = parent.path().to_str().unwrap();
+    let out = run_edgeward(
+        &[
+            "filter",
+            "new",
+            "as-filter",
+            "--lang",
+            "assemblyscript",
+            "--dir",
+            parent_str,
+        ],
+        &[],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let project = parent.path().join("as-filter");
+    // `npm test` builds the module and checks it with `edgeward filter test`: this edgeward.
+    let edgeward = Path::new(env!("CARGO_BIN_EXE_edgeward"));
+    npm(&project, &["install", "--no-audit", "--no-fund"], edgeward);
+    npm(&project, &["test"], edgeward);
+
+    serves_as_configured(&project, "build/as-filter.wasm", "as-filter").await;
+}
+
+/// Runs npm in `project` with `args` and EDGEWARD set to `edgeward`; panics on failure.
+fn npm(project: &Path, args: &[&str], edgeward: &Path) {
+    let out = Command::new("npm")
+        .args(args)
+        .current_dir(project)
+        .env("EDGEWARD", edgeward)
+        .output()
+        .unwrap_or_else(|e| panic!("running npm (`make test` installs it): {e}"));
+    assert!(
+        out.status.success(),
+        "npm {args:?} in {}:\n{}\n{}",
+        project.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -107,13 +107,31 @@ fn send_local_response(
             .into_iter()
             .map(|(k, v)| (k.to_ascii_lowercase(), v.to_vec()))
             .collect();
-        // Values outside 0..=16 mean "not gRPC" (the Rust SDK passes -1).
-        if (0..=16).contains(&grpc_status) {
-            headers.push((
-                b"grpc-status".to_vec(),
-                grpc_status.to_string().into_bytes(),
-            ));
-        }
+        // Values outside 0..=16 mean "not gRPC" (the Rust SDK passes -1). As in Envoy, a
+        // status only makes a gRPC answer for a gRPC request (others get the plain response,
+        // as the AssemblyScript SDK's examples pass a status whatever the request): a
+        // trailers-only response, 200 with the status, and the body as its message.
+        let grpc_request = state.call.http.as_ref().is_some_and(|http| {
+            http.request
+                .headers
+                .get(http::header::CONTENT_TYPE)
+                .is_some_and(|t| t.as_bytes().starts_with(b"application/grpc"))
+        });
+        let (status, body) = match grpc_request && (0..=16).contains(&grpc_status) {
+            true => {
+                headers.retain(|(name, _)| name != b"content-type");
+                headers.push((b"content-type".to_vec(), b"application/grpc".to_vec()));
+                headers.push((
+                    b"grpc-status".to_vec(),
+                    grpc_status.to_string().into_bytes(),
+                ));
+                if !body.is_empty() {
+                    headers.push((b"grpc-message".to_vec(), grpc_message(body)));
+                }
+                (200, &[][..])
+            }
+            false => (status, body),
+        };
         let response = LocalResponse {
             status,
             headers,
@@ -123,6 +141,18 @@ fn send_local_response(
         resume(state, 0, Intent::Respond(response))
     });
     Ok(status(result))
+}
+
+/// `message` as a `grpc-message` value: percent-encoded beyond printable ASCII (gRPC's rule).
+fn grpc_message(message: &[u8]) -> Vec<u8> {
+    let mut encoded = Vec::with_capacity(message.len());
+    for &byte in message {
+        match byte {
+            b' '..=b'~' if byte != b'%' => encoded.push(byte),
+            _ => encoded.extend_from_slice(format!("%{byte:02X}").as_bytes()),
+        }
+    }
+    encoded
 }
 
 /// The status of the callout whose answer is being delivered: OK, or (as in Envoy) 11
@@ -154,4 +184,15 @@ fn get_status(
         ret_msg_ptr,
         ret_msg_size,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::grpc_message;
+
+    #[test]
+    fn a_grpc_message_is_percent_encoded_beyond_printable_ascii() {
+        assert_eq!(grpc_message(b"no token: ok"), b"no token: ok");
+        assert_eq!(grpc_message("50% é\n".as_bytes()), b"50%25 %C3%A9%0A");
+    }
 }

@@ -7,7 +7,8 @@
 //!   "phase": "request_headers",
 //!   "status": 418,
 //!   "body": "short and stout",
-//!   "headers": { "x-local": "1" }
+//!   "headers": { "x-local": "1" },
+//!   "grpc_status": "unauthenticated"
 //! }
 //! ```
 //!
@@ -16,7 +17,8 @@
 //! the configuration.
 //!
 //! In the configured phase the filter calls `send_http_response(status, headers, body)` and
-//! returns `Pause`. In the body phases it acts only once `end_of_stream` is true and returns
+//! returns `Pause`; with `grpc_status` (`permission_denied` or `unauthenticated`) it calls
+//! `send_grpc_response(grpc_status, body, headers)` instead (the SDK sends status 200 then). In the body phases it acts only once `end_of_stream` is true and returns
 //! `Pause` before that, so the host buffers the body; a request or response without a body
 //! never reaches a body phase, so it is not answered. Every other phase returns `Continue`.
 //!
@@ -30,7 +32,7 @@ use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::types::{Action, ContextType, GrpcStatusCode, LogLevel};
 use serde::Deserialize;
 
 proxy_wasm::main! {{
@@ -56,6 +58,15 @@ struct Config {
     body: Option<String>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    #[serde(default)]
+    grpc_status: Option<GrpcStatus>,
+}
+
+#[derive(Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum GrpcStatus {
+    PermissionDenied,
+    Unauthenticated,
 }
 
 struct Root {
@@ -108,7 +119,20 @@ impl Responder {
             .map(|(name, value)| (name.as_str(), value.as_str()))
             .collect();
         let body = self.config.body.as_deref().map(str::as_bytes);
-        self.send_http_response(self.config.status, headers, body);
+        match self.config.grpc_status {
+            None => self.send_http_response(self.config.status, headers, body),
+            Some(status) => {
+                let status = match status {
+                    GrpcStatus::PermissionDenied => GrpcStatusCode::PermissionDenied,
+                    GrpcStatus::Unauthenticated => GrpcStatusCode::Unauthenticated,
+                };
+                let metadata = headers
+                    .into_iter()
+                    .map(|(name, value): (&str, &str)| (name, value.as_bytes()))
+                    .collect();
+                self.send_grpc_response(status, self.config.body.as_deref(), metadata)
+            }
+        }
         Action::Pause
     }
 
