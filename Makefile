@@ -136,6 +136,8 @@ setup:
 	@command -v cc >/dev/null 2>&1 || $(SUDO) apt-get install -y build-essential
 	@command -v python3 >/dev/null 2>&1 || $(SUDO) apt-get install -y python3
 	@command -v openssl >/dev/null 2>&1 || $(SUDO) apt-get install -y openssl
+	@command -v curl >/dev/null 2>&1 || $(SUDO) apt-get install -y curl
+	@command -v git >/dev/null 2>&1 || $(SUDO) apt-get install -y git
 	@command -v npm >/dev/null 2>&1 || { \
 		echo "installing node and npm (the AssemblyScript filter template builds with them)"; \
 		$(SUDO) apt-get install -y nodejs npm || { $(SUDO) apt-get update && $(SUDO) apt-get install -y nodejs npm; }; }

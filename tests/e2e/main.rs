@@ -15,6 +15,7 @@ mod failures;
 mod fidelity;
 mod filters;
 mod geo;
+mod guide;
 mod host_services;
 mod hostile_config;
 mod jwt;
