@@ -438,6 +438,28 @@ impl Metrics {
         Ok(family)
     }
 
+    /// Every metric filters defined, as (filter, name as defined, value), sorted: a counter's
+    /// or gauge's value, a histogram's number of samples.
+    pub(crate) fn custom_values(&self) -> Vec<(String, String, i64)> {
+        let custom = lock(&self.custom);
+        let mut values: Vec<_> = custom
+            .ids
+            .iter()
+            .filter_map(|((filter, name), id)| {
+                let value = match custom.metrics.get(*id as usize)? {
+                    CustomMetric::Counter(c) => i64::try_from(c.get()).unwrap_or(i64::MAX),
+                    CustomMetric::Gauge(g) => g.get(),
+                    CustomMetric::Histogram(h) => {
+                        i64::try_from(h.get_sample_count()).unwrap_or(i64::MAX)
+                    }
+                };
+                Some((filter.clone(), name.clone(), value))
+            })
+            .collect();
+        values.sort();
+        values
+    }
+
     /// A filter metric by id.
     pub(crate) fn custom(&self, id: u32) -> Option<CustomMetric> {
         let custom = lock(&self.custom);

@@ -88,6 +88,17 @@ pub struct TrialReport {
     pub failed: bool,
     /// What each filter used: CPU time, and its instance's memory.
     pub usage: Vec<Usage>,
+    /// The metrics the filters defined, with their values after the request.
+    pub metrics: Vec<MetricValue>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MetricValue {
+    pub filter: String,
+    /// As the filter defined it.
+    pub name: String,
+    /// A counter's or gauge's value, a histogram's number of samples.
+    pub value: i64,
 }
 
 #[derive(Debug, Serialize)]
@@ -320,12 +331,23 @@ impl Run {
             })
             .collect();
         self.chain.finish(&mut self.req, Some(head.clone()));
+        // This process runs one trial: every metric defined is this run's.
+        let metrics = crate::metrics::global()
+            .custom_values()
+            .into_iter()
+            .map(|(filter, name, value)| MetricValue {
+                filter,
+                name,
+                value,
+            })
+            .collect();
         Ok(TrialReport {
             phases: self.phases,
             upstream_gets: self.upstream_gets,
             client_gets: message_of_response(&head, &body),
             failed: self.failed,
             usage,
+            metrics,
         })
     }
 }
@@ -751,6 +773,12 @@ impl std::fmt::Display for TrialReport {
                 "filter {}: {} µs of CPU, {memory}",
                 usage.filter, usage.cpu_microseconds
             )?;
+        }
+        if !self.metrics.is_empty() {
+            writeln!(f, "\nmetrics:")?;
+        }
+        for metric in &self.metrics {
+            writeln!(f, "  {} {} = {}", metric.filter, metric.name, metric.value)?;
         }
         Ok(())
     }

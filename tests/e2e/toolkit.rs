@@ -489,3 +489,36 @@ fn npm(project: &Path, args: &[&str], edgeward: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn filter_test_reports_the_metrics_the_filter_defined() {
+    use_built_binary();
+    let out = run_edgeward(
+        &[
+            "filter",
+            "test",
+            filters::METRICS,
+            "--request",
+            "{dir}/post.http",
+            "--json",
+        ],
+        &[("post.http", "POST /x HTTP/1.1\r\nHost: a\r\n\r\n")],
+    );
+    assert!(out.status.success(), "{out:?}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let metrics = report["report"]["metrics"].as_array().unwrap();
+    let value = |name: &str| {
+        metrics
+            .iter()
+            .find(|m| m["filter"] == "metrics" && m["name"] == name)
+            .map(|m| m["value"].as_i64().unwrap())
+            .unwrap_or_else(|| panic!("no {name} in {report}"))
+    };
+    // As the proxy counts them (host_services.rs): one request, its tag from its method, and
+    // `in_flight` back to 0 once `on_log` ran.
+    assert_eq!(value("requests_total"), 1);
+    assert_eq!(value("requests_by_method=POST"), 1);
+    assert_eq!(value("recorded_total"), 5);
+    assert_eq!(value("body_size"), 1);
+    assert_eq!(value("in_flight"), 0);
+}
