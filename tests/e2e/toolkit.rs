@@ -323,7 +323,8 @@ async fn filter_test_runs_a_routes_chain_from_a_configuration_as_the_proxy_does(
     use_built_binary();
     let origin = Origin::start("origin").await;
     let auth = Origin::start("auth").await;
-    // One configuration for both: a chain of three filters, one of which calls `auth`.
+    // One configuration for both: a chain of four filters, one of which calls `auth` and one
+    // rewrites the response body.
     let yaml = |listen: &str, origin: &str, auth: &str| {
         format!(
             r#"
@@ -335,7 +336,10 @@ upstreams:
 filters:
   first:
     module: {rewriter}
-    config: {{name: first, request: {{set: {{x-edge: "1", ":path": /rewritten}}}}, response: {{set: {{x-served-by: edgeward}}}}}}
+    config: {{name: first, request: {{set: {{x-edge: "1", ":path": /status/201}}}}, response: {{set: {{x-served-by: edgeward}}}}}}
+  bodies:
+    module: {body_rewriter}
+    config: {{response: {{find: status, replace: answer}}}}
   check:
     module: {callout}
     config: {{upstream: auth, path: /check}}
@@ -345,10 +349,11 @@ filters:
     config: {{name: second}}
 routes:
   - {{name: plain, match: {{path_prefix: /plain}}, upstream: origin}}
-  - {{name: api, upstream: origin, filters: [first, check, second]}}
+  - {{name: api, upstream: origin, filters: [first, bodies, check, second]}}
 "#,
             rewriter = filters::HEADER_REWRITER,
             callout = filters::CALLOUT,
+            body_rewriter = filters::BODY_REWRITER,
         )
     };
     let proxy = Proxy::start(&yaml(
@@ -362,7 +367,7 @@ routes:
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 200);
+    assert_eq!(response.status(), 201);
     let proxy_chain: Vec<_> = response
         .headers()
         .get_all("x-chain")
@@ -370,6 +375,8 @@ routes:
         .map(|v| v.to_str().unwrap().to_string())
         .collect();
     assert_eq!(proxy_chain, ["second", "first"]);
+    let proxy_body = response.text().await.unwrap();
+    assert_eq!(proxy_body, "answer 201\n");
     let seen = origin.last_request_headers();
 
     // `filter test` on the same file (its origin never asked, `auth` scripted) tells the same.
@@ -386,6 +393,11 @@ routes:
             "auth.http",
             "HTTP/1.1 200 OK\r\nx-origin: auth\r\n\r\nok".to_string(),
         ),
+        // What the origin answers to `/status/201`.
+        (
+            "created.http",
+            "HTTP/1.1 201 Created\r\ncontent-length: 11\r\n\r\nstatus 201\n".to_string(),
+        ),
     ];
     let files: Vec<_> = files.iter().map(|(n, c)| (*n, c.as_str())).collect();
     let test = |extra: &[&str]| {
@@ -397,6 +409,8 @@ routes:
             "{dir}/get.http",
             "--callout",
             "auth={dir}/auth.http",
+            "--response",
+            "{dir}/created.http",
             "--json",
         ];
         args.extend_from_slice(extra);
@@ -417,7 +431,7 @@ routes:
                 .collect()
         };
         let upstream = &report["upstream_gets"];
-        assert_eq!(upstream["head"], "GET /rewritten", "{report}");
+        assert_eq!(upstream["head"], "GET /status/201", "{report}");
         for name in ["x-edge", "x-callout-status", "x-callout-origin"] {
             assert_eq!(
                 values(upstream, name),
@@ -429,13 +443,15 @@ routes:
         let client = &report["client_gets"];
         assert_eq!(values(client, "x-chain"), proxy_chain, "{report}");
         assert_eq!(values(client, "x-served-by"), ["edgeward"], "{report}");
+        assert_eq!(client["head"], "201", "{report}");
+        assert_eq!(client["body"], proxy_body, "{report}");
         let used: Vec<_> = report["usage"]
             .as_array()
             .unwrap()
             .iter()
             .map(|u| u["filter"].as_str().unwrap())
             .collect();
-        assert_eq!(used, ["first", "check", "second"], "{report}");
+        assert_eq!(used, ["first", "bodies", "check", "second"], "{report}");
     }
     // A route without filters, or none of that name, is said.
     let out = test(&["--route", "nowhere"]);
