@@ -35,7 +35,12 @@ pub(crate) struct Entry<'a> {
     pub error: Option<&'a str>,
     /// What the upstream's failure was, in words (a TLS verification error, say).
     pub error_detail: Option<&'a str>,
+    /// The `access_log_properties` filters set, by name.
+    pub properties: &'a [(&'a str, String)],
 }
+
+/// The longest property value a line shows; longer ones are cut (at a character boundary).
+const MAX_PROPERTY_VALUE: usize = 256;
 
 /// Where lines go. Requests append to a shared buffer; a background thread writes it out
 /// [`FLUSH_INTERVAL`] after its first line, so a crash loses at most that much. The thread
@@ -203,6 +208,20 @@ impl Entry<'_> {
         if let Some(detail) = self.error_detail {
             out.extend_from_slice(key!("error_detail").as_bytes());
             write_str(out, detail);
+        }
+        if !self.properties.is_empty() {
+            out.extend_from_slice(key!("properties").as_bytes());
+            for (n, (name, value)) in self.properties.iter().enumerate() {
+                out.push(if n == 0 { b'{' } else { b',' });
+                write_str(out, name);
+                out.push(b':');
+                let mut end = value.len().min(MAX_PROPERTY_VALUE);
+                while !value.is_char_boundary(end) {
+                    end -= 1;
+                }
+                write_str(out, &value[..end]);
+            }
+            out.push(b'}');
         }
         out.push(b'}');
     }
@@ -404,6 +423,7 @@ mod tests {
             duration: Duration::from_micros(12_034),
             error: None,
             error_detail: None,
+            properties: &[],
         }
     }
 
@@ -447,6 +467,20 @@ mod tests {
         assert_eq!(json["error_detail"], "ConnectRefused context: \"refused\"");
         assert_eq!(json["client"], serde_json::Value::Null);
         assert_eq!(json["duration_ms"], 0.0);
+    }
+
+    #[test]
+    fn properties_filters_set_are_shown_cut_to_their_longest() {
+        let long = "é".repeat(MAX_PROPERTY_VALUE);
+        let properties = [("ab-test.bucket", "b".to_string()), ("note", long)];
+        let json = decoded(&Entry {
+            properties: &properties,
+            ..entry()
+        });
+        assert_eq!(json["properties"]["ab-test.bucket"], "b");
+        let note = json["properties"]["note"].as_str().unwrap();
+        assert_eq!(note, "é".repeat(MAX_PROPERTY_VALUE / 2));
+        assert!(decoded(&entry()).get("properties").is_none());
     }
 
     #[test]

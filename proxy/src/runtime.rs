@@ -70,6 +70,8 @@ pub(crate) struct Generation {
     pub(crate) upstreams: Arc<Upstreams>,
     pub(crate) filters: FilterHost,
     pub(crate) geo: Option<Arc<Geo>>,
+    /// The filter-set properties access-log lines show.
+    pub(crate) access_log_properties: Arc<[String]>,
     /// Started once the generation is installed.
     tasks: Mutex<Vec<Task>>,
     /// Fires when the generation is dropped, which ends its tasks.
@@ -112,6 +114,7 @@ impl Generation {
             upstreams,
             filters,
             geo,
+            access_log_properties: config.access_log_properties.clone(),
             tasks: Mutex::new(tasks),
             retired: watch::channel(false).0,
         })

@@ -1394,3 +1394,37 @@ routes: [{upstream: origin, filters: [rewriter]}]
         map.display()
     );
 }
+
+#[tokio::test]
+async fn the_access_log_shows_the_properties_filters_set_that_it_lists() {
+    let origin = Origin::start("origin").await;
+    // `my.prop` is the one-segment property the filter sets; `request.path` a built-in it
+    // writes (kept as the host has it, so not a property it set); `never.set` is not set.
+    let proxy = start_proxy(&config(
+        r#"
+listeners: [{address: "{{listen}}"}]
+workers: 1
+access_log_properties: [my.prop, request.path, never.set]
+upstreams:
+  origin: {endpoints: ["$origin"]}
+filters:
+  props: {module: $properties, config: {paths: []}}
+routes:
+  - {upstream: origin, filters: [props]}
+"#,
+        &[
+            ("origin", origin.addr().to_string()),
+            ("properties", filters::PROPERTIES.to_string()),
+        ],
+    ))
+    .await;
+    let response = client::http1()
+        .get(proxy.url("/logged"))
+        .header("x-request-id", "logged-properties")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let entry = access_log_entry(&proxy, "logged-properties").await;
+    assert_eq!(entry["properties"], json!({"my.prop": "v1"}), "{entry}");
+}

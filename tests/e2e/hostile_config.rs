@@ -18,7 +18,7 @@ const TIME_LIMIT: Duration = Duration::from_secs(15);
 const MEMORY_LIMIT: u64 = 512 << 20;
 
 const TOP_LEVEL_KEYS: &str =
-    "listeners, workers, work_stealing, access_log, shutdown_timeout, client, \
+    "listeners, workers, work_stealing, access_log, access_log_properties, shutdown_timeout, client, \
                               upstreams, routes, filters, wasm, admin, geo, cache, node";
 
 /// Runs `validate` and `run` on `bytes` (as `c.yaml`) within the limits and checks that both

@@ -252,6 +252,24 @@ mod tests {
     }
 
     #[test]
+    fn access_log_properties_are_paths_each_listed_once() {
+        let text = format!("{MINIMAL}access_log_properties: [ab-test.bucket, my.prop]\n");
+        let config = from_str(&text, Path::new("/tmp/e.yaml")).unwrap();
+        assert_eq!(
+            &*config.access_log_properties,
+            ["ab-test.bucket", "my.prop"]
+        );
+        assert_eq!(
+            problems(&format!("{MINIMAL}access_log_properties: [a..b, x, x, 'c d']\n")),
+            vec![
+                "4:25: `access_log_properties`: `a..b` is not a property path (segments of visible ASCII joined by `.`)",
+                "4:34: `access_log_properties`: `x` is listed twice",
+                "4:37: `access_log_properties`: `c d` is not a property path (segments of visible ASCII joined by `.`)",
+            ]
+        );
+    }
+
+    #[test]
     fn relative_paths_start_at_the_config_folder() {
         let text = format!("{MINIMAL}access_log: access.log\n");
         let config = from_str(&text, Path::new("/tmp/e.yaml")).unwrap();

@@ -28,6 +28,8 @@ pub struct Config {
     /// running a runtime of its own that serves its tasks in order (tail latency).
     pub work_stealing: bool,
     pub access_log: AccessLog,
+    /// Properties filters set (dotted paths) that each access-log line shows when set.
+    pub access_log_properties: Arc<[String]>,
     /// How long in-flight requests may take to finish after SIGTERM/SIGINT.
     pub shutdown_timeout: Duration,
     /// Indexed by [`UpstreamId`].

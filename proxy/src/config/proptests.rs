@@ -676,8 +676,8 @@ fn the_writer_writes_yaml_that_reads_back() {
     assert_eq!(
         problems,
         [
-            "7:1: unknown key `x-note`; expected one of: listeners, workers, work_stealing, access_log, shutdown_timeout, client, upstreams, routes, filters, wasm, admin, geo, cache, node",
-            "8:1: unknown key `x-copy`; expected one of: listeners, workers, work_stealing, access_log, shutdown_timeout, client, upstreams, routes, filters, wasm, admin, geo, cache, node",
+            "7:1: unknown key `x-note`; expected one of: listeners, workers, work_stealing, access_log, access_log_properties, shutdown_timeout, client, upstreams, routes, filters, wasm, admin, geo, cache, node",
+            "8:1: unknown key `x-copy`; expected one of: listeners, workers, work_stealing, access_log, access_log_properties, shutdown_timeout, client, upstreams, routes, filters, wasm, admin, geo, cache, node",
         ]
     );
 }

@@ -47,6 +47,7 @@ pub(super) struct RawConfig {
     pub workers: Option<Located<String>>,
     pub work_stealing: Option<Located<bool>>,
     pub access_log: Option<Located<String>>,
+    pub access_log_properties: Option<Located<Vec<Located<String>>>>,
     pub shutdown_timeout: Option<Located<String>>,
     pub client: Option<Located<RawClient>>,
     #[serde(default)]

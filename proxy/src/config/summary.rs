@@ -35,6 +35,7 @@ pub fn summary(config: &Config) -> Value {
             AccessLog::Stderr => "stderr".to_string(),
             AccessLog::File(path) => path.display().to_string(),
         },
+        "access_log_properties": &*config.access_log_properties,
     })
 }
 

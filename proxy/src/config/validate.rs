@@ -173,6 +173,7 @@ impl<'a> Validator<'a> {
                 AccessLog::File(path)
             }
         };
+        let access_log_properties = self.access_log_properties(raw.access_log_properties.as_ref());
         let shutdown_timeout = self.duration(
             &raw.shutdown_timeout,
             "shutdown_timeout",
@@ -197,6 +198,7 @@ impl<'a> Validator<'a> {
             workers,
             work_stealing: raw.work_stealing.as_deref().copied().unwrap_or(true),
             access_log,
+            access_log_properties,
             shutdown_timeout,
             upstreams,
             routes,

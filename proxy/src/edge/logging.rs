@@ -41,6 +41,15 @@ pub(super) fn log_request(
         return;
     }
     let req = session.req_header();
+    let properties: Vec<(&str, String)> = match &ctx.filters.chain {
+        Some(chain) => ctx
+            .generation
+            .access_log_properties
+            .iter()
+            .filter_map(|name| Some((name.as_str(), chain.set_property_text(name)?)))
+            .collect(),
+        None => Vec::new(),
+    };
     access_log.write(&access_log::Entry {
         time: SystemTime::now(),
         request_id: ctx.request_id.to_str().unwrap_or_default(),
@@ -58,6 +67,7 @@ pub(super) fn log_request(
         duration,
         error: ctx.refusal.map(Refusal::code).or(ctx.filters.error),
         error_detail: ctx.upstream.failure.as_deref(),
+        properties: &properties,
     });
 }
 

@@ -166,6 +166,17 @@ impl FilterChain {
     }
 
     /// The local address of the connection to the upstream (`upstream.local_address`).
+    /// The property named `path` as filters set it (text, invalid UTF-8 replaced), for the
+    /// access log: a one-segment path of that name (as Envoy keeps `wasm.<name>` filter
+    /// state), else the segments `path` splits into at its dots.
+    pub(crate) fn set_property_text(&self, path: &str) -> Option<String> {
+        let custom = &self.scratch.data.as_ref()?.stream.custom;
+        let value = custom
+            .get(path.as_bytes())
+            .or_else(|| custom.get(path.replace('.', "\0").as_bytes()))?;
+        Some(String::from_utf8_lossy(value).into_owned())
+    }
+
     pub(crate) fn set_upstream_local_address(&mut self, address: std::net::SocketAddr) {
         if let Some(info) = self.scratch.info_mut() {
             info.upstream_local_address = Some(address);

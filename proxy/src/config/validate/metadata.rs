@@ -1,5 +1,6 @@
 //! Validation of `node` and of routes' and upstreams' `metadata`: what filters read as the
-//! `node`, `route_metadata` and `cluster_metadata` properties.
+//! `node`, `route_metadata` and `cluster_metadata` properties; and of the properties filters
+//! set that the access log shows.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,6 +13,9 @@ use super::Validator;
 /// The most entries (keys, over all namespaces) one `metadata` or the node's may hold: it is
 /// copied into every filter that asks, and a file should not make that unbounded.
 const MAX_ENTRIES: usize = 256;
+
+/// The most properties an access-log line may show.
+const MAX_LOGGED_PROPERTIES: usize = 32;
 
 impl Validator<'_> {
     pub(super) fn node(&mut self, raw: Option<&Located<RawNode>>) -> Node {
@@ -26,6 +30,46 @@ impl Validator<'_> {
             cluster: text(&raw.cluster),
             metadata: self.entries(&raw.metadata, "node metadata"),
         }
+    }
+
+    /// `access_log_properties`: property paths as filters set them (`ab-test.bucket`), each
+    /// at most once.
+    pub(super) fn access_log_properties(
+        &mut self,
+        raw: Option<&Located<Vec<Located<String>>>>,
+    ) -> Arc<[String]> {
+        let Some(raw) = raw else {
+            return Arc::from([]);
+        };
+        if raw.value.len() > MAX_LOGGED_PROPERTIES {
+            self.error(
+                raw.mark,
+                format!("`access_log_properties`: at most {MAX_LOGGED_PROPERTIES} properties"),
+            );
+        }
+        let mut names: Vec<String> = Vec::new();
+        for name in &raw.value {
+            let well_formed = name.value.split('.').all(|segment| {
+                !segment.is_empty() && segment.chars().all(|c| c.is_ascii_graphic())
+            });
+            if !well_formed {
+                self.error(
+                    name.mark,
+                    format!(
+                        "`access_log_properties`: `{}` is not a property path (segments of visible ASCII joined by `.`)",
+                        name.value
+                    ),
+                );
+            } else if names.contains(&name.value) {
+                self.error(
+                    name.mark,
+                    format!("`access_log_properties`: `{}` is listed twice", name.value),
+                );
+            } else {
+                names.push(name.value.clone());
+            }
+        }
+        Arc::from(names)
     }
 
     /// A route's or upstream's `metadata`; `owner` names it in messages.
