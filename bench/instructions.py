@@ -4,7 +4,7 @@
 Runs edgeward under `valgrind --tool=callgrind` behind the benchmark's nginx origin, warms it
 up, counts the instructions of every thread over a fixed number of keep-alive requests, and
 divides. Each scenario of bench/run.py that edgeward serves alone: a plain 1 KiB GET, a 1 KiB
-cache hit, and the three demo filters. Give several binaries to compare builds in one run:
+cache hit, the three demo filters, and each other shipped filter alone. Give several binaries to compare builds in one run:
 
     python3 bench/instructions.py                      # target/release/edgeward
     python3 bench/instructions.py --binary old/edgeward --binary target/release/edgeward
@@ -37,6 +37,11 @@ SCENARIOS = [
         ["jwt", "geo", "headers"],
         {"Authorization": f"Bearer {run.DEMO_TOKEN}", "X-Forwarded-For": run.CLIENT_IN_GERMANY},
     ),
+    # Each of the other shipped filters alone (image-resize has its own benchmark).
+    ("ab-test, new clients, 1 KiB GET", "/1k", ["ab"], {}),
+    ("rate-limit, one limit, 1 KiB GET", "/1k", ["limit"], {}),
+    ("json-transform, 1 KiB JSON", "/api/1k.json", ["json"], {}),
+    ("api-compose, two 1 KiB parts", "/account", ["compose"], {}),
 ]
 
 
@@ -63,7 +68,7 @@ def callgrind_total(out_file: Path) -> int:
 def count(binary: Path, scenario, folder: Path, ports: run.Ports, origin: int, args) -> float:
     title, path, chain, headers = scenario
     port = ports.take()
-    name = f"{binary.name}-{len(chain)}"
+    name = f"{binary.name}-{'-'.join(chain) or 'plain'}"
     config = folder / f"{name}.yaml"
     # A small instance pool: the default one reserves more address space than valgrind allows.
     config.write_text(

@@ -214,11 +214,17 @@ def no_resumption(folder: Path) -> Path:
 
 
 def origin_bodies(folder: Path) -> None:
-    """Files the origin serves: /1k and /cache/1k, /cache/100k (cacheable)."""
+    """Files the origin serves: /1k and /cache/1k, /cache/100k (cacheable), and /api/1k.json
+    (a JSON document of about 1 KiB, for the JSON filters)."""
     www = folder / "www"
     (www / "cache").mkdir(parents=True, exist_ok=True)
+    (www / "api").mkdir(parents=True, exist_ok=True)
     for name, size in [("1k", 1024), ("cache/1k", 1024), ("cache/100k", 102400)]:
         (www / name).write_bytes(bytes((i * 7 + 13) % 251 for i in range(size)))
+    items = ",".join(
+        f'{{"id":{n},"name":"item {n}","price":{n * 3}.50,"secret":"s{n:04}"}}' for n in range(16)
+    )
+    (www / "api" / "1k.json").write_text(f'{{"count":16,"items":[{items}]}}')
 
 
 def nginx_origin_config(folder: Path, port: int) -> str:
@@ -242,6 +248,9 @@ http {{
         }}
         location /cache/ {{
             add_header Cache-Control "public, max-age=3600";
+        }}
+        location /api/ {{
+            default_type application/json;
         }}
     }}
 }}
@@ -329,6 +338,36 @@ FILTER_CONFIGS = {
     isolation: $isolation
     config:
       countries: {{JP: origin-apac, DE: origin-eu, FR: origin-eu}}""",
+    # Every request a new client: placed by weight, with a cookie to set.
+    "ab": f"""
+    module: {FILTERS}/ab_test.wasm
+    isolation: $isolation
+    config:
+      buckets: {{control: 90, variant: {{weight: 10, upstream: origin-eu, request_headers: {{x-variant: b}}}}}}""",
+    # Limits no benchmark reaches: the cost of counting, not of refusing.
+    "limit": f"""
+    module: {FILTERS}/rate_limit.wasm
+    isolation: $isolation
+    config:
+      limits:
+        - {{name: per-client, rate: 1000000000, per: 1s, key: [client_address]}}""",
+    "json": f"""
+    module: {FILTERS}/json_transform.wasm
+    isolation: $isolation
+    config:
+      response:
+        remove: [/items/*/secret]
+        rename: {{/count: /total}}
+        set: {{/request_id: "${{request.id}}"}}""",
+    # Two parts from the origin's JSON document, merged.
+    "compose": f"""
+    module: {FILTERS}/api_compose.wasm
+    isolation: $isolation
+    callouts: [origin, origin-eu]
+    config:
+      parts:
+        first: {{from: origin, path: /api/1k.json}}
+        second: {{from: origin-eu, path: /api/1k.json}}""",
 }
 
 

@@ -55,7 +55,7 @@ fn demo_config() -> String {
     // The filters, where `make filters` (and the testkit's build script) put them.
     let built = Path::new(filters::JWT_AUTH).parent().unwrap();
     let relative = "module: ../filters/target/wasm32-wasip1/release/";
-    assert_eq!(text.matches(relative).count(), 3, "{text}");
+    assert_eq!(text.matches(relative).count(), 8, "{text}");
     let text = text.replace(relative, &format!("module: {}/", built.display()));
     for line in text
         .lines()
@@ -110,6 +110,9 @@ fn the_requests_here_are_the_ones_make_run_suggests() {
         "curl -s -H 'Authorization: Bearer $(DEMO_TOKEN)' localhost:8080/api/orders",
         "curl -s -i localhost:8080/static/app.js",
         "curl -s -X PURGE localhost:8080/static/app.js",
+        "curl -s -H 'Cookie: ab_bucket=new-checkout' localhost:8080/shop/checkout/pay",
+        "curl -s localhost:8080/public/orders",
+        "curl -s 'localhost:8080/account/42?status=shipped'",
         "curl -s localhost:9901/metrics",
         "curl -s -X POST localhost:9901/config/reload",
     ] {
@@ -244,6 +247,52 @@ async fn the_demo_configuration_answers_the_readme_requests() {
     assert_eq!(
         refetched.header("cache-status"),
         Some("edgeward; fwd=miss; stored")
+    );
+
+    // The A/B test: a new client is placed and told its bucket by a cookie; one holding the
+    // new-checkout cookie keeps it, with the bucket's upstream, header and path.
+    let shop = request(&proxy, "GET", "/shop/cart", &[]).await;
+    assert_eq!(shop.status, 200, "{}", shop.body);
+    let cookie = shop.header("set-cookie").unwrap_or_default();
+    assert!(cookie.starts_with("ab_bucket="), "{cookie}");
+    let returning = request(
+        &proxy,
+        "GET",
+        "/shop/checkout/pay",
+        &[("cookie", "ab_bucket=new-checkout")],
+    )
+    .await;
+    assert_eq!(returning.header("set-cookie"), None);
+    let echo = returning.json();
+    assert_eq!(echo["upstream"], "shop-v2", "{echo}");
+    assert_eq!(echo["path"], "/shop/checkout-v2/pay");
+    assert_eq!(echo["headers"]["x-checkout"], "v2");
+    assert_eq!(echo["headers"]["x-ab-bucket"], "new-checkout");
+
+    // The echo's JSON as a public API shows it, and a composed document.
+    let public = request(&proxy, "GET", "/public/orders", &[]).await;
+    let shown = public.json();
+    assert_eq!(shown["path"], "/public/orders", "{shown}");
+    assert_eq!(shown["received_bytes"], 0, "{shown}");
+    assert_eq!(shown["edge"]["country"], "XX", "{shown}");
+    assert!(shown.get("body_sha256").is_none(), "{shown}");
+    let account = request(&proxy, "GET", "/account/42?status=shipped", &[]).await;
+    let document = account.json();
+    assert_eq!(document["user"]["path"], "/users/42", "{document}");
+    assert_eq!(document["user"]["upstream"], "origin-us");
+    assert_eq!(document["orders"]["path"], "/orders?user=42&status=shipped");
+    assert_eq!(document["orders"]["upstream"], "origin-eu");
+
+    // /limited/ tells each client its allowance: 5 at once, then one a second.
+    let limited = request(&proxy, "GET", "/limited/", &[]).await;
+    assert_eq!(limited.status, 200, "{}", limited.body);
+    assert_eq!(
+        limited.header("ratelimit-policy"),
+        Some("1;w=1;burst=5, 100;w=3600")
+    );
+    assert_eq!(
+        limited.header("ratelimit"),
+        Some("limit=1, remaining=4, reset=1")
     );
 
     // curl -s --cacert config/certs/ca.pem https://localhost:8443/hello: the same route over

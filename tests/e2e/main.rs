@@ -4,7 +4,9 @@
 // Panicking with a message is how a test fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod ab_test;
 mod admin;
+mod api_compose;
 mod balancing;
 mod bodies;
 mod cache;
@@ -18,9 +20,12 @@ mod geo;
 mod guide;
 mod host_services;
 mod hostile_config;
+mod image_resize;
+mod json_transform;
 mod jwt;
 mod lifecycle;
 mod origin_tls;
+mod rate_limit;
 mod reload;
 mod routing;
 mod support;

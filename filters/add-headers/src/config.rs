@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::template::Template;
+use filter_support::template::Template;
 
 #[derive(Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]

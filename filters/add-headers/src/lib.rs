@@ -42,11 +42,11 @@
 //! value**: `x-edge-country: ${geo.country_code}` without geo data sends `x-edge-country:`.
 //! Give a default (`${geo.country_code:-XX}`) to send something else.
 //!
-//! The logic ([`template`], [`config`]) is free of the SDK and unit-tested natively
-//! (`cargo test` in `filters/`); only the glue below talks to the host.
+//! The logic ([`config`], and the templates of [`filter_support::template`]) is free of the
+//! SDK and unit-tested natively (`cargo test` in `filters/`); only the glue below talks to the
+//! host.
 
 pub mod config;
-pub mod template;
 
 use std::rc::Rc;
 

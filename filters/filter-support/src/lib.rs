@@ -1,6 +1,11 @@
-//! Small helpers every edgeward filter wants, kept in one place.
+//! Small helpers every edgeward filter wants, kept in one place: following the host's log
+//! level, reading properties, `${property}` templates ([`template`]), and hostcalls that
+//! answer a status instead of trapping ([`host`]).
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
+
+pub mod host;
+pub mod template;
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::LogLevel;

@@ -40,7 +40,7 @@ pub mod routing;
 
 use std::rc::Rc;
 
-use filter_support::follow_host_log_level;
+use filter_support::{follow_host_log_level, host};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 
@@ -132,59 +132,5 @@ impl HttpContext for GeoRouter {
             self.set_http_response_header(header, Some(value));
         }
         Action::Continue
-    }
-}
-
-/// `proxy_set_property` called directly: the SDK's `set_property` panics (and so traps) on any
-/// status but OK, and edgeward answers BAD_ARGUMENT for an upstream it does not know. This
-/// filter would rather log that and keep the route's upstream.
-mod host {
-    use std::fmt;
-
-    #[link(wasm_import_module = "env")]
-    extern "C" {
-        fn proxy_set_property(
-            path_data: *const u8,
-            path_size: usize,
-            value_data: *const u8,
-            value_size: usize,
-        ) -> u32;
-    }
-
-    /// The path `route.upstream`: segments joined by NUL, as the SDK serializes paths.
-    const ROUTE_UPSTREAM: &[u8] = b"route\0upstream";
-
-    /// A proxy-wasm status other than OK.
-    pub struct Status(u32);
-
-    impl fmt::Display for Status {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            let name = match self.0 {
-                1 => "NOT_FOUND",
-                2 => "BAD_ARGUMENT",
-                3 => "SERIALIZATION_FAILURE",
-                4 => "PARSE_FAILURE",
-                10 => "INTERNAL_FAILURE",
-                _ => return write!(f, "status {}", self.0),
-            };
-            f.write_str(name)
-        }
-    }
-
-    pub fn set_route_upstream(name: &str) -> Result<(), Status> {
-        // SAFETY: both pointers and lengths describe live slices for the whole call; the host
-        // only reads them.
-        let status = unsafe {
-            proxy_set_property(
-                ROUTE_UPSTREAM.as_ptr(),
-                ROUTE_UPSTREAM.len(),
-                name.as_ptr(),
-                name.len(),
-            )
-        };
-        match status {
-            0 => Ok(()),
-            other => Err(Status(other)),
-        }
     }
 }

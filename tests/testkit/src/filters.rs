@@ -59,6 +59,11 @@ mod tests {
             ("jwt-auth", JWT_AUTH),
             ("add-headers", ADD_HEADERS),
             ("geo-router", GEO_ROUTER),
+            ("ab-test", AB_TEST),
+            ("rate-limit", RATE_LIMIT),
+            ("json-transform", JSON_TRANSFORM),
+            ("api-compose", API_COMPOSE),
+            ("image-resize", IMAGE_RESIZE),
         ];
         for (name, module) in filters {
             assert_eq!(path(name), module);

@@ -37,6 +37,7 @@ pub(crate) const BUILT_IN: &[&[u8]] = &[
     b"plugin_name",
     b"plugin_root_id",
     b"plugin_vm_id",
+    b"plugin_callouts",
     b"route_name",
     b"cluster_name",
     b"xds",
@@ -130,6 +131,16 @@ fn set_property(
     Ok(status(result))
 }
 
+/// The filter's `callouts`, joined by `,`.
+fn callout_names(plugin: &crate::wasm::info::PluginInfo) -> String {
+    let names: Vec<&str> = plugin
+        .callouts
+        .iter()
+        .map(|(name, _)| name.as_str())
+        .collect();
+    names.join(",")
+}
+
 fn int(value: i64) -> Vec<u8> {
     value.to_le_bytes().to_vec()
 }
@@ -141,6 +152,9 @@ fn lookup(state: &HostState, path: &[&[u8]]) -> Option<Vec<u8>> {
         [b"plugin_name"] => return Some(plugin.name.as_bytes().to_vec()),
         [b"plugin_root_id"] => return Some(plugin.root_id.as_bytes().to_vec()),
         [b"plugin_vm_id"] => return Some(plugin.vm_id.as_bytes().to_vec()),
+        // edgeward's own: lets a filter check at `on_configure` that the upstreams its
+        // configuration names are ones it may call (names never contain `,`).
+        [b"plugin_callouts"] => return Some(callout_names(plugin).into_bytes()),
         [b"node", b"id"] => return Some(node.id.as_bytes().to_vec()),
         [b"node", b"cluster"] => return Some(node.cluster.as_bytes().to_vec()),
         [b"node", b"metadata"] => return Some(string_map(&node.metadata)),
@@ -378,6 +392,17 @@ mod tests {
         assert_eq!(segments(b"request\0path"), vec![&b"request"[..], b"path"]);
         assert_eq!(segments(b"request\0path\0"), vec![&b"request"[..], b"path"]);
         assert_eq!(segments(b"plugin_name"), vec![&b"plugin_name"[..]]);
+    }
+
+    #[test]
+    fn callouts_are_listed_by_name() {
+        let mut plugin = crate::wasm::info::PluginInfo::inspected();
+        assert_eq!(callout_names(&plugin), "");
+        plugin.callouts = vec![
+            ("users".to_string(), crate::config::UpstreamId(0)),
+            ("orders".to_string(), crate::config::UpstreamId(3)),
+        ];
+        assert_eq!(callout_names(&plugin), "users,orders");
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! Header value templates: literal text with `${a.b.c}` property expansions.
+//! Property templates: literal text with `${a.b.c}` property expansions, the values of
+//! add-headers' headers and of json-transform's `set` strings.
 //!
 //! SDK-free (tested natively): parsing happens once, at configure time, and rendering takes a
 //! closure that reads a property by its path segments.
@@ -14,7 +15,7 @@
 //! - Any other `$` (alone, followed by another character, or last) is an error, as is a `${`
 //!   without its `}` or an empty path or segment.
 //! - Literal text may be any UTF-8 except control characters (tab allowed), which are not
-//!   valid in a header value.
+//!   valid in a header value (the rule is the same wherever a template is used).
 //!
 //! Rendering: a missing property renders as the empty string (or the default). A present one
 //! renders as a decimal number when its path is one of the host's integer properties
