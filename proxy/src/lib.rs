@@ -9,6 +9,7 @@
 
 mod access_log;
 mod admin;
+mod answer;
 mod body_length;
 mod cache;
 mod causes;
@@ -17,6 +18,7 @@ pub mod config;
 mod connections;
 mod edge;
 mod fields;
+mod filter_origin;
 pub mod geo;
 mod local_http;
 mod metrics;

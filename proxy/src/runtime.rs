@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::causes;
 use crate::config::{self, Config, ConfigError, Listener};
+use crate::filter_origin;
 use crate::geo::{Geo, GeoError};
 use crate::metrics;
 use crate::routing::RouteTable;
@@ -41,6 +42,8 @@ pub enum BuildError {
     Filters(#[from] WasmError),
     #[error(transparent)]
     Geo(#[from] GeoError),
+    #[error("cannot start the builtin origins of `builtin: filters` upstreams")]
+    FilterOrigins(#[source] std::io::Error),
 }
 
 /// Why a reload changed nothing.
@@ -88,8 +91,12 @@ impl Generation {
         previous: Option<&Generation>,
     ) -> Result<Generation, BuildError> {
         let filters = FilterHost::load(config)?;
+        let (filter_origins, serving) =
+            filter_origin::bind(config, &filters).map_err(BuildError::FilterOrigins)?;
         let previous_upstreams = previous.map(|previous| &*previous.upstreams);
-        let (upstreams, mut tasks) = Upstreams::build(&config.upstreams, previous_upstreams)?;
+        let (upstreams, mut tasks) =
+            Upstreams::build(&config.upstreams, previous_upstreams, &filter_origins)?;
+        tasks.extend(serving);
         let upstreams = Arc::new(upstreams);
         filters.serve_upstreams(upstreams.clone());
         tasks.extend(

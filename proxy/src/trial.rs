@@ -22,14 +22,11 @@ use http::HeaderValue;
 use pingora::http::{RequestHeader, ResponseHeader};
 use serde::Serialize;
 
+use crate::answer::Answer;
 use crate::config::{self, ConfigError, ResponsePhase};
-use crate::edge::answers::Answer;
 use crate::local_http::{Handler, LocalServer};
 use crate::upstream::Upstreams;
-use crate::wasm::{
-    BodyPiece, BodyUnavailable, FilterChain, FilterHost, RequestBodySource, StreamInfo, Verdict,
-    WasmError,
-};
+use crate::wasm::{FilterChain, FilterHost, StreamInfo, Verdict, WasmError, WholeBody};
 
 /// How long the filter may hold the request (the route's `timeout`).
 const TIMEOUT: &str = "2s";
@@ -126,18 +123,6 @@ pub struct Message {
     pub body: String,
 }
 
-/// The request's body, in one piece, for a filter that holds the request headers.
-struct WholeBody(Option<Bytes>);
-
-impl RequestBodySource for WholeBody {
-    async fn read(&mut self) -> Result<BodyPiece, BodyUnavailable> {
-        Ok(BodyPiece {
-            data: self.0.take().unwrap_or_default(),
-            end: true,
-        })
-    }
-}
-
 /// Runs `trial`.
 pub async fn run(trial: &Trial) -> Result<TrialReport, TrialError> {
     let (req, body) = read_request(&trial.request)?;
@@ -164,11 +149,17 @@ pub async fn run(trial: &Trial) -> Result<TrialReport, TrialError> {
     };
     let host = FilterHost::load(&config).map_err(TrialError::Load)?;
     // Callouts and ticks run as in the proxy: its upstreams, its dispatcher and ticker.
-    let (upstreams, _tasks) =
-        Upstreams::build(&config.upstreams, None).map_err(TrialError::Upstreams)?;
+    let (filter_origins, serving) = crate::filter_origin::bind(&config, &host)
+        .map_err(|e| TrialError::Read(trial.module.clone(), e))?;
+    let (upstreams, _tasks) = Upstreams::build(&config.upstreams, None, &filter_origins)
+        .map_err(TrialError::Upstreams)?;
     host.serve_upstreams(Arc::new(upstreams));
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
-    for task in host.background_tasks() {
+    for task in host
+        .background_tasks()
+        .into_iter()
+        .chain(serving.map(|task| task.work))
+    {
         let shutdown = shutdown.clone();
         tokio::spawn(async move { task.start(shutdown).await });
     }

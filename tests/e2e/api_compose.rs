@@ -384,16 +384,19 @@ routes: [{upstream: users, filters: [not-allowed, bad-placeholder]}]
 }
 
 #[tokio::test]
-async fn a_caching_route_in_front_keeps_the_document() {
+async fn the_route_caches_the_document_when_the_filter_is_its_origin() {
     let origin = Origin::start("origin").await;
-    // The public route caches what the composing route, reached through edgeward's own
-    // listener, answers: a filter's local answer on the caching route itself is not stored.
+    // The filter answers as a `builtin: filters` upstream: its document comes back through
+    // the proxy like an origin's, so the caching route stores it; on the route itself a
+    // filter's answer would go out before the cache is looked at. `silent`'s filter answers
+    // nothing.
     let proxy = start_proxy(&config(
         r#"
 listeners: [{address: "{{listen}}"}]
 upstreams:
   origin: {endpoints: ["$origin"]}
-  composer: {endpoints: ["{{listen}}"]}
+  accounts: {builtin: filters, filters: [compose]}
+  silent: {builtin: filters, filters: [rewriter]}
 filters:
   compose:
     module: $module
@@ -403,18 +406,17 @@ filters:
       parts:
         user: {from: origin, path: "/users/{path.2}"}
         orders: {from: origin, path: "/orders/{path.2}"}
+  rewriter: {module: $rewriter}
 routes:
-  - match: {host: compose.internal}
-    upstream: origin
-    filters: [compose]
   - match: {path_prefix: /account/}
-    upstream: composer
-    host_rewrite: compose.internal
+    upstream: accounts
     cache: {}
+  - upstream: silent
 "#,
         &[
             ("origin", origin.addr().to_string()),
             ("module", filters::API_COMPOSE.to_string()),
+            ("rewriter", filters::HEADER_REWRITER.to_string()),
         ],
     ))
     .await;
@@ -432,4 +434,9 @@ routes:
     assert_eq!(documents[0], documents[1]);
     assert_eq!(origin.hits_for("/users/7"), 1, "the hit asked no part");
     assert_eq!(origin.hits_for("/orders/7"), 1);
+
+    // Filters that let the request through answer nothing: the origin says so.
+    let (status, _, answer) = get(&proxy, "/elsewhere", &[]).await;
+    assert_eq!(status, 502, "{answer}");
+    assert_eq!(answer["error"], "no_answer", "{answer}");
 }

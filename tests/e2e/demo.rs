@@ -282,6 +282,11 @@ async fn the_demo_configuration_answers_the_readme_requests() {
     assert_eq!(document["user"]["upstream"], "origin-us");
     assert_eq!(document["orders"]["path"], "/orders?user=42&status=shipped");
     assert_eq!(document["orders"]["upstream"], "origin-eu");
+    // The compose filter is the route's origin: its document is cached.
+    let again = request(&proxy, "GET", "/account/42?status=shipped", &[]).await;
+    let status = again.header("cache-status").unwrap_or_default();
+    assert!(status.starts_with("edgeward; hit"), "{status}");
+    assert_eq!(again.body, account.body);
 
     // /limited/ tells each client its allowance: 5 at once, then one a second.
     let limited = request(&proxy, "GET", "/limited/", &[]).await;

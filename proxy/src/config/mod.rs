@@ -252,6 +252,38 @@ mod tests {
     }
 
     #[test]
+    fn filter_origins_name_their_filters_and_may_not_call_themselves() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.wasm"), b"\0asm").unwrap();
+        let yaml = |upstreams: &str, filter: &str| {
+            format!("listeners: [{{address: \"127.0.0.1:8080\"}}]\nupstreams:\n{upstreams}filters:\n  a: {{module: a.wasm{filter}}}\nroutes: [{{upstream: o}}]\n")
+        };
+        let load = |text: &str| from_str(text, &dir.path().join("e.yaml"));
+        let config = load(&yaml("  o: {builtin: filters, filters: [a]}\n", "")).unwrap();
+        assert_eq!(
+            config.upstreams[0].origin,
+            Origin::Builtin(Builtin::Filters(vec![FilterId(0)]))
+        );
+        let text = yaml(
+            "  o: {builtin: filters, filters: [a, b]}\n  p: {builtin: filters}\n  q: {builtin: echo, filters: [a]}\n",
+            ", callouts: [o]",
+        );
+        let Err(ConfigError::Invalid { problems, .. }) = load(&text) else {
+            panic!("{text} was accepted");
+        };
+        let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            problems,
+            vec![
+                "3:35: filter `a` may call upstream `o` back (its `callouts`), which it answers itself",
+                "3:38: upstream `o` names filter `b`, which is not defined (defined: a)",
+                "4:3: upstream `p`: `builtin: filters` needs `filters`, those that answer its requests",
+                "5:31: upstream `q`: `filters` belongs to `builtin: filters` only",
+            ]
+        );
+    }
+
+    #[test]
     fn access_log_properties_are_paths_each_listed_once() {
         let text = format!("{MINIMAL}access_log_properties: [ab-test.bucket, my.prop]\n");
         let config = from_str(&text, Path::new("/tmp/e.yaml")).unwrap();

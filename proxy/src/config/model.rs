@@ -424,10 +424,13 @@ pub enum UpstreamProtocol {
 }
 
 /// Origins served inside edgeward itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Builtin {
     /// Answers every request with a JSON description of what it received.
     Echo,
+    /// Answers every request with what these filters answer (their local response), so
+    /// that the answer travels the proxy path of any origin's: cached, retried, logged.
+    Filters(Vec<FilterId>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

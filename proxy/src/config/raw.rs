@@ -192,6 +192,8 @@ pub(super) struct RawClient {
 pub(super) struct RawUpstream {
     pub endpoints: Option<Located<Vec<Located<String>>>>,
     pub builtin: Option<Located<String>>,
+    /// With `builtin: filters`: the filters that answer its requests.
+    pub filters: Option<Located<Vec<Located<String>>>>,
     pub load_balancing: Option<Located<String>>,
     pub connect_timeout: Option<Located<String>>,
     pub read_timeout: Option<Located<String>>,

@@ -6,8 +6,8 @@
 use serde_json::{json, Value};
 
 use super::model::{
-    AccessLog, Config, Endpoint, Filter, HostPattern, Listener, Origin, PathPattern, Route,
-    Upstream,
+    AccessLog, Builtin, Config, Endpoint, Filter, HostPattern, Listener, Origin, PathPattern,
+    Route, Upstream,
 };
 
 /// The JSON view of `config`.
@@ -16,7 +16,7 @@ pub fn summary(config: &Config) -> Value {
         "source": config.source.display().to_string(),
         "listeners": config.listeners.iter().map(listener).collect::<Vec<_>>(),
         "workers": config.workers,
-        "upstreams": config.upstreams.iter().map(upstream).collect::<Vec<_>>(),
+        "upstreams": config.upstreams.iter().map(|u| upstream(u, &config.filters)).collect::<Vec<_>>(),
         "routes": config.routes.iter().map(|r| route(r, config)).collect::<Vec<_>>(),
         "filters": config.filters.iter().map(filter).collect::<Vec<_>>(),
         "cache": config.cache.as_ref().map(|cache| json!({
@@ -55,10 +55,17 @@ fn listener(listener: &Listener) -> Value {
     })
 }
 
-fn upstream(upstream: &Upstream) -> Value {
+fn upstream(upstream: &Upstream, filters: &[Filter]) -> Value {
     let endpoints: Vec<String> = match &upstream.origin {
         Origin::Endpoints(endpoints) => endpoints.iter().map(endpoint).collect(),
-        Origin::Builtin(builtin) => vec![format!("builtin {builtin:?}")],
+        Origin::Builtin(Builtin::Echo) => vec!["builtin echo".to_string()],
+        Origin::Builtin(Builtin::Filters(ids)) => {
+            let names: Vec<&str> = ids
+                .iter()
+                .filter_map(|id| filters.get(id.0).map(|f| f.name.as_str()))
+                .collect();
+            vec![format!("builtin filters: {}", names.join(", "))]
+        }
     };
     json!({
         "name": upstream.name,

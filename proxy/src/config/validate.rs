@@ -179,8 +179,9 @@ impl<'a> Validator<'a> {
             "shutdown_timeout",
             DEFAULT_SHUTDOWN_TIMEOUT,
         );
-        let upstreams = self.upstreams(&raw.upstreams);
+        let mut upstreams = self.upstreams(&raw.upstreams);
         let filters = self.filters(&raw.filters, &upstreams);
+        self.filter_origins(&raw.upstreams, &mut upstreams, &filters);
         let admin = raw.admin.as_ref().map(|a| self.admin(a, &listeners));
         let geo = raw.geo.as_ref().and_then(|g| self.geo(g));
         let routes = self.routes(&raw.routes, &upstreams, &filters);
@@ -354,6 +355,66 @@ impl<'a> Validator<'a> {
             perf_map: raw
                 .and_then(|w| w.perf_map.as_deref().copied())
                 .unwrap_or(false),
+        }
+    }
+
+    /// The filters of each `builtin: filters` upstream, by name: at least one, each defined,
+    /// once, and none that may call this upstream back (it would call itself).
+    fn filter_origins(
+        &mut self,
+        raw: &Located<Named<RawUpstream>>,
+        upstreams: &mut [Upstream],
+        filters: &[Filter],
+    ) {
+        let known = Names::new(filters.iter().map(|f| f.name.as_str()));
+        for (index, ((name, raw), upstream)) in raw.0.iter().zip(upstreams.iter_mut()).enumerate() {
+            let Origin::Builtin(Builtin::Filters(chain)) = &mut upstream.origin else {
+                continue;
+            };
+            let Some(wanted) = &raw.filters else {
+                self.error(
+                    name.mark,
+                    format!(
+                        "upstream `{}`: `builtin: filters` needs `filters`, those that answer its requests",
+                        name.value
+                    ),
+                );
+                continue;
+            };
+            if wanted.value.is_empty() {
+                self.error(
+                    wanted.mark,
+                    format!("upstream `{}`: `filters` is empty", name.value),
+                );
+            }
+            let owner = format!("upstream `{}`", name.value);
+            for filter in &wanted.value {
+                let Some(id) = self
+                    .reference(filter, &owner, "filter", &known)
+                    .map(FilterId)
+                else {
+                    continue;
+                };
+                if chain.contains(&id) {
+                    self.error(
+                        filter.mark,
+                        format!("filter `{}` appears twice in {owner}", filter.value),
+                    );
+                } else if filters
+                    .get(id.0)
+                    .is_some_and(|f| f.callouts.contains(&UpstreamId(index)))
+                {
+                    self.error(
+                        filter.mark,
+                        format!(
+                            "filter `{}` may call {owner} back (its `callouts`), which it answers itself",
+                            filter.value
+                        ),
+                    );
+                } else {
+                    chain.push(id);
+                }
+            }
         }
     }
 
@@ -691,15 +752,29 @@ impl<'a> Validator<'a> {
             }
             (None, Some(builtin)) => match builtin.trim() {
                 "echo" => Origin::Builtin(Builtin::Echo),
+                // Its filters are known once they are validated: see `filter_origins`.
+                "filters" => Origin::Builtin(Builtin::Filters(Vec::new())),
                 other => {
                     self.error(
                         builtin.mark,
-                        format!("unknown builtin origin `{other}`; available: echo"),
+                        format!("unknown builtin origin `{other}`; available: echo, filters"),
                     );
                     Origin::Builtin(Builtin::Echo)
                 }
             },
         };
+        if let (Some(filters), false) = (
+            &raw.filters,
+            matches!(origin, Origin::Builtin(Builtin::Filters(_))),
+        ) {
+            self.error(
+                filters.mark,
+                format!(
+                    "upstream `{}`: `filters` belongs to `builtin: filters` only",
+                    name.value
+                ),
+            );
+        }
         let balancing = self.choice(
             &raw.load_balancing,
             "load_balancing",

@@ -9,7 +9,8 @@ use bytes::Bytes;
 use http::HeaderValue;
 use pingora::http::ResponseHeader;
 
-use super::answers::{Answer, Refusal};
+use super::answers::Refusal;
+use crate::answer::Answer;
 use crate::body_length::DeclaredLength;
 use crate::cache::Outcome;
 use crate::config::{ResponsePhase, Route, UpstreamId};

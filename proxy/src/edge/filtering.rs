@@ -10,9 +10,10 @@ use http::{header, HeaderMap, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
-use super::answers::{self, closed_by_filter, Answer};
+use super::answers::{self, closed_by_filter};
 use super::context::RequestCtx;
 use super::forwarding::{self, protocol_name, scheme};
+use crate::answer::Answer;
 use crate::body_length::{DeclaredLength, LengthMismatch};
 use crate::config::{ResponsePhase, Route};
 use crate::geo::Geo;

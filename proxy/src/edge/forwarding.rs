@@ -7,10 +7,9 @@ use http::{header, HeaderValue, Version};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 
+use crate::answer::REQUEST_ID;
 use crate::config::Route;
 use crate::fields;
-
-pub(super) const REQUEST_ID: &str = "x-request-id";
 
 /// Why a request's `Host` makes it malformed (RFC 9112 §3.2): an HTTP/1.1 request has exactly
 /// one, and it is a valid authority (or empty, for a target without one).

@@ -21,9 +21,10 @@ use pingora::ErrorType;
 
 use super::answers::{self, Refusal};
 use super::context::RequestCtx;
-use super::forwarding::{self, REQUEST_ID};
+use super::forwarding;
 use super::{caching, failures, filtering, logging, purge};
 use crate::access_log::AccessLogger;
+use crate::answer::REQUEST_ID;
 use crate::body_length::DeclaredLength;
 use crate::cache::{self, Cache};
 use crate::config::{ResponsePhase, Route, RouteCache};

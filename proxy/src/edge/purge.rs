@@ -41,7 +41,7 @@ pub(super) async fn purge_request(
     };
     let purged = cache.purge(&url_of(req), mode, "url");
     let body = serde_json::json!({"purged": purged, "mode": mode.as_str()});
-    answers::send(session, answers::json(200, &body, &ctx.request_id)?).await
+    answers::send(session, crate::answer::json(200, &body, &ctx.request_id)?).await
 }
 
 /// RFC 9111 §4.4: a successful unsafe request makes stored responses for its URL invalid.

@@ -1,11 +1,13 @@
 //! Named upstreams: their endpoints, load balancing, health checks and connection settings,
-//! plus the origins edgeward serves itself (`builtin: echo`).
+//! plus the origins edgeward serves itself (`builtin: echo`; `builtin: filters` origins are
+//! bound by `filter_origin.rs`, above the filter host, and named here by their address).
 
 mod balancer;
 mod echo;
 mod health;
 mod peer;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -28,6 +30,8 @@ pub enum UpstreamError {
         upstream: String,
         source: std::io::Error,
     },
+    #[error("upstream `{upstream}` (`builtin: filters`) has no origin serving it")]
+    FilterOriginMissing { upstream: String },
     #[error("upstream `{upstream}`")]
     Balancer {
         upstream: String,
@@ -62,10 +66,12 @@ impl Upstreams {
     /// Builds the upstreams and the background tasks they need: the health-check loops and
     /// the builtin origins (bound here, so their addresses are known before serving starts).
     /// An upstream configured exactly as in `previous` (a reload's current upstreams) is taken
-    /// over with its health state and its running health checks.
+    /// over with its health state and its running health checks. `filter_origins` holds the
+    /// address of each `builtin: filters` upstream's origin, by upstream name.
     pub(crate) fn build(
         upstreams: &[config::Upstream],
         previous: Option<&Upstreams>,
+        filter_origins: &HashMap<String, SocketAddr>,
     ) -> Result<(Upstreams, Vec<Task>), UpstreamError> {
         let mut entries = Vec::with_capacity(upstreams.len());
         let mut tasks: Vec<Task> = Vec::new();
@@ -77,15 +83,27 @@ impl Upstreams {
             }
             let endpoints = match &upstream.origin {
                 Origin::Endpoints(endpoints) => endpoints.clone(),
-                Origin::Builtin(config::Builtin::Echo) => {
-                    let origin = echo::EchoOrigin::bind(&upstream.name).map_err(|source| {
-                        UpstreamError::Builtin {
-                            upstream: upstream.name.clone(),
-                            source,
+                Origin::Builtin(builtin) => {
+                    let addr = match builtin {
+                        config::Builtin::Echo => {
+                            let origin =
+                                echo::EchoOrigin::bind(&upstream.name).map_err(|source| {
+                                    UpstreamError::Builtin {
+                                        upstream: upstream.name.clone(),
+                                        source,
+                                    }
+                                })?;
+                            let addr = origin.addr();
+                            builtins.push(origin);
+                            addr
                         }
-                    })?;
-                    let addr = origin.addr();
-                    builtins.push(origin);
+                        config::Builtin::Filters(_) => filter_origins
+                            .get(&upstream.name)
+                            .copied()
+                            .ok_or_else(|| UpstreamError::FilterOriginMissing {
+                                upstream: upstream.name.clone(),
+                            })?,
+                    };
                     vec![Endpoint {
                         addr,
                         host: addr.ip().to_string(),

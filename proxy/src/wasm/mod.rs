@@ -39,9 +39,10 @@ use std::time::{Duration, Instant};
 
 use wasmtime::Linker;
 
-use crate::config::{Config, Isolation, Route};
+use crate::config::{Config, FilterId, Isolation, Route};
 use crate::sync::BackgroundTask;
 use crate::upstream::Upstreams;
+pub(crate) use body_source::WholeBody;
 pub use body_source::{BodyPiece, BodyUnavailable, RequestBodySource};
 use dispatch::Dispatcher;
 use engine::WasmEngine;
@@ -193,15 +194,24 @@ impl FilterHost {
         info: impl FnOnce() -> StreamInfo,
         started: Instant,
     ) -> Option<FilterChain> {
-        if route.filters.is_empty() {
+        self.chain_of(&route.filters, info, started + route.timeout)
+    }
+
+    /// A chain of `filters` (none: `None`) whose paused requests end at `deadline`.
+    pub(crate) fn chain_of(
+        &self,
+        filters: &[FilterId],
+        info: impl FnOnce() -> StreamInfo,
+        deadline: Instant,
+    ) -> Option<FilterChain> {
+        if filters.is_empty() {
             return None;
         }
-        let plugins = route
-            .filters
+        let plugins = filters
             .iter()
             .filter_map(|id| self.plugins.get(id.0).cloned())
             .collect();
-        Some(FilterChain::new(plugins, info(), started + route.timeout))
+        Some(FilterChain::new(plugins, info(), deadline))
     }
 
     /// Names the filters that cannot start instances right now (for readiness).
