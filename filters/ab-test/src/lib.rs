@@ -64,10 +64,11 @@ pub mod experiment;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
-use filter_support::{follow_host_log_level, host, property};
+use filter_support::root::{Configured, ConfiguredRoot};
+use filter_support::{host, property};
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
 
 use crate::experiment::{Experiment, Request};
 
@@ -75,7 +76,7 @@ const NAME: &str = "ab-test";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root { state: None }));
+    proxy_wasm::set_root_context(|_| ConfiguredRoot::<State>::boxed());
 }}
 
 /// The experiment and its metrics, shared by the root's requests.
@@ -94,57 +95,34 @@ struct BucketMetrics {
     assignments: Option<u32>,
 }
 
-struct Root {
-    state: Option<Rc<State>>,
-}
+impl Configured for State {
+    const NAME: &'static str = NAME;
 
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        follow_host_log_level();
-        let raw = self.get_plugin_configuration();
-        match Experiment::parse(raw.as_deref()) {
-            Ok(experiment) => {
-                let metrics = experiment
-                    .buckets
-                    .iter()
-                    .map(|bucket| BucketMetrics {
-                        requests: counter(&format!("ab_test_requests_bucket={}", bucket.name)),
-                        assignments: counter(&format!(
-                            "ab_test_assignments_bucket={}",
-                            bucket.name
-                        )),
-                    })
-                    .collect();
-                let filter_name = property(NAME, &["plugin_name"])
-                    .and_then(|name| String::from_utf8(name).ok())
-                    .unwrap_or_else(|| NAME.to_string());
-                self.state = Some(Rc::new(State {
-                    experiment,
-                    filter_name,
-                    metrics,
-                }));
-                true
-            }
-            Err(err) => {
-                log::error!("{NAME}: invalid configuration: {err}");
-                false
-            }
-        }
+    fn configure(config: Option<&[u8]>) -> Result<State, String> {
+        let experiment = Experiment::parse(config)?;
+        let metrics = experiment
+            .buckets
+            .iter()
+            .map(|bucket| BucketMetrics {
+                requests: counter(&format!("ab_test_requests_bucket={}", bucket.name)),
+                assignments: counter(&format!("ab_test_assignments_bucket={}", bucket.name)),
+            })
+            .collect();
+        let filter_name = property(NAME, &["plugin_name"])
+            .and_then(|name| String::from_utf8(name).ok())
+            .unwrap_or_else(|| NAME.to_string());
+        Ok(State {
+            experiment,
+            filter_name,
+            metrics,
+        })
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // Without a valid configuration the host refuses the plugin, so there is always one.
-        let state = self.state.clone()?;
-        Some(Box::new(AbTest {
-            state,
+    fn http_context(state: &Rc<State>) -> Box<dyn HttpContext> {
+        Box::new(AbTest {
+            state: Rc::clone(state),
             set_cookie: None,
-        }))
+        })
     }
 }
 

@@ -50,9 +50,9 @@ pub mod config;
 
 use std::rc::Rc;
 
-use filter_support::follow_host_log_level;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use filter_support::root::{Configured, ConfiguredRoot};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
 
 use crate::config::{Edits, Headers, Plan};
 
@@ -60,42 +60,24 @@ const NAME: &str = "add-headers";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root { plan: Rc::default() }));
+    proxy_wasm::set_root_context(|_| ConfiguredRoot::<Plan>::boxed());
 }}
 
-struct Root {
-    plan: Rc<Plan>,
-}
+impl Configured for Plan {
+    const NAME: &'static str = NAME;
 
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        follow_host_log_level();
-        let raw = self.get_plugin_configuration();
-        match Plan::parse(raw.as_deref()) {
-            Ok(plan) => {
-                if plan.is_empty() {
-                    log::warn!("{NAME}: the configuration edits no header");
-                }
-                self.plan = Rc::new(plan);
-                true
-            }
-            Err(err) => {
-                log::error!("{NAME}: invalid configuration: {err}");
-                false
-            }
+    fn configure(config: Option<&[u8]>) -> Result<Plan, String> {
+        let plan = Plan::parse(config)?;
+        if plan.is_empty() {
+            log::warn!("{NAME}: the configuration edits no header");
         }
+        Ok(plan)
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(AddHeaders {
-            plan: Rc::clone(&self.plan),
-        }))
+    fn http_context(plan: &Rc<Plan>) -> Box<dyn HttpContext> {
+        Box::new(AddHeaders {
+            plan: Rc::clone(plan),
+        })
     }
 }
 

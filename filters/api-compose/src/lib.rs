@@ -66,10 +66,10 @@ pub mod template;
 
 use std::rc::Rc;
 
-use filter_support::follow_host_log_level;
+use filter_support::root::{Configured, ConfiguredRoot};
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel, MapType};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel, MapType};
 
 use crate::compose::{callout_failure, check_status, Composer, Failure, LocalResponse};
 use crate::config::{CalloutRequest, Composition, Part};
@@ -79,53 +79,32 @@ const NAME: &str = "api-compose";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root { composition: None }));
+    proxy_wasm::set_root_context(|_| ConfiguredRoot::<Composition>::boxed());
 }}
 
-struct Root {
-    composition: Option<Rc<Composition>>,
-}
+impl Configured for Composition {
+    const NAME: &'static str = NAME;
 
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        follow_host_log_level();
-        let raw = self.get_plugin_configuration();
-        let composition = match Composition::parse(raw.as_deref()) {
-            Ok(composition) => composition,
-            Err(err) => {
-                log::error!("{NAME}: invalid configuration: {err}");
-                return false;
-            }
-        };
+    fn configure(config: Option<&[u8]>) -> Result<Composition, String> {
+        let composition = Composition::parse(config)?;
         if let Some(callouts) = filter_support::property(NAME, &["plugin_callouts"]) {
             let callouts = String::from_utf8_lossy(&callouts);
             if let Some((part, upstream)) = composition.uncallable(&callouts) {
-                log::error!(
-                    "{NAME}: invalid configuration: parts.{part}.from: upstream `{upstream}` \
-                     is not in the filter's `callouts` ({callouts})"
-                );
-                return false;
+                return Err(format!(
+                    "parts.{part}.from: upstream `{upstream}` is not in the filter's `callouts` \
+                     ({callouts})"
+                ));
             }
         }
-        self.composition = Some(Rc::new(composition));
-        true
+        Ok(composition)
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // Without a valid configuration the host refuses the plugin, so there is always one.
-        let composition = self.composition.clone()?;
-        let composer = Composer::new(composition.parts.len());
-        Some(Box::new(ApiCompose {
-            composition,
-            composer,
+    fn http_context(composition: &Rc<Composition>) -> Box<dyn HttpContext> {
+        Box::new(ApiCompose {
+            composition: Rc::clone(composition),
+            composer: Composer::new(composition.parts.len()),
             request_id: String::new(),
-        }))
+        })
     }
 }
 

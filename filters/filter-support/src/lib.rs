@@ -1,10 +1,12 @@
-//! Small helpers every edgeward filter wants, kept in one place: following the host's log
-//! level, reading properties, `${property}` templates ([`template`]), and hostcalls that
-//! answer a status instead of trapping ([`host`]).
+//! Small helpers every edgeward filter wants, kept in one place: the root context that reads
+//! the configuration ([`root`]), following the host's log level, reading properties,
+//! `${property}` templates ([`template`]), and hostcalls that answer a status instead of
+//! trapping ([`host`]).
 
 #![deny(unsafe_code)]
 
 pub mod host;
+pub mod root;
 pub mod template;
 
 use proxy_wasm::hostcalls;

@@ -40,9 +40,10 @@ pub mod routing;
 
 use std::rc::Rc;
 
-use filter_support::{follow_host_log_level, host};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use filter_support::host;
+use filter_support::root::{Configured, ConfiguredRoot};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
 
 use crate::routing::{country_header_value, normalize_code, Router};
 
@@ -50,42 +51,21 @@ const NAME: &str = "geo-router";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root { router: None }));
+    proxy_wasm::set_root_context(|_| ConfiguredRoot::<Router>::boxed());
 }}
 
-struct Root {
-    router: Option<Rc<Router>>,
-}
+impl Configured for Router {
+    const NAME: &'static str = NAME;
 
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        follow_host_log_level();
-        let raw = self.get_plugin_configuration();
-        match Router::parse(raw.as_deref()) {
-            Ok(router) => {
-                self.router = Some(Rc::new(router));
-                true
-            }
-            Err(err) => {
-                log::error!("{NAME}: invalid configuration: {err}");
-                false
-            }
-        }
+    fn configure(config: Option<&[u8]>) -> Result<Router, String> {
+        Router::parse(config)
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // Without a valid configuration the host refuses the plugin, so there is always one.
-        let router = self.router.clone()?;
-        Some(Box::new(GeoRouter {
-            router,
+    fn http_context(router: &Rc<Router>) -> Box<dyn HttpContext> {
+        Box::new(GeoRouter {
+            router: Rc::clone(router),
             country: None,
-        }))
+        })
     }
 }
 

@@ -48,9 +48,10 @@ pub mod transform;
 
 use std::rc::Rc;
 
-use filter_support::{follow_host_log_level, property};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use filter_support::property;
+use filter_support::root::{Configured, ConfiguredRoot};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
 
 use crate::config::{Config, OnFailure};
 use crate::params::{Asked, Format, Transform};
@@ -61,42 +62,22 @@ const NAME: &str = "image-resize";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root { config: None }));
+    proxy_wasm::set_root_context(|_| ConfiguredRoot::<Config>::boxed());
 }}
 
-struct Root {
-    config: Option<Rc<Config>>,
-}
+impl Configured for Config {
+    const NAME: &'static str = NAME;
 
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        follow_host_log_level();
-        match Config::parse(self.get_plugin_configuration().as_deref()) {
-            Ok(config) => {
-                self.config = Some(Rc::new(config));
-                true
-            }
-            Err(err) => {
-                log::error!("{NAME}: invalid configuration: {err}");
-                false
-            }
-        }
+    fn configure(config: Option<&[u8]>) -> Result<Config, String> {
+        Config::parse(config)
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // Without a valid configuration the host refuses the plugin, so there is always one.
-        let config = self.config.clone()?;
-        Some(Box::new(ImageResize {
-            config,
+    fn http_context(config: &Rc<Config>) -> Box<dyn HttpContext> {
+        Box::new(ImageResize {
+            config: Rc::clone(config),
             asked: None,
             output: None,
-        }))
+        })
     }
 }
 

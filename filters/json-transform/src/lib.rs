@@ -62,10 +62,10 @@ pub mod pointer;
 
 use std::rc::Rc;
 
-use filter_support::follow_host_log_level;
+use filter_support::root::{Configured, ConfiguredRoot};
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, BufferType, LogLevel, MapType, MetricType};
 
 use crate::body::{Handling, Head, Refusal};
 use crate::config::{Direction, Plan};
@@ -74,55 +74,35 @@ const NAME: &str = "json-transform";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root { shared: Rc::default() }));
+    proxy_wasm::set_root_context(|_| ConfiguredRoot::<Shared>::boxed());
 }}
 
-/// The plan and the metrics, shared by the root and every request's context (until
-/// configured: a plan that transforms nothing).
-#[derive(Default)]
+/// The plan and the metrics, shared by every request's context.
 struct Shared {
     plan: Plan,
     metrics: Metrics,
 }
 
-struct Root {
-    shared: Rc<Shared>,
-}
+impl Configured for Shared {
+    const NAME: &'static str = NAME;
 
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        follow_host_log_level();
-        let raw = self.get_plugin_configuration();
-        match Plan::parse(raw.as_deref()) {
-            Ok(plan) => {
-                if plan.is_empty() {
-                    log::warn!("{NAME}: the configuration transforms no body");
-                }
-                self.shared = Rc::new(Shared {
-                    plan,
-                    metrics: Metrics::define(),
-                });
-                true
-            }
-            Err(err) => {
-                log::error!("{NAME}: invalid configuration: {err}");
-                false
-            }
+    fn configure(config: Option<&[u8]>) -> Result<Shared, String> {
+        let plan = Plan::parse(config)?;
+        if plan.is_empty() {
+            log::warn!("{NAME}: the configuration transforms no body");
         }
+        Ok(Shared {
+            plan,
+            metrics: Metrics::define(),
+        })
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Transform {
-            shared: Rc::clone(&self.shared),
+    fn http_context(shared: &Rc<Shared>) -> Box<dyn HttpContext> {
+        Box::new(Transform {
+            shared: Rc::clone(shared),
             request: State::Idle,
             response: State::Idle,
-        }))
+        })
     }
 }
 

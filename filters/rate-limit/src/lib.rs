@@ -65,11 +65,11 @@ pub mod table;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
-use filter_support::follow_host_log_level;
 use filter_support::host::{self, Status};
+use filter_support::root::{Configured, ConfiguredRoot};
 use proxy_wasm::hostcalls;
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType, LogLevel};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::{Action, LogLevel};
 
 use crate::config::Config;
 use crate::limiter::{Decision, Event, Limiter, Outcome};
@@ -79,59 +79,40 @@ const NAME: &str = "rate-limit";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| Box::new(Root { filter: None }));
+    proxy_wasm::set_root_context(|_| ConfiguredRoot::<Filter>::boxed());
 }}
 
-struct Root {
-    filter: Option<Rc<Filter>>,
-}
-
+/// The limits and their metrics, shared by every request's context.
 struct Filter {
     limiter: Limiter,
     metrics: Metrics,
 }
 
-impl Context for Root {}
+impl Configured for Filter {
+    const NAME: &'static str = NAME;
 
-impl RootContext for Root {
-    fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
-        follow_host_log_level();
-        let raw = self.get_plugin_configuration().unwrap_or_default();
-        let config = match Config::parse(&raw) {
-            Ok(config) => config,
-            Err(err) => {
-                log::error!("{NAME}: invalid configuration: {err}");
-                return false;
-            }
-        };
+    fn configure(config: Option<&[u8]>) -> Result<Filter, String> {
+        let config = Config::parse(config.unwrap_or_default())?;
         // Tables are per filter: two filters of this module (one VM id) never share buckets.
         let filter_name = filter_support::property(NAME, &["plugin_name"])
             .map(|name| String::from_utf8_lossy(&name).into_owned())
             .unwrap_or_else(|| NAME.to_owned());
         let limiter = Limiter::new(config, &filter_name);
-        if let Err(err) = limiter.create_tables(&HostStore) {
-            log::error!(
-                "{NAME}: invalid configuration: {err} (lower the limits' `capacity`, or give \
-                 this filter a `vm_id` of its own: shared data holds 64 MiB per VM id)"
-            );
-            return false;
-        }
+        limiter.create_tables(&HostStore).map_err(|err| {
+            format!(
+                "{err} (lower the limits' `capacity`, or give this filter a `vm_id` of its own: \
+                 shared data holds 64 MiB per VM id)"
+            )
+        })?;
         let metrics = Metrics::define(&limiter);
-        self.filter = Some(Rc::new(Filter { limiter, metrics }));
-        true
+        Ok(Filter { limiter, metrics })
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        // Without a valid configuration the host refuses the plugin, so there is always one.
-        let filter = self.filter.clone()?;
-        Some(Box::new(RateLimit {
-            filter,
+    fn http_context(filter: &Rc<Filter>) -> Box<dyn HttpContext> {
+        Box::new(RateLimit {
+            filter: Rc::clone(filter),
             response_headers: Vec::new(),
-        }))
+        })
     }
 }
 
