@@ -350,7 +350,7 @@ FILTER_CONFIGS = {
     isolation: $isolation
     config:
       limits:
-        - {{name: per-client, rate: 1000000000, per: 1s, key: [client_address]}}""",
+        - {{name: per-client, rate: 1000000, per: 1s, key: [client_address]}}""",
     "json": f"""
     module: {FILTERS}/json_transform.wasm
     isolation: $isolation
