@@ -71,34 +71,8 @@ enum FilterCommand {
     /// outcome and what the filters changed, what would go upstream and what the client gets,
     /// and the filters' log. Exits 1 when a filter fails (a trap, a limit).
     Test {
-        /// The filter's .wasm file, or an edgeward configuration (.yaml) whose route's chain
-        /// runs, each filter with its configuration from that file.
-        module: PathBuf,
-        /// The filter's configuration: JSON, or a file holding it (or plain text).
-        #[arg(long)]
-        config: Option<String>,
-        /// The root id that selects the filter's root context (Envoy's `root_id`), for
-        /// filters that register theirs under a name.
-        #[arg(long)]
-        root_id: Option<String>,
-        /// With a configuration file: the route whose chain runs (default: the first route
-        /// with filters).
-        #[arg(long)]
-        route: Option<String>,
-        /// The request: an HTTP/1.1 message (request line, headers, empty line, body).
-        #[arg(long)]
-        request: PathBuf,
-        /// The upstream's response, an HTTP/1.1 message (default: 200 with no body).
-        #[arg(long)]
-        response: Option<PathBuf>,
-        /// The connection's facts the filter reads as properties (YAML or JSON): the client
-        /// and local addresses, the protocol, TLS, and any property of your own.
-        #[arg(long)]
-        properties: Option<PathBuf>,
-        /// An upstream the filter may call, NAME=FILE: its callouts to NAME are answered with
-        /// the response in FILE (repeatable).
-        #[arg(long = "callout", value_parser = callout_arg)]
-        callouts: Vec<(String, PathBuf)>,
+        #[command(flatten)]
+        trial: edgeward::trial::Trial,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
@@ -132,31 +106,8 @@ fn main() -> ExitCode {
     }
     match cli.command {
         Command::Filter {
-            command:
-                FilterCommand::Test {
-                    module,
-                    config,
-                    route,
-                    root_id,
-                    request,
-                    response,
-                    properties,
-                    callouts,
-                    json,
-                },
-        } => {
-            let trial = edgeward::trial::Trial {
-                module,
-                config,
-                route,
-                root_id,
-                request,
-                response,
-                properties,
-                callouts,
-            };
-            filter_test(&trial, json)
-        }
+            command: FilterCommand::Test { trial, json },
+        } => filter_test(&trial, json),
         Command::Validate { config: path } => match edgeward::config::load(&path) {
             // Loading the filters compiles them and runs their start-up and on_configure;
             // the geo database is opened as MaxMind data.
@@ -264,18 +215,6 @@ fn main() -> ExitCode {
                 }
             }
         }
-    }
-}
-
-/// `--callout NAME=FILE`.
-fn callout_arg(text: &str) -> Result<(String, PathBuf), String> {
-    match text.split_once('=') {
-        Some((name, file)) if !name.is_empty() && !file.is_empty() => {
-            Ok((name.to_string(), PathBuf::from(file)))
-        }
-        _ => Err(format!(
-            "`{text}`: expected NAME=FILE (an upstream and its response)"
-        )),
     }
 }
 

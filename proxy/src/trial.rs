@@ -57,21 +57,52 @@ impl TrialError {
     }
 }
 
-/// What to run: the module (or a configuration file, for a route's chain), its configuration
-/// (JSON or plain text), the request, the upstream's response (`200` with no body when not
-/// given), and the connection's facts the filter reads as properties.
+/// What to run (`filter test`'s arguments): the module, or a configuration file for a
+/// route's chain; the request; the upstream's response; the connection's facts; the callouts'
+/// answers.
+#[derive(Debug, clap::Args)]
 pub struct Trial {
+    /// The filter's .wasm file, or an edgeward configuration (.yaml) whose route's chain runs,
+    /// each filter with its configuration from that file.
     pub module: PathBuf,
+    /// The filter's configuration: JSON, or a file holding it (or plain text).
+    #[arg(long)]
     pub config: Option<String>,
-    /// With a configuration file: the route whose chain runs (default: the first with filters).
-    pub route: Option<String>,
-    /// The root id the filter's root context is chosen by (`root_id:` in a configuration).
+    /// The root id that selects the filter's root context (Envoy's `root_id`), for filters
+    /// that register theirs under a name.
+    #[arg(long)]
     pub root_id: Option<String>,
+    /// With a configuration file: the route whose chain runs (default: the first route with
+    /// filters).
+    #[arg(long)]
+    pub route: Option<String>,
+    /// The request: an HTTP/1.1 message (request line, headers, empty line, body), or YAML or
+    /// JSON (`.yaml`, `.yml`, `.json`): method, path, headers, body.
+    #[arg(long)]
     pub request: PathBuf,
+    /// The upstream's response, in either form (default: 200 with no body).
+    #[arg(long)]
     pub response: Option<PathBuf>,
+    /// The connection's facts the filter reads as properties (YAML or JSON): the client and
+    /// local addresses, the protocol, TLS, and any property of your own.
+    #[arg(long)]
     pub properties: Option<PathBuf>,
-    /// Upstreams the filter may call, each with the response it answers.
+    /// An upstream the filter may call, NAME=FILE: its callouts to NAME are answered with the
+    /// response in FILE (repeatable).
+    #[arg(long = "callout", value_parser = callout_arg)]
     pub callouts: Vec<(String, PathBuf)>,
+}
+
+/// `--callout NAME=FILE`.
+fn callout_arg(text: &str) -> Result<(String, PathBuf), String> {
+    match text.split_once('=') {
+        Some((name, file)) if !name.is_empty() && !file.is_empty() => {
+            Ok((name.to_string(), PathBuf::from(file)))
+        }
+        _ => Err(format!(
+            "`{text}`: expected NAME=FILE (an upstream and its response)"
+        )),
+    }
 }
 
 /// What happened.
