@@ -801,6 +801,8 @@ async fn crashes_are_contained(isolation: &str) {
         ("/loop", 503, "cpu_limit"),
         ("/oom", 503, "memory_limit"),
         ("/trap", 500, "trap"),
+        // The host bounds what a request's properties hold; the SDK traps on the refusal.
+        ("/property-flood", 500, "trap"),
     ] {
         let (got, body) = status_and_body(&proxy, path).await;
         assert_eq!(got, status, "{isolation} {path}: {body}");
@@ -813,9 +815,14 @@ async fn crashes_are_contained(isolation: &str) {
     }
     assert_eq!(
         origin.hits(),
-        3,
+        4,
         "only the normal requests reached the origin"
     );
+    wait_for_log(
+        &proxy,
+        "filter `hostile` set property `flood.3` past the 1048576 bytes a request's properties may hold: refused",
+    )
+    .await;
     // A crash is one ERROR record: the filter, the callback, the route and request, the
     // policy; then the panic message, the trap, and the wasm backtrace with function names.
     let record = crash_report(

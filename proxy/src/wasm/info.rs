@@ -65,6 +65,8 @@ pub struct StreamInfo {
     pub(crate) response_body_bytes: u64,
     /// Properties filters set with `proxy_set_property`, visible to the whole chain.
     pub(crate) custom: HashMap<Vec<u8>, Vec<u8>>,
+    /// The bytes of `custom`'s paths and values, against the host's bound.
+    pub(crate) custom_bytes: usize,
     /// The client address geolocation uses (the peer, or behind trusted proxies the
     /// forwarded client), and the database, looked up at most once, when a filter asks.
     pub(crate) effective_address: Option<std::net::IpAddr>,
@@ -115,6 +117,7 @@ impl Default for StreamInfo {
             request_body_bytes: 0,
             response_body_bytes: 0,
             custom: HashMap::new(),
+            custom_bytes: 0,
             effective_address: None,
             geo: None,
             geo_info: OnceLock::new(),

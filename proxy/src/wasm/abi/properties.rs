@@ -125,11 +125,31 @@ fn set_property(
             // As in Envoy: a read-only property is set once.
             return Err(Status::BadArgument);
         }
+        // The properties a request's filters set live in the host, outside any guest's memory
+        // limit: their total is bounded instead.
+        let replaced = http
+            .stream
+            .custom
+            .get(&key)
+            .map_or(0, |old| key.len() + old.len());
+        let total = http.stream.custom_bytes.saturating_sub(replaced) + key.len() + value.len();
+        if total > MAX_SET_PROPERTY_BYTES {
+            log::warn!(
+                "filter `{}` set property `{}` past the {MAX_SET_PROPERTY_BYTES} bytes a request's properties may hold: refused",
+                state.plugin.name,
+                String::from_utf8_lossy(&path.join(&b'.'))
+            );
+            return Err(Status::BadArgument);
+        }
+        http.stream.custom_bytes = total;
         http.stream.custom.insert(key, value.to_vec());
         Ok(())
     });
     Ok(status(result))
 }
+
+/// The most bytes (paths and values) the properties filters set on one request may hold.
+const MAX_SET_PROPERTY_BYTES: usize = 1 << 20;
 
 /// The filter's `callouts`, joined by `,`.
 fn callout_names(plugin: &crate::wasm::info::PluginInfo) -> String {

@@ -18,6 +18,8 @@
 //! - `/slow-body?ms=N`: every request body callback (each chunk) spins for `N` ms of
 //!   wall-clock time (default 20), measured on the monotonic clock, then returns `Continue`.
 //!   No single callback uses more CPU time than that, but a long body adds them up.
+//! - `/property-flood`: sets properties of 256 KiB each under new names, 8 of them: the
+//!   host bounds what a request's properties hold, refuses one, and the SDK traps on that.
 //! - any other path: nothing more, `Continue`, so a test can show the proxy still serves.
 
 use std::hint::black_box;
@@ -240,6 +242,12 @@ impl HttpContext for Hostile {
             "/loop" => spin_forever(),
             "/oom" => hoard_memory(),
             "/trap" => panic!("hostile filter panics on purpose"),
+            "/property-flood" => {
+                let value = vec![b'x'; 256 * 1024];
+                for n in 0..8 {
+                    self.set_property(vec![&format!("flood.{n}")], Some(&value));
+                }
+            }
             "/bad-pointers" => {
                 let statuses: Vec<String> = feed_garbage().iter().map(u32::to_string).collect();
                 let path_again = self.get_http_request_header(":path");
