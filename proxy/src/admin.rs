@@ -20,7 +20,7 @@ use crate::causes;
 use crate::config::AdminToken;
 use crate::local_http::{reply, ClientAddr, Handler, LocalServer, Reply};
 use crate::metrics;
-use crate::runtime::{Generation, Generations};
+use crate::runtime::{Generation, Generations, Reloaded};
 
 /// Purge requests are a few hundred bytes; anything much larger is a mistake.
 const MAX_PURGE_REQUEST: usize = 64 << 10;
@@ -200,8 +200,12 @@ async fn reload(
         return reply(status, "application/json", body.to_string());
     }
     match generations.reload().await {
-        Ok(number) => {
+        Ok(Reloaded::Generation(number)) => {
             let body = serde_json::json!({"reloaded": true, "generation": number});
+            reply(200, "application/json", body.to_string())
+        }
+        Ok(Reloaded::HandedOver(pid)) => {
+            let body = serde_json::json!({"reloaded": true, "handed_over_to": pid});
             reply(200, "application/json", body.to_string())
         }
         Err(e) => {

@@ -8,10 +8,13 @@
 //!
 //! Reloads (`SIGHUP`, `POST /config/reload` on the admin listener, or with `run --watch` a
 //! change to the configuration file or a file it names) run one at a time on
-//! the [`Reloader`] service: read and validate the file, check that it changes nothing a
-//! reload cannot change (listeners, workers, the cache's storage, the admin listener, the
-//! access log), build the new generation off the request path (filters are compiled and
-//! configured there), and swap. Anything failing leaves the serving generation in place.
+//! the [`Reloader`] service: read and validate the file, build the new generation off the
+//! request path (filters are compiled and configured there), and swap. Anything failing
+//! leaves the serving generation in place. A configuration that changes what the process
+//! fixed at its start (listeners, workers, the cache's storage, the admin listener, the
+//! access log) is checked the same way, its new listening addresses opened once, and then
+//! handed to a new process, as a binary upgrade does: it keeps the listeners that stay, opens
+//! the new ones and closes the others, while this one finishes its requests and exits.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +33,7 @@ use crate::geo::{Geo, GeoError};
 use crate::metrics;
 use crate::routing::RouteTable;
 use crate::sync::{lock, Task};
+use crate::upgrade;
 use crate::upstream::{UpstreamError, Upstreams};
 use crate::wasm::{FilterHost, WasmError};
 
@@ -46,6 +50,16 @@ pub enum BuildError {
     FilterOrigins(#[source] std::io::Error),
 }
 
+/// How a reload went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reloaded {
+    /// This generation serves new requests.
+    Generation(u64),
+    /// The configuration changes what only a new process can: this one handed over to that
+    /// process (its pid), which serves the configuration once it has taken the listeners.
+    HandedOver(u32),
+}
+
 /// Why a reload changed nothing.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ReloadError {
@@ -58,6 +72,16 @@ pub(crate) enum ReloadError {
     NeedsRestart(Vec<&'static str>),
     #[error("the new configuration cannot start")]
     Build(#[source] BuildError),
+    #[error("the new configuration listens on {address}, which cannot be opened")]
+    Listen {
+        address: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot start the new process the configuration is handed to")]
+    Successor(#[source] std::io::Error),
+    #[error("this edgeward has handed over to a new process (pid {0}), which reloads from now on")]
+    HandedOver(u32),
     #[error("edgeward is shutting down")]
     ShuttingDown,
 }
@@ -154,7 +178,7 @@ impl Drop for Generation {
 }
 
 /// A request for a reload: where its outcome goes.
-type ReloadRequest = oneshot::Sender<Result<u64, ReloadError>>;
+type ReloadRequest = oneshot::Sender<Result<Reloaded, ReloadError>>;
 
 /// The serving generation, and the way to ask for a reload.
 pub(crate) struct Generations {
@@ -180,8 +204,8 @@ impl Generations {
         metrics::global().config_generation.set(number as i64);
     }
 
-    /// Reloads the configuration file; the new generation's number, or why nothing changed.
-    pub(crate) async fn reload(&self) -> Result<u64, ReloadError> {
+    /// Reloads the configuration file: how, or why nothing changed.
+    pub(crate) async fn reload(&self) -> Result<Reloaded, ReloadError> {
         let (answer, outcome) = oneshot::channel();
         self.reloads
             .send(answer)
@@ -195,6 +219,8 @@ impl Generations {
 /// configuration that started the process has them.
 struct Fixed {
     listeners: Vec<String>,
+    /// The listeners' and the admin listener's addresses.
+    addresses: Vec<std::net::SocketAddr>,
     workers: usize,
     work_stealing: bool,
     admin: String,
@@ -207,6 +233,12 @@ impl Fixed {
     fn of(config: &Config) -> Fixed {
         Fixed {
             listeners: config.listeners.iter().map(listener_summary).collect(),
+            addresses: config
+                .listeners
+                .iter()
+                .map(|l| l.address)
+                .chain(config.admin.as_ref().map(|a| a.address))
+                .collect(),
             workers: config.workers,
             work_stealing: config.work_stealing,
             admin: format!("{:?}", config.admin),
@@ -319,7 +351,12 @@ pub(crate) struct Reloader {
     /// With `run --watch`.
     watch: Option<Mutex<FileWatch>>,
     /// Makes the listeners' certificate files be looked at (by their rotation) after a reload.
-    certificates: Arc<tokio::sync::Notify>,
+    certificates: crate::tls::LookNow,
+    /// This program's path at start, to start a successor with (`None` when it cannot be
+    /// told: a configuration that needs one is then refused).
+    program: Option<PathBuf>,
+    /// The successor this process handed over to, once it has.
+    successor: Mutex<Option<u32>>,
 }
 
 impl Reloader {
@@ -327,7 +364,7 @@ impl Reloader {
     pub(crate) fn new(
         config: &Config,
         watch: bool,
-        certificates: Arc<tokio::sync::Notify>,
+        certificates: crate::tls::LookNow,
     ) -> Result<(Arc<Generations>, Reloader), BuildError> {
         let source = config.source.clone();
         let fixed = Fixed::of(config);
@@ -349,11 +386,16 @@ impl Reloader {
             requests: Mutex::new(Some(receiver)),
             watch: watch.then(|| Mutex::new(FileWatch::new(config.inputs.clone()))),
             certificates,
+            program: std::env::current_exe().ok(),
+            successor: Mutex::new(None),
         };
         Ok((generations, reloader))
     }
 
-    async fn reload(&self) -> Result<u64, ReloadError> {
+    async fn reload(&self) -> Result<Reloaded, ReloadError> {
+        if let Some(pid) = *lock(&self.successor) {
+            return Err(ReloadError::HandedOver(pid));
+        }
         let source = self.source.clone();
         let loaded = tokio::task::spawn_blocking(move || config::load(&source))
             .await
@@ -369,9 +411,13 @@ impl Reloader {
             *watch = FileWatch::new(files);
         }
         let config = loaded?;
-        let changed = self.fixed.changed_by(&Fixed::of(&config));
+        let fixed = Fixed::of(&config);
+        let changed = self.fixed.changed_by(&fixed);
         if !changed.is_empty() {
-            return Err(ReloadError::NeedsRestart(changed));
+            let Some(program) = &self.program else {
+                return Err(ReloadError::NeedsRestart(changed));
+            };
+            return self.hand_over(config, &fixed, program).await;
         }
         let number = self.next_number.fetch_add(1, Ordering::Relaxed);
         let current = self.generations.current();
@@ -382,24 +428,58 @@ impl Reloader {
         let generation = Arc::new(built.map_err(ReloadError::Build)?);
         generation.start_tasks();
         self.generations.install(generation);
-        Ok(number)
+        Ok(Reloaded::Generation(number))
+    }
+
+    /// Hands `config`, which changes what this process fixed at its start, to a new process
+    /// started from `program` (as `run --upgrade`). First what could fail there is tried here,
+    /// so that a failure leaves this process serving: the configuration is built (its
+    /// filters loaded and configured) and dropped, and each address it listens on anew is
+    /// bound once.
+    async fn hand_over(
+        &self,
+        config: Config,
+        fixed: &Fixed,
+        program: &std::path::Path,
+    ) -> Result<Reloaded, ReloadError> {
+        tokio::task::spawn_blocking(move || Generation::build(&config, 0, None).map(drop))
+            .await
+            .map_err(|_| ReloadError::ShuttingDown)?
+            .map_err(ReloadError::Build)?;
+        for &address in &fixed.addresses {
+            if !self.fixed.addresses.contains(&address) {
+                upgrade::check_bindable(address)
+                    .map_err(|source| ReloadError::Listen { address, source })?;
+            }
+        }
+        let pid = upgrade::start_successor(program, &self.source, self.watch.is_some())
+            .map_err(ReloadError::Successor)?;
+        *lock(&self.successor) = Some(pid);
+        Ok(Reloaded::HandedOver(pid))
     }
 
     /// Reloads, and tells the log and the metrics how it went.
-    async fn reload_and_report(&self, trigger: &str) -> Result<u64, ReloadError> {
+    async fn reload_and_report(&self, trigger: &str) -> Result<Reloaded, ReloadError> {
         log::info!("{trigger}: reloading {}", self.source.display());
         let outcome = self.reload().await;
         // Listeners' certificates are not part of a generation: their rotation reads changed
         // files, now rather than at its next look, whatever became of the rest.
-        self.certificates.notify_waiters();
+        self.certificates.ask();
         let metrics = metrics::global();
         match &outcome {
-            Ok(number) => {
+            Ok(reloaded) => {
                 metrics.config_reloads.with_label_values(&["ok"]).inc();
                 metrics
                     .config_last_reload
                     .set(unix_seconds(SystemTime::now()));
-                log::info!("configuration generation {number} serves new requests");
+                match reloaded {
+                    Reloaded::Generation(number) => {
+                        log::info!("configuration generation {number} serves new requests");
+                    }
+                    Reloaded::HandedOver(pid) => log::info!(
+                        "the configuration changes what only a new process can: handing over to edgeward pid {pid}, which takes the listeners over once it has started (should it fail, this process serves on)"
+                    ),
+                }
             }
             Err(e) => {
                 metrics.config_reloads.with_label_values(&["error"]).inc();

@@ -12,7 +12,6 @@ use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 use pingora::services::listening::Service;
-use tokio::net::TcpSocket;
 use tokio::signal::unix::{signal, SignalKind};
 
 use crate::access_log::AccessLogger;
@@ -58,17 +57,6 @@ fn catch_hangups_from_now_on() {
     }
 }
 
-/// Binds `address` as Pingora will (with `SO_REUSEADDR`) and lets it go, without listening: a
-/// listener there, even for a moment, would accept connections that nobody then serves.
-fn check_bindable(address: SocketAddr) -> std::io::Result<()> {
-    let socket = match address {
-        SocketAddr::V4(_) => TcpSocket::new_v4()?,
-        SocketAddr::V6(_) => TcpSocket::new_v6()?,
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(address)
-}
-
 /// How `run` starts.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunOptions {
@@ -91,7 +79,7 @@ pub fn run(config: Config, options: RunOptions) -> Result<(), ServerError> {
     // process taking over gets the bound sockets instead.
     if !options.upgrade {
         for listener in &config.listeners {
-            check_bindable(listener.address).map_err(|source| ServerError::Listen {
+            upgrade::check_bindable(listener.address).map_err(|source| ServerError::Listen {
                 address: listener.address,
                 source,
             })?;

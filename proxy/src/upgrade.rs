@@ -4,12 +4,14 @@
 //! configuration file's path: the old process's pid, and the Unix socket Pingora passes the
 //! listening sockets over.
 
+use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use sha2::{Digest, Sha256};
+use tokio::net::TcpSocket;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpgradeError {
@@ -160,6 +162,17 @@ pub(crate) fn start_successor(program: &Path, config: &Path, watch: bool) -> std
     }
     let child = command.stdin(std::process::Stdio::null()).spawn()?;
     Ok(child.id())
+}
+
+/// Binds `address` as Pingora will (with `SO_REUSEADDR`) and lets it go, without listening: a
+/// listener there, even for a moment, would accept connections that nobody then serves.
+pub(crate) fn check_bindable(address: SocketAddr) -> std::io::Result<()> {
+    let socket = match address {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)
 }
 
 /// This process's command name as the kernel keeps it (at most 15 bytes).

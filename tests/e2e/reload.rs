@@ -142,13 +142,17 @@ async fn a_configuration_that_fails_anywhere_changes_nothing() {
         "{answer}"
     );
 
-    // Valid, but it moves the listener: that needs a restart.
-    let moved = good.replace("{{listen}}", "127.0.0.1:1");
+    // Valid, but it moves the listener to an address another socket holds: a new process
+    // could not open it, so none is started.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let moved = good.replace("{{listen}}", &taken.local_addr().unwrap().to_string());
     proxy.rewrite_config(&moved);
     let (status, answer) = reload(&proxy).await;
     assert_eq!(status, 422, "{answer}");
     assert!(
-        answer["problems"].to_string().contains("`listeners`"),
+        answer["problems"]
+            .to_string()
+            .contains("which cannot be opened"),
         "{answer}"
     );
 
@@ -697,6 +701,17 @@ async fn cached_responses_stay_hits_across_a_reload() {
     assert_eq!(origin.hits_for("/cache/kept"), 1);
 }
 
+/// A successor process started by edgeward itself (not the testkit's), ended with the test.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .arg(self.0.to_string())
+            .status();
+    }
+}
+
 /// The next datagram on `socket`, within a minute.
 async fn notification(socket: &tokio::net::UnixDatagram) -> String {
     let mut buf = vec![0; 1024];
@@ -736,16 +751,7 @@ async fn sigusr2_upgrades_from_inside_the_service_and_tells_the_service_manager(
         .and_then(|pid| pid.parse().ok())
         .unwrap_or_else(|| panic!("{said:?}"));
     assert_ne!(new_pid, old.pid());
-    // Ends the successor with the test (it is not the testkit's).
-    struct Kill(u32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("kill")
-                .arg(self.0.to_string())
-                .status();
-        }
-    }
-    let _successor = Kill(new_pid);
+    let _successor = KillOnDrop(new_pid);
     let exit = old
         .wait_for_exit(std::time::Duration::from_secs(60), "the hand-over")
         .await;
@@ -765,4 +771,67 @@ async fn sigusr2_upgrades_from_inside_the_service_and_tells_the_service_manager(
         .status()
         .unwrap();
     assert_eq!(notification(&manager).await, "STOPPING=1");
+}
+
+#[tokio::test]
+async fn a_reload_that_adds_a_listener_hands_over_to_a_process_that_opens_it() {
+    let origin = Origin::start("origin").await;
+    let yaml = config(
+        "listeners: [{address: \"{{listen}}\"}]\nadmin: {address: \"{{admin}}\"}\nshutdown_timeout: 5s\nupstreams: {u: {endpoints: [\"$origin\"]}}\nroutes: [{upstream: u}]\n",
+        &[("origin", origin.addr().to_string())],
+    );
+    let mut old = start_proxy(&yaml).await;
+    let file = old.dir().join("edgeward.yaml");
+    let written = std::fs::read_to_string(&file).unwrap();
+    let first = old.addr();
+    let listening_also_on = |address: std::net::SocketAddr| {
+        let listeners = format!("listeners: [{{address: \"{first}\"}}]");
+        assert!(written.contains(&listeners), "{written}");
+        written.replace(
+            &listeners,
+            &format!("listeners: [{{address: \"{first}\"}}, {{address: \"{address}\"}}]"),
+        )
+    };
+
+    // A listener on a port another socket holds: the reload fails and changes nothing.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_address = taken.local_addr().unwrap();
+    std::fs::write(&file, listening_also_on(taken_address)).unwrap();
+    let (status, answer) = reload(&old).await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["problems"][0].as_str().unwrap().contains(&format!(
+            "listens on {taken_address}, which cannot be opened"
+        )),
+        "{answer}"
+    );
+    let fetch = |url: String| async move {
+        client::http1_connection_per_request()
+            .get(url)
+            .send()
+            .await
+            .ok()
+            .map(|response| response.status().as_u16())
+    };
+    assert_eq!(fetch(old.url("/still")).await, Some(200));
+
+    // A free one: the configuration goes to a new process, which keeps the first listener,
+    // opens the second, and takes over; the old one finishes and exits.
+    let free = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    std::fs::write(&file, listening_also_on(free)).unwrap();
+    let (status, answer) = reload(&old).await;
+    assert_eq!(status, 200, "{answer}");
+    let pid = answer["handed_over_to"].as_u64().unwrap();
+    let _successor = KillOnDrop(u32::try_from(pid).unwrap());
+    let exit = old
+        .wait_for_exit(std::time::Duration::from_secs(60), "the hand-over")
+        .await;
+    assert!(exit.success(), "{exit:?}");
+    for url in [old.url("/kept"), format!("http://{free}/opened")] {
+        let status = eventually("the new process serving", || fetch(url.clone())).await;
+        assert_eq!(status, 200, "{url}");
+    }
 }

@@ -17,5 +17,5 @@ mod stream;
 
 pub(crate) use handshake::Acceptor;
 pub(crate) use handshake::TlsError;
-pub(crate) use rotation::Rotation;
+pub(crate) use rotation::{LookNow, Rotation};
 pub(crate) use stream::requested_server_name;

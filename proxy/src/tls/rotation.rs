@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use prometheus::IntCounter;
+use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::causes;
@@ -45,7 +46,21 @@ pub(crate) struct Rotation {
     /// Each listener's lock is taken by its own task only, while it looks at the files.
     listeners: Vec<Mutex<Watched>>,
     /// Makes every listener look at its files now (a configuration reload asks for it).
-    look_now: Arc<tokio::sync::Notify>,
+    look_now: LookNow,
+    /// Each listener's view of `look_now`, taken by its task when the service starts: made
+    /// with the listener, so that no ask is missed, however early it comes.
+    asks: Mutex<Vec<watch::Receiver<u64>>>,
+}
+
+/// Asks every TLS listener to look at its certificate files at once rather than at its next
+/// `reload_interval`.
+#[derive(Clone, Default)]
+pub(crate) struct LookNow(Arc<watch::Sender<u64>>);
+
+impl LookNow {
+    pub(crate) fn ask(&self) {
+        self.0.send_modify(|asks| *asks = asks.wrapping_add(1));
+    }
 }
 
 impl Rotation {
@@ -54,15 +69,15 @@ impl Rotation {
     pub(crate) fn watch(&mut self, listener: Arc<str>, tls: &ListenerTls, store: Arc<LiveStore>) {
         self.listeners
             .push(Mutex::new(Watched::new(listener, tls, store)));
+        lock(&self.asks).push(self.look_now.0.subscribe());
     }
 
     pub(crate) fn is_empty(&self) -> bool {
         self.listeners.is_empty()
     }
 
-    /// Notified, it makes every listener look at its certificate files at once rather than at
-    /// its next `reload_interval`.
-    pub(crate) fn look_now(&self) -> Arc<tokio::sync::Notify> {
+    /// What makes every listener look at its certificate files at once.
+    pub(crate) fn look_now(&self) -> LookNow {
         self.look_now.clone()
     }
 }
@@ -70,10 +85,12 @@ impl Rotation {
 #[async_trait::async_trait]
 impl BackgroundService for Rotation {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        let asks = std::mem::take(&mut *lock(&self.asks));
         let watching = futures_util::future::join_all(
             self.listeners
                 .iter()
-                .map(|listener| look_every(listener, &self.look_now)),
+                .zip(asks)
+                .map(|(listener, asks)| look_every(listener, asks)),
         );
         tokio::select! {
             _ = watching => {}
@@ -84,15 +101,28 @@ impl BackgroundService for Rotation {
 
 /// Looks at one listener's files every `reload_interval`, and when asked to at once, for as
 /// long as the service runs.
-async fn look_every(listener: &Mutex<Watched>, look_now: &tokio::sync::Notify) {
+async fn look_every(listener: &Mutex<Watched>, asks: watch::Receiver<u64>) {
     let interval = lock(listener).tls.reload_interval;
     let mut ticks = tokio::time::interval_at(Instant::now() + interval, interval);
     // After a stall, one look, not a burst of them.
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // `None` once nobody can ask (the rotation, which keeps the sender, is gone).
+    let mut asks = Some(asks);
     loop {
+        let asked = async {
+            match asks.as_mut() {
+                Some(asks) => asks.changed().await.is_ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = ticks.tick() => {}
-            () = look_now.notified() => {}
+            still_asking = asked => {
+                if !still_asking {
+                    asks = None;
+                    continue;
+                }
+            }
         }
         lock(listener).look();
     }
