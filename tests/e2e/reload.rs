@@ -774,29 +774,27 @@ async fn sigusr2_upgrades_from_inside_the_service_and_tells_the_service_manager(
 }
 
 #[tokio::test]
-async fn a_reload_that_adds_a_listener_hands_over_to_a_process_that_opens_it() {
+async fn a_reload_that_changes_listeners_hands_over_to_a_process_that_opens_and_closes_them() {
     let origin = Origin::start("origin").await;
     let yaml = config(
-        "listeners: [{address: \"{{listen}}\"}]\nadmin: {address: \"{{admin}}\"}\nshutdown_timeout: 5s\nupstreams: {u: {endpoints: [\"$origin\"]}}\nroutes: [{upstream: u}]\n",
+        "listeners: [{address: \"{{listen}}\"}, {address: \"{{second}}\"}]\nadmin: {address: \"{{admin}}\"}\nshutdown_timeout: 5s\nupstreams: {u: {endpoints: [\"$origin\"]}}\nroutes: [{upstream: u}]\n",
         &[("origin", origin.addr().to_string())],
     );
     let mut old = start_proxy(&yaml).await;
     let file = old.dir().join("edgeward.yaml");
     let written = std::fs::read_to_string(&file).unwrap();
-    let first = old.addr();
-    let listening_also_on = |address: std::net::SocketAddr| {
-        let listeners = format!("listeners: [{{address: \"{first}\"}}]");
-        assert!(written.contains(&listeners), "{written}");
-        written.replace(
-            &listeners,
-            &format!("listeners: [{{address: \"{first}\"}}, {{address: \"{address}\"}}]"),
-        )
+    let (first, second) = (old.addr(), old.placeholder_addr("second"));
+    // The second listener becomes `address`.
+    let listening_on = |address: std::net::SocketAddr| {
+        let second = format!("{{address: \"{second}\"}}");
+        assert!(written.contains(&second), "{written}");
+        written.replace(&second, &format!("{{address: \"{address}\"}}"))
     };
 
     // A listener on a port another socket holds: the reload fails and changes nothing.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let taken_address = taken.local_addr().unwrap();
-    std::fs::write(&file, listening_also_on(taken_address)).unwrap();
+    std::fs::write(&file, listening_on(taken_address)).unwrap();
     let (status, answer) = reload(&old).await;
     assert_eq!(status, 422, "{answer}");
     assert!(
@@ -813,15 +811,17 @@ async fn a_reload_that_adds_a_listener_hands_over_to_a_process_that_opens_it() {
             .ok()
             .map(|response| response.status().as_u16())
     };
-    assert_eq!(fetch(old.url("/still")).await, Some(200));
+    for address in [first, second] {
+        assert_eq!(fetch(format!("http://{address}/still")).await, Some(200));
+    }
 
     // A free one: the configuration goes to a new process, which keeps the first listener,
-    // opens the second, and takes over; the old one finishes and exits.
+    // opens the new one and closes the second; the old process finishes and exits.
     let free = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap();
-    std::fs::write(&file, listening_also_on(free)).unwrap();
+    std::fs::write(&file, listening_on(free)).unwrap();
     let (status, answer) = reload(&old).await;
     assert_eq!(status, 200, "{answer}");
     let pid = answer["handed_over_to"].as_u64().unwrap();
@@ -830,8 +830,13 @@ async fn a_reload_that_adds_a_listener_hands_over_to_a_process_that_opens_it() {
         .wait_for_exit(std::time::Duration::from_secs(60), "the hand-over")
         .await;
     assert!(exit.success(), "{exit:?}");
-    for url in [old.url("/kept"), format!("http://{free}/opened")] {
+    for address in [first, free] {
+        let url = format!("http://{address}/served");
         let status = eventually("the new process serving", || fetch(url.clone())).await;
         assert_eq!(status, 200, "{url}");
     }
+    assert!(
+        std::net::TcpStream::connect(second).is_err(),
+        "the listener the file no longer names is closed"
+    );
 }
