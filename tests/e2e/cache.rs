@@ -42,7 +42,7 @@ impl Answer {
 }
 
 /// A `Cache-Status` field (RFC 9211) as edgeward writes it, taken apart: `edgeward; hit;
-/// ttl=59`, `edgeward; fwd=miss; stored`, `edgeward; fwd=stale; fwd-status=304; ttl=60`, ...
+/// ttl=59`, `edgeward; fwd=miss`, `edgeward; fwd=stale; fwd-status=304; ttl=60`, ...
 /// Parameters are compared whole and numbers as numbers (`ttl=10` is not `ttl=1`).
 #[derive(Debug)]
 struct CacheStatus {
@@ -178,7 +178,7 @@ async fn a_second_request_is_a_hit_and_the_origin_is_not_asked_again() {
 
     let first = get(&proxy, path).await;
     assert_eq!(first.status, 200);
-    assert_eq!(first.cache_status(), "edgeward; fwd=miss; stored");
+    assert_eq!(first.cache_status(), "edgeward; fwd=miss");
     assert_eq!(first.n(), 1);
 
     let second = get(&proxy, path).await;
@@ -376,7 +376,7 @@ async fn expired_objects_are_revalidated_and_a_304_refreshes_them() {
     get(&proxy, changed).await;
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let refetched = get(&proxy, changed).await;
-    assert_eq!(refetched.cache_status(), "edgeward; fwd=stale; stored");
+    assert_eq!(refetched.cache_status(), "edgeward; fwd=stale");
     assert_eq!(refetched.n(), 2);
 }
 
@@ -632,7 +632,7 @@ async fn an_origin_that_hangs_up_gets_the_client_a_502_or_a_stale_copy_never_a_c
     origin.set_hang_up(false);
     let recovered = get(&proxy, allowed).await;
     assert_eq!(recovered.status, 200);
-    assert_eq!(recovered.cache_status(), "edgeward; fwd=stale; stored");
+    assert_eq!(recovered.cache_status(), "edgeward; fwd=stale");
     assert!(recovered.n() > 1, "a new response");
 }
 
@@ -1301,4 +1301,53 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     files
+}
+
+#[tokio::test]
+async fn a_body_the_origin_breaks_off_is_not_stored_and_never_said_to_be() {
+    // An origin that announces 100 bytes, sends 10 and closes, counting its requests.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = listener.local_addr().unwrap();
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let server = tokio::spawn({
+        let asked = asked.clone();
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    return;
+                };
+                asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut head = [0; 4096];
+                let _ = stream.read(&mut head).await;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nCache-Control: max-age=600\r\nContent-Length: 100\r\n\r\n0123456789")
+                    .await;
+                let _ = stream.shutdown().await;
+            }
+        }
+    });
+    let proxy = start_proxy(&config(
+        "listeners: [{address: \"{{listen}}\"}]\nupstreams: {u: {endpoints: [\"$origin\"], retries: 0}}\nroutes: [{upstream: u, cache: {}}]\n",
+        &[("origin", origin.to_string())],
+    ))
+    .await;
+    for attempt in 1..=2 {
+        let response = client::http1()
+            .get(proxy.url("/broken"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        // The head leaves before the body is known: it does not claim the response stored.
+        assert_eq!(
+            response.headers()["cache-status"],
+            "edgeward; fwd=miss",
+            "attempt {attempt}"
+        );
+        assert!(response.bytes().await.is_err(), "the body was cut short");
+        // And it was not: the next request asks the origin again.
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), attempt);
+    }
+    server.abort();
 }

@@ -1119,9 +1119,8 @@ fn outcome() -> impl Strategy<Value = Outcome> {
         Just(Outcome::StaleWhileRevalidate),
         prop::option::of(100u16..=999).prop_map(|fwd_status| Outcome::StaleIfError { fwd_status }),
         Just(Outcome::Revalidated),
-        any::<bool>().prop_map(|stored| Outcome::Expired { stored }),
-        (any::<bool>(), prop::option::of(detail()))
-            .prop_map(|(stored, detail)| Outcome::Miss { stored, detail }),
+        Just(Outcome::Expired),
+        prop::option::of(detail()).prop_map(|detail| Outcome::Miss { detail }),
         detail().prop_map(|detail| Outcome::Bypass { detail }),
     ]
 }

@@ -20,12 +20,10 @@ pub(crate) enum Outcome {
     /// Stale; the origin confirmed it with a 304 and it was served from the cache.
     Revalidated,
     /// Stale; the origin sent a new response.
-    Expired { stored: bool },
-    /// Not in the cache (`detail`: why the response was not stored).
-    Miss {
-        stored: bool,
-        detail: Option<&'static str>,
-    },
+    Expired,
+    /// Not in the cache (`detail`: why the response is not stored; none when it is taken for
+    /// storage).
+    Miss { detail: Option<&'static str> },
     /// The request skipped the cache (a bypass rule, or a method the cache does not serve).
     Bypass { detail: &'static str },
 }
@@ -42,23 +40,15 @@ impl Outcome {
                 fwd_status: upstream_status,
             },
             CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => Outcome::Revalidated,
-            CachePhase::Expired => Outcome::Expired { stored: true },
-            CachePhase::Miss => Outcome::Miss {
-                stored: true,
-                detail: None,
-            },
+            CachePhase::Expired => Outcome::Expired,
+            CachePhase::Miss => Outcome::Miss { detail: None },
             CachePhase::Disabled(reason) => Outcome::Miss {
-                stored: false,
                 detail: Some(reason_detail(reason)),
             },
             CachePhase::Bypass => Outcome::Miss {
-                stored: false,
                 detail: Some("predicted-uncacheable"),
             },
-            CachePhase::Uninit | CachePhase::CacheKey => Outcome::Miss {
-                stored: false,
-                detail: None,
-            },
+            CachePhase::Uninit | CachePhase::CacheKey => Outcome::Miss { detail: None },
         }
     }
 
@@ -79,17 +69,11 @@ impl Outcome {
                 }
             }
             Outcome::Revalidated => value.push_str("fwd=stale; fwd-status=304"),
-            Outcome::Expired { stored } => {
-                value.push_str("fwd=stale");
-                if stored {
-                    value.push_str("; stored");
-                }
-            }
-            Outcome::Miss { stored, detail } => {
+            // Never `stored`: the head leaves before the body has arrived, and a body the
+            // origin breaks off is not stored after all.
+            Outcome::Expired => value.push_str("fwd=stale"),
+            Outcome::Miss { detail } => {
                 value.push_str("fwd=miss");
-                if stored {
-                    value.push_str("; stored");
-                }
                 if let Some(detail) = detail {
                     let _ = write!(value, "; detail={detail}");
                 }
@@ -126,7 +110,7 @@ impl Outcome {
             Outcome::Hit => "hit",
             Outcome::StaleWhileRevalidate | Outcome::StaleIfError { .. } => "stale",
             Outcome::Revalidated => "revalidated",
-            Outcome::Expired { .. } => "expired",
+            Outcome::Expired => "expired",
             Outcome::Miss { .. } => "miss",
             Outcome::Bypass { .. } => "bypass",
         }
@@ -167,14 +151,8 @@ mod tests {
     #[test]
     fn forwarded_requests_say_why_and_what_came_back() {
         assert_eq!(
-            text(
-                Outcome::Miss {
-                    stored: true,
-                    detail: None
-                },
-                None
-            ),
-            "edgeward; fwd=miss; stored"
+            text(Outcome::Miss { detail: None }, None),
+            "edgeward; fwd=miss"
         );
         assert_eq!(
             text(
@@ -199,10 +177,7 @@ mod tests {
             ),
             "edgeward; fwd=stale; fwd-status=503; ttl=-10; detail=stale-if-error"
         );
-        assert_eq!(
-            text(Outcome::Expired { stored: true }, Some(5)),
-            "edgeward; fwd=stale; stored"
-        );
+        assert_eq!(text(Outcome::Expired, Some(5)), "edgeward; fwd=stale");
         assert_eq!(
             text(Outcome::Bypass { detail: "cookie" }, None),
             "edgeward; fwd=bypass; detail=cookie"
