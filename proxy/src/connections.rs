@@ -78,10 +78,26 @@ pub(crate) struct Connection {
     deadline: AtomicU64,
     /// The guard's deadline passed: the stream answers no more reads.
     expired: AtomicBool,
+    /// Nothing was read from the client yet: counted in `unread`.
+    fresh: AtomicBool,
+    /// The listeners' connections from which nothing was read yet.
+    unread: Arc<AtomicUsize>,
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        self.read_from();
+    }
 }
 
 impl Connection {
-    fn new(limits: ClientLimits, listener: Arc<str>, phase: Phase) -> Self {
+    fn new(
+        limits: ClientLimits,
+        listener: Arc<str>,
+        phase: Phase,
+        unread: Arc<AtomicUsize>,
+    ) -> Self {
+        unread.fetch_add(1, Ordering::Relaxed);
         Connection {
             limits,
             listener,
@@ -90,6 +106,15 @@ impl Connection {
             handshaken: AtomicBool::new(false),
             deadline: AtomicU64::new(Deadline::encode(Some(limits.header_timeout))),
             expired: AtomicBool::new(false),
+            fresh: AtomicBool::new(true),
+            unread,
+        }
+    }
+
+    /// The client has sent something: no longer counted as unread.
+    fn read_from(&self) {
+        if self.fresh.swap(false, Ordering::Relaxed) {
+            self.unread.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
@@ -134,6 +159,7 @@ impl Connection {
         if bytes.is_empty() {
             return;
         }
+        self.read_from();
         match self.phase() {
             Phase::Idle => {
                 self.began.store(true, Ordering::Relaxed);
@@ -459,7 +485,13 @@ impl Drop for Slot<'_> {
 pub(crate) struct Guarded<A> {
     app: Arc<A>,
     listeners: Vec<ListenerSlots>,
+    /// Connections from which nothing was read yet (see `cleanup`).
+    unread: Arc<AtomicUsize>,
 }
+
+/// How long a stop waits, at most, for the first bytes of connections accepted just before
+/// the listeners closed.
+const FIRST_REQUEST_GRACE: Duration = Duration::from_secs(2);
 
 impl<A> Guarded<A> {
     /// The TLS listeners' certificates go to `rotation` to be watched.
@@ -492,6 +524,7 @@ impl<A> Guarded<A> {
         Ok(Guarded {
             app: Arc::new(app),
             listeners,
+            unread: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -540,6 +573,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 listener.limits,
                 listener.name.clone(),
                 Phase::Head,
+                self.unread.clone(),
             ));
             let stream = ClientStream::wrap(stream, connection.clone());
             return guard(&connection, None, self.app.process_new(stream, shutdown)).await;
@@ -548,6 +582,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             listener.limits,
             listener.name.clone(),
             Phase::Handshake,
+            self.unread.clone(),
         ));
         // Boxed: inline, the handshake's state (a rustls connection) would make every
         // connection's future about 9 KB instead of 200 bytes, plaintext ones included.
@@ -565,7 +600,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         guard(&connection, Some(tls), serve).await
     }
 
+    /// Called once the listeners have stopped accepting (a stop, or a hand-over to a new
+    /// process). Pingora then drops every connection still waiting for a request, which
+    /// would drop one accepted a moment before whose request is on its way: such
+    /// connections get a short grace to send their first bytes.
     async fn cleanup(&self) {
+        let until = Instant::now() + FIRST_REQUEST_GRACE;
+        while self.unread.load(Ordering::Relaxed) > 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         self.app.cleanup().await
     }
 }
