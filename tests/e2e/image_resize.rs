@@ -18,7 +18,7 @@ use hyper::Response;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::support::{config, start_proxy, use_built_binary, wait_for_log};
+use crate::support::{config, metrics_showing, start_proxy, use_built_binary, wait_for_log};
 
 macro_rules! fixture {
     ($name:literal) => {
@@ -124,6 +124,7 @@ impl ImageOrigin {
         start_proxy(&config(
             r#"
 listeners: [{address: "{{listen}}"}]
+admin: {address: "{{admin}}"}
 upstreams:
   images: {endpoints: ["$origin"]}
 filters:
@@ -349,6 +350,21 @@ async fn hostile_images_pass_through_and_the_proxy_serves_on() {
     }
     let fine = get(&proxy, "/photo.jpg?w=100&fmt=webp", &[]).await;
     assert_eq!(fine.image(), ("webp", 100, 75));
+    // Counted by outcome.
+    metrics_showing(
+        &proxy,
+        &[
+            (
+                r#"wasmcustom_image_resize_images{filter="images",outcome="failed"}"#,
+                3.0,
+            ),
+            (
+                r#"wasmcustom_image_resize_images{filter="images",outcome="transformed"}"#,
+                1.0,
+            ),
+        ],
+    )
+    .await;
 }
 
 #[tokio::test]

@@ -38,6 +38,10 @@
 //! bytes (under the head already sent) with a warning in the log; `fail` answers `502
 //! {"error":"image_transform_failed"}`, or cuts the response short when its head has left.
 //!
+//! Counters `image_resize_images_outcome=transformed` and `...=failed` (exported as
+//! `wasmcustom_image_resize_images{filter, outcome}`) count the variants made and the sources
+//! that could not be transformed.
+//!
 //! The logic ([`config`], [`params`], [`response`], [`transform`]) is free of the SDK and
 //! unit-tested natively (`cargo test` in `filters/`); only the glue below talks to the host.
 
@@ -48,8 +52,8 @@ pub mod transform;
 
 use std::rc::Rc;
 
-use filter_support::property;
 use filter_support::root::{Configured, ConfiguredRoot};
+use filter_support::{host, property};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::{Action, LogLevel};
 
@@ -62,19 +66,38 @@ const NAME: &str = "image-resize";
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| ConfiguredRoot::<Config>::boxed());
+    proxy_wasm::set_root_context(|_| ConfiguredRoot::<Filter>::boxed());
 }}
 
-impl Configured for Config {
+/// The configuration and the ids of the counters of transformed and failed images, shared
+/// by every request's context.
+struct Filter {
+    config: Config,
+    transformed: Option<u32>,
+    failed: Option<u32>,
+}
+
+impl Configured for Filter {
     const NAME: &'static str = NAME;
 
-    fn configure(config: Option<&[u8]>) -> Result<Config, String> {
-        Config::parse(config)
+    fn configure(config: Option<&[u8]>) -> Result<Filter, String> {
+        let counter = |name: &str| {
+            host::define_counter(name)
+                .inspect_err(|status| {
+                    log::warn!("{NAME}: edgeward refused to define metric `{name}`: {status}")
+                })
+                .ok()
+        };
+        Ok(Filter {
+            config: Config::parse(config)?,
+            transformed: counter("image_resize_images_outcome=transformed"),
+            failed: counter("image_resize_images_outcome=failed"),
+        })
     }
 
-    fn http_context(config: &Rc<Config>) -> Box<dyn HttpContext> {
+    fn http_context(filter: &Rc<Filter>) -> Box<dyn HttpContext> {
         Box::new(ImageResize {
-            config: Rc::clone(config),
+            filter: Rc::clone(filter),
             asked: None,
             output: None,
         })
@@ -89,7 +112,7 @@ struct Asking {
 }
 
 struct ImageResize {
-    config: Rc<Config>,
+    filter: Rc<Filter>,
     /// Set by the request headers when the request asked for a transformation.
     asked: Option<Asking>,
     /// Set by the response headers when the body is to be transformed.
@@ -103,7 +126,7 @@ impl HttpContext for ImageResize {
         let Some(path) = text(property(NAME, &["request", "path"])) else {
             return Action::Continue;
         };
-        match params::parse_request(&self.config, &path) {
+        match params::parse_request(&self.filter.config, &path) {
             Ok(Asked::Nothing) => Action::Continue,
             Ok(Asked::Transform {
                 transform,
@@ -112,7 +135,7 @@ impl HttpContext for ImageResize {
                 if let Some(upstream_path) = upstream_path {
                     self.set_http_request_header(":path", Some(&upstream_path));
                 }
-                if transform.within(&self.config) {
+                if transform.within(&self.filter.config) {
                     // A range of the source is no range of the variant: the origin sends the
                     // whole image (a server may always answer a range request in full).
                     self.set_http_request_header("range", None);
@@ -159,7 +182,7 @@ impl HttpContext for ImageResize {
             content_encoding: content_encoding.as_deref(),
         };
         let decision = decide(
-            &self.config,
+            &self.filter.config,
             &asked.transform,
             asked.accept.as_deref(),
             head,
@@ -201,7 +224,7 @@ impl HttpContext for ImageResize {
         let source = self
             .get_http_response_body(0, body_size)
             .unwrap_or_default();
-        let config = &self.config;
+        let config = &self.filter.config;
         let limits = DecodeLimits {
             max_pixels: config.max_source_pixels,
             max_dimension: config.max_source_dimension,
@@ -222,32 +245,45 @@ impl HttpContext for ImageResize {
                     encoded.bytes.len()
                 );
                 self.set_http_response_body(0, body_size, &encoded.bytes);
+                count(self.filter.transformed);
                 Action::Continue
             }
-            Err(err) => match config.on_failure {
-                OnFailure::PassThrough => {
-                    log::warn!(
-                        "{NAME}: {}: cannot transform the image ({err}); passing the original through",
-                        asked.path
-                    );
-                    Action::Continue
+            Err(err) => {
+                count(self.filter.failed);
+                match config.on_failure {
+                    OnFailure::PassThrough => {
+                        log::warn!(
+                            "{NAME}: {}: cannot transform the image ({err}); passing the original through",
+                            asked.path
+                        );
+                        Action::Continue
+                    }
+                    OnFailure::Fail => {
+                        log::warn!(
+                            "{NAME}: {}: cannot transform the image ({err}); failing the response",
+                            asked.path
+                        );
+                        let body =
+                            serde_json::json!({"error": "image_transform_failed", "message": err});
+                        self.send_http_response(
+                            502,
+                            vec![("content-type", "application/json")],
+                            Some(body.to_string().as_bytes()),
+                        );
+                        Action::Pause
+                    }
                 }
-                OnFailure::Fail => {
-                    log::warn!(
-                        "{NAME}: {}: cannot transform the image ({err}); failing the response",
-                        asked.path
-                    );
-                    let body =
-                        serde_json::json!({"error": "image_transform_failed", "message": err});
-                    self.send_http_response(
-                        502,
-                        vec![("content-type", "application/json")],
-                        Some(body.to_string().as_bytes()),
-                    );
-                    Action::Pause
-                }
-            },
+            }
         }
+    }
+}
+
+/// Adds one to a counter edgeward defined.
+fn count(counter: Option<u32>) {
+    if let Some(id) = counter {
+        // Only NOT_FOUND or BAD_ARGUMENT can come back for a metric edgeward defined:
+        // nothing to do about either.
+        let _ = proxy_wasm::hostcalls::increment_metric(id, 1);
     }
 }
 
