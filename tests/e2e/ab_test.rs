@@ -6,10 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use edgeward_testkit::{client, filters, reqwest, run_edgeward, Origin, Proxy};
+use edgeward_testkit::{client, filters, reqwest, Origin, Proxy};
 use serde_json::Value;
 
-use crate::support::{access_log_entry, config, metrics_showing, start_proxy, wait_for_log};
+use crate::support::{
+    access_log_entry, config, metrics_showing, refused_by_validate, start_proxy, wait_for_log,
+};
 
 /// What a request through the proxy came to: which origin answered, what it saw, and the
 /// `Set-Cookie` the client got (if any).
@@ -379,12 +381,7 @@ fn a_bad_configuration_is_refused_naming_the_key() {
              routes: [{{upstream: origin, filters: [ab]}}]\n",
             filters::AB_TEST
         );
-        let output = run_edgeward(
-            &["validate", "--config", "{dir}/c.yaml"],
-            &[("c.yaml", &yaml)],
-        );
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        let stderr = refused_by_validate(&yaml);
         assert!(
             stderr.contains("filter `ab`")
                 && stderr.contains(&format!("ab-test: invalid configuration: {message}")),

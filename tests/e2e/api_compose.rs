@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgeward_testkit::{client, filters, reqwest, run_edgeward, serve_http, Origin, Proxy};
+use edgeward_testkit::{client, filters, reqwest, serve_http, Origin, Proxy};
 use http_body_util::Full;
 use hyper::Response;
 use serde_json::{json, Value};
@@ -18,7 +18,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Barrier;
 use tokio::task::JoinHandle;
 
-use crate::support::{config, read_until_closed, start_proxy, use_built_binary};
+use crate::support::{
+    config, read_until_closed, refused_by_validate, start_proxy, use_built_binary,
+};
 
 /// An origin whose every answer waits until `parties` requests have arrived: parts called one
 /// after the other would never all arrive, so each would time out instead. Answers
@@ -367,12 +369,7 @@ routes: [{upstream: users, filters: [not-allowed, bad-placeholder]}]
 "#,
         &[("module", filters::API_COMPOSE.to_string())],
     );
-    let output = run_edgeward(
-        &["validate", "--config", "{dir}/c.yaml"],
-        &[("c.yaml", &yaml)],
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = refused_by_validate(&yaml);
     for expected in [
         "filter `not-allowed`",
         "api-compose: invalid configuration: parts.orders.from: upstream `orders` is not in the filter's `callouts` (users)",

@@ -12,13 +12,15 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use edgeward_testkit::{client, filters, reqwest, run_edgeward, serve_http, Proxy};
+use edgeward_testkit::{client, filters, reqwest, serve_http, Proxy};
 use http_body_util::Full;
 use hyper::Response;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::support::{config, metrics_showing, start_proxy, use_built_binary, wait_for_log};
+use crate::support::{
+    config, metrics_showing, refused_by_validate, start_proxy, use_built_binary, wait_for_log,
+};
 
 macro_rules! fixture {
     ($name:literal) => {
@@ -463,12 +465,7 @@ fn bad_configurations_are_refused_naming_the_key() {
              routes:\n  - {{upstream: o, filters: [images]}}\n",
             filters::IMAGE_RESIZE
         );
-        let output = run_edgeward(
-            &["validate", "--config", "{dir}/c.yaml"],
-            &[("c.yaml", &yaml)],
-        );
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        let stderr = refused_by_validate(&yaml);
         assert!(
             stderr.contains("filter `images`")
                 && stderr.contains(&format!("image-resize: invalid configuration: {message}")),

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgeward_testkit::{client, filters, reqwest, run_edgeward, serve_http, Origin, Proxy};
+use edgeward_testkit::{client, filters, reqwest, serve_http, Origin, Proxy};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
@@ -19,7 +19,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
-use crate::support::{config, metrics_showing, start_proxy, use_built_binary};
+use crate::support::{config, metrics_showing, refused_by_validate, start_proxy};
 
 /// The origin's order, as an API would answer it (prices written with their cents).
 const ORDER: &str = r#"{"id":42,"status":"shipped",
@@ -455,13 +455,7 @@ routes: [{{upstream: origin, filters: [json]}}]
 "#,
         filters::JSON_TRANSFORM
     );
-    use_built_binary();
-    let output = run_edgeward(
-        &["validate", "--config", "{dir}/c.yaml"],
-        &[("c.yaml", &yaml)],
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = refused_by_validate(&yaml);
     assert!(
         stderr.contains("on_configure returned false")
             && stderr.contains(

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 use bytes::Bytes;
-use edgeward_testkit::{client, filters, reqwest, run_edgeward, serve_http, Origin, Proxy};
+use edgeward_testkit::{client, filters, reqwest, serve_http, Origin, Proxy};
 use http_body_util::Full;
 use hyper::Response;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -28,7 +28,7 @@ use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::support::{config, eventually, start_proxy, wait_for_log};
+use crate::support::{config, eventually, refused_by_validate, start_proxy, wait_for_log};
 
 const ISSUER: &str = "https://issuer.example.com";
 const AUDIENCE: &str = "edge-api";
@@ -1071,12 +1071,7 @@ routes: [{upstream: origin, filters: [jwt]}]
             ("jwt", jwt.to_string()),
         ],
     );
-    let output = run_edgeward(
-        &["validate", "--config", "{dir}/c.yaml"],
-        &[("c.yaml", &yaml)],
-    );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    let stderr = refused_by_validate(&yaml);
     assert!(
         stderr.contains("on_configure returned false")
             && stderr.contains("filter `jwt`")

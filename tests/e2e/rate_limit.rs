@@ -9,12 +9,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
-use edgeward_testkit::{client, filters, run_edgeward, Origin, Proxy};
+use edgeward_testkit::{client, filters, Origin, Proxy};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio::task::JoinSet;
 
-use crate::support::{config, metrics_showing, start_proxy, use_built_binary, wait_for_log};
+use crate::support::{
+    config, metrics_showing, refused_by_validate, start_proxy, use_built_binary, wait_for_log,
+};
 
 /// A proxy in front of `origin` with an admin listener, `workers` worker threads and
 /// `sections` (YAML: its filters, routes and anything else; `$rate_limit` is this filter's
@@ -463,12 +465,7 @@ routes: [{upstream: origin, filters: [limit]}]
                 ("limits", limits.to_string()),
             ],
         );
-        let output = run_edgeward(
-            &["validate", "--config", "{dir}/c.yaml"],
-            &[("c.yaml", &yaml)],
-        );
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        let stderr = refused_by_validate(&yaml);
         assert!(
             stderr.contains("filter `limit`") && stderr.contains(expected),
             "{limits}: {stderr}"

@@ -16,6 +16,19 @@ pub fn use_built_binary() {
     set_default_binary(env!("CARGO_BIN_EXE_edgeward"));
 }
 
+/// Runs `edgeward validate` on `yaml`, which it must refuse (exit status 1): what it said on
+/// stderr.
+pub fn refused_by_validate(yaml: &str) -> String {
+    use_built_binary();
+    let output = edgeward_testkit::run_edgeward(
+        &["validate", "--config", "{dir}/c.yaml"],
+        &[("c.yaml", yaml)],
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    stderr
+}
+
 /// Fills `$name` placeholders in a config template, e.g. `$a` → the address of origin `a`.
 /// (`{{listen}}`-style placeholders are left for the testkit, which picks free ports.)
 pub fn config(template: &str, vars: &[(&str, String)]) -> String {
