@@ -8,11 +8,8 @@
 //! `write_fixtures`); what comes back is checked by its format and dimensions, read from the
 //! bytes here (no image crate in this workspace).
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-
 use bytes::Bytes;
-use edgeward_testkit::{client, filters, reqwest, serve_http, Proxy};
+use edgeward_testkit::{client, filters, reqwest, serve_http, PathHits, Proxy};
 use http_body_util::Full;
 use hyper::Response;
 use tokio::net::TcpListener;
@@ -60,7 +57,7 @@ fn fixture(name: &str) -> &'static [u8] {
 /// per path.
 struct ImageOrigin {
     addr: String,
-    hits: Arc<Mutex<BTreeMap<String, usize>>>,
+    hits: PathHits,
     server: JoinHandle<()>,
 }
 
@@ -68,12 +65,12 @@ impl ImageOrigin {
     async fn start() -> ImageOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let hits = Arc::new(Mutex::new(BTreeMap::new()));
+        let hits = PathHits::default();
         let server = serve_http(listener, {
             let hits = hits.clone();
             move |request: hyper::Request<_>| {
                 let path = request.uri().path().to_owned();
-                *hits.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
+                hits.count(&path);
                 async move {
                     let name = path.trim_start_matches('/');
                     let Some((_, bytes)) = FIXTURES.iter().find(|(fixture, _)| *fixture == name)
@@ -116,7 +113,7 @@ impl ImageOrigin {
     }
 
     fn hits(&self, path: &str) -> usize {
-        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+        self.hits.of(path)
     }
 
     /// A proxy with one `image-resize` filter called `images` (its `config` as JSON, the

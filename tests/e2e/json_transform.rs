@@ -3,14 +3,12 @@
 //! before the origin sees them, bodies it cannot transform passed on or refused, and cache
 //! hits transformed while the cache keeps the origin's body.
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use edgeward_testkit::{client, filters, reqwest, serve_http, Origin, Proxy};
+use edgeward_testkit::{client, filters, reqwest, serve_http, Origin, PathHits, Proxy};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
@@ -66,7 +64,7 @@ fn large_json() -> String {
 ///   chunks without one, [`CHUNK_PAUSE`] apart.
 struct JsonOrigin {
     addr: SocketAddr,
-    hits: Arc<Mutex<BTreeMap<String, usize>>>,
+    hits: PathHits,
     server: JoinHandle<()>,
 }
 
@@ -74,12 +72,12 @@ impl JsonOrigin {
     async fn start() -> JsonOrigin {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let hits = Arc::new(Mutex::new(BTreeMap::new()));
+        let hits = PathHits::default();
         let server = serve_http(listener, {
             let hits = hits.clone();
             move |request: hyper::Request<hyper::body::Incoming>| {
                 let path = request.uri().path().to_owned();
-                *hits.lock().unwrap().entry(path.clone()).or_insert(0) += 1;
+                hits.count(&path);
                 async move { answer(&path) }
             }
         });
@@ -87,7 +85,7 @@ impl JsonOrigin {
     }
 
     fn hits(&self, path: &str) -> usize {
-        self.hits.lock().unwrap().get(path).copied().unwrap_or(0)
+        self.hits.of(path)
     }
 }
 

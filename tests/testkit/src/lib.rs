@@ -13,7 +13,7 @@ pub mod origin;
 mod pattern;
 pub mod proxy;
 
-pub use origin::{expected_bytes_sha256, serve_http, Origin, OriginTls};
+pub use origin::{expected_bytes_sha256, serve_http, Origin, OriginTls, PathHits};
 pub use proxy::{
     run_edgeward, run_edgeward_bounded, set_default_binary, BoundedRun, DeadEndpoint, Proxy,
     ProxyBuilder,

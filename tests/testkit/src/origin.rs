@@ -73,7 +73,7 @@ struct State {
     hits: AtomicUsize,
     healthy: AtomicBool,
     last_request_headers: Mutex<BTreeMap<String, String>>,
-    hits_by_path: Mutex<BTreeMap<String, usize>>,
+    hits_by_path: PathHits,
     /// Status `/cache/...` answers with instead of its response.
     failure: Mutex<Option<u16>>,
     /// `/cache/...` closes the connection instead of answering.
@@ -130,7 +130,7 @@ impl Origin {
             hits: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
             last_request_headers: Mutex::new(BTreeMap::new()),
-            hits_by_path: Mutex::new(BTreeMap::new()),
+            hits_by_path: PathHits::default(),
             failure: Mutex::new(None),
             hang_up: AtomicBool::new(false),
         });
@@ -171,13 +171,7 @@ impl Origin {
 
     /// Requests received for `path` (without the query).
     pub fn hits_for(&self, path: &str) -> usize {
-        self.state
-            .hits_by_path
-            .lock()
-            .unwrap()
-            .get(path)
-            .copied()
-            .unwrap_or(0)
+        self.state.hits_by_path.of(path)
     }
 
     /// Makes `/cache/...` answer with `status` (Some) or behave normally again (None).
@@ -248,6 +242,22 @@ impl OriginTls {
             .expect("origin certificate and key");
         config.alpn_protocols = self.alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         TlsAcceptor::from(Arc::new(config))
+    }
+}
+
+/// Requests a server received, by path (without the query): [`Origin`]'s, and those of
+/// servers made with [`serve_http`]. Clones count together.
+#[derive(Clone, Default)]
+pub struct PathHits(Arc<Mutex<BTreeMap<String, usize>>>);
+
+impl PathHits {
+    pub fn count(&self, path: &str) {
+        *self.0.lock().unwrap().entry(path.to_owned()).or_default() += 1;
+    }
+
+    /// Requests received for `path`.
+    pub fn of(&self, path: &str) -> usize {
+        self.0.lock().unwrap().get(path).copied().unwrap_or(0)
     }
 }
 
@@ -326,12 +336,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         health(&state)
     } else {
         state.hits.fetch_add(1, Ordering::SeqCst);
-        *state
-            .hits_by_path
-            .lock()
-            .unwrap()
-            .entry(path.clone())
-            .or_default() += 1;
+        state.hits_by_path.count(&path);
         *state.last_request_headers.lock().unwrap() = header_map(req.headers());
         route(&state, &path, req, received).await
     };
@@ -507,7 +512,7 @@ async fn shaped(state: &State, path: &str, req: Request<Incoming>) -> Response<B
     let json = serde_json::json!({
         "origin": state.name,
         "path": req.uri().path_and_query().map_or("/", |p| p.as_str()),
-        "n": state.hits_by_path.lock().unwrap().get(path).copied().unwrap_or(0),
+        "n": state.hits_by_path.of(path),
         "headers": header_map(req.headers()),
     });
     builder
