@@ -16,12 +16,10 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use pingora::http::RequestHeader;
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 
 use crate::answer::{error_body, json, Answer, REQUEST_ID};
 use crate::config::{Builtin, Config, FilterId, Origin};
-use crate::local_http::{ClientAddr, LocalServer, Reply};
+use crate::local_http::{ClientAddr, LocalServer, LocalServers, Reply};
 use crate::sync::Task;
 use crate::wasm::{FilterHost, StreamInfo, Verdict, WholeBody};
 
@@ -32,12 +30,9 @@ const MAX_BODY: usize = 1 << 20;
 /// upstream's `read_timeout`) ends it sooner when shorter.
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The origins of a configuration's `builtin: filters` upstreams, served from one background
-/// task, until the runtime generation they belong to is retired.
-pub(crate) struct FilterOrigins(Vec<LocalServer>);
-
 /// Binds an origin on loopback for each `builtin: filters` upstream of `config`, answering
-/// with `host`'s filters: their addresses by upstream name, and the task that serves them.
+/// with `host`'s filters: their addresses by upstream name, and the task that serves them until
+/// the runtime generation they belong to is retired.
 pub(crate) fn bind(
     config: &Config,
     host: &FilterHost,
@@ -63,21 +58,10 @@ pub(crate) fn bind(
         servers.push(server);
     }
     let task = (!servers.is_empty()).then(|| Task {
-        work: Arc::new(FilterOrigins(servers)),
+        work: Arc::new(LocalServers(servers)),
         until: None,
     });
     Ok((addresses, task))
-}
-
-#[async_trait::async_trait]
-impl BackgroundService for FilterOrigins {
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let serving = futures_util::future::join_all(self.0.iter().map(LocalServer::serve));
-        tokio::select! {
-            _ = serving => {}
-            _ = shutdown.changed() => {}
-        }
-    }
 }
 
 /// One `builtin: filters` upstream: its name and its filters.

@@ -83,6 +83,22 @@ impl LocalServer {
     }
 }
 
+/// Several servers served from one background service until `shutdown`, which comes when the
+/// runtime generation they belong to is retired (not when the process drains: requests in
+/// flight still need them): a configuration's builtin origins.
+pub(crate) struct LocalServers(pub(crate) Vec<LocalServer>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for LocalServers {
+    async fn start(&self, mut shutdown: pingora::server::ShutdownWatch) {
+        let serving = futures_util::future::join_all(self.0.iter().map(LocalServer::serve));
+        tokio::select! {
+            _ = serving => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
 /// The address a request came from, in its extensions.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ClientAddr(pub(crate) SocketAddr);

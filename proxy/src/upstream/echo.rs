@@ -9,8 +9,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
-use pingora::server::ShutdownWatch;
-use pingora::services::background::BackgroundService;
 use sha2::{Digest, Sha256};
 
 use crate::local_http::{reply, LocalServer};
@@ -34,21 +32,10 @@ impl EchoOrigin {
     pub(super) fn addr(&self) -> SocketAddr {
         self.0.addr()
     }
-}
 
-/// All echo origins of a configuration, served from one background service.
-pub(super) struct EchoOrigins(pub(super) Vec<EchoOrigin>);
-
-#[async_trait::async_trait]
-impl BackgroundService for EchoOrigins {
-    /// Serves until `shutdown`, which comes when the runtime generation these origins belong
-    /// to is retired (not when the process drains: requests in flight still need them).
-    async fn start(&self, mut shutdown: ShutdownWatch) {
-        let serving = futures_util::future::join_all(self.0.iter().map(|origin| origin.0.serve()));
-        tokio::select! {
-            _ = serving => {}
-            _ = shutdown.changed() => {}
-        }
+    /// The server, for [`LocalServers`](crate::local_http::LocalServers) to serve.
+    pub(super) fn into_server(self) -> LocalServer {
+        self.0
     }
 }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{self, Endpoint, Origin, UpstreamId};
+use crate::local_http::LocalServers;
 use crate::sync::Task;
 use balancer::Balancer;
 use health::EndpointCheck;
@@ -94,7 +95,7 @@ impl Upstreams {
                                     }
                                 })?;
                             let addr = origin.addr();
-                            builtins.push(origin);
+                            builtins.push(origin.into_server());
                             addr
                         }
                         config::Builtin::Filters(_) => filter_origins
@@ -139,7 +140,7 @@ impl Upstreams {
         }
         if !builtins.is_empty() {
             tasks.push(Task {
-                work: Arc::new(echo::EchoOrigins(builtins)),
+                work: Arc::new(LocalServers(builtins)),
                 until: None,
             });
         }
